@@ -1,0 +1,173 @@
+"""The ``service4ct`` command.
+
+Commands print identifiers of studies and series only (UIDs, counts, geometry),
+never patient identifiers or archive member names.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.logs import logger, scrubber, setup_logging
+from ml.errors import InputError
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Service4CT chest-CT triage service.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+SeriesOpt = Annotated[str | None, typer.Option("--series-uid", help="Use this series instead of the best ranked.")]
+LogOpt = Annotated[str, typer.Option("--log-level", help="Log level (logs go to stderr).")]
+
+
+def _fail(err: InputError, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(err.to_dict()))
+    else:
+        typer.echo(f"error: {err.code}: {err.detail}", err=True)
+    raise typer.Exit(2)
+
+
+def _series_table(report: dict[str, Any]) -> str:
+    lines = [f"{'rank':>4}  {'slices':>6}  {'rows×cols':>9}  {'spacing mm (x,y,z)':>20}  "
+             f"{'cover mm':>8}  {'kernel':<8} {'orient':<8} verdict"]
+    for s in report["series"]:
+        sm = s["summary"]
+        ps = sm["pixel_spacing_mm"]
+        z = sm["slice_spacing_mm"]
+        spacing = f"{ps[1]:.2f},{ps[0]:.2f},{z if z is not None else float('nan'):.2f}" if ps else "-"
+        verdict = "usable" if s["usable"] else "rejected"
+        codes = ", ".join(r["code"] for r in s["reasons"])
+        lines.append(
+            f"{s['rank'] or '-':>4}  {sm['slices']:>6}  {sm['rows']:>4}×{sm['columns']:<4}  {spacing:>20}  "
+            f"{sm['coverage_mm']:>8.1f}  {sm['kernel'][:8]:<8} {sm['orientation']:<8} "
+            f"{verdict}{' (' + codes + ')' if codes else ''}"
+        )
+        lines.append(f"      series {s['series_uid']}  modality {sm['modality']}  "
+                     f"multiframe {sm['multiframe']}  transfer syntax {','.join(sm['transfer_syntaxes'])}")
+    return "\n".join(lines)
+
+
+@cli.command()
+def inspect(
+    study: Annotated[Path, typer.Argument(help="DICOM study as a ZIP archive.", exists=True, dir_okay=False)],
+    as_json: JsonOpt = False,
+    series_uid: SeriesOpt = None,
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Discover the series of a study ZIP, run QC and print the ranking."""
+    from ml.dicom import open_study
+    from ml.qc import rank_series
+
+    setup_logging(log_level)
+    t0 = time.perf_counter()
+    try:
+        with open_study(study) as st:
+            scrubber.register(st.phi_tokens)
+            logger.info("inspected study: {} series, {} files", len(st.series), st.files)
+            report = rank_series(st, series_uid=series_uid).to_dict()
+    except InputError as e:
+        _fail(e, as_json)
+        return
+    report["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(_series_table(report))
+    typer.echo(f"selected: {report['selected_series_uid']} ({report['selected_by']})")
+    for w in report["warnings"]:
+        typer.echo(f"warning: {w['code']}: {w['detail']}")
+    if report["skipped_files"]:
+        typer.echo("skipped files: " + ", ".join(f"{k}={v}" for k, v in report["skipped_files"].items()))
+
+
+@cli.command()
+def preprocess(
+    study: Annotated[Path, typer.Argument(help="DICOM study as a ZIP archive.", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output tensor file (.pt); metadata goes beside it.")],
+    size: Annotated[int, typer.Option(help="Cubic model input size in voxels.")] = 256,
+    series_uid: SeriesOpt = None,
+    as_json: JsonOpt = False,
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Run the seed preprocessing on the selected series; write the tensor and a metadata JSON."""
+    import torch
+
+    from ml.dicom import load_volume, open_study
+    from ml.preprocess import PreprocessConfig
+    from ml.preprocess import preprocess as run_preprocess
+    from ml.qc import rank_series
+
+    setup_logging(log_level)
+    cfg = PreprocessConfig(target_size=(size, size, size))
+    t0 = time.perf_counter()
+    try:
+        with open_study(study) as st:
+            scrubber.register(st.phi_tokens)
+            t_read = time.perf_counter()
+            report = rank_series(st, series_uid=series_uid)
+            volume = load_volume(report.selected.series)
+            t_load = time.perf_counter()
+        result = run_preprocess(volume, cfg)
+    except InputError as e:
+        _fail(e, as_json)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(result.tensor, out)
+    meta = {
+        "series_uid": volume.series_uid,
+        "source_geometry": volume.geometry.to_dict(),
+        "preprocess_config": cfg.to_dict(),
+        "geometry": result.geometry.to_dict(),
+        "crop_box": result.geometry.to_dict().get("crop_box"),
+        "tensor_shape": list(result.tensor.shape),
+        "qc_warnings": [r.to_dict() for r in report.selected.reasons if r.severity == "warn"],
+        "timings_s": {
+            "extract_and_scan": round(t_read - t0, 4),
+            "qc_and_decode": round(t_load - t_read, 4),
+            **{k: round(v, 4) for k, v in result.timings_s.items()},
+            "total": round(time.perf_counter() - t0, 4),
+        },
+    }
+    meta_path = out.with_suffix(".json")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+    else:
+        typer.echo(f"wrote {out} {tuple(result.tensor.shape)} and {meta_path}")
+        typer.echo(f"series {volume.series_uid}; timings: {meta['timings_s']}")
+
+
+@cli.command()
+def phantom(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for studies/, labels.csv and masks/.")],
+    n: Annotated[int, typer.Option("--n", help="Number of studies.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus.")] = 0,
+    variant: Annotated[str, typer.Option(help="Phantom variant (see ml.phantom).")] = "standard",
+    rows: Annotated[int | None, typer.Option(help="Rows/columns per slice (default: variant's).")] = None,
+) -> None:
+    """Write a seeded corpus of synthetic chest-CT studies (DICOM ZIPs, labels CSV, NIfTI masks)."""
+    from ml.phantom import write_corpus
+
+    setup_logging("WARNING")
+    kwargs: dict[str, Any] = {"variant": variant}
+    if rows is not None:
+        kwargs["rows"] = rows
+    t0 = time.perf_counter()
+    labels = write_corpus(out_dir, n, seed, **kwargs)
+    typer.echo(f"wrote {n} studies to {out_dir} ({labels}) in {time.perf_counter() - t0:.1f} s")
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

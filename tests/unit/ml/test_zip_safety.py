@@ -1,0 +1,165 @@
+"""Every refusal of ml.dicom.safe_extract, with generated archives."""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from ml.dicom import ZipLimits, discover_series, safe_extract  # noqa: E402
+from ml.errors import InputError  # noqa: E402
+from zipcraft import raw_zip  # noqa: E402
+
+
+def _zip(tmp_path: Path, members: dict[str, bytes], name: str = "a.zip",
+         compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    p = tmp_path / name
+    with zipfile.ZipFile(p, "w", compression) as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    return p
+
+
+def _code(zip_path: Path, tmp_path: Path, limits: ZipLimits | None = None) -> str:
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as ei:
+        safe_extract(zip_path, out, limits)
+    # nothing half-extracted may remain usable: refusals happen before writing, or raise mid-way
+    return ei.value.code
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    p = tmp_path / "x.zip"
+    p.write_bytes(b"this is not a zip file at all" * 100)
+    assert _code(p, tmp_path) == "zip_invalid"
+
+
+def test_truncated_zip(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {f"f{i}.dcm": bytes(range(256)) * 400 for i in range(5)})
+    data = p.read_bytes()
+    t = tmp_path / "trunc.zip"
+    t.write_bytes(data[: len(data) // 2])
+    assert _code(t, tmp_path) == "zip_invalid"
+
+
+def test_corrupt_member_data(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {"f.dcm": b"DICM" * 50_000})
+    data = bytearray(p.read_bytes())
+    # flip bytes inside the deflate stream (after the 30-byte local header + name)
+    for i in range(60, 200):
+        data[i] ^= 0xFF
+    c = tmp_path / "corrupt.zip"
+    c.write_bytes(bytes(data))
+    assert _code(c, tmp_path) == "zip_invalid"
+
+
+def test_empty_zip_has_no_dicom(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {})
+    rep = safe_extract(p, tmp_path / "out")
+    assert rep.files == []
+    with pytest.raises(InputError) as ei:
+        discover_series(rep.files)
+    assert ei.value.code == "no_dicom"
+
+
+def test_encrypted_zip(tmp_path: Path) -> None:
+    p = tmp_path / "enc.zip"
+    p.write_bytes(raw_zip([("secret.dcm", b"x" * 100)], flags=0x1))
+    with zipfile.ZipFile(p) as zf:
+        assert zf.infolist()[0].flag_bits & 0x1
+    assert _code(p, tmp_path) == "zip_invalid"
+
+
+@pytest.mark.parametrize("name", ["../evil.dcm", "a/../../evil.dcm", "/etc/passwd", "C:\\windows\\x.dcm",
+                                  "..\\..\\evil.dcm"])
+def test_unsafe_paths(tmp_path: Path, name: str) -> None:
+    p = tmp_path / "slip.zip"
+    p.write_bytes(raw_zip([(name, b"data")]))
+    assert _code(p, tmp_path) == "zip_unsafe_path"
+    assert not (tmp_path / "evil.dcm").exists()
+
+
+def test_symlink_member(tmp_path: Path) -> None:
+    p = tmp_path / "link.zip"
+    with zipfile.ZipFile(p, "w") as zf:
+        info = zipfile.ZipInfo("link.dcm")
+        info.create_system = 3
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    assert _code(p, tmp_path) == "zip_unsafe_path"
+
+
+def test_too_many_members(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {f"{i}.dcm": b"x" for i in range(21)}, compression=zipfile.ZIP_STORED)
+    assert _code(p, tmp_path, ZipLimits(max_members=20)) == "zip_too_large"
+
+
+def test_default_member_limit_100k(tmp_path: Path) -> None:
+    p = tmp_path / "many.zip"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(ZipLimits().max_members + 1):
+            zf.writestr(f"{i}", b"")
+    assert _code(p, tmp_path) == "zip_too_large"
+
+
+def test_member_and_total_size_limits(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {"a.dcm": b"a" * 5000, "b.dcm": b"b" * 5000}, compression=zipfile.ZIP_STORED)
+    assert _code(p, tmp_path, ZipLimits(max_member_uncompressed=4000)) == "zip_too_large"
+    assert _code(p, tmp_path, ZipLimits(max_total_uncompressed=8000)) == "zip_too_large"
+
+
+def test_compression_ratio_bomb(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {"zeros.dcm": b"\0" * (20 << 20)})
+    assert _code(p, tmp_path) == "zip_bomb"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_overlapping_members(tmp_path: Path) -> None:
+    p = tmp_path / "overlap.zip"
+    p.write_bytes(raw_zip([("a.dcm", b"A" * 1000)], central=[("a.dcm", 0), ("b.dcm", 0), ("c.dcm", 0)]))
+    assert _code(p, tmp_path) == "zip_bomb"
+
+
+def test_lying_declared_size(tmp_path: Path) -> None:
+    p = tmp_path / "lie.zip"
+    p.write_bytes(raw_zip([("a.dcm", b"A" * 5000)], declared_sizes={"a.dcm": 10}))
+    assert _code(p, tmp_path) in {"zip_bomb", "zip_invalid"}
+
+
+def test_nesting_one_level_ok_two_refused(tmp_path: Path) -> None:
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("inner/x.bin", b"payload")
+    outer = _zip(tmp_path, {"nested.zip": inner.getvalue(), "top.bin": b"top"}, name="outer.zip")
+    rep = safe_extract(outer, tmp_path / "o1")
+    contents = sorted(f.read_bytes() for f in rep.files)
+    assert contents == [b"payload", b"top"]
+    deeper = _zip(tmp_path, {"level1.zip": outer.read_bytes()}, name="deeper.zip")
+    assert _code(deeper, tmp_path) == "zip_bomb"
+
+
+def test_junk_skipped_and_names_not_reused(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {
+        "__MACOSX/._IM0001": b"junk", "folder/._IM0002": b"junk", "DICOMDIR": b"dir",
+        ".DS_Store": b"x", "PATIENT-ID-123/IM0001.dcm": b"content", "sub/": b"",
+    })
+    rep = safe_extract(p, tmp_path / "out")
+    assert len(rep.files) == 1
+    assert rep.skipped["macosx_metadata"] == 2
+    assert rep.skipped["dicomdir_or_system_file"] == 2
+    # extracted under generated names: the identifier-bearing member name is not on disk
+    assert "PATIENT" not in rep.files[0].name
+    assert all(p.parent == tmp_path / "out" for p in rep.files)
+
+
+def test_non_dicom_files_skipped(tmp_path: Path) -> None:
+    p = _zip(tmp_path, {"readme.txt": b"hello " * 100, "image.png": b"\x89PNG" + b"0" * 200})
+    rep = safe_extract(p, tmp_path / "out")
+    with pytest.raises(InputError) as ei:
+        discover_series(rep.files)
+    assert ei.value.code == "no_dicom"
