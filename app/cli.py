@@ -20,7 +20,9 @@ from ml.errors import InputError
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Service4CT chest-CT triage service.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-SeriesOpt = Annotated[str | None, typer.Option("--series-uid", help="Use this series instead of the best ranked.")]
+SeriesOpt = Annotated[
+    str | None, typer.Option("--series-uid", help="Use this series instead of the best ranked.")
+]
 LogOpt = Annotated[str, typer.Option("--log-level", help="Log level (logs go to stderr).")]
 
 
@@ -33,8 +35,10 @@ def _fail(err: InputError, as_json: bool) -> None:
 
 
 def _series_table(report: dict[str, Any]) -> str:
-    lines = [f"{'rank':>4}  {'slices':>6}  {'rows×cols':>9}  {'spacing mm (x,y,z)':>20}  "
-             f"{'cover mm':>8}  {'kernel':<8} {'orient':<8} verdict"]
+    lines = [
+        f"{'rank':>4}  {'slices':>6}  {'rows×cols':>9}  {'spacing mm (x,y,z)':>20}  "
+        f"{'cover mm':>8}  {'kernel':<8} {'orient':<8} verdict"
+    ]
     for s in report["series"]:
         sm = s["summary"]
         ps = sm["pixel_spacing_mm"]
@@ -47,8 +51,10 @@ def _series_table(report: dict[str, Any]) -> str:
             f"{sm['coverage_mm']:>8.1f}  {sm['kernel'][:8]:<8} {sm['orientation']:<8} "
             f"{verdict}{' (' + codes + ')' if codes else ''}"
         )
-        lines.append(f"      series {s['series_uid']}  modality {sm['modality']}  "
-                     f"multiframe {sm['multiframe']}  transfer syntax {','.join(sm['transfer_syntaxes'])}")
+        lines.append(
+            f"      series {s['series_uid']}  modality {sm['modality']}  "
+            f"multiframe {sm['multiframe']}  transfer syntax {','.join(sm['transfer_syntaxes'])}"
+        )
     return "\n".join(lines)
 
 
@@ -88,7 +94,9 @@ def inspect(
 @cli.command()
 def preprocess(
     study: Annotated[Path, typer.Argument(help="DICOM study as a ZIP archive.", exists=True, dir_okay=False)],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output tensor file (.pt); metadata goes beside it.")],
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="Output tensor file (.pt); metadata goes beside it.")
+    ],
     size: Annotated[int, typer.Option(help="Cubic model input size in voxels.")] = 256,
     series_uid: SeriesOpt = None,
     as_json: JsonOpt = False,
@@ -123,7 +131,7 @@ def preprocess(
         "source_geometry": volume.geometry.to_dict(),
         "preprocess_config": cfg.to_dict(),
         "geometry": result.geometry.to_dict(),
-        "crop_box": result.geometry.to_dict().get("crop_box"),
+        "crop_box_zyx": result.crop_box.to_dict(),
         "tensor_shape": list(result.tensor.shape),
         "qc_warnings": [r.to_dict() for r in report.selected.reasons if r.severity == "warn"],
         "timings_s": {

@@ -20,6 +20,8 @@ from loguru import logger
 if TYPE_CHECKING:
     from loguru import Record
 
+__all__ = ["REDACTED", "PhiScrubber", "logger", "scrubber", "setup_logging"]
+
 REDACTED = "[redacted]"
 
 
@@ -91,6 +93,7 @@ def setup_logging(level: str = "INFO", json: bool = False, sink: Any = None) -> 
     logger.remove()
     logger.configure(patcher=_patch)
     fmt = "{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level} {name}: {message} {extra}"
-    logger.add(sink or sys.stderr, level=level.upper(), serialize=json, format=fmt,
-               backtrace=False, diagnose=False)
+    logger.add(
+        sink or sys.stderr, level=level.upper(), serialize=json, format=fmt, backtrace=False, diagnose=False
+    )
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)

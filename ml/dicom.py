@@ -13,6 +13,7 @@ in stored units with its rescale and geometry.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import shutil
@@ -143,7 +144,7 @@ def _check_overlaps(fp: BinaryIO, infos: Sequence[zipfile.ZipInfo], archive_size
             raise ZipError("zip_invalid", "a member's data runs past the end of the archive")
         spans.append((off, end))
     spans.sort()
-    for (_a0, a1), (b0, _b1) in zip(spans, spans[1:], strict=False):
+    for (_a0, a1), (b0, _b1) in itertools.pairwise(spans):
         if b0 < a1:
             raise ZipError("zip_bomb", "archive members overlap (decompression bomb)")
 
@@ -160,7 +161,9 @@ def _vet_infos(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits, report: Extr
         if info.flag_bits & 0x1:
             raise ZipError("zip_invalid", "archive is encrypted")
         if info.file_size > limits.max_member_uncompressed:
-            raise ZipError("zip_too_large", f"member #{i} expands beyond {limits.max_member_uncompressed} bytes")
+            raise ZipError(
+                "zip_too_large", f"member #{i} expands beyond {limits.max_member_uncompressed} bytes"
+            )
         if info.file_size >= limits.ratio_min_size and info.file_size > limits.max_ratio * max(
             info.compress_size, 1
         ):
@@ -173,7 +176,14 @@ def _vet_infos(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits, report: Extr
 def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+    ) as e:
         raise ZipError("zip_invalid", "not a readable ZIP archive") from e
 
 
@@ -348,7 +358,7 @@ class SeriesInfo:
         if nd == 0:
             return 0.0
         c = abs(float(d @ self.normal())) / nd
-        return math.degrees(math.acos(min(1.0, c)))
+        return math.degrees(math.acos(min(1.0, float(c))))
 
     def coverage_mm(self) -> float:
         off = self.slice_offsets_mm()
@@ -504,8 +514,19 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
             icpt = _f(pvt.get("RescaleIntercept") if pvt else ds.get("RescaleIntercept"), 0.0)
             th = _f(meas.get("SliceThickness")) if meas else None
             out.append(
-                SliceRef(path, k, (pos[0], pos[1], pos[2]), inst_n, _rescale(slope, idx), _icpt(icpt, idx),
-                         rows, cols, (ps[0], ps[1]), ori, th)
+                SliceRef(
+                    path,
+                    k,
+                    (pos[0], pos[1], pos[2]),
+                    inst_n,
+                    _rescale(slope, idx),
+                    _icpt(icpt, idx),
+                    rows,
+                    cols,
+                    (ps[0], ps[1]),
+                    ori,
+                    th,
+                )
             )
         return out
     pos = _floats(ds.get("ImagePositionPatient"), 3)
@@ -516,8 +537,19 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
     slope = _f(ds.get("RescaleSlope", 1.0), None)
     icpt = _f(ds.get("RescaleIntercept", 0.0), None)
     return [
-        SliceRef(path, None, (pos[0], pos[1], pos[2]), inst_n, _rescale(slope, idx), _icpt(icpt, idx),
-                 rows, cols, (ps[0], ps[1]), ori, _f(ds.get("SliceThickness")))
+        SliceRef(
+            path,
+            None,
+            (pos[0], pos[1], pos[2]),
+            inst_n,
+            _rescale(slope, idx),
+            _icpt(icpt, idx),
+            rows,
+            cols,
+            (ps[0], ps[1]),
+            ori,
+            _f(ds.get("SliceThickness")),
+        )
     ]
 
 
@@ -549,8 +581,20 @@ def read_header(path: Path) -> Dataset | None:
             return None
         _ = ds.get("SOPClassUID")  # force parsing of the top level
         return ds
-    except (InvalidDicomError, RecursionError, OSError, EOFError, ValueError, TypeError,
-            KeyError, AttributeError, IndexError, struct.error, NotImplementedError, OverflowError):
+    except (
+        InvalidDicomError,
+        RecursionError,
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        struct.error,
+        NotImplementedError,
+        OverflowError,
+    ):
         return None
     except Exception:  # pydicom raises assorted errors on hostile input
         log.debug("unparseable DICOM header skipped", exc_info=False)
@@ -619,13 +663,29 @@ def _build_series(uid: str, items: list[tuple[Dataset, Path, int]], skipped: Cou
             tsyntaxes.add(str(ts))
         tilt_tag = max(tilt_tag, abs(_f(ds.get("GantryDetectorTilt"), 0.0) or 0.0))
     # consistency of in-plane geometry
-    keys = Counter((s.rows, s.columns, tuple(round(v, 4) for v in s.pixel_spacing_mm),
-                    tuple(round(v, 3) for v in s.orientation)) for s in slices)
+    keys = Counter(
+        (
+            s.rows,
+            s.columns,
+            tuple(round(v, 4) for v in s.pixel_spacing_mm),
+            tuple(round(v, 3) for v in s.orientation),
+        )
+        for s in slices
+    )
     if len(keys) > 1:
         issues.append("mixed_image_sizes")
         main_key = keys.most_common(1)[0][0]
-        slices = [s for s in slices if (s.rows, s.columns, tuple(round(v, 4) for v in s.pixel_spacing_mm),
-                                         tuple(round(v, 3) for v in s.orientation)) == main_key]
+        slices = [
+            s
+            for s in slices
+            if (
+                s.rows,
+                s.columns,
+                tuple(round(v, 4) for v in s.pixel_spacing_mm),
+                tuple(round(v, 3) for v in s.orientation),
+            )
+            == main_key
+        ]
     info = SeriesInfo(
         series_uid=uid,
         study_uid=_str(ds0, "StudyInstanceUID"),
@@ -657,8 +717,9 @@ def _build_series(uid: str, items: list[tuple[Dataset, Path, int]], skipped: Cou
 
 
 @contextlib.contextmanager
-def open_study(zip_path: str | Path, limits: ZipLimits | None = None,
-               workdir: str | Path | None = None) -> Iterator[Study]:
+def open_study(
+    zip_path: str | Path, limits: ZipLimits | None = None, workdir: str | Path | None = None
+) -> Iterator[Study]:
     """Extract ``zip_path`` into a private temporary directory and discover its series.
 
     The directory (and everything extracted) is removed when the context exits;
@@ -677,18 +738,47 @@ def open_study(zip_path: str | Path, limits: ZipLimits | None = None,
 # --------------------------------------------------------------------------- pixels
 
 
+_NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def _native_pixels(ds: Dataset) -> npt.NDArray[Any] | None:
+    """Zero-copy view of uncompressed little-endian single-frame 16-bit pixels, else None.
+
+    Only when every bit of the container is used (BitsStored == BitsAllocated), so
+    no masking or sign extension is needed; other cases go through pydicom.
+    """
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if ts not in _NATIVE_LE or "PixelData" not in ds:
+        return None
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if bits != 16 or int(ds.get("BitsStored", 0) or 0) != 16 or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        return None
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    raw = ds.PixelData
+    if not isinstance(raw, bytes) or len(raw) < rows * cols * 2:
+        return None  # let pydicom produce its error for short pixel data
+    dtype = "<i2" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "<u2"
+    return np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
+
+
 def _decode(path: Path) -> npt.NDArray[Any]:
     try:
         ds = pydicom.dcmread(path)
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             raise DicomError("dicom_invalid", "an image has no pixel data")
+        fast = _native_pixels(ds)
+        if fast is not None:
+            return fast
         arr: npt.NDArray[Any] = ds.pixel_array
         return arr
     except DicomError:
         raise
     except NotImplementedError as e:
-        raise DicomError("unsupported_transfer_syntax",
-                         "pixel data uses a transfer syntax that cannot be decoded") from e
+        raise DicomError(
+            "unsupported_transfer_syntax", "pixel data uses a transfer syntax that cannot be decoded"
+        ) from e
     except RecursionError as e:
         raise DicomError("dicom_invalid", "an image has too deeply nested sequences") from e
     except RuntimeError as e:

@@ -54,7 +54,7 @@ from ml.errors import InputError
 from ml.geometry import CTVolume, VolumeGeometry
 
 if TYPE_CHECKING:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
     import torch
 
 __all__ = [
@@ -342,62 +342,45 @@ class PreprocessResult:
 # --------------------------------------------------------------------------- fast path helpers
 
 
-def _source_body_box(
-    stored: npt.NDArray[Any], slope: float, thr_stored: float
-) -> tuple[Size3, Size3] | None:
-    """Inclusive (start, end) (z, y, x) on the source grid of voxels whose value is "above" the threshold.
+def _body_box(values: npt.NDArray[Any], above: bool, thr: float) -> tuple[Size3, Size3] | None:
+    """Inclusive (start, end) (z, y, x) of the voxels beyond ``thr``, or None when there are none.
 
-    "Above" is ``stored > thr_stored`` for slope > 0 and ``stored < thr_stored``
-    for slope < 0 (HU grows the other way). Uses two reductions (per-slice
-    extreme and the z-projection), no boolean volume.
+    "Beyond" is ``values > thr`` when ``above`` else ``values < thr`` (stored
+    values with a negative rescale slope grow the other way). Uses two
+    reductions in the array's own dtype (per-slice extreme and the projection
+    along z), never a boolean or float64 copy of the volume.
     """
-    positive = slope > 0
-    nz = stored.shape[0]
-    flat = stored.reshape(nz, -1)
-    if positive:
-        per_slice = flat.max(axis=1)
-        proj_yx = stored.max(axis=0)
-        z_hit = per_slice > thr_stored
-        yx_hit = proj_yx > thr_stored
+    nz = values.shape[0]
+    flat = values.reshape(nz, -1)
+    if above:
+        z_hit = flat.max(axis=1) > thr
+        yx_hit = values.max(axis=0) > thr
     else:
-        per_slice = flat.min(axis=1)
-        proj_yx = stored.min(axis=0)
-        z_hit = per_slice < thr_stored
-        yx_hit = proj_yx < thr_stored
-    if not z_hit.any():
-        return None
+        z_hit = flat.min(axis=1) < thr
+        yx_hit = values.min(axis=0) < thr
     zs = np.flatnonzero(z_hit)
-    ys = np.flatnonzero(yx_hit.any(axis=1))
-    xs = np.flatnonzero(yx_hit.any(axis=0))
+    if zs.size == 0:
+        return None
+    ys = np.flatnonzero(np.any(yx_hit, axis=1))
+    xs = np.flatnonzero(np.any(yx_hit, axis=0))
     return (int(zs[0]), int(ys[0]), int(xs[0])), (int(zs[-1]), int(ys[-1]), int(xs[-1]))
 
 
-def _mask_box(
-    values: npt.NDArray[np.float32], thr: float, above: bool
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
-    """Inclusive (start, end) (z, y, x) of ``values > thr`` (or ``< thr`` when not ``above``)."""
-    m = values > thr if above else values < thr
-    z_hit = m.any(axis=(1, 2))
-    if not z_hit.any():
-        return None
-    y_hit = m.any(axis=(0, 2))
-    x_hit = m.any(axis=(0, 1))
-    lo = np.array([np.argmax(h) for h in (z_hit, y_hit, x_hit)], dtype=np.int64)
-    hi = np.array([len(h) - 1 - np.argmax(h[::-1]) for h in (z_hit, y_hit, x_hit)], dtype=np.int64)
-    return lo, hi
-
-
 def _faces_confirmed(
-    values: npt.NDArray[np.float32], lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64], thr: float, above: bool
+    values: npt.NDArray[np.float32], box: tuple[Size3, Size3], thr: float, above: bool
 ) -> bool:
-    """True when each of the 6 faces of the box [lo, hi] holds a voxel beyond ``thr`` (the strict side)."""
+    """True when each of the 6 faces of ``box`` (inclusive, z, y, x) holds a voxel beyond ``thr``.
+
+    Then the box of ``values`` beyond ``thr`` equals ``box``: this confirms that
+    a box found with a loose threshold is also the box for a strict one.
+    """
+    lo, hi = box
     sub = values[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
-    for axis in range(3):
-        for idx in (0, sub.shape[axis] - 1):
-            face = np.take(sub, idx, axis=axis)
-            ok = bool((face > thr).any()) if above else bool((face < thr).any())
-            if not ok:
-                return False
+    faces = (sub[0], sub[-1], sub[:, 0], sub[:, -1], sub[:, :, 0], sub[:, :, -1])  # views, no copies
+    for face in faces:
+        ok = bool((face > thr).any()) if above else bool((face < thr).any())
+        if not ok:
+            return False
     return True
 
 
@@ -421,7 +404,7 @@ def _resample_region(
     float32 (z, y, x) view of it. With ``to_hu=(slope, intercept)`` the slab is
     first converted to float32 HU exactly as :meth:`CTVolume.hu` does.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
 
     src_sp = np.asarray(source.spacing_mm, np.float64)[::-1]
     out_sp = np.asarray(grid.spacing_mm, np.float64)[::-1]
@@ -486,7 +469,7 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
             is above ``body_threshold_hu`` (nothing to crop to).
     """
     import torch
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # noqa: N812
 
     cfg = config if config is not None else PreprocessConfig()
     timings: dict[str, float] = {}
@@ -509,7 +492,7 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
         # the air fill itself would count as body: no shortcut, use the whole grid
         cand_lo, cand_hi = np.zeros(3, np.int64), n_grid - 1
     else:
-        box = _source_body_box(volume.stored, slope, to_stored(thr - 2 * tol))
+        box = _body_box(volume.stored, above, to_stored(thr - 2 * tol))
         if box is None:
             raise InputError(
                 "no_usable_series", f"the series has no voxel above {thr:g} HU (empty body mask)"
@@ -518,11 +501,15 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
         b = np.asarray(box[1], np.float64)
         # grid index j ↔ source continuous index j·ratio; a grid point can be above the
         # threshold only if its interpolation support [floor(c), floor(c)+1] meets [a, b].
-        inv_ratio = np.asarray(src.spacing_mm, np.float64)[::-1] / np.asarray(grid.spacing_mm, np.float64)[::-1]
+        inv_ratio = (
+            np.asarray(src.spacing_mm, np.float64)[::-1] / np.asarray(grid.spacing_mm, np.float64)[::-1]
+        )
         cand_lo = np.maximum(np.floor((a - 1) * inv_ratio).astype(np.int64), 0)
         cand_hi = np.minimum(np.ceil((b + 1) * inv_ratio).astype(np.int64), n_grid - 1)
         if np.any(cand_lo > cand_hi):
-            raise InputError("no_usable_series", f"the series has no voxel above {thr:g} HU (empty body mask)")
+            raise InputError(
+                "no_usable_series", f"the series has no voxel above {thr:g} HU (empty body mask)"
+            )
     reg_lo = np.maximum(cand_lo - margin, 0)
     reg_hi = np.minimum(cand_hi + margin, n_grid - 1)
     timings["body_box_source"] = time.perf_counter() - t0
@@ -538,8 +525,8 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     # 3. refine the box exactly (loose box, confirmed by strict voxels on its 6 faces)
     t = time.perf_counter()
     exact_fallback = False
-    loose = _mask_box(region, to_stored(thr - tol), above)
-    if loose is not None and not _faces_confirmed(region, loose[0], loose[1], to_stored(thr + tol), above):
+    found = _body_box(region, above, to_stored(thr - tol))
+    if found is not None and not _faces_confirmed(region, found, to_stored(thr + tol), above):
         # threshold ties: redo the region from float32 HU exactly as the reference does
         exact_fallback = True
         del region, owner
@@ -547,11 +534,11 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
             volume.stored, src, grid, reg_lo, reg_hi, cfg.outside_value_hu, cfg.interpolation, (slope, icpt)
         )
         v_slope, v_icpt = 1.0, 0.0
-        loose = _mask_box(region, thr, True)
-    if loose is None:
+        found = _body_box(region, True, thr)
+    if found is None:
         raise InputError("no_usable_series", f"the series has no voxel above {thr:g} HU (empty body mask)")
-    box_lo = np.maximum(loose[0] + reg_lo - margin, 0)
-    box_hi = np.minimum(loose[1] + reg_lo + margin, n_grid - 1)
+    box_lo = np.maximum(np.asarray(found[0], np.int64) + reg_lo - margin, 0)
+    box_hi = np.minimum(np.asarray(found[1], np.int64) + reg_lo + margin, n_grid - 1)
     if np.any(box_lo < reg_lo) or np.any(box_hi > reg_hi):  # pragma: no cover - guarded by construction
         raise AssertionError("crop box escaped the resampled region")
     crop = CropBox(

@@ -44,8 +44,10 @@ def test_importing_app_modules_does_not_load_torch() -> None:
         for p in (ROOT / "app").rglob("*.py")
         if "worker" not in p.parts and p.name != "__main__.py"
     )
-    code = "import sys\n" + "".join(f"import {m}\n" for m in mods) + (
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\nprint(len(bad))\n"
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in mods)
+        + ("bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\nprint(len(bad))\n")
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0", f"torch loaded by importing {mods}"

@@ -1,0 +1,34 @@
+"""PHI scrubbing of log records."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from app.logs import REDACTED, PhiScrubber, logger, scrubber, setup_logging
+
+
+def test_scrubber_redacts_registered_tokens_case_insensitively() -> None:
+    s = PhiScrubber()
+    assert s.scrub("nothing registered") == "nothing registered"
+    s.register(["DOE^JANE", "DOE", "JANE", "PID-0042", "ab"])  # 'ab' too short to register
+    assert s.scrub("patient doe^jane id PID-0042 lab ab") == f"patient {REDACTED} id {REDACTED} lab ab"
+    assert s.scrub_value({"k": ["Jane", 3]}) == {"k": [REDACTED, 3]}
+
+
+def test_log_records_are_scrubbed_in_json_sink_including_std_logging() -> None:
+    buf = io.StringIO()
+    setup_logging("DEBUG", json=True, sink=buf)
+    try:
+        scrubber.register(["SMITH^JOHN", "S4CT-FAKE-991"])
+        logger.bind(study="S4CT-FAKE-991").info("loaded SMITH^JOHN")
+        logging.getLogger("ml.something").warning("std logging mentions s4ct-fake-991")
+        lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+        text = buf.getvalue()
+        assert len(lines) == 2
+        assert "SMITH" not in text and "991" not in text
+        assert REDACTED in lines[0]["record"]["message"]
+    finally:
+        scrubber.clear()
+        setup_logging("WARNING")
