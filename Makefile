@@ -27,9 +27,9 @@ run: demo
 
 demo: venv
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/service4ct phantom $(DEMO_DIR)/corpus --n 2 --seed 0 --variant real_like
-	$(BIN)/service4ct inspect $(DEMO_DIR)/corpus/studies/phantom-0001.zip
-	$(BIN)/service4ct preprocess $(DEMO_DIR)/corpus/studies/phantom-0001.zip -o $(DEMO_DIR)/phantom-0001.pt
+	$(BIN)/service4ct phantom $(DEMO_DIR)/corpus --n 1 --seed 0 --variant real_like
+	$(BIN)/service4ct inspect $(DEMO_DIR)/corpus/studies/ph0000-0000.zip
+	$(BIN)/service4ct preprocess $(DEMO_DIR)/corpus/studies/ph0000-0000.zip -o $(DEMO_DIR)/ph0000-0000.pt
 
 lint: venv
 	$(BIN)/ruff check .

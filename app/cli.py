@@ -153,21 +153,37 @@ def preprocess(
 @cli.command()
 def phantom(
     out_dir: Annotated[Path, typer.Argument(help="Directory for studies/, labels.csv and masks/.")],
-    n: Annotated[int, typer.Option("--n", help="Number of studies.")] = 10,
+    n: Annotated[int, typer.Option("--n", help="Number of studies (half of them with pathology).")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the corpus.")] = 0,
-    variant: Annotated[str, typer.Option(help="Phantom variant (see ml.phantom).")] = "standard",
-    rows: Annotated[int | None, typer.Option(help="Rows/columns per slice (default: variant's).")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="Variant(s), cycled (see ml.phantom).")] = None,
+    rows: Annotated[int | None, typer.Option(help="Rows = columns per slice (pixels).")] = None,
+    pixel_spacing: Annotated[float | None, typer.Option(help="In-plane pixel spacing (mm).")] = None,
+    slice_spacing: Annotated[float | None, typer.Option(help="Slice spacing (mm).")] = None,
 ) -> None:
-    """Write a seeded corpus of synthetic chest-CT studies (DICOM ZIPs, labels CSV, NIfTI masks)."""
-    from ml.phantom import write_corpus
+    """Write a seeded corpus of synthetic chest-CT studies (DICOM ZIPs, labels.csv, NIfTI masks).
+
+    Sizes default to 128² pixels of 3 mm and 2.5 mm slices, except for the
+    ``real_like`` variant (512², 0.7 mm, 2 mm, JPEG lossless) which keeps its own.
+    """
+    from ml.phantom import STUDY_VARIANTS, write_corpus
 
     setup_logging("WARNING")
-    kwargs: dict[str, Any] = {"variant": variant}
-    if rows is not None:
-        kwargs["rows"] = rows
+    variants = tuple(variant or ["standard"])
+    unknown = [v for v in variants if v not in STUDY_VARIANTS]
+    if unknown:
+        typer.echo(f"error: unknown variant(s) {unknown}; choose from {', '.join(STUDY_VARIANTS)}", err=True)
+        raise typer.Exit(2)
+    own_sizes = "real_like" in variants
+    kwargs: dict[str, Any] = {
+        "rows": rows if rows is not None else (None if own_sizes else 128),
+        "pixel_spacing_mm": pixel_spacing if pixel_spacing is not None else (None if own_sizes else 3.0),
+        "slice_spacing_mm": slice_spacing if slice_spacing is not None else (None if own_sizes else 2.5),
+    }
+    kwargs["cols"] = kwargs["rows"]
     t0 = time.perf_counter()
-    labels = write_corpus(out_dir, n, seed, **kwargs)
-    typer.echo(f"wrote {n} studies to {out_dir} ({labels}) in {time.perf_counter() - t0:.1f} s")
+    labels = write_corpus(out_dir, n, seed, variants=variants, **kwargs)
+    typer.echo(f"wrote {n} studies ({', '.join(variants)}) to {out_dir} in {time.perf_counter() - t0:.1f} s")
+    typer.echo(f"labels: {labels}")
 
 
 def main() -> None:

@@ -63,13 +63,15 @@ class VolumeGeometry:
         """Map continuous voxel indices (..., 3) in (x, y, z) order to LPS mm."""
         idx = np.asarray(index_xyz, dtype=np.float64)
         m = self.direction_matrix * np.asarray(self.spacing_mm)[None, :]
-        return idx @ m.T + np.asarray(self.origin_mm)
+        out: FloatArray = idx @ m.T + np.asarray(self.origin_mm)
+        return out
 
     def lps_to_index(self, lps_mm: npt.ArrayLike) -> FloatArray:
         """Map LPS mm points (..., 3) to continuous voxel indices in (x, y, z) order."""
         p = np.asarray(lps_mm, dtype=np.float64) - np.asarray(self.origin_mm)
         m = self.direction_matrix * np.asarray(self.spacing_mm)[None, :]
-        return p @ np.linalg.inv(m).T
+        out: FloatArray = p @ np.linalg.inv(m).T
+        return out
 
     def affine_lps(self) -> FloatArray:
         """4×4 affine from (x, y, z) voxel index to LPS mm."""

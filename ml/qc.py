@@ -123,8 +123,11 @@ def assess_series(s: SeriesInfo, cfg: QCConfig | None = None) -> SeriesQC:
         add(QCReason("too_few_slices", "reject", "no image with plane geometry"))
         return out
     if "mixed_image_sizes" in s.issues:
-        add(QCReason("mixed_image_sizes", "reject",
-                     "slices differ in rows/columns, pixel spacing or orientation"))
+        add(
+            QCReason(
+                "mixed_image_sizes", "reject", "slices differ in rows/columns, pixel spacing or orientation"
+            )
+        )
     if "dicom_invalid" in s.issues:
         add(QCReason("dicom_invalid", "warn", "some images had invalid headers and were left out"))
     if s.n_slices < cfg.min_slices:
@@ -132,13 +135,22 @@ def assess_series(s: SeriesInfo, cfg: QCConfig | None = None) -> SeriesQC:
     normal = s.normal()
     obliquity = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
     if obliquity > cfg.max_axial_obliquity_deg:
-        add(QCReason("non_axial", "reject", f"{s.orientation_label()} series (normal {obliquity:.0f}° from axial)"))
+        add(
+            QCReason(
+                "non_axial", "reject", f"{s.orientation_label()} series (normal {obliquity:.0f}° from axial)"
+            )
+        )
     spacing = s.slice_spacing_mm()
     thickness = s.slice_thickness_mm
     worst = max(v for v in (spacing or 0.0, thickness or 0.0))
     if worst > cfg.max_slice_thickness_mm + 1e-3:
-        add(QCReason("slice_thickness_too_large", "reject",
-                     f"slice spacing/thickness {worst:.2f} mm (> {cfg.max_slice_thickness_mm:g} mm)"))
+        add(
+            QCReason(
+                "slice_thickness_too_large",
+                "reject",
+                f"slice spacing/thickness {worst:.2f} mm (> {cfg.max_slice_thickness_mm:g} mm)",
+            )
+        )
     steps = s.slice_steps_mm()
     if steps.size and spacing:
         dev = abs(steps - spacing)
@@ -146,10 +158,19 @@ def assess_series(s: SeriesInfo, cfg: QCConfig | None = None) -> SeriesQC:
         if bad.any():
             gaps = int((steps > 1.5 * spacing).sum())
             what = f"{gaps} gap(s) suggest missing slices; " if gaps else ""
-            add(QCReason("inconsistent_spacing", "reject",
-                         f"{what}{int(bad.sum())} irregular step(s), range {steps.min():.3f}–{steps.max():.3f} mm"))
+            add(
+                QCReason(
+                    "inconsistent_spacing",
+                    "reject",
+                    f"{what}{int(bad.sum())} irregular step(s), range {steps.min():.3f}–{steps.max():.3f} mm",
+                )
+            )
     if s.duplicates:
-        add(QCReason("duplicate_slices", "warn", f"{s.duplicates} slice(s) at an already used position removed"))
+        add(
+            QCReason(
+                "duplicate_slices", "warn", f"{s.duplicates} slice(s) at an already used position removed"
+            )
+        )
     tilt = max(s.tilt_deg(), s.gantry_tilt_tag_deg)
     if tilt > cfg.max_tilt_deg:
         add(QCReason("gantry_tilt", "warn", f"gantry tilt {tilt:.1f}° (geometry approximated without shear)"))

@@ -11,13 +11,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ml.dicom import ZipLimits, discover_series, safe_extract  # noqa: E402
-from ml.errors import InputError  # noqa: E402
-from zipcraft import raw_zip  # noqa: E402
+from zipcraft import raw_zip
+
+from ml.dicom import ZipLimits, discover_series, safe_extract
+from ml.errors import InputError
 
 
-def _zip(tmp_path: Path, members: dict[str, bytes], name: str = "a.zip",
-         compression: int = zipfile.ZIP_DEFLATED) -> Path:
+def _zip(
+    tmp_path: Path, members: dict[str, bytes], name: str = "a.zip", compression: int = zipfile.ZIP_DEFLATED
+) -> Path:
     p = tmp_path / name
     with zipfile.ZipFile(p, "w", compression) as zf:
         for n, data in members.items():
@@ -75,8 +77,9 @@ def test_encrypted_zip(tmp_path: Path) -> None:
     assert _code(p, tmp_path) == "zip_invalid"
 
 
-@pytest.mark.parametrize("name", ["../evil.dcm", "a/../../evil.dcm", "/etc/passwd", "C:\\windows\\x.dcm",
-                                  "..\\..\\evil.dcm"])
+@pytest.mark.parametrize(
+    "name", ["../evil.dcm", "a/../../evil.dcm", "/etc/passwd", "C:\\windows\\x.dcm", "..\\..\\evil.dcm"]
+)
 def test_unsafe_paths(tmp_path: Path, name: str) -> None:
     p = tmp_path / "slip.zip"
     p.write_bytes(raw_zip([(name, b"data")]))
@@ -89,7 +92,7 @@ def test_symlink_member(tmp_path: Path) -> None:
     with zipfile.ZipFile(p, "w") as zf:
         info = zipfile.ZipInfo("link.dcm")
         info.create_system = 3
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, "/etc/passwd")
     assert _code(p, tmp_path) == "zip_unsafe_path"
 
@@ -144,10 +147,17 @@ def test_nesting_one_level_ok_two_refused(tmp_path: Path) -> None:
 
 
 def test_junk_skipped_and_names_not_reused(tmp_path: Path) -> None:
-    p = _zip(tmp_path, {
-        "__MACOSX/._IM0001": b"junk", "folder/._IM0002": b"junk", "DICOMDIR": b"dir",
-        ".DS_Store": b"x", "PATIENT-ID-123/IM0001.dcm": b"content", "sub/": b"",
-    })
+    p = _zip(
+        tmp_path,
+        {
+            "__MACOSX/._IM0001": b"junk",
+            "folder/._IM0002": b"junk",
+            "DICOMDIR": b"dir",
+            ".DS_Store": b"x",
+            "PATIENT-ID-123/IM0001.dcm": b"content",
+            "sub/": b"",
+        },
+    )
     rep = safe_extract(p, tmp_path / "out")
     assert len(rep.files) == 1
     assert rep.skipped["macosx_metadata"] == 2
