@@ -1,27 +1,52 @@
-"""Benchmark of the seed preprocessing: ours (fast path) vs the plain reference vs a MONAI chain.
+"""Benchmark of the seed preprocessing, DICOM ZIP → model tensor: ours vs a MONAI chain vs the reference.
 
 Usage::
 
-    python bench/preprocess.py                      # synthetic 300×512² series, 0.7 mm × 1 mm
-    python bench/preprocess.py --slices 120 --size 256
-    python bench/preprocess.py --zip study.zip      # a real DICOM ZIP (largest series)
+    python bench/preprocess.py                          # 300×512² phantom ZIP (0.7 mm × 1 mm) → [1,1,256³]
+    python bench/preprocess.py --variant jpeg_lossless  # same phantom, JPEG Lossless pixel data
+    python bench/preprocess.py --zip ../shared/data/real-ct/cap002.zip
+    python bench/preprocess.py --json var/bench/preprocess.json
+    python bench/preprocess.py --synthetic              # old mode: in-memory volume, input loading untimed
 
-All three pipelines run in the same process on the same :class:`~ml.geometry.CTVolume`
-(input loading is not timed): one untimed first call each ("first", includes
-lazy imports and first touches of fresh memory), then ``--repeats`` warm runs
-whose median is reported. Peak memory is the highest RSS seen by a 1 ms sampler
-thread during a pipeline's warm runs, minus the RSS just before each run.
+Default (end-to-end) mode. The phantom ZIP is written once by :func:`ml.phantom.make_study`
+(seeded) and cached under ``var/bench/`` by its parameters. Each pipeline then runs in its
+own fresh Python subprocess (this script with ``--worker``): imports, one untimed warm-up
+run, then ``--repeat`` timed runs; per-stage and total times are medians of the timed runs.
+
+* ``ours``: :func:`ml.dicom.open_study` (safe extract + header scan) → :func:`ml.qc.rank_series`
+  → :func:`ml.dicom.load_volume` → (temp dir removed) → :func:`ml.preprocess.preprocess`.
+* ``monai``: ``zipfile.extractall`` into a temp dir → ``LoadImage(image_only=True,
+  reader="PydicomReader")`` on the directory holding the most files (ITK is not installed
+  here; ``--reader ITKReader`` where it is) → temp dir removed → ``EnsureChannelFirst`` →
+  ``Orientation("RAS")`` → ``Spacing((1,1,1), bilinear)`` → ``CropForeground(x > -1000,
+  margin 5, allow_smaller=True)`` → ``ScaleIntensityRange(-1000, 600, -1, 1, clip)`` →
+  ``Resize(trilinear)``; the output is mapped back to the (z, y, x) LPS index order of the
+  reference (x/y flips undone, axes permuted) before comparing (``--no-orientation`` leaves
+  Orientation out instead).
+* ``reference``: our loader (same stages as ours) → ``tests/reference_preprocess.py``.
+
+Peak memory is ``ru_maxrss`` of the worker process (peak RSS over the warm-up and timed
+runs) minus its RSS after imports, i.e. the extra resident memory the pipeline needed on
+top of an idle interpreter; no sampler thread runs during the timed runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import json
 import os
+import platform
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +62,10 @@ import torch  # noqa: E402
 from ml.geometry import CTVolume, VolumeGeometry  # noqa: E402
 from ml.preprocess import PreprocessConfig, preprocess  # noqa: E402
 
+GOAL_MONAI_RATIO = 3.0
+GOAL_R = 0.999
+PIPELINES = ("ours", "reference", "monai")
+
 
 def _load_reference() -> Any:
     spec = importlib.util.spec_from_file_location(
@@ -48,7 +77,401 @@ def _load_reference() -> Any:
     return mod
 
 
-# --------------------------------------------------------------------------- input
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    x, y = a.double().ravel().numpy(), b.double().ravel().numpy()
+    if x.shape != y.shape:
+        return float("nan"), float("nan")
+    return float(np.corrcoef(x, y)[0, 1]), float(np.abs(x - y).max())
+
+
+# --------------------------------------------------------------------------- input ZIP
+
+
+def phantom_zip(args: argparse.Namespace) -> Path:
+    """The phantom study ZIP for these parameters, generated once and cached (or in a temp dir)."""
+    from ml.phantom import make_study
+
+    name = (
+        f"phantom_{args.variant}_seed{args.seed}_{args.slices}x{args.size}x{args.size}"
+        f"_{args.pixel_mm:g}x{args.slice_mm:g}mm.zip"
+    )
+    cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="s4ct-bench-"))
+    path = cache / name
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    tmp = cache / f".{name}.{os.getpid()}.tmp"
+    make_study(
+        tmp,
+        seed=args.seed,
+        variant=args.variant,
+        rows=args.size,
+        cols=args.size,
+        pixel_spacing_mm=args.pixel_mm,
+        slice_spacing_mm=args.slice_mm,
+        n_slices=args.slices,
+    )
+    os.replace(tmp, path)
+    print(f"wrote {path} in {time.perf_counter() - t:.1f} s", flush=True)
+    return path
+
+
+# --------------------------------------------------------------------------- end-to-end pipelines
+
+
+def _hu_probe(hu_xyz_shape: tuple[int, ...], hu: Any) -> dict[str, Any]:
+    a = np.asarray(hu, dtype=np.float64)
+    return {
+        "shape_xyz": list(hu_xyz_shape),
+        "sum": float(a.sum()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def _load_ours(zip_path: Path, st: dict[str, float]) -> tuple[CTVolume, Any]:
+    from ml.dicom import load_volume, open_study
+    from ml.qc import rank_series
+
+    t0 = time.perf_counter()
+    with open_study(zip_path) as study:
+        t1 = time.perf_counter()
+        series = rank_series(study).selected.series
+        t2 = time.perf_counter()
+        vol = load_volume(series)
+        t3 = time.perf_counter()
+    t4 = time.perf_counter()
+    st["extract+scan"], st["qc"], st["decode"], st["cleanup"] = t1 - t0, t2 - t1, t3 - t2, t4 - t3
+    return vol, series
+
+
+def run_ours(zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None) -> tuple[Any, dict]:
+    st: dict[str, float] = {}
+    vol, _ = _load_ours(zip_path, st)
+    t = time.perf_counter()
+    res = preprocess(vol, cfg)
+    st["preprocess"] = time.perf_counter() - t
+    for k, v in res.timings_s.items():
+        if k != "total":
+            st[f"  {k}"] = v
+    if probe is not None:
+        probe["hu"] = _hu_probe(vol.geometry.size, vol.hu())
+        probe["crop_box_zyx"] = [list(res.crop_box.start_zyx), list(res.crop_box.stop_zyx)]
+        probe["exact_fallback"] = bool(res.exact_fallback)
+    return res.tensor, st
+
+
+def run_reference(zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None) -> tuple[Any, dict]:
+    ref = _REF_MOD or _load_reference()
+    st: dict[str, float] = {}
+    vol, _ = _load_ours(zip_path, st)
+    t = time.perf_counter()
+    out, box = ref.reference_from_config(vol, cfg)
+    st["reference_preprocess"] = time.perf_counter() - t
+    if probe is not None:
+        probe["crop_box_zyx"] = [list(box[0]), list(box[1])]
+    return out, st
+
+
+_REF_MOD: Any = None
+
+
+def _dicom_dir(root: Path) -> Path:
+    """The extracted directory holding the most files (where a user points LoadImage)."""
+    best, n = root, -1
+    for d, _, files in os.walk(root):
+        if len(files) > n:
+            best, n = Path(d), len(files)
+    return best
+
+
+class MonaiChain:
+    """The seed pipeline as a MONAI user writes it (transforms built once, called one by one for timing)."""
+
+    def __init__(self, cfg: PreprocessConfig, reader: str, orientation: bool) -> None:
+        from monai.transforms import (
+            CropForeground,
+            EnsureChannelFirst,
+            LoadImage,
+            Orientation,
+            Resize,
+            ScaleIntensityRange,
+            Spacing,
+        )
+
+        lo, hi = cfg.hu_window
+        thr = cfg.body_threshold_hu
+        self.load = LoadImage(image_only=True, reader=reader)
+        self.orientation = orientation
+        steps: list[tuple[str, Callable[[Any], Any]]] = [("EnsureChannelFirst", EnsureChannelFirst())]
+        if orientation:
+            steps.append(("Orientation", Orientation(axcodes="RAS")))
+        steps += [
+            ("Spacing", Spacing(pixdim=cfg.spacing_mm, mode="bilinear")),
+            (
+                "CropForeground",
+                CropForeground(
+                    select_fn=lambda x: x > thr, margin=cfg.crop_margin_voxels, allow_smaller=True
+                ),
+            ),
+            (
+                "ScaleIntensityRange",
+                ScaleIntensityRange(a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True),
+            ),
+            ("Resize", Resize(spatial_size=tuple(reversed(cfg.target_size)), mode="trilinear")),
+        ]
+        self.steps = steps
+
+    def __call__(self, zip_path: Path, probe: dict[str, Any] | None) -> tuple[Any, dict]:
+        st: dict[str, float] = {}
+        t = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix="s4ct-bench-monai-"))
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(tmp)
+            d = _dicom_dir(tmp)
+            st["extract (zipfile)"] = time.perf_counter() - t
+            t = time.perf_counter()
+            img = self.load(str(d))
+            st["LoadImage"] = time.perf_counter() - t
+        finally:
+            t = time.perf_counter()
+            shutil.rmtree(tmp, ignore_errors=True)
+            st["cleanup"] = time.perf_counter() - t
+        if probe is not None:
+            probe["hu"] = _hu_probe(tuple(img.shape[-3:]), img.numpy().transpose(2, 1, 0))
+            probe["affine_ras"] = np.asarray(img.affine).tolist()
+        # axes that Orientation("RAS") flips (axis-aligned series only: no permutation)
+        aff = np.asarray(img.affine)[:3, :3]
+        if self.orientation and not np.allclose(aff, np.diag(np.diag(aff))):
+            raise SystemExit("monai: Orientation on an oblique/permuted series: axes cannot be mapped back")
+        flips = [1 + i for i in range(3) if self.orientation and aff[i, i] < 0]
+        for name, tr in self.steps:
+            t = time.perf_counter()
+            img = tr(img)
+            st[name] = time.perf_counter() - t
+        t = time.perf_counter()
+        out = torch.as_tensor(img)  # (1, x, y, z) in RAS order when oriented
+        if flips:
+            out = torch.flip(out, flips)
+        out = out.permute(0, 3, 2, 1)[None].contiguous().float()  # (1, 1, z, y, x) LPS like the reference
+        st["to (z,y,x) tensor"] = time.perf_counter() - t
+        return out, st
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker(args: argparse.Namespace) -> int:
+    """One pipeline in this (fresh) process: warm-up + timed runs; writes <out>/<name>.json and .pt."""
+    global _REF_MOD
+    import pydicom  # noqa: F401  (imports are not part of the pipelines' memory)
+    import SimpleITK  # noqa: F401, N813
+
+    from ml import dicom, qc  # noqa: F401
+
+    cfg = PreprocessConfig(target_size=(args.target,) * 3)
+    name = args.worker
+    if name == "ours":
+        fn: Callable[[Path, dict[str, Any] | None], tuple[Any, dict]] = lambda z, p: run_ours(z, cfg, p)  # noqa: E731
+    elif name == "reference":
+        _REF_MOD = _load_reference()
+        fn = lambda z, p: run_reference(z, cfg, p)  # noqa: E731
+    else:
+        import monai.transforms  # noqa: F401
+
+        fn = MonaiChain(cfg, args.reader, not args.no_orientation)
+    zip_path = Path(args.worker_zip)
+    base = _rss_bytes()
+    probe: dict[str, Any] = {}
+    t = time.perf_counter()
+    out, _ = fn(zip_path, probe)
+    first = time.perf_counter() - t
+    del out
+    totals: list[float] = []
+    stages: list[dict[str, float]] = []
+    out = None
+    for _ in range(args.repeat):
+        out = None
+        t = time.perf_counter()
+        out, st = fn(zip_path, None)
+        totals.append(time.perf_counter() - t)
+        stages.append(st)
+    peak = _maxrss_bytes() - base
+    outdir = Path(args.worker_out)
+    torch.save(out, outdir / f"{name}.pt")
+    rec = {
+        "total_s": statistics.median(totals),
+        "runs_s": totals,
+        "first_s": first,
+        "stages_s": {k: statistics.median(s[k] for s in stages) for k in stages[0]},
+        "peak_rss_above_baseline_mib": peak / 2**20,
+        "baseline_rss_mib": base / 2**20,
+        "probe": probe,
+    }
+    if name == "monai":
+        rec["reader"] = args.reader
+        rec["orientation"] = not args.no_orientation
+    (outdir / f"{name}.json").write_text(json.dumps(rec))
+    return 0
+
+
+# --------------------------------------------------------------------------- end-to-end driver
+
+
+def _run_worker(name: str, zip_path: Path, outdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--worker-zip",
+        str(zip_path),
+        "--worker-out",
+        str(outdir),
+        "--target",
+        str(args.target),
+        "--repeat",
+        str(args.repeat),
+        "--reader",
+        args.reader,
+    ]
+    if args.no_orientation:
+        cmd.append("--no-orientation")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"worker {name} failed (rc={proc.returncode})")
+    rec: dict[str, Any] = json.loads((outdir / f"{name}.json").read_text())
+    rec["out"] = torch.load(outdir / f"{name}.pt")
+    return rec
+
+
+def end_to_end(args: argparse.Namespace) -> int:
+    zip_path = Path(args.zip) if args.zip else phantom_zip(args)
+    names = [n for n in PIPELINES if not (n == "monai" and args.skip_monai)]
+    res: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="s4ct-bench-") as td:
+        for n in names:
+            res[n] = _run_worker(n, zip_path, Path(td), args)
+
+    ours, ref = res["ours"], res["reference"]
+    hu = ours["probe"]["hu"]
+    n_threads = torch.get_num_threads()
+    print(
+        f"input: {zip_path} ({zip_path.stat().st_size / 2**20:.0f} MiB); series x,y,z={tuple(hu['shape_xyz'])} "
+        f"→ tensor [1,1,{args.target},{args.target},{args.target}]"
+    )
+    print(
+        f"each pipeline in a fresh subprocess: 1 untimed warm-up + median of {args.repeat}; "
+        f"torch threads={n_threads}, cpus={os.cpu_count()}"
+    )
+    if "monai" in res:
+        m = res["monai"]
+        same = m["probe"]["hu"]["shape_xyz"] == hu["shape_xyz"] and abs(
+            m["probe"]["hu"]["sum"] - hu["sum"]
+        ) <= 1e-6 * max(1.0, abs(hu["sum"]))
+        print(
+            f"monai: LoadImage(reader={m['reader']!r}) on the extracted directory; "
+            f"Orientation('RAS') {'on, x/y mapped back' if m['orientation'] else 'left out'}; "
+            f"same series and HU as our reader: {'yes' if same else 'NO'}"
+        )
+        res["monai"]["same_series_and_hu"] = same
+    print()
+    for n, r in res.items():
+        print(f"{n:<28} {'median s':>9}")
+        for k, v in r["stages_s"].items():
+            print(f"  {k:<26} {v:>9.3f}")
+        print(f"  {'TOTAL':<26} {r['total_s']:>9.3f}")
+    print()
+    ref_t = ref["out"]
+    print(
+        f"{'pipeline':<10} {'total s':>8} {'first s':>8} {'runs s':>22} {'peak MiB':>9} {'r vs ref':>12} {'max abs':>9}"
+    )
+    for n, r in res.items():
+        rr, d = compare(r["out"], ref_t)
+        r["r_vs_reference"], r["max_abs_vs_reference"] = rr, d
+        runs = " ".join(f"{t:.2f}" for t in r["runs_s"])
+        print(
+            f"{n:<10} {r['total_s']:>8.3f} {r['first_s']:>8.3f} {runs:>22} "
+            f"{r['peak_rss_above_baseline_mib']:>9.0f} {rr:>12.9f} {d:>9.2g}"
+        )
+    t_ours = ours["total_s"]
+    ratios = {"reference_over_ours": ref["total_s"] / t_ours}
+    pre_ours = ours["stages_s"]["preprocess"]
+    ratios["reference_over_ours_preprocess_only"] = ref["stages_s"]["reference_preprocess"] / pre_ours
+    print()
+    print(f"reference/ours = {ratios['reference_over_ours']:.2f}x ZIP → tensor", end="")
+    print(f"; preprocess only {ratios['reference_over_ours_preprocess_only']:.2f}x")
+    goal = None
+    if "monai" in res:
+        m = res["monai"]
+        ratios["monai_over_ours"] = m["total_s"] / t_ours
+        after_load = sum(
+            v for k, v in m["stages_s"].items() if k not in ("extract (zipfile)", "LoadImage", "cleanup")
+        )
+        ratios["monai_over_ours_preprocess_only"] = after_load / pre_ours
+        goal = bool(ratios["monai_over_ours"] >= GOAL_MONAI_RATIO and ours["r_vs_reference"] >= GOAL_R)
+        print(
+            f"monai/ours     = {ratios['monai_over_ours']:.2f}x ZIP → tensor; transforms after LoadImage vs "
+            f"our preprocess {ratios['monai_over_ours_preprocess_only']:.2f}x"
+        )
+        print(
+            f"goal (≥ {GOAL_MONAI_RATIO:g}× MONAI ZIP → tensor, r ≥ {GOAL_R} vs reference): "
+            f"{'MET' if goal else 'NOT MET'}"
+        )
+    print(
+        "peak MiB = ru_maxrss of the pipeline's own subprocess (warm-up + timed runs) − its RSS after imports"
+    )
+    if args.json:
+        out = {
+            "mode": "zip_to_tensor",
+            "input": {
+                "zip": str(zip_path),
+                "zip_mib": zip_path.stat().st_size / 2**20,
+                "phantom": None
+                if args.zip
+                else {
+                    "variant": args.variant,
+                    "seed": args.seed,
+                    "slices": args.slices,
+                    "size": args.size,
+                    "pixel_mm": args.pixel_mm,
+                    "slice_mm": args.slice_mm,
+                },
+                "series_shape_xyz": hu["shape_xyz"],
+            },
+            "target": args.target,
+            "repeat": args.repeat,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch_threads": n_threads,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+            },
+            "memory_method": "ru_maxrss of a fresh per-pipeline subprocess minus its post-import RSS",
+            "pipelines": {n: {k: v for k, v in r.items() if k != "out"} for n, r in res.items()},
+            "ratios": ratios,
+            "goal": {"monai_ratio_min": GOAL_MONAI_RATIO, "r_min": GOAL_R, "met": goal},
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------- --synthetic (in-memory) mode
 
 
 def synthetic_volume(slices: int = 300, size: int = 512, seed: int = 0) -> CTVolume:
@@ -88,7 +511,7 @@ def synthetic_volume(slices: int = 300, size: int = 512, seed: int = 0) -> CTVol
 
 
 def load_input(args: argparse.Namespace) -> CTVolume:
-    """The volume to benchmark: ``--zip`` (largest series of a DICOM ZIP) or a synthetic series.
+    """The in-memory volume for ``--synthetic``: the largest series of ``--zip``, or a synthetic series.
 
     Kept separate so that the DICOM loading path can change without touching the timing code.
     """
@@ -101,9 +524,6 @@ def load_input(args: argparse.Namespace) -> CTVolume:
             series = max(study.series, key=lambda s: s.n_slices)
             return load_volume(series)
     return synthetic_volume(args.slices, args.size)
-
-
-# --------------------------------------------------------------------------- pipelines
 
 
 def monai_chain(volume: CTVolume, cfg: PreprocessConfig) -> torch.Tensor:
@@ -136,14 +556,6 @@ def monai_chain(volume: CTVolume, cfg: PreprocessConfig) -> torch.Tensor:
     )
     out = chain(img)
     return torch.as_tensor(out).permute(0, 3, 2, 1)[None].contiguous().float()
-
-
-# --------------------------------------------------------------------------- measurement
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class PeakRSS:
@@ -194,23 +606,8 @@ def measure(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     }
 
 
-def compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    x, y = a.double().ravel().numpy(), b.double().ravel().numpy()
-    if x.shape != y.shape:
-        return float("nan"), float("nan")
-    return float(np.corrcoef(x, y)[0, 1]), float(np.abs(x - y).max())
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--slices", type=int, default=300)
-    p.add_argument("--size", type=int, default=512, help="rows = columns of the synthetic series")
-    p.add_argument("--zip", type=str, default=None, help="DICOM ZIP; its largest series is used")
-    p.add_argument("--target", type=int, default=256, help="model input edge (voxels)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--skip-monai", action="store_true")
-    args = p.parse_args(argv)
-
+def run_synthetic(args: argparse.Namespace) -> int:
+    """The in-memory mode: all three pipelines in this process on one CTVolume, loading untimed."""
     ref_mod = _load_reference()
     cfg = PreprocessConfig(target_size=(args.target,) * 3)
     vol = load_input(args)
@@ -222,10 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     results: dict[str, dict[str, Any]] = {}
-    results["ours"] = measure(lambda: preprocess(vol, cfg), args.repeats)
-    results["reference"] = measure(lambda: ref_mod.reference_from_config(vol, cfg), args.repeats)
+    results["ours"] = measure(lambda: preprocess(vol, cfg), args.repeat)
+    results["reference"] = measure(lambda: ref_mod.reference_from_config(vol, cfg), args.repeat)
     if not args.skip_monai:
-        results["monai"] = measure(lambda: monai_chain(vol, cfg), args.repeats)
+        results["monai"] = measure(lambda: monai_chain(vol, cfg), args.repeat)
 
     ours = results["ours"]["out"]
     ref_t, ref_box = results["reference"]["out"]
@@ -248,6 +645,36 @@ def main(argv: list[str] | None = None) -> int:
         r, d = compare(results["monai"]["out"], ref_t)
         print(f"monai vs reference: r={r:.9f}  max_abs={d:.3g}  (different grid conventions; informative)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--slices", type=int, default=300, help="phantom slices (default 300)")
+    p.add_argument("--size", type=int, default=512, help="phantom rows = columns (default 512)")
+    p.add_argument("--pixel-mm", type=float, default=0.7, help="phantom pixel spacing (default 0.7)")
+    p.add_argument("--slice-mm", type=float, default=1.0, help="phantom slice spacing (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
+    p.add_argument("--variant", default="standard", help="ml.phantom study variant, e.g. jpeg_lossless")
+    p.add_argument("--cache-dir", default=str(ROOT / "var" / "bench"), help="phantom ZIP cache ('' = temp)")
+    p.add_argument("--zip", type=str, default=None, help="benchmark this DICOM ZIP instead of a phantom")
+    p.add_argument("--target", type=int, default=256, help="model input edge in voxels (default 256)")
+    p.add_argument("--repeat", "--repeats", dest="repeat", type=int, default=3, help="timed runs (median)")
+    p.add_argument("--reader", default="PydicomReader", help="MONAI LoadImage reader (ITKReader needs itk)")
+    p.add_argument("--no-orientation", action="store_true", help="leave Orientation('RAS') out of MONAI")
+    p.add_argument("--skip-monai", action="store_true")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--synthetic", action="store_true", help="old in-memory mode (input loading untimed)")
+    p.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
+    p.add_argument("--worker-zip", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    if args.worker:
+        return worker(args)
+    if args.synthetic:
+        return run_synthetic(args)
+    return end_to_end(args)
 
 
 if __name__ == "__main__":

@@ -496,61 +496,59 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
     inst = ds.get("InstanceNumber")
     inst_n = int(inst) if inst not in (None, "") else None
-    if "PerFrameFunctionalGroupsSequence" in ds or nframes > 1:
-        per = ds.get("PerFrameFunctionalGroupsSequence") or []
-        out: list[SliceRef] = []
-        for k in range(nframes):
-            pf = per[k] if k < len(per) else None
-            pos_item = _functional(ds, pf, "PlanePositionSequence")
-            ori_item = _functional(ds, pf, "PlaneOrientationSequence")
-            meas = _functional(ds, pf, "PixelMeasuresSequence")
-            pvt = _functional(ds, pf, "PixelValueTransformationSequence")
-            pos = _floats(pos_item.get("ImagePositionPatient") if pos_item else None, 3)
-            ori = _floats(ori_item.get("ImageOrientationPatient") if ori_item else None, 6)
-            ps = _floats(meas.get("PixelSpacing") if meas else None, 2)
-            if pos is None or ori is None or ps is None:
-                raise DicomError("dicom_invalid", f"multi-frame image #{idx} frame {k} lacks plane geometry")
-            slope = _f(pvt.get("RescaleSlope") if pvt else ds.get("RescaleSlope"), 1.0)
-            icpt = _f(pvt.get("RescaleIntercept") if pvt else ds.get("RescaleIntercept"), 0.0)
-            th = _f(meas.get("SliceThickness")) if meas else None
-            out.append(
-                SliceRef(
-                    path,
-                    k,
-                    (pos[0], pos[1], pos[2]),
-                    inst_n,
-                    _rescale(slope, idx),
-                    _icpt(icpt, idx),
-                    rows,
-                    cols,
-                    (ps[0], ps[1]),
-                    ori,
-                    th,
-                )
-            )
-        return out
-    pos = _floats(ds.get("ImagePositionPatient"), 3)
-    ori = _floats(ds.get("ImageOrientationPatient"), 6)
-    ps = _floats(ds.get("PixelSpacing"), 2)
-    if pos is None or ori is None or ps is None:
-        return []  # no plane geometry: not part of a volume (e.g. a secondary capture)
-    slope = _f(ds.get("RescaleSlope", 1.0), None)
-    icpt = _f(ds.get("RescaleIntercept", 0.0), None)
-    return [
-        SliceRef(
+
+    def ref(
+        frame: int | None, pos_v: Any, ori_v: Any, ps_v: Any, slope: Any, icpt: Any, th: Any
+    ) -> SliceRef | None:
+        pos, ori, ps = _floats(pos_v, 3), _floats(ori_v, 6), _floats(ps_v, 2)
+        if pos is None or ori is None or ps is None:
+            return None
+        return SliceRef(
             path,
-            None,
+            frame,
             (pos[0], pos[1], pos[2]),
             inst_n,
-            _rescale(slope, idx),
-            _icpt(icpt, idx),
+            _rescale(_f(slope), idx),
+            _icpt(_f(icpt), idx),
             rows,
             cols,
             (ps[0], ps[1]),
             ori,
-            _f(ds.get("SliceThickness")),
+            _f(th),
         )
-    ]
+
+    if "PerFrameFunctionalGroupsSequence" not in ds and nframes == 1:
+        r = ref(
+            None,
+            ds.get("ImagePositionPatient"),
+            ds.get("ImageOrientationPatient"),
+            ds.get("PixelSpacing"),
+            ds.get("RescaleSlope", 1.0),
+            ds.get("RescaleIntercept", 0.0),
+            ds.get("SliceThickness"),
+        )
+        return [] if r is None else [r]  # no plane geometry: not part of a volume (e.g. a secondary capture)
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    out: list[SliceRef] = []
+    for k in range(nframes):
+        pf = per[k] if k < len(per) else None
+        pos_item = _functional(ds, pf, "PlanePositionSequence") or Dataset()
+        ori_item = _functional(ds, pf, "PlaneOrientationSequence") or Dataset()
+        meas = _functional(ds, pf, "PixelMeasuresSequence") or Dataset()
+        pvt = _functional(ds, pf, "PixelValueTransformationSequence") or ds
+        r = ref(
+            k,
+            pos_item.get("ImagePositionPatient"),
+            ori_item.get("ImageOrientationPatient"),
+            meas.get("PixelSpacing"),
+            pvt.get("RescaleSlope", 1.0),
+            pvt.get("RescaleIntercept", 0.0),
+            meas.get("SliceThickness"),
+        )
+        if r is None:
+            raise DicomError("dicom_invalid", f"multi-frame image #{idx} frame {k} lacks plane geometry")
+        out.append(r)
+    return out
 
 
 def _rescale(slope: float | None, idx: int) -> float:

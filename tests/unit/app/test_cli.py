@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from cli import run_cli
 
 from ml.phantom import make_study
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
 
 def test_phantom_corpus_then_inspect(tmp_path: Path) -> None:
-    r = _cli(
+    r = run_cli(
         "phantom",
         str(tmp_path / "c"),
         "--n",
@@ -49,42 +35,42 @@ def test_phantom_corpus_then_inspect(tmp_path: Path) -> None:
     for row in rows:
         mask = nib.load(str(tmp_path / "c" / "masks" / f"{row['study_id']}.nii.gz"))
         assert (np.asarray(mask.dataobj).max() > 0) == (row["label"] == "1")
-    r = _cli("inspect", str(tmp_path / "c" / rows[0]["zip"]))
+    r = run_cli("inspect", str(tmp_path / "c" / rows[0]["zip"]))
     assert r.returncode == 0, r.stderr
     assert "usable" in r.stdout and "selected:" in r.stdout
 
 
 def test_unknown_variant_is_refused(tmp_path: Path) -> None:
-    r = _cli("phantom", str(tmp_path / "c"), "--n", "1", "--variant", "nope")
+    r = run_cli("phantom", str(tmp_path / "c"), "--n", "1", "--variant", "nope")
     assert r.returncode == 2 and "unknown variant" in r.stderr
 
 
 @pytest.mark.parametrize(("variant", "code"), [("non_ct", "not_ct"), ("thick", "slice_thickness_too_large")])
 def test_inspect_error_codes(tmp_path: Path, variant: str, code: str) -> None:
     info = make_study(tmp_path / "s.zip", seed=1, variant=variant)
-    r = _cli("inspect", str(info.zip_path))
+    r = run_cli("inspect", str(info.zip_path))
     assert r.returncode == 2 and r.stderr.startswith(f"error: {code}: ")
-    r = _cli("inspect", str(info.zip_path), "--json")
+    r = run_cli("inspect", str(info.zip_path), "--json")
     assert r.returncode == 2 and json.loads(r.stdout)["error"] == code
 
 
 def test_not_a_zip(tmp_path: Path) -> None:
     p = tmp_path / "x.zip"
     p.write_bytes(b"%PDF-1.4 not a zip")
-    r = _cli("preprocess", str(p), "-o", str(tmp_path / "o.pt"), "--json")
+    r = run_cli("preprocess", str(p), "-o", str(tmp_path / "o.pt"), "--json")
     assert r.returncode == 2 and json.loads(r.stdout)["error"] == "zip_invalid"
 
 
 def test_real_like_study_inspect_and_preprocess(tmp_path: Path) -> None:
     """A JPEG-lossless, Siemens-style 150×512² 2 mm study (extension-less file names)."""
     info = make_study(tmp_path / "real_like.zip", seed=7, variant="real_like")
-    r = _cli("inspect", str(info.zip_path), "--json")
+    r = run_cli("inspect", str(info.zip_path), "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     sm = rep["series"][0]["summary"]
     assert sm["slices"] == 150 and sm["rows"] == 512 and sm["manufacturer"] == "SIEMENS"
     assert sm["transfer_syntaxes"] == ["1.2.840.10008.1.2.4.70"]
-    r = _cli("preprocess", str(info.zip_path), "-o", str(tmp_path / "t.pt"), "--size", "128", "--json")
+    r = run_cli("preprocess", str(info.zip_path), "-o", str(tmp_path / "t.pt"), "--size", "128", "--json")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "t.json").read_text())
     assert meta["series_uid"] == info.primary_series_uid

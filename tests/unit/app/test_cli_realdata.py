@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.realdata
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
 
 
 def _member_stems(zip_path: Path) -> set[str]:
@@ -32,7 +19,7 @@ def _member_stems(zip_path: Path) -> set[str]:
 
 
 def test_inspect_real_ct(real_ct_zip: Path) -> None:
-    r = _cli("inspect", str(real_ct_zip), "--json", "--log-level", "DEBUG")
+    r = run_cli("inspect", str(real_ct_zip), "--json", "--log-level", "DEBUG")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     sel = rep["series"][0]
@@ -50,7 +37,7 @@ def test_inspect_real_ct(real_ct_zip: Path) -> None:
 
 def test_preprocess_real_ct(real_ct_zip: Path, tmp_path: Path) -> None:
     out = tmp_path / "cap002.pt"
-    r = _cli("preprocess", str(real_ct_zip), "-o", str(out), "--size", "128", "--json")
+    r = run_cli("preprocess", str(real_ct_zip), "-o", str(out), "--size", "128", "--json")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "cap002.json").read_text())
     assert meta["tensor_shape"] == [1, 1, 128, 128, 128]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pydicom
 import pytest
+from cli import run_cli
 
 from ml.phantom import PHI_IDENTIFIERS, StudyInfo, make_study
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def _identifiers(info: StudyInfo) -> list[str]:
@@ -30,14 +27,7 @@ def _identifiers(info: StudyInfo) -> list[str]:
 
 
 def _cli(*args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    r = run_cli(*args)
     return f"rc={r.returncode}\n{r.stdout}\n{r.stderr}"
 
 
