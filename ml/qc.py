@@ -19,6 +19,22 @@ from ml.errors import QCError
 
 Severity = Literal["reject", "warn"]
 
+#: every QC reason code with its severity (rejections make a series unusable)
+QC_CODES: dict[str, Severity] = {
+    "not_ct": "reject",
+    "localizer": "reject",
+    "too_few_slices": "reject",
+    "slice_thickness_too_large": "reject",
+    "inconsistent_spacing": "reject",
+    "mixed_image_sizes": "reject",
+    "non_axial": "reject",
+    "duplicate_slices": "warn",
+    "gantry_tilt": "warn",
+    "derived_images": "warn",
+    "not_chest": "warn",
+    "dicom_invalid": "warn",
+}
+
 _SOFT_KERNEL = re.compile(
     r"^(B[1-4]\d|I[1-4]\d|D[1-4]\d|Br[1-4]\d|Qr[1-4]\d|FC0\d|FC1\d|FC2\d)|STANDARD|SOFT|BODY|MEDIASTIN|SMOOTH",
     re.IGNORECASE,
@@ -51,6 +67,10 @@ class QCReason:
     code: str
     severity: Severity
     detail: str
+
+    def __post_init__(self) -> None:
+        if QC_CODES.get(self.code) != self.severity:
+            raise ValueError(f"QC code {self.code!r} is not a known {self.severity} code")
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "severity": self.severity, "detail": self.detail}

@@ -295,3 +295,53 @@ def test_varying_rescale_converts_to_hu(tmp_path: Path) -> None:
     assert vol.stored.dtype == np.float32 and vol.slope == 1.0 and vol.intercept == 0.0
     # slope 0.5 quantises HU to 0.5 steps; the written values are the phantom's
     np.testing.assert_allclose(vol.hu(), ph.hu.astype(np.float32), atol=0.5)
+
+
+def _merge(zips: list[Path], dst: Path) -> Path:
+    with zipfile.ZipFile(dst, "w") as zout:
+        for k, zp in enumerate(zips):
+            with zipfile.ZipFile(zp) as zin:
+                for n in zin.namelist():
+                    if not n.endswith("/"):
+                        zout.writestr(f"part{k}/{n}", zin.read(n))
+    return dst
+
+
+def test_mixed_reasons_give_no_usable_series(study_factory: MakeStudy, tmp_path: Path) -> None:
+    merged = _merge(
+        [study_factory("non_ct").zip_path, study_factory("few_slices", seed=4).zip_path], tmp_path / "m.zip"
+    )
+    with open_study(merged) as st, pytest.raises(InputError) as ei:
+        rank_series(st)
+    assert ei.value.code == "no_usable_series"
+    assert "not_ct" in ei.value.detail and "too_few_slices" in ei.value.detail
+
+
+def test_usable_series_wins_over_rejected_ones(study_factory: MakeStudy, tmp_path: Path) -> None:
+    good = study_factory("standard", seed=8)
+    merged = _merge(
+        [study_factory("non_ct").zip_path, good.zip_path, study_factory("thick").zip_path], tmp_path / "m.zip"
+    )
+    with open_study(merged) as st:
+        rep = rank_series(st)
+    assert rep.selected.series.series_uid == good.primary_series_uid
+    assert [q.usable for q in rep.series] == [True, False, False]
+
+
+def test_derived_and_not_chest_warnings(study_factory: MakeStudy, tmp_path: Path) -> None:
+    info = study_factory("standard")
+    bad = tmp_path / "head.zip"
+
+    def relabel(i: int, d: bytes) -> bytes:
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(d))
+        ds.BodyPartExamined = "HEAD"
+        ds.SeriesDescription = "BRAIN"
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        buf = pydicom.filebase.DicomBytesIO()
+        ds.save_as(buf)
+        return buf.getvalue()
+
+    _rezip(info.zip_path, bad, relabel)
+    with open_study(bad) as st:
+        rep = rank_series(st)
+    assert {"derived_images", "not_chest"} <= set(rep.selected.warning_codes)
