@@ -33,7 +33,6 @@ top of an idle interpreter; no sampler thread runs during the timed runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -171,8 +170,9 @@ def run_ours(zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None
     return res.tensor, st
 
 
-def run_reference(zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None) -> tuple[Any, dict]:
-    ref = _REF_MOD or _load_reference()
+def run_reference(
+    zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None, ref: Any
+) -> tuple[Any, dict]:
     st: dict[str, float] = {}
     vol, _ = _load_ours(zip_path, st)
     t = time.perf_counter()
@@ -181,9 +181,6 @@ def run_reference(zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] |
     if probe is not None:
         probe["crop_box_zyx"] = [list(box[0]), list(box[1])]
     return out, st
-
-
-_REF_MOD: Any = None
 
 
 def _dicom_dir(root: Path) -> Path:
@@ -261,7 +258,8 @@ class MonaiChain:
             img = tr(img)
             st[name] = time.perf_counter() - t
         t = time.perf_counter()
-        out = torch.as_tensor(img)  # (1, x, y, z) in RAS order when oriented
+        # plain tensor (1, x, y, z), in RAS axis directions when oriented
+        out = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
         if flips:
             out = torch.flip(out, flips)
         out = out.permute(0, 3, 2, 1)[None].contiguous().float()  # (1, 1, z, y, x) LPS like the reference
@@ -273,10 +271,9 @@ class MonaiChain:
 
 
 def worker(args: argparse.Namespace) -> int:
-    """One pipeline in this (fresh) process: warm-up + timed runs; writes <out>/<name>.json and .pt."""
-    global _REF_MOD
+    """One pipeline in this (fresh) process: warm-up + timed runs; writes <out>/<name>.json and .npy."""
     import pydicom  # noqa: F401  (imports are not part of the pipelines' memory)
-    import SimpleITK  # noqa: F401, N813
+    import SimpleITK  # noqa: F401
 
     from ml import dicom, qc  # noqa: F401
 
@@ -285,8 +282,8 @@ def worker(args: argparse.Namespace) -> int:
     if name == "ours":
         fn: Callable[[Path, dict[str, Any] | None], tuple[Any, dict]] = lambda z, p: run_ours(z, cfg, p)  # noqa: E731
     elif name == "reference":
-        _REF_MOD = _load_reference()
-        fn = lambda z, p: run_reference(z, cfg, p)  # noqa: E731
+        ref = _load_reference()
+        fn = lambda z, p: run_reference(z, cfg, p, ref)  # noqa: E731
     else:
         import monai.transforms  # noqa: F401
 
@@ -309,7 +306,7 @@ def worker(args: argparse.Namespace) -> int:
         stages.append(st)
     peak = _maxrss_bytes() - base
     outdir = Path(args.worker_out)
-    torch.save(out, outdir / f"{name}.pt")
+    np.save(outdir / f"{name}.npy", torch.as_tensor(out).numpy())
     rec = {
         "total_s": statistics.median(totals),
         "runs_s": totals,
@@ -348,12 +345,12 @@ def _run_worker(name: str, zip_path: Path, outdir: Path, args: argparse.Namespac
     ]
     if args.no_orientation:
         cmd.append("--no-orientation")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"worker {name} failed (rc={proc.returncode})")
     rec: dict[str, Any] = json.loads((outdir / f"{name}.json").read_text())
-    rec["out"] = torch.load(outdir / f"{name}.pt")
+    rec["out"] = torch.from_numpy(np.load(outdir / f"{name}.npy"))
     return rec
 
 
@@ -369,7 +366,8 @@ def end_to_end(args: argparse.Namespace) -> int:
     hu = ours["probe"]["hu"]
     n_threads = torch.get_num_threads()
     print(
-        f"input: {zip_path} ({zip_path.stat().st_size / 2**20:.0f} MiB); series x,y,z={tuple(hu['shape_xyz'])} "
+        f"input: {zip_path} ({zip_path.stat().st_size / 2**20:.0f} MiB); "
+        f"series x,y,z={tuple(hu['shape_xyz'])} "
         f"→ tensor [1,1,{args.target},{args.target},{args.target}]"
     )
     print(
@@ -396,7 +394,8 @@ def end_to_end(args: argparse.Namespace) -> int:
     print()
     ref_t = ref["out"]
     print(
-        f"{'pipeline':<10} {'total s':>8} {'first s':>8} {'runs s':>22} {'peak MiB':>9} {'r vs ref':>12} {'max abs':>9}"
+        f"{'pipeline':<10} {'total s':>8} {'first s':>8} {'runs s':>22} {'peak MiB':>9} "
+        f"{'r vs ref':>12} {'max abs':>9}"
     )
     for n, r in res.items():
         rr, d = compare(r["out"], ref_t)
