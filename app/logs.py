@@ -67,14 +67,21 @@ class PhiScrubber:
 scrubber = PhiScrubber()
 
 
+class ScrubbedError(Exception):
+    """Stands in for a logged exception whose message went through the scrubber."""
+
+
 def _patch(record: Record) -> None:
     record["message"] = scrubber.scrub(record["message"])
     for k, v in list(record["extra"].items()):
         record["extra"][k] = scrubber.scrub_value(v)
-    if record["exception"] is not None:
-        # tracebacks may quote values; keep type, drop the (possibly identifying) text
-        exc = record["exception"]
-        record["extra"]["exception_type"] = exc.type.__name__ if exc.type else None
+    exc = record["exception"]
+    if exc is not None and exc.value is not None:
+        # exception texts may quote header values: log a scrubbed copy of the message
+        scrubbed = ScrubbedError(
+            f"{exc.type.__name__ if exc.type else 'Error'}: {scrubber.scrub(str(exc.value))}"
+        )
+        record["exception"] = exc._replace(type=ScrubbedError, value=scrubbed)
 
 
 class _InterceptHandler(logging.Handler):

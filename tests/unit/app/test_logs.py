@@ -32,3 +32,21 @@ def test_log_records_are_scrubbed_in_json_sink_including_std_logging() -> None:
     finally:
         scrubber.clear()
         setup_logging("WARNING")
+
+
+def test_exception_text_is_scrubbed() -> None:
+    buf = io.StringIO()
+    setup_logging("DEBUG", json=False, sink=buf)
+    try:
+        name = "".join(["DOE", "^", "JANE"])  # not a literal: tracebacks quote source lines
+        scrubber.register([name])
+        try:
+            raise ValueError(f"bad PatientName {name}")
+        except ValueError:
+            logger.exception("decode failed")
+        text = buf.getvalue()
+        assert "decode failed" in text and "ValueError" in text
+        assert "DOE^JANE" not in text and REDACTED in text
+    finally:
+        scrubber.clear()
+        setup_logging("WARNING")

@@ -1,0 +1,69 @@
+"""Corrupted DICOM bytes never escape as anything but an InputError with a known code."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ml.dicom import load_volume, open_study
+from ml.errors import ERROR_CODES, InputError
+from ml.phantom import make_study
+from ml.qc import rank_series
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, bytes]]:
+    info = make_study(
+        tmp_path_factory.mktemp("fz") / "s.zip",
+        seed=21,
+        variant="standard",
+        n_slices=24,
+        rows=32,
+        cols=32,
+        pixel_spacing_mm=12.0,
+    )
+    with zipfile.ZipFile(info.zip_path) as zf:
+        return [(n, zf.read(n)) for n in sorted(zf.namelist()) if not n.endswith("/")]
+
+
+mutation = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=23),
+        st.integers(min_value=0, max_value=4000),
+        st.binary(min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(muts=mutation, truncate=st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(0, 3000))))
+def test_mutated_headers_fail_cleanly(
+    members: list[tuple[str, bytes]],
+    tmp_path: Path,
+    muts: list[tuple[int, int, bytes]],
+    truncate: tuple[int, int] | None,
+) -> None:
+    files = [bytearray(d) for _, d in members]
+    for idx, off, data in muts:
+        f = files[idx % len(files)]
+        pos = off % max(1, len(f))
+        f[pos : pos + len(data)] = data
+    if truncate is not None:
+        f = files[truncate[0] % len(files)]
+        del f[truncate[1] % max(1, len(f)) :]
+    zp = tmp_path / "fuzz.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        for (name, _), data in zip(members, files, strict=True):
+            zf.writestr(name, bytes(data))
+    try:
+        with open_study(zp) as study:
+            vol = load_volume(rank_series(study).selected.series)
+        assert vol.stored.ndim == 3
+    except InputError as e:
+        assert e.code in ERROR_CODES
