@@ -65,3 +65,19 @@ class DicomError(InputError):
 
 class QCError(InputError):
     """No series of the study is usable, or the requested one is not."""
+
+
+class ModelUnavailable(Exception):
+    """The requested model cannot be used: unknown name, missing file, sha256 mismatch, bad checkpoint.
+
+    ``code`` is always ``model_unavailable`` (the API answers 503); ``detail`` says why.
+    """
+
+    code = "model_unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"model_unavailable: {detail}")
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
