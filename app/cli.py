@@ -15,7 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from app.logs import logger, scrubber, setup_logging
+from app.predict import predict_command
 from ml.errors import InputError
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Service4CT chest-CT triage service.")
 
@@ -184,6 +187,78 @@ def phantom(
     labels = write_corpus(out_dir, n, seed, variants=variants, **kwargs)
     typer.echo(f"wrote {n} studies ({', '.join(variants)}) to {out_dir} in {time.perf_counter() - t0:.1f} s")
     typer.echo(f"labels: {labels}")
+
+
+@cli.command()
+def train(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Training YAML (see weights/resnet10-demo.train.yaml).", exists=True, dir_okay=False
+        ),
+    ],
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Train with the seed recipe; publishes weights, manifest entry and model card if configured."""
+    from ml.train import TrainConfig
+    from ml.train import train as run_train
+
+    setup_logging(log_level)
+    cfg = TrainConfig.from_yaml(config)
+    summary = run_train(cfg)
+    keys = (
+        "data",
+        "fit",
+        "calibration",
+        "validation",
+        "test",
+        "cross_validation",
+        "operating_points",
+        "published",
+    )
+    typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2, default=float))
+
+
+@cli.command()
+def evaluate(
+    labels: Annotated[
+        Path, typer.Argument(help="labels.csv (study_id,label,zip).", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (metrics.json, roc.png).")],
+    model: Annotated[
+        str | None, typer.Option(help="Manifest entry (default: the manifest's default).")
+    ] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Weights manifest.")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Preprocessed tensor cache.")] = Path("var/cache"),
+    n_bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Evaluate a manifest model on a labelled corpus (AUC, sensitivity, specificity with 95% CIs, ROC)."""
+    from ml.errors import ModelUnavailable
+    from ml.train import evaluate_model
+
+    setup_logging(log_level)
+    try:
+        result = evaluate_model(
+            manifest or DEFAULT_MANIFEST,
+            labels,
+            out,
+            name=model,
+            cache_dir=cache_dir,
+            n_bootstrap=n_bootstrap,
+        )
+    except ModelUnavailable as e:
+        typer.echo(f"error: {e.code}: {e.detail}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        json.dumps(
+            {k: result[k] for k in ("model", "data", "summary", "operating_points")}, indent=2, default=float
+        )
+    )
+
+
+# the batch command lives in app/predict.py (its own module: report writing, resume logic)
+cli.command("predict")(predict_command)
 
 
 def main() -> None:

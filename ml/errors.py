@@ -67,7 +67,7 @@ class QCError(InputError):
     """No series of the study is usable, or the requested one is not."""
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(Exception):  # noqa: N818 (the stable code name is the contract)
     """The requested model cannot be used: unknown name, missing file, sha256 mismatch, bad checkpoint.
 
     ``code`` is always ``model_unavailable`` (the API answers 503); ``detail`` says why.

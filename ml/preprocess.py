@@ -469,7 +469,7 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
             is above ``body_threshold_hu`` (nothing to crop to).
     """
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     cfg = config if config is not None else PreprocessConfig()
     timings: dict[str, float] = {}

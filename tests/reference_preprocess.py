@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from ml.errors import InputError
 from ml.geometry import CTVolume

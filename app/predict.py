@@ -1,0 +1,595 @@
+"""``service4ct predict``: batch triage of study ZIPs into an Excel/CSV/JSON report.
+
+The operator passes ZIP files and/or directories (searched recursively for
+``*.zip``); each study becomes one row. The model is loaded once. One bad study
+never stops the batch: an :class:`~ml.errors.InputError` gives a row with its
+code, anything unexpected a row with ``internal_error``.
+
+Resumable: the report is rewritten atomically (temp file + rename) after every
+study, and studies already in an existing report are skipped. Studies are keyed
+by the sha256 of the ZIP's bytes (``study_key`` = its first 16 hex digits), not
+by file name, so renamed or moved files are still recognised.
+
+Identifiers: file names can embed patient IDs, so logs and the progress bar only
+ever show ``study_key``; the ``path`` column of the report repeats the path as
+the operator gave it (the report goes to that operator). Error details are the
+stable codes' texts, never archive member names.
+
+torch is not imported at module level (only the worker may import torch at
+import time); :mod:`ml.inference` is imported inside :func:`run_batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from app.logs import logger, scrubber, setup_logging
+from ml.errors import InputError, ModelUnavailable
+
+if TYPE_CHECKING:
+    from ml.inference import Predictor
+    from ml.weights import ModelEntry
+
+__all__ = [
+    "DEFAULT_MANIFEST",
+    "FORMATS",
+    "BatchSummary",
+    "collect_studies",
+    "predict_command",
+    "read_report",
+    "report_columns",
+    "run_batch",
+    "write_report",
+]
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
+FORMATS = (".xlsx", ".csv", ".json")
+DEVICES = ("auto", "cpu", "cuda")
+KEY_LEN = 16
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+
+_BASE_COLUMNS = ("study_key", "path", "status", "error_code", "error_detail", "probability", "label")
+_TAIL_COLUMNS = (
+    "selected_series_uid",
+    "qc_warnings",
+    "read_s",
+    "preprocess_s",
+    "inference_s",
+    "total_s",
+    "model_name",
+    "model_version",
+    "processed_at",
+)
+_EXPLAIN_COLUMNS = (
+    "saliency_peak_x_mm",
+    "saliency_peak_y_mm",
+    "saliency_peak_z_mm",
+    "saliency_peak_value",
+    "explain_s",
+)
+
+
+class ReportError(Exception):
+    """The existing report cannot be resumed (unreadable, other model, other columns)."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def collect_studies(paths: Iterable[Path]) -> list[Path]:
+    """ZIP files given directly plus ``*.zip`` under given directories (recursive, sorted).
+
+    Paths keep the form the operator gave (not resolved); the same file reached
+    twice is listed once. A missing path raises FileNotFoundError.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in paths:
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() == ".zip")
+        elif p.is_file():
+            found = [p]
+        else:
+            raise FileNotFoundError(str(p))
+        for q in found:
+            r = q.resolve()
+            if r not in seen:
+                seen.add(r)
+                out.append(q)
+    return out
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- report files
+
+
+def report_columns(operating_points: Sequence[str], explain: bool) -> list[str]:
+    """Column order of a report: one ``label_<op>`` column per operating point."""
+    cols = list(_BASE_COLUMNS) + [f"label_{op}" for op in operating_points]
+    cols += list(_TAIL_COLUMNS[:2])
+    if explain:
+        cols += list(_EXPLAIN_COLUMNS[:4])
+    cols += list(_TAIL_COLUMNS[2:5])
+    if explain:
+        cols.append(_EXPLAIN_COLUMNS[4])
+    cols += list(_TAIL_COLUMNS[5:])
+    return cols
+
+
+def model_info(entry: ModelEntry) -> dict[str, Any]:
+    """The model block of a report (JSON-able)."""
+    ops = {
+        name: {
+            "threshold": op.threshold,
+            "sensitivity": op.sensitivity,
+            "specificity": op.specificity,
+            "sensitivity_ci95": list(op.sensitivity_ci95) if op.sensitivity_ci95 is not None else None,
+            "specificity_ci95": list(op.specificity_ci95) if op.specificity_ci95 is not None else None,
+        }
+        for name, op in entry.operating_points.items()
+    }
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "sha256": entry.sha256,
+        "arch": entry.spec.arch,
+        "input_size": list(entry.input_size),
+        "calibration": dict(entry.calibration or {}),
+        "default_operating_point": entry.default_operating_point,
+        "operating_points": ops,
+        "clinical_use": bool(entry.clinical_use),
+        "notice": "" if entry.clinical_use else NOT_FOR_CLINICAL_USE,
+    }
+
+
+def _fmt_from(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"report must end in one of {', '.join(FORMATS)}, got {suffix or 'no suffix'!r}")
+    return suffix
+
+
+def read_report(out: Path) -> tuple[list[str], list[dict[str, Any]], dict[str, Any] | None]:
+    """(columns, rows, model block or None) of an existing report; ReportError if unreadable."""
+    fmt = _fmt_from(out)
+    try:
+        if fmt == ".csv":
+            with out.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows = [dict(r) for r in reader]
+                return list(reader.fieldnames or []), rows, None
+        if fmt == ".json":
+            doc = json.loads(out.read_text(encoding="utf-8"))
+            rows = list(doc["studies"])
+            return list(doc.get("columns") or (rows[0].keys() if rows else [])), rows, doc.get("model")
+        from openpyxl import load_workbook  # type: ignore[import-untyped,unused-ignore]
+
+        wb = load_workbook(out, read_only=True)
+        ws = wb["studies"]
+        it = ws.iter_rows(values_only=True)
+        header = [str(c) for c in next(it, ()) if c is not None]
+        rows = [dict(zip(header, r, strict=False)) for r in it if any(v is not None for v in r)]
+        wb.close()
+        return header, rows, None
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
+        raise ReportError(f"cannot read the existing report {out}: {type(e).__name__}") from e
+
+
+@contextlib.contextmanager
+def _atomic(out: Path) -> Iterator[Path]:
+    """A temp file beside ``out``, renamed over it when the block succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, out)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _csv_value(v: Any) -> Any:
+    return "" if v is None else v
+
+
+def write_report(
+    out: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]], model: dict[str, Any]
+) -> None:
+    """Write the report atomically in the format given by ``out``'s suffix."""
+    fmt = _fmt_from(out)
+    with _atomic(out) as tmp:
+        if fmt == ".csv":
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+                w.writeheader()
+                for r in rows:
+                    w.writerow({c: _csv_value(r.get(c)) for c in columns})
+        elif fmt == ".json":
+            doc = {
+                "model": model,
+                "columns": list(columns),
+                "studies": [{c: r.get(c) for c in columns} for r in rows],
+            }
+            tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        else:
+            _write_xlsx(tmp, columns, rows, model)
+
+
+def _write_xlsx(
+    path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]], model: dict[str, Any]
+) -> None:
+    from openpyxl import Workbook  # type: ignore[import-untyped,unused-ignore]
+    from openpyxl.styles import Alignment, Font, PatternFill  # type: ignore[import-untyped,unused-ignore]
+    from openpyxl.utils import get_column_letter  # type: ignore[import-untyped,unused-ignore]
+
+    red = PatternFill(start_color="FFC7CE", end_color="FFC7CE", fill_type="solid")
+    red_font = Font(color="9C0006")
+    bold = Font(bold=True)
+    wb = Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.title = "studies"
+    ws.append(list(columns))
+    for cell in ws[1]:
+        cell.font = bold
+        cell.alignment = Alignment(vertical="center")
+    ws.freeze_panes = "A2"
+    col_idx = {c: i + 1 for i, c in enumerate(columns)}
+    for r in rows:
+        ws.append([r.get(c) for c in columns])
+        row_no = ws.max_row
+        if r.get("status") == "error":
+            for i in range(1, len(columns) + 1):
+                ws.cell(row=row_no, column=i).fill = red
+            continue
+        for c in columns:
+            if (c == "label" or c.startswith("label_")) and r.get(c) == "pathology":
+                cell = ws.cell(row=row_no, column=col_idx[c])
+                cell.fill = red
+                cell.font = red_font
+    if "probability" in col_idx:
+        letter = get_column_letter(col_idx["probability"])
+        for cell in ws[letter][1:]:
+            cell.number_format = "0.0%"
+    for c in columns:
+        if c.endswith("_s"):
+            for cell in ws[get_column_letter(col_idx[c])][1:]:
+                cell.number_format = "0.000"
+        elif c.endswith("_mm"):
+            for cell in ws[get_column_letter(col_idx[c])][1:]:
+                cell.number_format = "0.0"
+    widths = {"study_key": 18, "path": 40, "error_detail": 48, "selected_series_uid": 40, "processed_at": 26}
+    for c, i in col_idx.items():
+        ws.column_dimensions[get_column_letter(i)].width = widths.get(c, max(10, min(28, len(c) + 2)))
+    if rows:
+        ws.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{ws.max_row}"
+
+    ms = wb.create_sheet("model")
+    if model.get("notice"):
+        ms.append([model["notice"]])
+        ms["A1"].font = Font(bold=True, color="C00000", size=14)
+        ms.append([])
+    for key in ("name", "version", "sha256", "arch", "input_size", "default_operating_point", "clinical_use"):
+        v = model.get(key)
+        ms.append([key, json.dumps(v) if isinstance(v, list | dict) else v])
+        ms.cell(row=ms.max_row, column=1).font = bold
+    ms.append(["calibration", json.dumps(model.get("calibration", {}))])
+    ms.cell(row=ms.max_row, column=1).font = bold
+    ms.append([])
+    ms.append(
+        ["operating point", "threshold", "sensitivity", "sensitivity CI95", "specificity", "specificity CI95"]
+    )
+    for cell in ms[ms.max_row]:
+        cell.font = bold
+    for name, op in model.get("operating_points", {}).items():
+
+        def ci(v: Any) -> str:
+            return "" if not v else f"{v[0]:.3f}–{v[1]:.3f}"
+
+        ms.append(
+            [
+                name,
+                op["threshold"],
+                op["sensitivity"],
+                ci(op["sensitivity_ci95"]),
+                op["specificity"],
+                ci(op["specificity_ci95"]),
+            ]
+        )
+    for letter, width in zip("ABCDEF", (26, 70, 14, 18, 14, 18), strict=True):
+        ms.column_dimensions[letter].width = width
+    wb.save(path)
+
+
+# --------------------------------------------------------------------------- one study
+
+
+def _error_row(code: str, detail: str) -> dict[str, Any]:
+    return {"status": "error", "error_code": code, "error_detail": detail}
+
+
+def process_study(predictor: Predictor, path: Path, explain: bool) -> dict[str, Any]:
+    """Row fields of one study (everything but study_key/path/model/processed_at)."""
+    from ml.dicom import load_volume, open_study
+    from ml.preprocess import preprocess
+    from ml.qc import rank_series
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {}
+    with open_study(path) as study:
+        scrubber.register(study.phi_tokens)
+        report = rank_series(study)
+        volume = load_volume(report.selected.series)
+    row["selected_series_uid"] = volume.series_uid
+    row["qc_warnings"] = ",".join(report.selected.warning_codes)
+    t1 = time.perf_counter()
+    result = preprocess(volume, predictor.preprocess_config)
+    del volume
+    t2 = time.perf_counter()
+    pred = predictor.predict(result.tensor)[0]
+    t3 = time.perf_counter()
+    row.update(
+        status="ok", error_code=None, error_detail=None, probability=pred.probability, label=pred.label
+    )
+    for op, decision in pred.decisions.items():
+        row[f"label_{op}"] = "pathology" if decision else "normal"
+    row.update(read_s=t1 - t0, preprocess_s=t2 - t1, inference_s=t3 - t2)
+    if explain:
+        from ml.explain import gradcam_peak
+
+        peak, value = gradcam_peak(predictor, result.tensor)
+        lps = result.geometry.model_to_lps([peak])[0]
+        row.update(
+            saliency_peak_x_mm=float(lps[0]),
+            saliency_peak_y_mm=float(lps[1]),
+            saliency_peak_z_mm=float(lps[2]),
+            saliency_peak_value=value,
+            explain_s=time.perf_counter() - t3,
+        )
+    return row
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+@dataclass
+class BatchSummary:
+    """Counts of a batch run."""
+
+    out: Path
+    total: int = 0
+    ok: int = 0
+    errors: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+    model_loaded: bool = False
+
+    def line(self) -> str:
+        codes = ", ".join(f"{k}={v}" for k, v in sorted(self.error_codes.items()))
+        return (
+            f"{self.out}: {self.ok} ok, {self.errors} error{' (' + codes + ')' if codes else ''}, "
+            f"{self.skipped} already in the report, {self.duplicates} duplicate(s)"
+        )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _round(row: dict[str, Any]) -> dict[str, Any]:
+    for k, v in row.items():
+        if isinstance(v, float):
+            row[k] = round(
+                v, 6 if k in ("probability", "saliency_peak_value") else 4 if k.endswith("_s") else 2
+            )
+    return row
+
+
+def run_batch(
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    model: str | None = None,
+    manifest: Path | None = None,
+    explain: bool = False,
+    device: str = "auto",
+    retry_errors: bool = False,
+    progress: bool = True,
+    predictor_factory: Callable[[], Predictor] | None = None,
+) -> BatchSummary:
+    """Predict every study under ``paths`` into the report ``out`` (.xlsx, .csv or .json).
+
+    Args:
+        paths: ZIP files and/or directories (searched recursively for ``*.zip``).
+        out: report path; its suffix picks the format. If it exists the batch
+            resumes: studies whose ``study_key`` is already in it are skipped
+            (``retry_errors`` re-runs rows with status ``error``).
+        model: manifest model name (default: the manifest's default).
+        manifest: weights manifest (default: the repository's ``weights/manifest.json``).
+        explain: add the Grad-CAM peak (LPS mm) of each study.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        progress: show a tqdm progress bar on stderr.
+        predictor_factory: builds the predictor instead of loading it from the
+            manifest (tests, embedding); called at most once.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: unknown report suffix or device.
+        ReportError: the existing report cannot be resumed.
+        ModelUnavailable: the model cannot be loaded.
+    """
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+    from ml.weights import Manifest
+
+    _fmt_from(out)
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    manifest_path = manifest or DEFAULT_MANIFEST
+    predictor: Predictor | None = None
+    if predictor_factory is not None:
+        predictor = predictor_factory()
+        entry = predictor.entry
+    else:
+        if not manifest_path.is_file():
+            raise ModelUnavailable(f"weights manifest not found: {manifest_path}")
+        try:
+            loaded = Manifest.load(manifest_path)
+        except (OSError, ValueError) as e:
+            raise ModelUnavailable(f"cannot read the weights manifest: {e}") from e
+        entry = loaded.get(model)
+    info = model_info(entry)
+    columns = report_columns(list(entry.operating_points), explain)
+
+    rows: list[dict[str, Any]] = []
+    if out.exists():
+        old_cols, rows, old_model = read_report(out)
+        names = {(str(r.get("model_name")), str(r.get("model_version"))) for r in rows}
+        if rows and names != {(entry.name, str(entry.version))}:
+            raise ReportError(
+                f"{out} holds results of another model ({sorted(names)}); write to a new report instead"
+            )
+        if old_model is not None and old_model.get("sha256") not in (None, entry.sha256):
+            raise ReportError(f"{out} was written with other weights (sha256 differs); use a new report")
+        if rows and set(old_cols) != set(columns):
+            raise ReportError(
+                f"{out} has other columns (was --explain {'on' if 'explain_s' in old_cols else 'off'}?); "
+                "use the same options or a new report"
+            )
+        if retry_errors:
+            rows = [r for r in rows if r.get("status") != "error"]
+    done = {str(r.get("study_key")) for r in rows}
+
+    studies = collect_studies(paths)
+    summary = BatchSummary(out=out, total=len(studies))
+    pending: list[tuple[Path, str]] = []
+    for p in studies:
+        key = sha256_file(p)[:KEY_LEN]
+        if key in done:
+            summary.skipped += 1
+            continue
+        if any(key == k for _, k in pending):
+            summary.duplicates += 1
+            continue
+        pending.append((p, key))
+    logger.info(
+        "predict: {} studies, {} to do, {} already in the report", len(studies), len(pending), summary.skipped
+    )
+    if not pending:
+        return summary
+
+    if predictor is None:
+        from ml.inference import Predictor
+
+        predictor = Predictor.from_manifest(manifest_path, model, device=device)
+    summary.model_loaded = True
+    logger.info("model {} {} on {}", entry.name, entry.version, predictor.device)
+
+    bar = tqdm(pending, total=len(pending), unit="study", disable=not progress, dynamic_ncols=True)
+    for path, key in bar:
+        bar.set_postfix_str(key)
+        t0 = time.perf_counter()
+        try:
+            row = process_study(predictor, path, explain)
+        except InputError as e:
+            row = _error_row(e.code, e.detail)
+            logger.info("study {}: {}", key, e.code)
+        except ModelUnavailable as e:
+            row = _error_row(e.code, e.detail)
+            logger.warning("study {}: {}", key, e.code)
+        except MemoryError:
+            row = _error_row("internal_error", "out of memory while processing the study")
+            logger.error("study {}: internal_error (MemoryError)", key)
+        except Exception as e:  # one bad study never stops the batch
+            row = _error_row("internal_error", f"unexpected {type(e).__name__} while processing the study")
+            logger.error("study {}: internal_error ({})", key, type(e).__name__)
+        row.update(
+            study_key=key,
+            path=str(path),
+            total_s=time.perf_counter() - t0,
+            model_name=entry.name,
+            model_version=str(entry.version),
+            processed_at=_now(),
+        )
+        rows.append(_round(row))
+        if row["status"] == "ok":
+            summary.ok += 1
+        else:
+            summary.errors += 1
+            summary.error_codes[row["error_code"]] = summary.error_codes.get(row["error_code"], 0) + 1
+        write_report(out, columns, rows, info)
+    bar.close()
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def predict_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Study ZIPs and/or directories (searched recursively for *.zip).", exists=True),
+    ],
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="Report file: .xlsx, .csv or .json (resumed if it exists).")
+    ],
+    model: Annotated[str | None, typer.Option("--model", help="Model name in the manifest.")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Weights manifest (default: weights/manifest.json).")
+    ] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Add the Grad-CAM peak (LPS mm).")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    retry_errors: Annotated[
+        bool, typer.Option("--retry-errors", help="Re-run studies whose row in the report is an error.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
+    ] = True,
+    log_level: Annotated[str, typer.Option("--log-level", help="Log level (logs go to stderr).")] = "WARNING",
+) -> None:
+    """Predict a batch of study ZIPs into an Excel/CSV/JSON report (resumable)."""
+    setup_logging(log_level)
+    if out.suffix.lower() not in FORMATS:
+        raise typer.BadParameter(f"must end in one of {', '.join(FORMATS)}", param_hint="--out")
+    if device not in DEVICES:
+        raise typer.BadParameter(f"must be one of {', '.join(DEVICES)}", param_hint="--device")
+    try:
+        summary = run_batch(
+            paths,
+            out,
+            model=model,
+            manifest=manifest,
+            explain=explain,
+            device=device,
+            retry_errors=retry_errors,
+            progress=progress,
+        )
+    except ModelUnavailable as e:
+        typer.echo(f"error: {e.code}: {e.detail}", err=True)
+        raise typer.Exit(2) from e
+    except (ReportError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(summary.line())

@@ -1,0 +1,124 @@
+"""The training recipe: focal loss, a tiny run that learns, k-fold, and the published artefacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml.data import CTDataset, TensorCache, class_weighted_sampler, read_labels_csv, split_train_val
+from ml.phantom import write_corpus
+from ml.preprocess import PreprocessConfig
+from ml.train import FocalLoss, LitClassifier, TrainConfig, train
+
+SMALL = PreprocessConfig(target_size=(32, 32, 32))
+
+
+def test_focal_loss_reduces_to_cross_entropy_and_downweights_easy() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.2, 0.1], [-3.0, 3.0]])
+    y = torch.tensor([0, 1, 1])
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert FocalLoss(alpha=0.5, gamma=0.0)(logits, y).item() == pytest.approx(0.5 * ce.item(), rel=1e-6)
+    easy = FocalLoss(0.5, 2.0)(logits[2:], y[2:]).item()
+    assert easy < 1e-3 * torch.nn.functional.cross_entropy(logits[2:], y[2:]).item() + 1e-6
+    with pytest.raises(ValueError):
+        FocalLoss(alpha=1.5)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    return write_corpus(
+        root, 12, seed=5, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0, difficulty=(0.9, 1.0)
+    )
+
+
+def test_weighted_sampler_balances_classes() -> None:
+    s = class_weighted_sampler([0] * 90 + [1] * 10, seed=1, num_samples=4000)
+    drawn = torch.tensor([0] * 90 + [1] * 10)[list(s)]
+    assert 0.45 < drawn.float().mean().item() < 0.55
+
+
+def test_cache_is_keyed_by_config_and_reused(corpus: Path, tmp_path: Path) -> None:
+    recs = read_labels_csv(corpus)[:2]
+    cache = TensorCache(tmp_path, SMALL)
+    assert cache.fill(recs, workers=1) == {}
+    p = cache.path_for(recs[0])
+    assert p.is_file() and cache.get(recs[0]).shape == (1, 32, 32, 32)
+    other = TensorCache(tmp_path, PreprocessConfig(target_size=(24, 24, 24)))
+    assert other.path_for(recs[0]) != p
+
+
+def test_tiny_training_improves_loss(corpus: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    recs = read_labels_csv(corpus)
+    cache = TensorCache(tmp_path, SMALL)
+    cache.fill(recs, workers=1)
+    ds = CTDataset(recs[:8], cache)
+    x = torch.stack([ds[i][0] for i in range(8)])
+    y = torch.tensor([ds[i][1] for i in range(8)])
+    lit = LitClassifier({"arch": "resnet10"}, freeze=("stem",), lr=3e-3)
+    opt = lit.configure_optimizers()["optimizer"]
+    lit.train()
+    losses = []
+    for _ in range(12):
+        loss = lit.loss_fn(lit(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert min(losses[-3:]) < 0.6 * losses[0], losses
+    # frozen stem did not move
+    assert all(not p.requires_grad for p in lit.model.conv1.parameters())
+
+
+def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_path: Path) -> None:
+    from ml.weights import Manifest, load_model, resolve_weights
+
+    manifest = tmp_path / "weights" / "manifest.json"
+    manifest.parent.mkdir()
+    src = Path(__file__).resolve().parents[3] / "weights" / "manifest.json"
+    manifest.write_text(src.read_text())
+    cfg = TrainConfig(
+        labels_csv=str(corpus),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "run"),
+        preprocess=SMALL,
+        batch_size=2,
+        max_epochs=2,
+        k_folds=2,
+        val_fraction=0.34,
+        n_bootstrap=50,
+        preprocess_workers=1,
+        weights_path=str(manifest.parent / "tiny.pt"),
+        manifest_path=str(manifest),
+        name="tiny-test",
+        reproduce_command="pytest tests/unit/ml/test_train.py",
+    )
+    summary = train(cfg)
+    assert summary["cross_validation"]["k"] == 2 and len(summary["cross_validation"]["folds"]) == 2
+    assert set(summary["operating_points"]) == {"balanced", "high_sensitivity", "high_specificity"}
+    assert summary["calibration"]["temperature"] > 0
+    m = Manifest.load(manifest)
+    entry = m.get("tiny-test")
+    assert entry.input_size == (32, 32, 32) and entry.sha256 and not entry.clinical_use
+    model = load_model(entry, resolve_weights(entry, manifest.parent), "cpu")
+    assert model(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 2)
+    card = (manifest.parent / "tiny.md").read_text()
+    assert "NOT FOR CLINICAL USE" in card and "pytest tests/unit/ml/test_train.py" in card
+    assert (manifest.parent / "tiny.roc.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["fit"]["global_step"] > 0
+
+
+def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("labels_csv: x.csv\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_yaml(p)
+
+
+def test_split_is_stratified(corpus: Path) -> None:
+    tr, va = split_train_val(read_labels_csv(corpus), 0.34, seed=0)
+    assert sum(r.label for r in va) == 2 and len(va) == 4 and len(tr) == 8
