@@ -448,6 +448,15 @@ def _f(v: Any, default: float | None = None) -> float | None:
     return x if math.isfinite(x) else default
 
 
+def _int(ds: Dataset, kw: str, default: Any) -> Any:
+    """An integer header value, or ``default`` when absent, empty or unparseable (hostile input)."""
+    try:
+        v = ds.get(kw)
+        return default if v in (None, "") else int(v)
+    except Exception:
+        return default
+
+
 def _floats(v: Any, n: int) -> tuple[float, ...] | None:
     try:
         vals = tuple(float(x) for x in v)
@@ -494,12 +503,12 @@ def _phi_tokens(ds: Dataset) -> set[str]:
 
 
 def _check_pixel_header(ds: Dataset, idx: int) -> tuple[int, int]:
-    rows = int(ds.get("Rows", 0) or 0)
-    cols = int(ds.get("Columns", 0) or 0)
+    rows = _int(ds, "Rows", 0)
+    cols = _int(ds, "Columns", 0)
     if rows <= 0 or cols <= 0 or rows * cols > _MAX_PIXELS_PER_SLICE:
         raise DicomError("dicom_invalid", f"image #{idx} has absurd Rows/Columns ({rows}×{cols})")
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 16) or 16)
+    spp = _int(ds, "SamplesPerPixel", 1)
+    bits = _int(ds, "BitsAllocated", 16)
     if spp != 1 or bits not in (8, 16, 32):
         raise DicomError("dicom_invalid", f"image #{idx} is not a single-channel 8/16/32-bit image")
     return rows, cols
@@ -508,9 +517,8 @@ def _check_pixel_header(ds: Dataset, idx: int) -> tuple[int, int]:
 def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
     """SliceRefs of one file: one for classic images, one per frame for multi-frame objects."""
     rows, cols = _check_pixel_header(ds, idx)
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    inst = ds.get("InstanceNumber")
-    inst_n = int(inst) if inst not in (None, "") else None
+    nframes = _int(ds, "NumberOfFrames", 1)
+    inst_n = _int(ds, "InstanceNumber", None)
 
     def ref(
         frame: int | None, pos_v: Any, ori_v: Any, ps_v: Any, slope: Any, icpt: Any, th: Any
@@ -666,6 +674,10 @@ def _build_series(uid: str, items: list[tuple[Dataset, Path, int]], skipped: Cou
             issues.append(e.code)
             skipped["invalid_header"] += 1
             continue
+        except Exception:  # hostile headers: one bad file never breaks discovery
+            issues.append("dicom_invalid")
+            skipped["invalid_header"] += 1
+            continue
         if not refs:
             skipped["no_geometry"] += 1
             continue
@@ -763,16 +775,16 @@ def _native_pixels(ds: Dataset) -> npt.NDArray[Any] | None:
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if ts not in _NATIVE_LE or "PixelData" not in ds:
         return None
-    bits = int(ds.get("BitsAllocated", 0) or 0)
-    if bits != 16 or int(ds.get("BitsStored", 0) or 0) != 16 or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+    bits = _int(ds, "BitsAllocated", 0)
+    if bits != 16 or _int(ds, "BitsStored", 0) != 16 or _int(ds, "NumberOfFrames", 1) != 1:
         return None
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if _int(ds, "SamplesPerPixel", 1) != 1:
         return None
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     raw = ds.PixelData
     if not isinstance(raw, bytes) or len(raw) < rows * cols * 2:
         return None  # let pydicom produce its error for short pixel data
-    dtype = "<i2" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "<u2"
+    dtype = "<i2" if _int(ds, "PixelRepresentation", 0) == 1 else "<u2"
     return np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
 
 

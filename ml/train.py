@@ -373,6 +373,27 @@ def cross_validate(
     return {"k": cfg.k_folds, "oof_auc": ev.roc_auc(labels, oof), "oof_auc_ci95": [lo, hi], "folds": folds}
 
 
+def fill_cache_with_progress(
+    cache: TensorCache, records: Sequence[StudyRecord], workers: int
+) -> dict[str, str]:
+    """Preprocess uncached studies with a progress bar on stderr; returns failures by study id."""
+    from tqdm import tqdm
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="preprocessing", unit="study")
+        bar.update(done - bar.n)
+
+    try:
+        return cache.fill(records, workers=workers, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the whole recipe; returns a JSON-able summary (also written to ``output_dir/summary.json``)."""
     out_dir = Path(cfg.output_dir)
@@ -383,7 +404,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
     cache = TensorCache(cfg.cache_dir, cfg.preprocess)
     t0 = time.perf_counter()
-    failed = cache.fill([*records, *test], workers=cfg.preprocess_workers)
+    failed = fill_cache_with_progress(cache, [*records, *test], cfg.preprocess_workers)
     records = [r for r in records if r.study_id not in failed]
     test = [r for r in test if r.study_id not in failed]
     summary: dict[str, Any] = {
@@ -548,7 +569,7 @@ def evaluate_model(
     model = load_model(entry, resolve_weights(entry, mpath.parent, allow_unverified=allow_unverified), "cpu")
     records = read_labels_csv(labels_csv)
     cache = TensorCache(cache_dir, entry.preprocess)
-    failed = cache.fill(records, workers=workers)
+    failed = fill_cache_with_progress(cache, records, workers)
     records = [r for r in records if r.study_id not in failed]
     y = np.asarray([r.label for r in records])
     temperature = float(entry.calibration.get("temperature", 1.0))

@@ -41,7 +41,7 @@ mutation = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(muts=mutation, truncate=st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(0, 3000))))
 def test_mutated_headers_fail_cleanly(
     members: list[tuple[str, bytes]],

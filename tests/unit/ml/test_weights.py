@@ -378,7 +378,7 @@ def test_shipped_manifest_parses() -> None:
     m = Manifest.load(REPO / "weights" / "manifest.json")
     assert m.default in m.entries
     prod = m.get("resnet34-medicalnet")
-    assert prod.spec == ModelSpec(arch="resnet34", shortcut_type="B")
+    assert prod.spec == ModelSpec(arch="resnet34", shortcut_type="A")  # MedicalNet resnet_34 backbone
     assert prod.input_size == (256, 256, 256) and prod.preprocess == PreprocessConfig()
     assert prod.uri.startswith("s3://") and prod.sha256 is None
     assert prod.operating_points[prod.default_operating_point].threshold == 0.5
