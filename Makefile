@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-## run: create the environment and run the main job (phantom study → inspect → preprocess)
+## run: create the environment and run the main job (phantom study → inspect → preprocess → predict)
 run: demo
 
 demo: venv
@@ -30,6 +30,7 @@ demo: venv
 	$(BIN)/service4ct phantom $(DEMO_DIR)/corpus --n 1 --seed 0 --variant real_like
 	$(BIN)/service4ct inspect $(DEMO_DIR)/corpus/studies/ph0000-0000.zip
 	$(BIN)/service4ct preprocess $(DEMO_DIR)/corpus/studies/ph0000-0000.zip -o $(DEMO_DIR)/ph0000-0000.pt
+	$(BIN)/service4ct predict $(DEMO_DIR)/corpus/studies -o $(DEMO_DIR)/report.xlsx --explain
 
 lint: venv
 	$(BIN)/ruff check .

@@ -454,6 +454,50 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
+def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: str, cal_name: str) -> None:
+    """Write the Markdown model card of a run from its summary (also usable on a saved summary.json)."""
+    card_metrics: dict[str, Any] = {}
+    for split in ("validation", "test"):
+        for k in ("auc", "sensitivity", "specificity", "f1"):
+            if split in summary:
+                card_metrics[f"{split} {k}{' at p>=0.5' if k != 'auc' else ''}"] = summary[split][k]
+                card_metrics[f"{split} {k}{' at p>=0.5' if k != 'auc' else ''}_ci95"] = summary[split][
+                    f"{k}_ci95"
+                ]
+    if "cross_validation" in summary:
+        cv = summary["cross_validation"]
+        card_metrics[f"{cv['k']}-fold out-of-fold auc"] = cv["oof_auc"]
+        card_metrics[f"{cv['k']}-fold out-of-fold auc_ci95"] = cv["oof_auc_ci95"]
+    d = summary["data"]
+    card_metrics["studies (train / validation / test)"] = (
+        f"{d['train']['n']} / {d['val']['n']} / {d['test']['n']}, balanced; "
+        f"failed: {len(d['failed_studies'])}"
+    )
+    card_metrics["calibration temperature"] = summary["calibration"]["temperature"]
+    card_metrics["operating points evaluated on"] = summary["operating_points_evaluated_on"]
+    ev.write_model_card(
+        card,
+        name=cfg.name,
+        version=cfg.version,
+        arch_text=f"3-D {cfg.model.arch} (MedicalNet layout, shortcut {cfg.model.shortcut_type}), "
+        f"frozen stages: {', '.join(cfg.freeze) or 'none'}",
+        input_size=cfg.preprocess.target_size,
+        metrics=card_metrics,
+        operating_points=summary["operating_points"],
+        training_data=cfg.training_data,
+        intended_use=cfg.intended_use,
+        limitations=[
+            "Trained and evaluated on synthetic phantoms only; says nothing about real patients.",
+            "Phantom lesions are idealised shapes; real pathology is far more varied.",
+            f"Input {cfg.preprocess.target_size} voxels, coarser than the production 256³.",
+        ],
+        reproduce_command=cfg.reproduce_command,
+        roc_png=roc_name,
+        calibration_png=cal_name,
+        clinical_use=cfg.clinical_use,
+    )
+
+
 def publish(
     cfg: TrainConfig,
     model: nn.Module,
@@ -483,27 +527,7 @@ def publish(
     }
     metrics["operating_points_evaluated_on"] = summary["operating_points_evaluated_on"]
     metrics["data"] = summary["data"]
-    ev.write_model_card(
-        card,
-        name=cfg.name,
-        version=cfg.version,
-        arch_text=f"3-D {cfg.model.arch} (MedicalNet layout, shortcut {cfg.model.shortcut_type}), "
-        f"frozen stages: {', '.join(cfg.freeze) or 'none'}",
-        input_size=cfg.preprocess.target_size,
-        metrics=metrics,
-        operating_points=ops,
-        training_data=cfg.training_data,
-        intended_use=cfg.intended_use,
-        limitations=[
-            "Trained and evaluated on synthetic phantoms only; says nothing about real patients.",
-            "Phantom lesions are idealised shapes; real pathology is far more varied.",
-            f"Input {cfg.preprocess.target_size} voxels, coarser than the production 256³.",
-        ],
-        reproduce_command=cfg.reproduce_command,
-        roc_png=roc_dst.name,
-        calibration_png=cal_dst.name,
-        clinical_use=cfg.clinical_use,
-    )
+    write_card(cfg, summary, card, roc_dst.name, cal_dst.name)
     if cfg.manifest_path:
         mpath = Path(cfg.manifest_path)
         manifest = Manifest.load(mpath)
