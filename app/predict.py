@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import hashlib
 import json
 import os
 import tempfile
@@ -38,6 +37,7 @@ import typer
 
 from app.logs import logger, scrubber, setup_logging
 from ml.errors import InputError, ModelUnavailable
+from ml.files import sha256_file
 
 if TYPE_CHECKING:
     from ml.inference import Predictor
@@ -110,14 +110,6 @@ def collect_studies(paths: Iterable[Path]) -> list[Path]:
                 seen.add(r)
                 out.append(q)
     return out
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- report files

@@ -8,12 +8,13 @@ rounding error, ≤ 5e-4, is far below the image noise).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from ml.errors import InputError
+from ml.files import sha256_file
 from ml.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -61,14 +63,6 @@ def read_labels_csv(path: str | Path) -> list[StudyRecord]:
     return out
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while b := fh.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 def config_key(cfg: PreprocessConfig) -> str:
     """Short stable hash of a preprocessing configuration."""
     blob = json.dumps(cfg.to_dict(), sort_keys=True).encode()
@@ -100,7 +94,7 @@ class TensorCache:
     def path_for(self, rec: StudyRecord) -> Path:
         sha = self._sha.get(rec.zip_path)
         if sha is None:
-            sha = self._sha[rec.zip_path] = file_sha256(rec.zip_path)
+            sha = self._sha[rec.zip_path] = sha256_file(rec.zip_path)
         suffix = (
             "" if rec.series_uid is None else "-" + hashlib.sha256(rec.series_uid.encode()).hexdigest()[:8]
         )
@@ -134,23 +128,15 @@ class TensorCache:
         errors: dict[str, str] = {}
         if not todo:
             return errors
-        done = 0
-        if workers <= 1:
-            for r in todo:
-                code = _fill_one(r, self.cfg, self.dir.parent)
+        with contextlib.ExitStack() as stack:
+            if workers <= 1:
+                codes: Iterator[str | None] = (_fill_one(r, self.cfg, self.dir.parent) for r in todo)
+            else:
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, initializer=_worker_init))
+                codes = pool.map(_fill_one, todo, [self.cfg] * len(todo), [self.dir.parent] * len(todo))
+            for done, (r, code) in enumerate(zip(todo, codes, strict=True), start=1):
                 if code:
                     errors[r.study_id] = code
-                done += 1
-                if progress:
-                    progress(done, len(todo))
-            return errors
-        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
-            futs = {pool.submit(_fill_one, r, self.cfg, self.dir.parent): r for r in todo}
-            for fut, r in futs.items():
-                code = fut.result()
-                if code:
-                    errors[r.study_id] = code
-                done += 1
                 if progress:
                     progress(done, len(todo))
         return errors

@@ -26,7 +26,6 @@ attribute holding the network, e.g. ``model.``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 
 from ml.errors import ModelUnavailable
+from ml.files import sha256_file
 from ml.model import ModelSpec, ResNet3D, build_model
 from ml.preprocess import PreprocessConfig
 
@@ -426,15 +426,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Lowercase hex sha256 of a file, read in 1 MiB chunks (constant memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_weights(
