@@ -110,6 +110,33 @@ def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_
     assert "NOT FOR CLINICAL USE" in card and "pytest tests/unit/ml/test_train.py" in card
     assert (manifest.parent / "tiny.roc.png").stat().st_size > 1000
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["fit"]["global_step"] > 0
+    # `service4ct evaluate` on the same corpus with the published entry (cache reused)
+    from cli import run_cli
+
+    r = run_cli(
+        "evaluate",
+        str(corpus),
+        "-o",
+        str(tmp_path / "eval"),
+        "--model",
+        "tiny-test",
+        "--manifest",
+        str(manifest),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--n-bootstrap",
+        "50",
+    )
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["model"]["sha256"] == entry.sha256 and metrics["data"]["n"] == 12
+    assert 0.0 <= metrics["summary"]["auc"] <= 1.0
+    assert set(metrics["operating_points"]) == set(entry.operating_points)
+    assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
+    r = run_cli(
+        "evaluate", str(corpus), "-o", str(tmp_path / "e2"), "--model", "nope", "--manifest", str(manifest)
+    )
+    assert r.returncode == 2 and "model_unavailable" in r.stderr
 
 
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
