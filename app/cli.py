@@ -106,8 +106,6 @@ def preprocess(
     log_level: LogOpt = "WARNING",
 ) -> None:
     """Run the seed preprocessing on the selected series; write the tensor and a metadata JSON."""
-    import torch
-
     from ml.dicom import load_volume, open_study
     from ml.preprocess import PreprocessConfig
     from ml.preprocess import preprocess as run_preprocess
@@ -128,7 +126,7 @@ def preprocess(
         _fail(e, as_json)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result.tensor, out)
+    result.save(out)
     meta = {
         "series_uid": volume.series_uid,
         "source_geometry": volume.geometry.to_dict(),

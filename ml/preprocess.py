@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -332,6 +333,12 @@ class PreprocessResult:
     geometry: PreprocessGeometry
     timings_s: dict[str, float] = field(default_factory=dict)
     exact_fallback: bool = False
+
+    def save(self, path: str | Path) -> None:
+        """Write the tensor with ``torch.save`` (callers need not import torch)."""
+        import torch
+
+        torch.save(self.tensor, Path(path))
 
     @property
     def crop_box(self) -> CropBox:

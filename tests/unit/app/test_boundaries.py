@@ -21,13 +21,13 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def test_app_outside_worker_has_no_torch_import_at_top_level() -> None:
+def test_app_outside_worker_never_imports_torch() -> None:
     offenders = []
     for p in (ROOT / "app").rglob("*.py"):
         if "worker" in p.relative_to(ROOT / "app").parts:
             continue
         tree = ast.parse(p.read_text())
-        for node in tree.body:  # module level only; CLI commands may import lazily
+        for node in ast.walk(tree):  # anywhere, lazily inside functions too: torch work belongs to ml/
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
