@@ -115,13 +115,7 @@ class Predictor:
     def __init__(self, entry: ModelEntry, model: ResNet3D, *, device: str | torch.device = "auto") -> None:
         self.entry = entry
         self.temperature = _temperature(entry.calibration)
-        if not entry.operating_points:
-            raise ModelUnavailable(f"model {entry.name!r} has no operating points")
-        if entry.default_operating_point not in entry.operating_points:
-            raise ModelUnavailable(
-                f"default operating point {entry.default_operating_point!r} "
-                f"of model {entry.name!r} is not defined"
-            )
+        # ModelEntry already guarantees operating points and a valid default one
         requested = device
         dev = resolve_device(device)
         model.eval()
