@@ -16,7 +16,7 @@ import typer
 
 from app.logs import logger, scrubber, setup_logging
 from app.predict import predict_command
-from ml.errors import InputError
+from ml.errors import InputError, ModelUnavailable
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
 
@@ -29,7 +29,7 @@ SeriesOpt = Annotated[
 LogOpt = Annotated[str, typer.Option("--log-level", help="Log level (logs go to stderr).")]
 
 
-def _fail(err: InputError, as_json: bool) -> None:
+def _fail(err: InputError | ModelUnavailable, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(err.to_dict()))
     else:
@@ -232,7 +232,6 @@ def evaluate(
     log_level: LogOpt = "WARNING",
 ) -> None:
     """Evaluate a manifest model on a labelled corpus (AUC, sensitivity, specificity with 95% CIs, ROC)."""
-    from ml.errors import ModelUnavailable
     from ml.train import evaluate_model
 
     setup_logging(log_level)
@@ -246,8 +245,8 @@ def evaluate(
             n_bootstrap=n_bootstrap,
         )
     except ModelUnavailable as e:
-        typer.echo(f"error: {e.code}: {e.detail}", err=True)
-        raise typer.Exit(2) from None
+        _fail(e, as_json=False)
+        return
     typer.echo(
         json.dumps(
             {k: result[k] for k in ("model", "data", "summary", "operating_points")}, indent=2, default=float

@@ -179,6 +179,15 @@ def _rezip(src_zip: Path, dst_zip: Path, mutate: Callable[[int, bytes], bytes | 
                 zout.writestr(n, data)
 
 
+def _edit(d: bytes, change: Callable[[pydicom.Dataset], None]) -> bytes:
+    """Re-encode one DICOM file after ``change`` edited its dataset in place."""
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(d))
+    change(ds)
+    buf = pydicom.filebase.DicomBytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def test_truncated_slice_is_dicom_invalid(study_factory: MakeStudy, tmp_path: Path) -> None:
     info = study_factory("standard")
     bad = tmp_path / "trunc.zip"
@@ -192,16 +201,10 @@ def test_missing_pixel_data_is_dicom_invalid(study_factory: MakeStudy, tmp_path:
     info = study_factory("standard")
     bad = tmp_path / "nopix.zip"
 
-    def strip(i: int, d: bytes) -> bytes:
-        if i != 4:
-            return d
-        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(d))
+    def strip(ds: pydicom.Dataset) -> None:
         del ds.PixelData
-        buf = pydicom.filebase.DicomBytesIO()
-        ds.save_as(buf)
-        return buf.getvalue()
 
-    _rezip(info.zip_path, bad, strip)
+    _rezip(info.zip_path, bad, lambda i, d: _edit(d, strip) if i == 4 else d)
     with pytest.raises(InputError) as ei:
         _hu_from(bad)
     assert ei.value.code == "dicom_invalid"
@@ -257,19 +260,15 @@ def test_absurd_header_values(study_factory: MakeStudy, tmp_path: Path, field: s
     info = study_factory("standard")
     bad = tmp_path / f"absurd-{field}.zip"
 
-    def poison(i: int, d: bytes) -> bytes:
-        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(d))
+    def poison(ds: pydicom.Dataset) -> None:
         if field == "RescaleSlope":
             ds.RescaleSlope = "NaN"
         elif field == "Rows":
             ds.Rows = ds.Columns = 60000
         else:
             ds.Rows = ds.Rows * 2  # pixel data too short for the declared size
-        buf = pydicom.filebase.DicomBytesIO()
-        ds.save_as(buf)
-        return buf.getvalue()
 
-    _rezip(info.zip_path, bad, poison)
+    _rezip(info.zip_path, bad, lambda i, d: _edit(d, poison))
     with pytest.raises(InputError) as ei:
         _hu_from(bad)
     assert ei.value.code in {"too_few_slices", "no_usable_series", "dicom_invalid"}
@@ -332,16 +331,12 @@ def test_derived_and_not_chest_warnings(study_factory: MakeStudy, tmp_path: Path
     info = study_factory("standard")
     bad = tmp_path / "head.zip"
 
-    def relabel(i: int, d: bytes) -> bytes:
-        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(d))
+    def relabel(ds: pydicom.Dataset) -> None:
         ds.BodyPartExamined = "HEAD"
         ds.SeriesDescription = "BRAIN"
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        buf = pydicom.filebase.DicomBytesIO()
-        ds.save_as(buf)
-        return buf.getvalue()
 
-    _rezip(info.zip_path, bad, relabel)
+    _rezip(info.zip_path, bad, lambda i, d: _edit(d, relabel))
     with open_study(bad) as st:
         rep = rank_series(st)
     assert {"derived_images", "not_chest"} <= set(rep.selected.warning_codes)
@@ -358,8 +353,7 @@ def test_jpeg_baseline_8bit_decodes(study_factory: MakeStudy, tmp_path: Path) ->
     info = study_factory("standard")
     bad = tmp_path / "baseline.zip"
 
-    def to_baseline(i: int, d: bytes) -> bytes:
-        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(d))
+    def to_baseline(ds: pydicom.Dataset) -> None:
         hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         stored8 = np.clip(np.rint((hu + 1024.0) / 8.0), 0, 255).astype(np.uint8)
         buf = io.BytesIO()
@@ -369,11 +363,8 @@ def test_jpeg_baseline_8bit_decodes(study_factory: MakeStudy, tmp_path: Path) ->
         ds.RescaleSlope, ds.RescaleIntercept = 8, -1024
         ds.PixelData = encapsulate([buf.getvalue()])
         ds["PixelData"].VR = "OB"
-        out = pydicom.filebase.DicomBytesIO()
-        ds.save_as(out, enforce_file_format=True)
-        return out.getvalue()
 
-    _rezip(info.zip_path, bad, to_baseline)
+    _rezip(info.zip_path, bad, lambda i, d: _edit(d, to_baseline))
     with open_study(bad) as st:
         series = rank_series(st).selected.series
         assert series.transfer_syntaxes == (str(JPEGBaseline8Bit),)
