@@ -188,6 +188,50 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise ZipError("zip_invalid", "not a readable ZIP archive") from e
 
 
+@dataclass(frozen=True)
+class ZipSummary:
+    """What the central directory of an archive declares (counts and bytes only, no names)."""
+
+    members: int
+    files: int
+    uncompressed_bytes: int
+
+
+def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
+    """Quick sanity check of an archive from its central directory alone.
+
+    Reads only the end-of-central-directory record and the central directory
+    (``fp`` must be seekable; the member data is not touched), and applies the
+    member-count, size, ratio, path, symlink and encryption rules of
+    :func:`safe_extract`. Overlapping members and nested archives need the
+    member data and are checked when the study is extracted.
+
+    Raises :class:`~ml.errors.ZipError`; an archive without any file member is
+    ``zip_invalid``.
+    """
+    limits = limits or ZipLimits()
+    try:
+        zf = zipfile.ZipFile(fp)
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+    ) as e:
+        raise ZipError("zip_invalid", "not a readable ZIP archive") from e
+    with zf:
+        infos = zf.infolist()
+    _vet_infos(infos, limits, ExtractReport())
+    files = [i for i in infos if not i.is_dir()]
+    if not files:
+        raise ZipError("zip_invalid", "the archive contains no file")
+    return ZipSummary(
+        members=len(infos), files=len(files), uncompressed_bytes=sum(i.file_size for i in files)
+    )
+
+
 def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> int:
     written = 0
     try:

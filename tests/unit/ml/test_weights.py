@@ -196,7 +196,7 @@ def test_explicit_kind_and_bad_sources(tmp_path: Path) -> None:
         load_checkpoint(model, tmp_path / "junk.pt")
     # arbitrary objects are refused by safe unpickling, with a clear message
     torch.save({"state_dict": src, "spec": TINY}, tmp_path / "pickled.pt")
-    with pytest.raises(ModelUnavailable, match=r"holds a ml\.model\.ModelSpec object.*weights_only=True"):
+    with pytest.raises(ModelUnavailable, match=r"holds a ml\.manifest\.ModelSpec object.*weights_only=True"):
         load_checkpoint(model, tmp_path / "pickled.pt")
     assert load_checkpoint(model, tmp_path / "pickled.pt", kind="medicalnet", safe_globals=[ModelSpec]).ok
 

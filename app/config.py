@@ -1,0 +1,144 @@
+"""Service settings: one :class:`Settings` object per process, built at start (DESIGN rule 9).
+
+Values come from, in increasing priority: defaults, an optional YAML file
+(``S4CT_CONFIG_FILE`` or the ``config_file`` argument), and ``S4CT_*``
+environment variables (e.g. ``S4CT_DATABASE_URL``). Nothing reads the
+environment at import time; call :func:`load_settings` once in ``main``.
+
+Preprocessing settings (input size, HU window, spacing) are *not* here: they
+travel with each model in the weights manifest (DESIGN rule 5).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MANIFEST", "Settings", "load_settings"]
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class Settings(BaseSettings):
+    """Everything a service process needs to know (sizes in bytes, durations in seconds)."""
+
+    model_config = SettingsConfigDict(env_prefix="S4CT_", extra="forbid", frozen=True)
+
+    # --- connections (unset → the embedded stack of `service4ct serve`)
+    database_url: str | None = None
+    redis_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_bucket: str = "service4ct"
+    s3_region: str = "us-east-1"
+    db_pool_min: int = Field(1, ge=1)
+    db_pool_max: int = Field(16, ge=1)
+
+    # --- API
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(8 * GiB, ge=1)
+    upload_part_bytes: int = Field(8 * MiB, ge=5 * MiB)
+    presign_ttl_s: int = Field(900, ge=1, le=900)
+    request_id_header: str = "X-Request-ID"
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+    #: /readyz: a worker heartbeat older than this is stale
+    worker_stale_s: float = Field(60.0, gt=0)
+    require_worker: bool = True
+
+    # --- models
+    manifest_path: Path = DEFAULT_MANIFEST
+    weights_cache_dir: Path = Path("var/weights")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # --- queue and worker
+    stream: str = "s4ct:jobs"
+    group: str = "workers"
+    max_attempts: int = Field(3, ge=1, le=20)
+    lease_s: float = Field(120.0, gt=0)
+    heartbeat_s: float = Field(10.0, gt=0)
+    claim_idle_s: float = Field(60.0, gt=0, description="XAUTOCLAIM messages idle this long")
+    reconcile_s: float = Field(15.0, gt=0, description="period of the reconciler")
+    max_batch: int = Field(4, ge=1, le=64)
+    max_wait_ms: int = Field(200, ge=0)
+    preprocess_workers: int = Field(1, ge=1, le=64)
+    prefetch: int = Field(2, ge=1, le=64, description="studies prepared ahead of inference")
+    work_dir: Path = Path("var/work")
+    default_explain: Literal["none", "gradcam", "integrated_gradients", "saliency", "occlusion"] = "gradcam"
+
+    # --- webhooks
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_max_attempts: int = Field(10, ge=1)
+    webhook_backoff_s: float = Field(2.0, gt=0)
+    webhook_backoff_max_s: float = Field(3600.0, gt=0)
+    webhook_allow_private: bool = Field(
+        True, description="allow callbacks to loopback/private addresses (set false in production)"
+    )
+
+    # --- logging
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    # --- embedded stack (service4ct serve)
+    var_dir: Path = Path("var")
+
+    @field_validator("database_url", "redis_url", "s3_endpoint", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external service is configured (the embedded stack is used)."""
+        return self.database_url is None and self.redis_url is None and self.s3_endpoint is None
+
+    def with_services(
+        self, *, database_url: str, redis_url: str, s3_endpoint: str, s3_access_key: str, s3_secret_key: str
+    ) -> Settings:
+        """A copy pointing at concrete services (used after starting the embedded stack)."""
+        return self.model_copy(
+            update={
+                "database_url": database_url,
+                "redis_url": redis_url,
+                "s3_endpoint": s3_endpoint,
+                "s3_access_key": SecretStr(s3_access_key),
+                "s3_secret_key": SecretStr(s3_secret_key),
+            }
+        )
+
+    def require_services(self) -> None:
+        """Raise ValueError naming the connection settings that are missing."""
+        missing = [
+            f"S4CT_{k.upper()}"
+            for k in ("database_url", "redis_url", "s3_endpoint", "s3_access_key", "s3_secret_key")
+            if getattr(self, k) is None
+        ]
+        if missing:
+            raise ValueError("missing settings: " + ", ".join(missing))
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings: YAML file (if any) < environment < ``overrides``.
+
+    ``config_file`` defaults to ``$S4CT_CONFIG_FILE``. YAML keys are the field
+    names (``database_url: ...``); unknown keys are an error.
+    """
+    path = config_file or os.environ.get("S4CT_CONFIG_FILE")
+    file_values: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        file_values = loaded
+    env_keys = {k[len("S4CT_") :].lower() for k in os.environ if k.startswith("S4CT_")}
+    merged = {k: v for k, v in file_values.items() if k not in env_keys}
+    merged.update(overrides)
+    return Settings(**merged)
