@@ -10,6 +10,8 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 DEMO_DIR ?= var/demo
+DEMO_STUDY := $(DEMO_DIR)/corpus/studies/ph0000-0000.zip
+PORT ?= 8000
 
 .PHONY: venv run demo test test-all lint fmt bench clean
 
@@ -22,14 +24,28 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-## run: create the environment and run the main job (phantom study → inspect → preprocess → predict)
-run: demo
+## run: create the environment, start the embedded stack (PostgreSQL, Redis, S3), the API and a worker
+run: venv
+	mkdir -p $(DEMO_DIR)
+	test -f $(DEMO_STUDY) || $(BIN)/service4ct phantom $(DEMO_DIR)/corpus --n 1 --seed 0 --variant real_like
+	@echo ""
+	@echo "When the API is up, in another shell (the dev key is written to var/dev-api-key):"
+	@echo '  KEY=$$(cat var/dev-api-key); API=http://127.0.0.1:$(PORT)'
+	@echo '  curl -s -H "Authorization: Bearer $$KEY" -H "Content-Type: application/zip" --data-binary @$(DEMO_STUDY) $$API/v1/studies'
+	@echo '  curl -s -H "Authorization: Bearer $$KEY" -H "Content-Type: application/json" -d '"'"'{"study_id": "<study_id>", "explain": "gradcam"}'"'"' $$API/v1/jobs'
+	@echo '  curl -s -H "Authorization: Bearer $$KEY" $$API/v1/jobs/<job_id>'
+	@echo '  curl -s -H "Authorization: Bearer $$KEY" $$API/v1/jobs/<job_id>/result'
+	@echo '  curl -s -H "Authorization: Bearer $$KEY" $$API/v1/jobs/<job_id>/explanation'
+	@echo "  or all at once: $(BIN)/python scripts/demo_client.py $(DEMO_STUDY)"
+	@echo ""
+	$(BIN)/service4ct serve --port $(PORT)
 
+## demo: the offline batch path (phantom → inspect → preprocess → predict report), no services
 demo: venv
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/service4ct phantom $(DEMO_DIR)/corpus --n 1 --seed 0 --variant real_like
-	$(BIN)/service4ct inspect $(DEMO_DIR)/corpus/studies/ph0000-0000.zip
-	$(BIN)/service4ct preprocess $(DEMO_DIR)/corpus/studies/ph0000-0000.zip -o $(DEMO_DIR)/ph0000-0000.pt
+	test -f $(DEMO_STUDY) || $(BIN)/service4ct phantom $(DEMO_DIR)/corpus --n 1 --seed 0 --variant real_like
+	$(BIN)/service4ct inspect $(DEMO_STUDY)
+	$(BIN)/service4ct preprocess $(DEMO_STUDY) -o $(DEMO_DIR)/ph0000-0000.pt
 	$(BIN)/service4ct predict $(DEMO_DIR)/corpus/studies -o $(DEMO_DIR)/report.xlsx --explain
 
 lint: venv
@@ -55,6 +71,7 @@ test-all: lint
 
 bench: venv
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

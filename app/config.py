@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # --- models
     manifest_path: Path = DEFAULT_MANIFEST
-    weights_cache_dir: Path = Path("var/weights")
+    weights_cache_dir: Path | None = None  # default: var_dir/weights
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     # --- queue and worker
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     max_wait_ms: int = Field(200, ge=0)
     preprocess_workers: int = Field(1, ge=1, le=64)
     prefetch: int = Field(2, ge=1, le=64, description="studies prepared ahead of inference")
-    work_dir: Path = Path("var/work")
+    work_dir: Path | None = None  # default: var_dir/work (study ZIPs and saliency files in flight)
     default_explain: Literal["none", "gradcam", "integrated_gradients", "saliency", "occlusion"] = "gradcam"
 
     # --- webhooks
@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         return None if v == "" else v
+
+    @property
+    def work_path(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.var_dir / "work"
+
+    @property
+    def weights_cache_path(self) -> Path:
+        return self.weights_cache_dir if self.weights_cache_dir is not None else self.var_dir / "weights"
 
     @property
     def embedded(self) -> bool:

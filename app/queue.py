@@ -101,9 +101,8 @@ class JobQueue:
 
         XAUTOCLAIM answers 2 elements on Redis 6.2 and 3 on 7.x: index, never unpack.
         """
-        resp = cast(
-            list[Any],
-            self.r.xautoclaim(self.stream, self.group, consumer, min_idle_time=min_idle_ms, count=count),
+        resp: list[Any] = self.r.xautoclaim(
+            self.stream, self.group, consumer, min_idle_time=min_idle_ms, count=count
         )
         return self._messages(resp[1]) if len(resp) > 1 else []
 
@@ -119,7 +118,7 @@ class JobQueue:
         ids: set[uuid.UUID] = set()
         start = "-"
         while True:
-            entries = cast(list[Any], self.r.xrange(self.stream, min=start, max="+", count=batch))
+            entries: list[Any] = self.r.xrange(self.stream, min=start, max="+", count=batch) or []
             for m in self._messages(entries):
                 if m.job_id is not None:
                     ids.add(m.job_id)
@@ -129,7 +128,7 @@ class JobQueue:
 
     def depth(self) -> int:
         """Entries in the stream (unfinished work)."""
-        return int(cast(int, self.r.xlen(self.stream)))
+        return int(self.r.xlen(self.stream))
 
     def reconcile(self, queued: Sequence[uuid.UUID]) -> list[uuid.UUID]:
         """Enqueue the ``queued`` job ids that are missing from the stream; returns them."""

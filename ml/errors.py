@@ -54,6 +54,10 @@ class InputError(Exception):
     def to_dict(self) -> dict[str, str]:
         return {"error": self.code, "detail": self.detail}
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str], dict[str, object]]:
+        # picklable with its code (errors cross process boundaries in the worker's pool)
+        return (type(self), (self.code, self.detail), {"http_status": self.http_status})
+
 
 class ZipError(InputError):
     """Refusal raised while vetting or extracting an archive."""
@@ -78,6 +82,9 @@ class ModelUnavailable(Exception):  # noqa: N818 (the stable code name is the co
     def __init__(self, detail: str) -> None:
         super().__init__(f"model_unavailable: {detail}")
         self.detail = detail
+
+    def __reduce__(self) -> tuple[type[ModelUnavailable], tuple[str]]:
+        return (type(self), (self.detail,))
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.code, "detail": self.detail}

@@ -173,3 +173,18 @@ def test_non_dicom_files_skipped(tmp_path: Path) -> None:
     with pytest.raises(InputError) as ei:
         discover_series(rep.files)
     assert ei.value.code == "no_dicom"
+
+
+def test_errors_survive_pickling() -> None:
+    """Refusals cross the worker's process pool: code, detail and status must survive."""
+    import pickle
+
+    from ml.errors import DicomError, ModelUnavailable, QCError, ZipError
+
+    for err in (ZipError("zip_bomb", "x"), DicomError("dicom_invalid", "y"), QCError("not_ct", "z")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and (back.code, back.detail) == (err.code, err.detail)
+    big = ZipError("zip_too_large", "big", http_status=413)
+    assert pickle.loads(pickle.dumps(big)).http_status == 413
+    m = pickle.loads(pickle.dumps(ModelUnavailable("gone")))
+    assert m.code == "model_unavailable" and m.detail == "gone"

@@ -1,0 +1,74 @@
+"""Process-wide services of the API and the request dependencies (auth, services)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.db import Database
+from app.errors import ServiceError
+from app.queue import JobQueue
+from app.repository import client_for_key
+from app.storage import Storage
+from ml.manifest import Manifest
+
+__all__ = ["Client", "Services", "ServicesDep", "get_client", "get_services"]
+
+_KEY_TTL_S = 10.0  # a revoked key stops working within this many seconds
+
+
+@dataclass
+class Services:
+    """Everything the routes use; built once in the app's lifespan."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+    queue: JobQueue
+    manifest: Manifest
+    _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def client_of(self, key: str) -> str | None:
+        """The client of an API key (cached for a few seconds, misses included)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._keys.get(key)
+        if hit is not None and now - hit[1] < _KEY_TTL_S:
+            return hit[0]
+        with self.db.conn() as conn:
+            client = client_for_key(conn, key)
+        with self._lock:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[key] = (client, now)
+        return client
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_client(request: Request, services: ServicesDep) -> str:
+    """The calling client, from ``Authorization: Bearer <api key>`` (401 ``unauthorized`` otherwise)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ServiceError("unauthorized", "send Authorization: Bearer <api key>")
+    client = services.client_of(token.strip())
+    if client is None:
+        raise ServiceError("unauthorized", "unknown or revoked API key")
+    request.state.client = client
+    return client
+
+
+Client = Annotated[str, Depends(get_client)]

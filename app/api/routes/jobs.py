@@ -1,0 +1,368 @@
+"""Jobs: create (predict, explain), status with queue position and ETA, result, explanation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+
+from app.api.deps import Client, Services, ServicesDep
+from app.api.idempotency import body_hash, run_idempotent
+from app.api.responses import error_responses
+from app.db import Conn
+from app.errors import ServiceError
+from app.logs import logger
+from app.repository import (
+    get_explanations,
+    get_job,
+    get_result,
+    get_study,
+    insert_job,
+    queue_position,
+    recent_stats,
+)
+from app.schemas import (
+    ExplainRequest,
+    Explanation,
+    JobAccepted,
+    JobCreate,
+    JobResult,
+    JobStatus,
+    PredictRequest,
+    check_explain_params,
+)
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+IdemKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="retries with the same key and body replay the answer"),
+]
+
+_STATS_TTL_S = 5.0
+_stats_cache: dict[int, tuple[float, dict[str, Any]]] = {}
+_stats_lock = threading.Lock()
+
+
+def links(job_id: uuid.UUID) -> dict[str, str]:
+    base = f"/v1/jobs/{job_id}"
+    return {"status": base, "result": f"{base}/result", "explanation": f"{base}/explanation"}
+
+
+def _accepted(row: dict[str, Any]) -> dict[str, Any]:
+    return JobAccepted(
+        job_id=row["id"], state=row["state"], status_url=links(row["id"])["status"], links=links(row["id"])
+    ).model_dump(mode="json")
+
+
+def _enqueue(services: Services, job_id: uuid.UUID) -> None:
+    """XADD after the row committed; if Redis is down the reconciler enqueues it later."""
+    try:
+        services.queue.enqueue([job_id])
+    except Exception as e:
+        logger.warning(
+            "job {} committed but not enqueued ({}); the reconciler will", job_id, type(e).__name__
+        )
+
+
+def _check_model(services: Services, name: str | None) -> str:
+    model = name or services.manifest.default
+    if model not in services.manifest.entries:
+        raise ServiceError(
+            "model_unavailable",
+            f"unknown model {model!r}; see GET /v1/models",
+            http_status=422,
+        )
+    return model
+
+
+def _create_job(
+    services: Services,
+    client: str,
+    study_id: uuid.UUID,
+    req: PredictRequest,
+    idem_key: str | None,
+    route: str,
+) -> JSONResponse:
+    model = _check_model(services, req.model)
+    try:
+        params = check_explain_params(req.explain, req.explain_params)
+    except ValueError as e:
+        raise ServiceError("validation_error", str(e)) from None
+    payload = req.model_dump(mode="json") | {"study_id": str(study_id)}
+
+    def create(conn: Conn) -> tuple[int, dict[str, Any]]:
+        study = get_study(conn, client, study_id)
+        if study is None:
+            raise ServiceError("study_not_found")
+        row = insert_job(
+            conn,
+            client=client,
+            study=study,
+            model=model,
+            series_uid=req.series_uid,
+            explain=req.explain,
+            explain_params=params,
+            callback_url=str(req.callback_url) if req.callback_url else None,
+            max_attempts=services.settings.max_attempts,
+        )
+        return 202, _accepted(row)
+
+    status, body, replayed = run_idempotent(services.db, client, idem_key, route, body_hash(payload), create)
+    if not replayed:
+        _enqueue(services, uuid.UUID(body["job_id"]))
+        logger.info("job {} queued for study {}", body["job_id"], study_id)
+    return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
+
+
+_CREATE_ERRORS = error_responses(
+    "unauthorized", "study_not_found", "model_unavailable", "idempotency_conflict", "idempotency_in_progress"
+)
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Queue a prediction of a study",
+    responses=_CREATE_ERRORS,
+)
+def create_job(req: JobCreate, services: ServicesDep, client: Client, idempotency_key: IdemKey = None) -> Any:
+    return _create_job(
+        services,
+        client,
+        req.study_id,
+        PredictRequest(**req.model_dump(exclude={"study_id"})),
+        idempotency_key,
+        "POST /v1/jobs",
+    )
+
+
+@router.post(
+    "/studies/{study_id}/predict",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Queue a prediction of a study (shorthand of POST /v1/jobs)",
+    tags=["studies"],
+    responses=_CREATE_ERRORS,
+)
+def predict_study(
+    study_id: uuid.UUID,
+    services: ServicesDep,
+    client: Client,
+    req: PredictRequest | None = None,
+    idempotency_key: IdemKey = None,
+) -> Any:
+    return _create_job(services, client, study_id, req or PredictRequest(), idempotency_key, "POST /v1/jobs")
+
+
+def _job_or_404(conn: Conn, job_id: uuid.UUID, client: str) -> dict[str, Any]:
+    row = get_job(conn, job_id, client)
+    if row is None:
+        raise ServiceError("job_not_found")
+    return row
+
+
+def _recent(conn: Conn) -> dict[str, Any]:
+    now = time.monotonic()
+    with _stats_lock:
+        hit = _stats_cache.get(0)
+    if hit is not None and now - hit[0] < _STATS_TTL_S:
+        return hit[1]
+    stats = recent_stats(conn)
+    with _stats_lock:
+        _stats_cache[0] = (now, stats)
+    return stats
+
+
+def _eta(row: dict[str, Any], position: int | None, stats: dict[str, Any]) -> float | None:
+    run_s: float | None = stats["run_s"]
+    if run_s is None or row["state"] in ("succeeded", "failed"):
+        return 0.0 if row["state"] in ("succeeded", "failed") else None
+    workers = max(1, int(stats["workers"]))
+    if row["state"] == "queued":
+        return round(float(run_s) * (1 + (position or 0) / workers), 2)
+    started = row["started_at"]
+    elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
+    return round(max(run_s - elapsed, run_s * (1.0 - float(row["progress"])) * 0.1), 2)
+
+
+def job_status(conn: Conn, row: dict[str, Any]) -> dict[str, Any]:
+    position = queue_position(conn, row) if row["state"] == "queued" else None
+    err = {"code": row["error_code"], "detail": row["error_detail"]} if row["error_code"] else None
+    return JobStatus(
+        job_id=row["id"],
+        study_id=row["study_id"],
+        kind=row["kind"],
+        parent_job_id=row["parent_job_id"],
+        state=row["state"],
+        stage=row["stage"],
+        progress=row["progress"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        queue_position=position,
+        eta_s=_eta(row, position, _recent(conn)),
+        model=row["model"],
+        explain=row["explain"],
+        error=err,
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+        stage_timings=row["stage_timings"],
+        links=links(row["id"]),
+    ).model_dump(mode="json")
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobStatus,
+    summary="Job state, stage, progress, attempt, queue position and ETA",
+    responses=error_responses("unauthorized", "job_not_found"),
+)
+def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
+    with services.db.conn() as conn:
+        return job_status(conn, _job_or_404(conn, job_id, client))
+
+
+def _require_succeeded(row: dict[str, Any]) -> None:
+    if row["state"] == "failed":
+        raise ServiceError("job_failed", f"the job failed with {row['error_code']}")
+    if row["state"] != "succeeded":
+        raise ServiceError("job_not_finished", f"the job is {row['state']}; poll GET /v1/jobs/{row['id']}")
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_model=JobResult,
+    summary="Probability, label, operating points, QC, series and model of a finished job",
+    responses=error_responses("unauthorized", "job_not_found", "job_not_finished", "job_failed"),
+)
+def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
+    with services.db.conn() as conn:
+        row = _job_or_404(conn, job_id, client)
+        if row["kind"] != "predict":
+            raise ServiceError("job_not_found", "explain jobs have no result; see the parent's explanation")
+        _require_succeeded(row)
+        result = get_result(conn, job_id)
+    if result is None:
+        raise ServiceError("job_not_finished")
+    return result["body"]
+
+
+@router.post(
+    "/jobs/{job_id}/explain",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Explain an already predicted job with another method (queues an explain job)",
+    responses=error_responses(
+        "unauthorized",
+        "job_not_found",
+        "job_not_finished",
+        "job_failed",
+        "study_not_found",
+        "idempotency_conflict",
+    ),
+)
+def explain_job(
+    job_id: uuid.UUID,
+    req: ExplainRequest,
+    services: ServicesDep,
+    client: Client,
+    idempotency_key: IdemKey = None,
+) -> Any:
+    try:
+        params = check_explain_params(req.method, req.params)
+    except ValueError as e:
+        raise ServiceError("validation_error", str(e)) from None
+
+    def create(conn: Conn) -> tuple[int, dict[str, Any]]:
+        parent = _job_or_404(conn, job_id, client)
+        if parent["kind"] != "predict":
+            raise ServiceError("job_not_found", "explain a predict job")
+        _require_succeeded(parent)
+        study = get_study(conn, client, parent["study_id"]) if parent["study_id"] else None
+        if study is None:
+            raise ServiceError("study_not_found", "the study of this job was deleted")
+        row = insert_job(
+            conn,
+            client=client,
+            study=study,
+            model=parent["model"],
+            series_uid=(parent["series_uid"] or _selected_series(conn, job_id)),
+            explain=req.method,
+            explain_params=params,
+            callback_url=str(req.callback_url) if req.callback_url else None,
+            max_attempts=services.settings.max_attempts,
+            kind="explain",
+            parent_job_id=job_id,
+        )
+        return 202, _accepted(row)
+
+    payload = req.model_dump(mode="json") | {"job_id": str(job_id)}
+    status, body, replayed = run_idempotent(
+        services.db, client, idempotency_key, f"POST /v1/jobs/{job_id}/explain", body_hash(payload), create
+    )
+    if not replayed:
+        _enqueue(services, uuid.UUID(body["job_id"]))
+    return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
+
+
+def _selected_series(conn: Conn, job_id: uuid.UUID) -> str | None:
+    result = get_result(conn, job_id)
+    return None if result is None else result["body"].get("series", {}).get("selected_uid")
+
+
+@router.get(
+    "/jobs/{job_id}/explanation",
+    response_model=Explanation,
+    summary="Saliency of a predicted job: stats, geometry and presigned URLs (NIfTI, PNG, JSON)",
+    responses=error_responses(
+        "unauthorized", "job_not_found", "job_not_finished", "job_failed", "explanation_not_found"
+    ),
+)
+def read_explanation(
+    job_id: uuid.UUID,
+    services: ServicesDep,
+    client: Client,
+    method: Annotated[str | None, Query(description="default: the most recent explanation")] = None,
+) -> Any:
+    with services.db.conn() as conn:
+        row = _job_or_404(conn, job_id, client)
+        if row["kind"] == "explain" and row["parent_job_id"] is not None:
+            job_id, method = row["parent_job_id"], method or row["explain"]
+            if row["state"] != "succeeded":
+                _require_succeeded(row)
+        else:
+            _require_succeeded(row)
+        found = get_explanations(conn, job_id)
+    if method is not None:
+        found = [e for e in found if e["method"] == method]
+    if not found:
+        raise ServiceError("explanation_not_found")
+    e = found[0]
+    ttl = services.settings.presign_ttl_s
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
+    files = {
+        name: {
+            "url": services.storage.presign_get(blob["key"], ttl),
+            "content_type": blob["content_type"],
+            "expires_at": expires,
+        }
+        for name, blob in e["blobs"].items()
+    }
+    return Explanation(
+        job_id=job_id,
+        method=e["method"],
+        params=e["params"],
+        stats=e["stats"],
+        geometry=e["geometry"],
+        model={"name": e["model_name"], "version": e["model_version"]},
+        files=files,
+        created_at=e["created_at"],
+    ).model_dump(mode="json")

@@ -1,0 +1,210 @@
+"""The FastAPI application: routers, middleware (request id, metrics, errors), lifespan.
+
+:func:`create_app` builds the app around a :class:`~app.config.Settings`. On
+start it opens the database pool, refuses to run on an unmigrated database,
+connects Redis and S3, and reads the weights manifest (torch is never imported
+in this process).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.deps import Services
+from app.api.routes import health, jobs, models, studies
+from app.config import Settings
+from app.db import Database
+from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
+from app.logs import logger
+from app.metrics import ApiMetrics
+from app.migrate import check
+from app.queue import JobQueue
+from app.repository import job_state_counts
+from app.storage import Storage
+from ml.errors import InputError, ModelUnavailable
+from ml.manifest import Manifest
+
+__all__ = ["build_services", "create_app"]
+
+DESCRIPTION = """
+Chest-CT triage: upload a DICOM study (ZIP), queue a prediction, poll its status,
+read the probability of pathology with its operating points, and fetch saliency maps
+in the geometry of the source series.
+
+**The demo model is not for clinical use.** Production weights come from the operator
+through the weights manifest.
+
+Authentication: `Authorization: Bearer <api key>` on every `/v1` route.
+POST routes honour `Idempotency-Key`.
+
+### Error codes
+Every error body is `{"error": "<code>", "detail": "<text>", "request_id": "<id>"}`.
+
+| code | meaning |
+|---|---|
+""" + "\n".join(f"| `{c}` | {t} |" for c, t in ALL_ERROR_CODES.items())
+
+
+def build_services(settings: Settings) -> Services:
+    """Connect to PostgreSQL (checked migrated), Redis and S3; read the manifest."""
+    settings.require_services()
+    assert settings.database_url and settings.redis_url and settings.s3_access_key and settings.s3_secret_key
+    db = Database(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max, name="s4ct-api"
+    )
+    db.open()
+    try:
+        with db.conn() as conn:
+            check(conn)
+        queue = JobQueue.from_url(settings.redis_url, settings.stream, settings.group)
+        queue.ensure_group()
+        storage = Storage(
+            settings.s3_endpoint,
+            settings.s3_access_key.get_secret_value(),
+            settings.s3_secret_key.get_secret_value(),
+            settings.s3_bucket,
+            region=settings.s3_region,
+        )
+        storage.ping()
+        manifest = Manifest.load(settings.manifest_path)
+    except BaseException:
+        db.close()
+        raise
+    return Services(settings=settings, db=db, storage=storage, queue=queue, manifest=manifest)
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id, access log, metrics, and a JSON 500 for the unexpected."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, header: str) -> None:
+        self.app, self.metrics, self.header = app, metrics, header.lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == self.header), "")
+        if not rid or len(rid) > 128 or not rid.isprintable():
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status = {"code": 500, "sent": False}
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+                message["headers"] = [*message.get("headers", []), (self.header, rid.encode())]
+            await send(message)
+
+        try:
+            with logger.contextualize(request_id=rid):
+                await self.app(scope, receive, send_wrapper)
+        except Exception:
+            logger.exception("unhandled error in {} {}", scope["method"], _route(scope))
+            if not status["sent"]:
+                body = ServiceError("internal_error").body(rid)
+                await JSONResponse(body, status_code=500)(scope, receive, send_wrapper)
+        finally:
+            route = _route(scope)
+            self.metrics.requests.labels(scope["method"], route, str(status["code"])).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - t0)
+
+
+def _route(scope: Scope) -> str:
+    r = scope.get("route")
+    return getattr(r, "path", "unmatched") if r is not None else "unmatched"
+
+
+def _rid(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def _error(request: Request, err: ServiceError) -> JSONResponse:
+    return JSONResponse(err.body(_rid(request)), status_code=err.http_status, headers=err.headers or None)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The API. Without ``services`` they are built from ``settings`` at startup (and closed at exit)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = services is None
+        svc = services if services is not None else build_services(settings)
+        app.state.services = svc
+        app.state.metrics.watch_queue(lambda: _counts(svc), svc.queue.depth)
+        logger.info("API ready (model default {})", svc.manifest.default)
+        try:
+            yield
+        finally:
+            if own:
+                svc.db.close()
+                svc.queue.close()
+
+    app = FastAPI(
+        title="Service4CT",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "studies", "description": "DICOM study upload and management"},
+            {"name": "jobs", "description": "Predictions, their status, results and explanations"},
+            {"name": "models", "description": "Servable models (from the weights manifest)"},
+            {"name": "health", "description": "Probes and metrics"},
+        ],
+    )
+    app.state.metrics = ApiMetrics()
+    app.state.settings = settings
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(request, exc)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+        return _error(request, from_input_error(exc))
+
+    @app.exception_handler(ModelUnavailable)
+    async def _model_error(request: Request, exc: ModelUnavailable) -> JSONResponse:
+        return _error(request, from_model_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors()[:5]:  # no "input" echo: values could carry anything
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+        return _error(request, ServiceError("validation_error", "; ".join(parts) or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
+        if code is None:
+            code = "validation_error" if exc.status_code < 500 else "internal_error"
+        return _error(request, ServiceError(code, http_status=exc.status_code))
+
+    for module in (studies, jobs, models, health):
+        app.include_router(module.router)
+    app.add_middleware(RequestContext, metrics=app.state.metrics, header=settings.request_id_header)
+    return app
+
+
+def _counts(svc: Services) -> dict[str, int]:
+    with svc.db.conn() as conn:
+        return job_state_counts(conn)
+
+
+def app_from_env() -> Any:
+    """uvicorn factory: ``uvicorn --factory app.main:app_from_env`` (settings from S4CT_*)."""
+    from app.config import load_settings
+
+    return create_app(load_settings())

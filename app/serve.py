@@ -1,0 +1,171 @@
+"""``service4ct serve``: the whole service on one machine.
+
+Without ``S4CT_DATABASE_URL``/``S4CT_REDIS_URL``/``S4CT_S3_ENDPOINT`` it starts
+the embedded PostgreSQL, Redis and SeaweedFS S3 under ``var/`` (DESIGN 6);
+then it applies migrations, creates the bucket and, the first time, a dev API
+key (printed once, also kept in ``var/dev-api-key`` with mode 0600 for
+``make run``), and runs the API (uvicorn, this process) and one worker (a
+child process). Ctrl-C or SIGTERM stops the worker, the API and the services,
+in that order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.config import Settings
+from app.db import connect
+from app.embedded import EmbeddedStack
+from app.logs import logger
+from app.migrate import migrate
+from app.repository import create_api_key
+from app.storage import Storage
+
+__all__ = ["ensure_dev_key", "prepare_services", "serve", "worker_env"]
+
+DEV_CLIENT = "dev"
+
+
+@contextlib.contextmanager
+def embedded_or_external(settings: Settings) -> Iterator[Settings]:
+    """Settings pointing at running services: the configured ones, or a started embedded stack."""
+    if not settings.embedded:
+        settings.require_services()
+        yield settings
+        return
+    stack = EmbeddedStack(settings.var_dir / "stack")
+    stack.start()
+    try:
+        yield settings.with_services(
+            database_url=stack.database_url,
+            redis_url=stack.redis_url,
+            s3_endpoint=stack.s3_endpoint,
+            s3_access_key=stack.s3_access_key,
+            s3_secret_key=stack.s3_secret_key,
+        )
+    finally:
+        stack.stop()
+
+
+def prepare_services(settings: Settings) -> None:
+    """Apply migrations and create the bucket (idempotent)."""
+    assert settings.database_url and settings.s3_access_key and settings.s3_secret_key
+    with connect(settings.database_url) as conn:
+        applied = migrate(conn)
+    if applied:
+        logger.info("applied migrations: {}", ", ".join(applied))
+    Storage(
+        settings.s3_endpoint,
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_bucket,
+        region=settings.s3_region,
+    ).ensure_bucket()
+
+
+def ensure_dev_key(settings: Settings) -> tuple[str, bool]:
+    """(dev API key, created now). The key is kept in ``var/dev-api-key`` (0600)."""
+    path = settings.var_dir / "dev-api-key"
+    if path.is_file():
+        key = path.read_text().strip()
+        if key:
+            return key, False
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        _, key = create_api_key(conn, DEV_CLIENT, "dev key of service4ct serve")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key, True
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment of a worker child process pointing at the same services."""
+    env = dict(os.environ)
+    assert settings.s3_access_key and settings.s3_secret_key
+    env.update(
+        {
+            "S4CT_DATABASE_URL": str(settings.database_url),
+            "S4CT_REDIS_URL": str(settings.redis_url),
+            "S4CT_S3_ENDPOINT": str(settings.s3_endpoint),
+            "S4CT_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
+            "S4CT_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+            "S4CT_S3_BUCKET": settings.s3_bucket,
+            "S4CT_MANIFEST_PATH": str(settings.manifest_path),
+            "S4CT_LOG_LEVEL": settings.log_level,
+            "S4CT_WORK_DIR": str(settings.work_path),
+            "S4CT_VAR_DIR": str(settings.var_dir),
+        }
+    )
+    return env
+
+
+def _stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 40.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def serve(settings: Settings, *, workers: int = 1) -> None:
+    """Run everything until Ctrl-C / SIGTERM."""
+    import uvicorn
+
+    from app.main import create_app
+
+    # SIGTERM behaves like Ctrl-C so that every `finally` below runs
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with embedded_or_external(settings) as live:
+        prepare_services(live)
+        key, created = ensure_dev_key(live)
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "app.worker"], env=worker_env(live))
+            for _ in range(workers)
+        ]
+        try:
+            base = f"http://{live.host}:{live.port}"
+            banner = [
+                "",
+                f"Service4CT API on {base}   (OpenAPI docs: {base}/docs)",
+                f"dev API key: {key}" if created else f"dev API key: in {live.var_dir / 'dev-api-key'}",
+                f"services: postgres {_redact(live.database_url)}, redis {live.redis_url}, "
+                f"s3 {live.s3_endpoint}",
+                "the demo model is NOT FOR CLINICAL USE",
+                "",
+            ]
+            print("\n".join(banner), flush=True)
+            config = uvicorn.Config(
+                create_app(live), host=live.host, port=live.port, log_level="warning", access_log=False
+            )
+            server = uvicorn.Server(config)
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for p in procs:
+                _stop_child(p)
+            time.sleep(0.1)
+
+
+def _redact(url: str | None) -> str:
+    if not url or "@" not in url:
+        return str(url)
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://…@{rest.split('@', 1)[1]}"
+
+
+def dev_key_path(settings: Settings) -> Path:
+    return settings.var_dir / "dev-api-key"

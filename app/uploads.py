@@ -1,0 +1,229 @@
+"""Streaming study uploads: request body → S3 multipart upload, sha256 and size on the way.
+
+The body is never held whole in memory or written to local disk: chunks go
+into the object store's multipart upload as they arrive (at most a couple of
+parts buffered), the sha256 is updated per chunk, and only the last few MiB are
+kept to read the ZIP's central directory afterwards (:func:`ml.dicom.precheck_zip`;
+a central directory larger than that is fetched back with a ranged GET).
+
+Two body encodings are accepted: the raw ZIP (``application/zip`` or
+``application/octet-stream``) and ``multipart/form-data`` with one file part
+(python-multipart's streaming parser; other fields are ignored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+
+from app.errors import ServiceError
+from app.storage import Storage
+from ml.dicom import ZipLimits, ZipSummary, precheck_zip
+from ml.errors import ZipError
+
+__all__ = ["RAW_TYPES", "ReceivedUpload", "receive_zip"]
+
+RAW_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
+TAIL_BYTES = 8 << 20  # bytes kept from the end of the body for the central directory
+
+
+@dataclass(frozen=True)
+class ReceivedUpload:
+    """A ZIP stored in S3 and checked: its key, sha256, size and central-directory summary."""
+
+    key: str
+    sha256: str
+    size: int
+    summary: ZipSummary
+
+
+class _Tail:
+    """The last ``cap`` bytes of a stream (whole chunks, trimmed lazily)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.chunks: deque[bytes] = deque()
+        self.held = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.held += len(chunk)
+        while self.chunks and self.held - len(self.chunks[0]) >= self.cap:
+            self.held -= len(self.chunks.popleft())
+
+    def bytes(self) -> bytes:
+        data = b"".join(self.chunks)
+        return data[-self.cap :] if len(data) > self.cap else data
+
+
+class _StoredZip(io.RawIOBase):
+    """Seekable read-only view of the stored object: the tail from memory, the rest by ranged GET."""
+
+    def __init__(self, storage: Storage, key: str, size: int, tail: bytes) -> None:
+        self.storage, self.key, self.size = storage, key, size
+        self.tail, self.tail_start = tail, size - len(tail)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        if end <= self.pos:
+            return b""
+        if self.pos >= self.tail_start:
+            data = self.tail[self.pos - self.tail_start : end - self.tail_start]
+        else:
+            data = self.storage.get_range(self.key, self.pos, end - 1)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+async def _raw_chunks(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk
+
+
+async def _multipart_chunks(request: Request, content_type: str) -> AsyncIterator[bytes]:
+    """The bytes of the first file part of a multipart/form-data body, streamed."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ServiceError("validation_error", "multipart/form-data without a boundary")
+    state: dict[str, Any] = {"is_file": False, "done": False, "found": False, "header": b"", "headers": {}}
+    out: list[bytes] = []
+
+    def on_part_begin() -> None:
+        state["headers"] = {}
+        state["is_file"] = False
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] = data[start:end].lower()
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["headers"][state["header"]] = state["headers"].get(state["header"], b"") + data[start:end]
+
+    def on_headers_finished() -> None:
+        disp = state["headers"].get(b"content-disposition", b"")
+        _, dparams = parse_options_header(disp)
+        state["is_file"] = b"filename" in dparams and not state["found"] and not state["done"]
+        if state["is_file"]:
+            state["found"] = True
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["is_file"]:
+            out.append(bytes(data[start:end]))
+
+    def on_part_end() -> None:
+        if state["is_file"]:
+            state["done"] = True
+            state["is_file"] = False
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    async for chunk in request.stream():
+        try:
+            parser.write(chunk)
+        except Exception as e:  # python-multipart raises its own errors for malformed bodies
+            raise ServiceError("validation_error", "malformed multipart/form-data body") from e
+        for piece in out:
+            yield piece
+        out.clear()
+    if not state["found"]:
+        raise ServiceError("validation_error", "multipart/form-data body has no file part")
+
+
+def _body_chunks(request: Request) -> AsyncIterator[bytes]:
+    ctype = request.headers.get("content-type", "").strip()
+    mtype = ctype.split(";", 1)[0].strip().lower()
+    if mtype == "multipart/form-data":
+        return _multipart_chunks(request, ctype)
+    if mtype in RAW_TYPES or mtype == "":
+        return _raw_chunks(request)
+    raise ServiceError("unsupported_media_type", f"unsupported content type {mtype!r}")
+
+
+async def receive_zip(
+    request: Request,
+    storage: Storage,
+    key: str,
+    *,
+    max_bytes: int,
+    part_bytes: int,
+    limits: ZipLimits | None = None,
+) -> ReceivedUpload:
+    """Stream the request's ZIP to ``key`` and check it; the object is removed on any refusal.
+
+    Raises :class:`ServiceError` (``payload_too_large``, ``unsupported_media_type``,
+    ``validation_error``, ``upload_failed``) or :class:`ml.errors.ZipError`.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + (1 << 20):
+        # multipart framing adds a little: refuse only what is clearly too big before reading
+        raise ServiceError("payload_too_large", f"the upload exceeds {max_bytes} bytes")
+    chunks = _body_chunks(request)
+    sha = hashlib.sha256()
+    size = 0
+    tail = _Tail(TAIL_BYTES)
+    upload = storage.multipart(key, "application/zip", part_size=part_bytes)
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise ServiceError("payload_too_large", f"the upload exceeds {max_bytes} bytes")
+            sha.update(chunk)
+            tail.add(chunk)
+            await upload.awrite(chunk)
+        if size == 0:
+            raise ZipError("zip_invalid", "the upload is empty")
+        await run_in_threadpool(upload.complete)
+    except ClientDisconnect:
+        await run_in_threadpool(upload.abort)
+        raise
+    except (ServiceError, ZipError):
+        await run_in_threadpool(upload.abort)
+        raise
+    except Exception as e:
+        await run_in_threadpool(upload.abort)
+        raise ServiceError("upload_failed", "the object store refused the upload; retry") from e
+    view = _StoredZip(storage, key, size, tail.bytes())
+    try:
+        summary = await run_in_threadpool(precheck_zip, cast(BinaryIO, view), limits)
+    except ZipError:
+        await run_in_threadpool(storage.delete, key)
+        raise
+    return ReceivedUpload(key=key, sha256=sha.hexdigest(), size=size, summary=summary)

@@ -1,0 +1,166 @@
+"""The worker's calls into ``ml/``: study preparation (in a process pool) and result assembly.
+
+:func:`prepare_study` runs in a preprocessing process: safe unzip → series
+discovery → QC → selected series decoded → seed preprocessing. Stage changes
+go to the parent through the queue set up by :func:`init_pool_process`; the
+parent writes them to PostgreSQL. Only ids, stages and numbers cross that queue.
+
+:func:`build_result` turns a prediction into the result contract (DESIGN 3).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ml.geometry import CTVolume
+from ml.inference import Prediction
+from ml.manifest import ModelEntry
+from ml.preprocess import PreprocessConfig, PreprocessGeometry
+
+__all__ = ["Prepared", "build_result", "init_pool_process", "prepare_study"]
+
+_progress: Any = None  # set in each pool process by init_pool_process
+
+
+def init_pool_process(progress_queue: Any, torch_threads: int) -> None:
+    """Pool initializer: remember the progress queue; keep each process to ``torch_threads`` threads."""
+    global _progress  # noqa: PLW0603 (per-process state of a pool worker)
+    _progress = progress_queue
+    import torch
+
+    torch.set_num_threads(max(1, torch_threads))
+
+
+def _report(job_id: uuid.UUID, attempt: int, stage: str, progress: float) -> None:
+    if _progress is not None:
+        _progress.put((str(job_id), attempt, stage, progress))
+
+
+@dataclass
+class Prepared:
+    """A study ready for the model (plus what the result and the saliency need)."""
+
+    job_id: uuid.UUID
+    attempt: int
+    tensor: npt.NDArray[np.float32]  # [1, 1, D, H, W] in [-1, 1]
+    geometry: PreprocessGeometry
+    qc: dict[str, Any]
+    timings: dict[str, float]
+    phi_tokens: list[str] = field(default_factory=list)
+    volume: CTVolume | None = None  # kept when a saliency overlay is wanted
+
+
+def prepare_study(
+    job_id: uuid.UUID,
+    attempt: int,
+    zip_path: str,
+    series_uid: str | None,
+    config: PreprocessConfig,
+    keep_volume: bool,
+) -> Prepared:
+    """Read, check and preprocess one study ZIP (runs in a pool process).
+
+    Raises :class:`ml.errors.InputError` subclasses with their stable codes.
+    """
+    from ml.dicom import load_volume, open_study
+    from ml.preprocess import preprocess
+    from ml.qc import rank_series
+
+    timings: dict[str, float] = {}
+    _report(job_id, attempt, "reading", 0.05)
+    t0 = time.perf_counter()
+    with open_study(zip_path) as study:
+        tokens = sorted(study.phi_tokens)
+        timings["reading"] = time.perf_counter() - t0
+        _report(job_id, attempt, "qc", 0.15)
+        t1 = time.perf_counter()
+        report = rank_series(study, series_uid=series_uid)
+        timings["qc"] = time.perf_counter() - t1
+        _report(job_id, attempt, "preprocessing", 0.25)
+        t2 = time.perf_counter()
+        volume = load_volume(report.selected.series)
+        timings["decoding"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    result = preprocess(volume, config)
+    timings["preprocessing"] = time.perf_counter() - t3
+    tensor = result.tensor.numpy().astype(np.float32, copy=False)
+    return Prepared(
+        job_id=job_id,
+        attempt=attempt,
+        tensor=tensor,
+        geometry=result.geometry,
+        qc=report.to_dict(),
+        timings=timings,
+        phi_tokens=tokens,
+        volume=volume if keep_volume else None,
+    )
+
+
+def _op_out(entry: ModelEntry) -> dict[str, Any]:
+    out = {}
+    for name, op in entry.operating_points.items():
+        d = op.to_dict()
+        out[name] = {
+            "threshold": d["threshold"],
+            "sensitivity": d.get("sensitivity"),
+            "specificity": d.get("specificity"),
+            "ci95": {"sensitivity": d.get("sensitivity_ci95"), "specificity": d.get("specificity_ci95")},
+        }
+    return out
+
+
+def build_result(
+    job_id: uuid.UUID,
+    attempt: int,
+    entry: ModelEntry,
+    pred: Prediction,
+    prep: Prepared,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The result contract of DESIGN 3 (JSON-ready)."""
+    qc = prep.qc
+    ranking = [
+        {
+            "series_uid": s["series_uid"],
+            "rank": s["rank"],
+            "usable": s["usable"],
+            "slices": s["summary"]["slices"],
+            "reasons": s["reasons"],
+        }
+        for s in qc["series"]
+    ]
+    return {
+        "job_id": str(job_id),
+        "probability": pred.probability,
+        "label": pred.label,
+        "operating_point": entry.default_operating_point,
+        "operating_points": _op_out(entry),
+        "decision": {k: ("pathology" if v else "normal") for k, v in pred.decisions.items()},
+        "model": {
+            "name": entry.name,
+            "version": entry.version,
+            "sha256": entry.sha256 or "",
+            "clinical_use": entry.clinical_use,
+        },
+        "series": {
+            "selected_uid": qc["selected_series_uid"],
+            "selected_by": qc["selected_by"],
+            "ranking": ranking,
+        },
+        "qc": {"warnings": qc["warnings"], "skipped_files": qc["skipped_files"]},
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "attempt": attempt,
+        "not_for_clinical_use": not entry.clinical_use,
+    }
+
+
+def mp_context() -> mp.context.SpawnContext:
+    """Preprocessing processes are spawned (forking a process that holds torch threads is unsafe)."""
+    return mp.get_context("spawn")

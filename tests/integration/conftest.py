@@ -1,0 +1,210 @@
+"""Real PostgreSQL, Redis and S3 for the service tests (embedded, started once per session).
+
+Nothing is mocked: the fixtures start the same embedded services as
+``service4ct serve``, a real API on a loopback port (uvicorn in a thread) and,
+where a test needs one, a real worker (in-process threads + a spawned
+preprocessing pool).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app.config import Settings
+from app.db import connect
+from app.embedded import EmbeddedStack
+from app.main import create_app
+from app.migrate import migrate
+from app.repository import create_api_key
+from app.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    s = EmbeddedStack(tmp_path_factory.mktemp("stack"), fsync=False, persist=False)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _fresh_settings(stack: EmbeddedStack, tmp: Path, **overrides: Any) -> Settings:
+    """Settings on a new database and bucket of the shared stack (tests stay independent)."""
+    name = "t" + uuid.uuid4().hex[:12]
+    db_url = stack.create_database(name)
+    base = Settings(
+        s3_bucket=name,
+        work_dir=tmp / "work",
+        var_dir=tmp / "var",
+        weights_cache_dir=tmp / "weights",
+        heartbeat_s=0.5,
+        reconcile_s=1.0,
+        claim_idle_s=2.0,
+        lease_s=30.0,
+        max_wait_ms=50,
+        webhook_backoff_s=0.2,
+        webhook_backoff_max_s=1.0,
+        device="cpu",
+    ).with_services(
+        database_url=db_url,
+        redis_url=stack.redis_url,
+        s3_endpoint=stack.s3_endpoint,
+        s3_access_key=stack.s3_access_key,
+        s3_secret_key=stack.s3_secret_key,
+    )
+    settings = base.model_copy(update={"stream": f"s4ct:{name}", **overrides})
+    with connect(db_url) as conn:
+        migrate(conn)
+    storage_of(settings).ensure_bucket()
+    return settings
+
+
+def storage_of(settings: Settings) -> Storage:
+    assert settings.s3_access_key and settings.s3_secret_key
+    return Storage(
+        settings.s3_endpoint,
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_bucket,
+    )
+
+
+def list_keys(storage: Storage, prefix: str) -> list[str]:
+    return list(storage.list_keys(prefix))
+
+
+@pytest.fixture(scope="module")
+def settings(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return _fresh_settings(stack, tmp_path_factory.mktemp("svc"))
+
+
+@pytest.fixture(scope="session")
+def make_settings(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return _fresh_settings(stack, tmp_path_factory.mktemp("svc"), **overrides)
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveApi:
+    """The API served by uvicorn on a loopback port, in a thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveApi:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("API did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def client(self, key: str | None = None, **kw: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base, headers=headers, timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def api(settings: Settings) -> Iterator[LiveApi]:
+    with LiveApi(settings) as live:
+        yield live
+
+
+def new_key(settings: Settings, client: str) -> str:
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        return create_api_key(conn, client, "test")[1]
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 120.0, interval: float = 0.1, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        r = client.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body if body["state"] in ("succeeded", "failed") else None
+
+    result: dict[str, Any] = wait_for(done, timeout=timeout, interval=0.2, what=f"job {job_id}")
+    return result
+
+
+class Receiver:
+    """A real HTTP server collecting webhook deliveries (status codes scripted per call)."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.statuses = list(statuses or [])
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                outer.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def payloads(self) -> list[dict[str, Any]]:
+        return [json.loads(r["body"]) for r in self.requests]
