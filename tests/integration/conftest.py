@@ -185,7 +185,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                outer.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
+                outer.requests.append(
+                    {"headers": dict(self.headers), "body": body, "path": self.path, "at": time.monotonic()}
+                )
                 status = outer.statuses.pop(0) if outer.statuses else 200
                 self.send_response(status)
                 self.send_header("content-length", "0")

@@ -275,3 +275,28 @@ def test_reconciler_requeues_lost_and_expired_jobs(
     assert st_lost["state"] == "succeeded" and st_lost["attempt"] == 1
     assert st_dead["state"] == "succeeded" and st_dead["attempt"] == 2
     assert st_doomed["state"] == "failed" and st_doomed["error"]["code"] == "worker_crashed"
+
+
+def test_webhook_retries_with_backoff_until_delivered(
+    client: httpx.Client, worker: Worker, settings: Settings, tmp_path: Path
+) -> None:
+    from app.repository import outbox_rows
+
+    zp = tmp_path / "w.zip"
+    make_study(zp, seed=43)
+    sid = _upload_file(client, zp)
+    with Receiver(statuses=[500, 503]) as hook:
+        job = client.post(
+            "/v1/jobs", json={"study_id": sid, "explain": "none", "callback_url": hook.url}
+        ).json()["job_id"]
+        assert wait_job(client, job)["state"] == "succeeded"
+        wait_for(lambda: len(hook.requests) >= 3, timeout=30, what="three deliveries")
+        times = [r["at"] for r in hook.requests[:3]]
+    # backoff (base 0.2 s, doubling, ±20 % jitter; the dispatcher polls every 0.5 s)
+    assert times[1] - times[0] >= 0.8 * 0.2 and times[2] - times[1] >= 0.8 * 0.4
+    assert len({r["headers"]["X-Service4CT-Delivery"] for r in hook.requests}) == 1  # same outbox row
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        rows = outbox_rows(conn, uuid.UUID(job))
+    assert len(rows) == 1 and rows[0]["attempts"] == 3 and rows[0]["delivered_at"] is not None
+    assert rows[0]["last_status"] == 200
