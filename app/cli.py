@@ -306,17 +306,20 @@ def api(
     """Run the API only (production: S4CT_* settings point at PostgreSQL, Redis and S3)."""
     import uvicorn
 
-    from app.main import create_app
+    from app.main import build_services, create_app
     from app.migrate import NotMigratedError
 
     settings = _settings(config, host=host, port=port)
-    try:
-        settings.require_services()
-        app = create_app(settings)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    try:  # connect and check the schema before serving: refuse clearly, not with a traceback
+        services = build_services(settings)
     except (ValueError, NotMigratedError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    try:
+        app = create_app(settings, services)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    finally:
+        services.close()
 
 
 @cli.command()

@@ -147,8 +147,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             yield
         finally:
             if own:
-                svc.db.close()
-                svc.queue.close()
+                svc.close()
 
     app = FastAPI(
         title="Service4CT",

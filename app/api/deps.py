@@ -34,6 +34,10 @@ class Services:
     _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def close(self) -> None:
+        self.db.close()
+        self.queue.close()
+
     def client_of(self, key: str) -> str | None:
         """The client of an API key (cached for a few seconds, misses included)."""
         now = time.monotonic()
