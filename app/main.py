@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
@@ -30,7 +33,7 @@ from app.metrics import ApiMetrics
 from app.migrate import check
 from app.queue import JobQueue
 from app.repository import job_state_counts
-from app.storage import Storage
+from app.storage import Storage, StorageError
 from ml.errors import InputError, ModelUnavailable
 from ml.manifest import Manifest
 
@@ -175,6 +178,22 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.exception_handler(ModelUnavailable)
     async def _model_error(request: Request, exc: ModelUnavailable) -> JSONResponse:
         return _error(request, from_model_error(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        logger.info("client disconnected during {} {}", request.method, request.url.path)
+        return _error(request, ServiceError("validation_error", "the client disconnected mid-request"))
+
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError) -> JSONResponse:
+        logger.warning("object store error: {}", exc)
+        return _error(request, ServiceError("service_unavailable", "the object store is unavailable; retry"))
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg_pool.PoolTimeout)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database unavailable: {}", type(exc).__name__)
+        return _error(request, ServiceError("service_unavailable", "the database is unavailable; retry"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

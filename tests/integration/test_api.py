@@ -271,3 +271,58 @@ def test_api_never_logs_identifiers(api: LiveApi, key_a: str, tmp_path: Path, ca
     text = json.dumps(r.json()) + capfd.readouterr().err
     for ident in (PHI_IDENTIFIERS.patient_name, PHI_IDENTIFIERS.patient_id):
         assert ident not in text
+
+
+def test_study_upload_idempotency(api: LiveApi, key_a: str) -> None:
+    one, two = _zip_of({"a.dcm": b"1" * 100}), _zip_of({"b.dcm": b"2" * 100})
+    with api.client(key_a) as c:
+        r1 = _upload(c, one, **{"Idempotency-Key": "up-1"})
+        r2 = _upload(c, one, **{"Idempotency-Key": "up-1"})
+        assert r1.status_code == 201 and r2.status_code == 201 and r1.json() == r2.json()
+        r3 = _upload(c, two, **{"Idempotency-Key": "up-1"})
+        assert r3.status_code == 409 and r3.json()["error"] == "idempotency_conflict"
+
+
+def test_concurrent_migrations_apply_once(stack: Any) -> None:
+    import threading
+
+    from app.migrate import migrate
+
+    url = stack.create_database("mig_" + uuid.uuid4().hex[:8])
+    applied: list[list[str]] = []
+
+    def run() -> None:
+        with connect(url) as conn:
+            applied.append(migrate(conn))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(a) for a in applied) == [0, 0, 0, 1]
+
+
+def test_object_store_down_is_a_clean_error(settings: Settings, key_a: str) -> None:
+    from app.api.deps import Services
+    from app.storage import Storage
+
+    live = build_services(settings)
+    assert settings.s3_access_key and settings.s3_secret_key
+    dead = Storage(
+        "http://127.0.0.1:9",
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_bucket,
+        max_attempts=1,
+        connect_timeout=1,
+    )
+    services = Services(settings=settings, db=live.db, storage=dead, queue=live.queue, manifest=live.manifest)
+    try:
+        with LiveApi(settings, services) as api, api.client(key_a) as c:
+            r = _upload(c, _zip_of({"a.dcm": b"x" * 10}))
+            assert r.status_code == 502 and r.json()["error"] == "upload_failed"
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["s3"].startswith("unreachable")
+    finally:
+        live.close()
