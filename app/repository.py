@@ -212,6 +212,16 @@ def get_job(conn: Conn, job_id: uuid.UUID, client: str | None = None) -> Row | N
     return conn.execute(sql.encode(), params).fetchone()
 
 
+def job_with_position(conn: Conn, job_id: uuid.UUID, client: str) -> Row | None:
+    """A client's job plus ``queue_position`` (queued jobs ahead of it; NULL unless queued): one query."""
+    return conn.execute(
+        f"SELECT {_JOB_COLS}, CASE WHEN j.state = 'queued' THEN "
+        "(SELECT count(*) FROM jobs q WHERE q.state = 'queued' AND q.created_at < j.created_at) END "
+        "AS queue_position FROM jobs j WHERE j.id = %s AND j.client = %s",
+        (job_id, client),
+    ).fetchone()
+
+
 def queue_position(conn: Conn, job: Row) -> int:
     """Number of queued jobs ahead of ``job`` (0 = next)."""
     row = conn.execute(
@@ -553,3 +563,12 @@ def outbox_rows(conn: Conn, job_id: uuid.UUID) -> list[Row]:
         "FROM webhook_outbox WHERE job_id = %s ORDER BY id",
         (job_id,),
     ).fetchall()
+
+
+def oldest_queued_age_s(conn: Conn) -> float:
+    """Seconds since the oldest ``queued`` job was created (0.0 when none is queued)."""
+    row = conn.execute(
+        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::double precision AS age "
+        "FROM jobs WHERE state = 'queued'"
+    ).fetchone()
+    return max(0.0, float(row["age"])) if row is not None else 0.0

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.db import Database
@@ -38,13 +39,20 @@ class Services:
         self.db.close()
         self.queue.close()
 
-    def client_of(self, key: str) -> str | None:
-        """The client of an API key (cached for a few seconds, misses included)."""
-        now = time.monotonic()
+    def cached_client(self, key: str) -> tuple[bool, str | None]:
+        """(cache hit, client) for an API key; misses are cached too."""
         with self._lock:
             hit = self._keys.get(key)
-        if hit is not None and now - hit[1] < _KEY_TTL_S:
-            return hit[0]
+        if hit is not None and time.monotonic() - hit[1] < _KEY_TTL_S:
+            return True, hit[0]
+        return False, None
+
+    def client_of(self, key: str) -> str | None:
+        """The client of an API key (cached for a few seconds, misses included)."""
+        found, client = self.cached_client(key)
+        if found:
+            return client
+        now = time.monotonic()
         with self.db.conn() as conn:
             client = client_for_key(conn, key)
         with self._lock:
@@ -54,7 +62,7 @@ class Services:
         return client
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -62,13 +70,19 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_client(request: Request, services: ServicesDep) -> str:
-    """The calling client, from ``Authorization: Bearer <api key>`` (401 ``unauthorized`` otherwise)."""
+async def get_client(request: Request, services: ServicesDep) -> str:
+    """The calling client, from ``Authorization: Bearer <api key>`` (401 ``unauthorized`` otherwise).
+
+    Async on purpose: a cached key costs no thread hop; only a cache miss queries the database.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    key = token.strip()
+    if scheme.lower() != "bearer" or not key:
         raise ServiceError("unauthorized", "send Authorization: Bearer <api key>")
-    client = services.client_of(token.strip())
+    found, client = services.cached_client(key)
+    if not found:
+        client = await run_in_threadpool(services.client_of, key)
     if client is None:
         raise ServiceError("unauthorized", "unknown or revoked API key")
     request.state.client = client

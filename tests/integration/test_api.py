@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import connect
 from app.main import build_services
 from app.migrate import NotMigratedError
+from app.schemas import JobStatus
 from ml.phantom import make_study
 
 
@@ -204,6 +205,7 @@ def test_jobs_idempotency_and_isolation(
         assert r4.status_code == 202 and r4.json()["job_id"] != job
         status = a.get(f"/v1/jobs/{job}").json()
         assert status["state"] == "queued" and status["attempt"] == 0 and status["queue_position"] >= 0
+        JobStatus.model_validate(status)  # the hand-built hot-path body matches its documented schema
         assert a.get(f"/v1/jobs/{job}/result").json()["error"] == "job_not_finished"
         # client B sees none of it, and cannot use A's study
         assert b.get(f"/v1/jobs/{job}").status_code == 404

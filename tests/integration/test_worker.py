@@ -25,6 +25,7 @@ from conftest import LiveApi, Receiver, list_keys, new_key, storage_of, wait_for
 
 from app.config import Settings
 from app.db import connect
+from app.schemas import JobResult, JobStatus
 from app.webhooks import SIGNATURE_HEADER, verify
 from app.worker.runner import Worker
 from ml.phantom import PHI_IDENTIFIERS, make_study
@@ -86,6 +87,8 @@ def test_end_to_end_with_saliency_and_webhook(
         job = r.json()["job_id"]
         status = wait_job(client, job)
         assert status["state"] == "succeeded", status
+        JobStatus.model_validate(status)
+        JobResult.model_validate(client.get(f"/v1/jobs/{job}/result").json())
         assert status["attempt"] == 1 and status["progress"] == 1.0 and status["eta_s"] == 0.0
         for stage in ("fetching", "reading", "qc", "preprocessing", "inference", "explaining", "saving"):
             assert stage in status["stage_timings"], stage

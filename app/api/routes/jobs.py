@@ -8,8 +8,9 @@ import time
 import uuid
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
@@ -23,7 +24,7 @@ from app.repository import (
     get_result,
     get_study,
     insert_job,
-    queue_position,
+    job_with_position,
     recent_stats,
 )
 from app.schemas import (
@@ -49,7 +50,7 @@ _stats_cache: dict[int, tuple[float, dict[str, Any]]] = {}
 _stats_lock = threading.Lock()
 
 
-def links(job_id: uuid.UUID) -> dict[str, str]:
+def links(job_id: uuid.UUID | str) -> dict[str, str]:
     base = f"/v1/jobs/{job_id}"
     return {"status": base, "result": f"{base}/result", "explanation": f"{base}/explanation"}
 
@@ -192,31 +193,41 @@ def _eta(row: dict[str, Any], position: int | None, stats: dict[str, Any]) -> fl
     return round(max(run_s - elapsed, run_s * (1.0 - float(row["progress"])) * 0.1), 2)
 
 
-def job_status(conn: Conn, row: dict[str, Any]) -> dict[str, Any]:
-    position = queue_position(conn, row) if row["state"] == "queued" else None
+def _iso(v: dt.datetime | None) -> str | None:
+    return None if v is None else v.isoformat().replace("+00:00", "Z")
+
+
+def job_status(row: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """The JobStatus body built directly (the hottest route: no model validation round trip).
+
+    ``row`` comes from :func:`app.repository.job_with_position`; the shape is
+    checked against :class:`app.schemas.JobStatus` by the tests.
+    """
+    position = row["queue_position"]
     err = {"code": row["error_code"], "detail": row["error_detail"]} if row["error_code"] else None
-    return JobStatus(
-        job_id=row["id"],
-        study_id=row["study_id"],
-        kind=row["kind"],
-        parent_job_id=row["parent_job_id"],
-        state=row["state"],
-        stage=row["stage"],
-        progress=row["progress"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        queue_position=position,
-        eta_s=_eta(row, position, _recent(conn)),
-        model=row["model"],
-        explain=row["explain"],
-        error=err,
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        updated_at=row["updated_at"],
-        stage_timings=row["stage_timings"],
-        links=links(row["id"]),
-    ).model_dump(mode="json")
+    jid = str(row["id"])
+    return {
+        "job_id": jid,
+        "study_id": str(row["study_id"]) if row["study_id"] else None,
+        "kind": row["kind"],
+        "parent_job_id": str(row["parent_job_id"]) if row["parent_job_id"] else None,
+        "state": row["state"],
+        "stage": row["stage"],
+        "progress": float(row["progress"]),
+        "attempt": row["attempt"],
+        "max_attempts": row["max_attempts"],
+        "queue_position": position,
+        "eta_s": _eta(row, position, stats),
+        "model": row["model"],
+        "explain": row["explain"],
+        "error": err,
+        "created_at": _iso(row["created_at"]),
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "updated_at": _iso(row["updated_at"]),
+        "stage_timings": row["stage_timings"],
+        "links": links(jid),
+    }
 
 
 @router.get(
@@ -225,9 +236,13 @@ def job_status(conn: Conn, row: dict[str, Any]) -> dict[str, Any]:
     summary="Job state, stage, progress, attempt, queue position and ETA",
     responses=error_responses("unauthorized", "job_not_found"),
 )
-def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
+def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
     with services.db.conn() as conn:
-        return job_status(conn, _job_or_404(conn, job_id, client))
+        row = job_with_position(conn, job_id, client)
+        if row is None:
+            raise ServiceError("job_not_found")
+        stats = _recent(conn)
+    return Response(orjson.dumps(job_status(row, stats)), media_type="application/json")
 
 
 def _require_succeeded(row: dict[str, Any]) -> None:
