@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
+    #: address browsers use for presigned URLs when it differs from s3_endpoint (e.g. behind a proxy)
+    s3_public_endpoint: str | None = None
     s3_bucket: str = "service4ct"
     s3_region: str = "us-east-1"
     db_pool_min: int = Field(1, ge=1)
@@ -73,6 +75,9 @@ class Settings(BaseSettings):
     prefetch: int = Field(2, ge=1, le=64, description="studies prepared ahead of inference")
     work_dir: Path | None = None  # default: var_dir/work (study ZIPs and saliency files in flight)
     default_explain: Literal["none", "gradcam", "integrated_gradients", "saliency", "occlusion"] = "gradcam"
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="worker: serve Prometheus /metrics on this port (bound to host)"
+    )
 
     # --- webhooks
     webhook_timeout_s: float = Field(10.0, gt=0)

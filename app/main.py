@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
-from app.api.routes import health, jobs, models, studies
+from app.api.routes import health, jobs, models, studies, viewer
 from app.config import Settings
 from app.db import Database
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
@@ -32,7 +32,7 @@ from app.logs import logger
 from app.metrics import ApiMetrics
 from app.migrate import check
 from app.queue import JobQueue
-from app.repository import job_state_counts
+from app.repository import job_state_counts, oldest_queued_age_s
 from app.storage import Storage, StorageError
 from ml.errors import InputError, ModelUnavailable
 from ml.manifest import Manifest
@@ -77,6 +77,7 @@ def build_services(settings: Settings) -> Services:
             settings.s3_secret_key.get_secret_value(),
             settings.s3_bucket,
             region=settings.s3_region,
+            public_endpoint=settings.s3_public_endpoint,
         )
         storage.ping()
         manifest = Manifest.load(settings.manifest_path)
@@ -144,7 +145,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         own = services is None
         svc = services if services is not None else build_services(settings)
         app.state.services = svc
-        app.state.metrics.watch_queue(lambda: _counts(svc), svc.queue.depth)
+        app.state.metrics.watch_queue(lambda: _counts(svc), svc.queue.depth, lambda: _oldest_queued_age(svc))
         logger.info("API ready (model default {})", svc.manifest.default)
         try:
             yield
@@ -210,10 +211,15 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             code = "validation_error" if exc.status_code < 500 else "internal_error"
         return _error(request, ServiceError(code, http_status=exc.status_code))
 
-    for module in (studies, jobs, models, health):
+    for module in (studies, jobs, models, health, viewer):  # viewer: /viewer/{job_id}, not in the schema
         app.include_router(module.router)
     app.add_middleware(RequestContext, metrics=app.state.metrics, header=settings.request_id_header)
     return app
+
+
+def _oldest_queued_age(svc: Services) -> float:
+    with svc.db.conn() as conn:
+        return oldest_queued_age_s(conn)
 
 
 def _counts(svc: Services) -> dict[str, int]:

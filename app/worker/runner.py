@@ -42,6 +42,7 @@ import torch
 from app.config import Settings
 from app.db import Database
 from app.logs import logger, scrubber
+from app.metrics import WorkerMetrics
 from app.migrate import check
 from app.queue import JobMessage, JobQueue
 from app.repository import (
@@ -135,10 +136,15 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._last_reconcile = 0.0
         self._last_autoclaim = 0.0
+        self.metrics = WorkerMetrics()
+        self.metrics.watch(lambda: len(self.held), _gpu_memory)
+        self.metrics_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Open connections, check the schema, load the default model, start the pool and threads."""
+        if self.s.worker_metrics_port is not None:  # first: the model load is observed too
+            self.metrics_port = self.metrics.serve(self.s.worker_metrics_port, self.s.host)
         if self._own_db:
             self.db.open()
         with self.db.conn() as conn:
@@ -148,7 +154,7 @@ class Worker:
         self.s.work_path.mkdir(parents=True, exist_ok=True)
         self.predictor(None)  # the default model is loaded once, before taking work
         self._new_pool()
-        self.webhooks = WebhookDispatcher(self.db, self.s)
+        self.webhooks = _MeteredDispatcher(self.db, self.s, self.metrics)
         self._beat()
         for target, name in ((self._inference_loop, "inference"), (self._housekeeping_loop, "housekeeping")):
             t = threading.Thread(target=target, name=f"s4ct-{name}", daemon=True)
@@ -198,6 +204,7 @@ class Worker:
         self.jobs.close()
         if self._own_db:
             self.db.close()
+        self.metrics.close()
         logger.info("worker {} stopped after {} job(s)", self.id, self.processed)
 
     def run(self) -> None:
@@ -230,9 +237,11 @@ class Worker:
     def predictor(self, name: str | None) -> Predictor:
         key = name or "__default__"
         if key not in self.predictors:
+            t0 = time.perf_counter()
             p = Predictor.from_manifest(
                 self.s.manifest_path, name, device=self.s.device, fetch=self._fetch_weights
             )
+            self.metrics.model_load_seconds.labels(p.entry.name).set(time.perf_counter() - t0)
             self.predictors[key] = p
             self.predictors[p.entry.name] = p
         return self.predictors[key]
@@ -359,6 +368,7 @@ class Worker:
         if predict:
             for item, _ in predict:
                 self._stage(item, "inference", 0.6)
+            self.metrics.batch_size.observe(len(predict))
             t0 = time.perf_counter()
             batch = torch.from_numpy(np.concatenate([p.tensor for _, p in predict], axis=0))
             with torch.inference_mode():
@@ -419,8 +429,10 @@ class Worker:
                 self._outbox(conn, row, "succeeded", body)
         except _StaleAttemptError:
             logger.warning("job {} attempt {} lost its lease; result dropped", item.job_id, item.attempt)
+            self.metrics.job_finished("stale")
         else:
             self.processed += 1
+            self.metrics.job_finished("succeeded", None, item.timings)
             logger.info(
                 "job {} succeeded in {:.2f} s{}",
                 item.job_id,
@@ -493,6 +505,10 @@ class Worker:
                     self._outbox(conn, row, "failed")
             logger.info("job {} failed: {}", item.job_id, code)
             self.processed += 1
+            total = time.perf_counter() - item.t_claimed
+            self.metrics.job_finished(
+                "failed" if row is not None else "stale", code, {**item.timings, "total": total}
+            )
             self._done(item)
         else:
             logger.opt(exception=err).error("job {} attempt {}: unexpected error", item.job_id, item.attempt)
@@ -509,6 +525,8 @@ class Worker:
         if state == "queued":
             with contextlib.suppress(Exception):
                 self.jobs.enqueue([item.job_id])
+        outcome = {"queued": "released", "failed": "failed"}.get(state or "", "stale")
+        self.metrics.job_finished(outcome, "internal_error" if state == "failed" else None)
 
     def _done(self, item: InFlight) -> None:
         with contextlib.suppress(Exception):
@@ -569,6 +587,36 @@ class Worker:
                     self.reconcile()
             except Exception:
                 logger.exception("housekeeping error")
+
+
+class _MeteredDispatcher(WebhookDispatcher):
+    """The webhook dispatcher, counting failed delivery attempts in the worker's metrics."""
+
+    def __init__(self, db: Database, settings: Settings, metrics: WorkerMetrics) -> None:
+        super().__init__(db, settings)
+        self.metrics = metrics
+
+    def _deliver(self, row: dict[str, Any]) -> None:
+        before = self.delivered
+        try:
+            super()._deliver(row)
+        finally:
+            if self.delivered == before:
+                self.metrics.webhook_failures.inc()
+
+
+def _gpu_memory() -> dict[str, dict[str, int]]:
+    """Bytes of GPU memory held by this process per device (empty before CUDA is initialised)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        return {}
+    return {
+        f"cuda:{i}": {
+            "allocated": int(torch.cuda.memory_allocated(i)),
+            "reserved": int(torch.cuda.memory_reserved(i)),
+            "peak_allocated": int(torch.cuda.max_memory_allocated(i)),
+        }
+        for i in range(torch.cuda.device_count())
+    }
 
 
 def _viewer_geometry(prep: Prepared) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+<?php
+
+declare(strict_types=1);
+
+namespace App\Http\Controllers;
+
+use App\Events\Service4CTJobFinished;
+use Illuminate\Http\JsonResponse;
+use Illuminate\Http\Request;
+use Illuminate\Support\Facades\Cache;
+
+/**
+ * Receives Service4CT webhooks:
+ *
+ *     X-Service4CT-Signature: t=<unix seconds>,v1=<hex hmac_sha256(secret, t + "." + raw body)>
+ *     X-Service4CT-Delivery:  <delivery id, the same on every redelivery>
+ *     X-Service4CT-Event:     job.succeeded | job.failed
+ *
+ * The signature is checked over the raw body (never over re-encoded JSON), in constant time,
+ * and the timestamp must lie within the tolerance (replays of old deliveries are refused).
+ * Deliveries are retried with backoff until a 2xx: answer fast and do the work in a queue.
+ */
+final class Service4CTWebhookController extends Controller
+{
+    public function __invoke(Request $request): JsonResponse
+    {
+        $secret = (string) config('service4ct.webhook_secret');
+        $body = $request->getContent();
+        $header = (string) $request->header('X-Service4CT-Signature', '');
+        $tolerance = (int) config('service4ct.webhook_tolerance', 300);
+
+        if ($secret === '' || ! self::verify($secret, $body, $header, time(), $tolerance)) {
+            return response()->json(['error' => 'invalid_signature'], 401);
+        }
+
+        $payload = json_decode($body, true);
+        if (! is_array($payload) || ! isset($payload['job_id'])) {
+            return response()->json(['error' => 'invalid_payload'], 422);
+        }
+
+        // at-least-once delivery: the same delivery id may arrive twice
+        $delivery = (string) $request->header('X-Service4CT-Delivery', '');
+        if ($delivery !== '' && ! Cache::add('service4ct:webhook:' . $delivery, true, now()->addDays(2))) {
+            return response()->json(['status' => 'duplicate']);
+        }
+
+        Service4CTJobFinished::dispatch($payload);
+
+        return response()->json(['status' => 'accepted']);
+    }
+
+    /**
+     * The receiver side of the signature (same as app.webhooks.verify in Python).
+     */
+    public static function verify(string $secret, string $body, string $header, int $now, int $toleranceSeconds = 300): bool
+    {
+        $parts = [];
+        foreach (explode(',', $header) as $item) {
+            $pair = explode('=', trim($item), 2);
+            if (count($pair) === 2) {
+                $parts[$pair[0]] = $pair[1];
+            }
+        }
+        if (! isset($parts['t'], $parts['v1']) || preg_match('/^\d{1,12}$/', $parts['t']) !== 1) {
+            return false;
+        }
+        $timestamp = (int) $parts['t'];
+        if (abs($now - $timestamp) > $toleranceSeconds) {
+            return false;
+        }
+        $expected = hash_hmac('sha256', $timestamp . '.' . $body, $secret);
+
+        return hash_equals($expected, $parts['v1']);
+    }
+}
