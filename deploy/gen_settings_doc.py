@@ -43,7 +43,7 @@ USES: dict[str, tuple[str, str]] = {
     "s3_endpoint": ("both", "e.g. `http://minio:9000`; presigned URLs name this host"),
     "s3_access_key": ("both", "a secret"),
     "s3_secret_key": ("both", "a secret"),
-    "s3_public_endpoint": ("api", "host that browsers reach for presigned URLs (e.g. the public MinIO/S3 name)"),
+    "s3_public_endpoint": ("api", "the host browsers reach, e.g. the public MinIO/S3 name"),
     "s3_bucket": ("both", "studies and results; must exist (compose's `minio-init`, or your IaC)"),
     "s3_region": ("both", ""),
     "db_pool_min": ("api", "the worker uses a fixed pool of up to 6 connections"),

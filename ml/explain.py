@@ -52,7 +52,8 @@ Three steps, usable on their own or together (:func:`save_explanation`):
    lies outside the model grid's voxel edges).
 
 3. :func:`write_saliency` writes ``saliency.nii.gz``, an axial PNG sprite (+ the
-   peak slice as its own PNG) and ``stats.json``.
+   peak slice as its own PNG), ``stats.json`` and the layers of a browser viewer
+   (CT, saliency and colour heatmap as separate PNG sprites on one grid).
 
 Conventions (see :mod:`ml.geometry`): NumPy arrays and model tensors are
 (z, y, x) = (slice, row, column) = (D, H, W); geometry sizes and indices are
@@ -88,6 +89,8 @@ if TYPE_CHECKING:
     from ml.preprocess import PreprocessGeometry, PreprocessResult
 
 __all__ = [
+    "HEAT_ALPHA",
+    "LAYER_FILES",
     "METHODS",
     "WINDOWS",
     "ExplainOutput",
@@ -1016,6 +1019,115 @@ def _write_peak_png(
     img.save(path, format="PNG", compress_level=6)
 
 
+#: viewer layer files (:func:`write_saliency`, ``viewer_layers=True``): role → file name
+LAYER_FILES: Mapping[str, str] = MappingProxyType(
+    {"ct_layer": "layer_ct.png", "saliency_layer": "layer_saliency.png", "heat_layer": "layer_heat.png"}
+)
+#: opacity of the heat layer at the threshold and at the maximum (before the viewer's own opacity)
+HEAT_ALPHA: tuple[float, float] = (0.35, 1.0)
+
+
+def _layer_tile(geom: VolumeGeometry, tile_px: int) -> tuple[int, int]:
+    """Tile (width, height) px: square pixels in mm, long side ≤ ``tile_px``, never finer than the source."""
+    nx, ny = geom.size[0], geom.size[1]
+    sx, sy = geom.spacing_mm[0], geom.spacing_mm[1]
+    w_mm, h_mm = nx * sx, ny * sy
+    pixel_mm = max(max(w_mm, h_mm) / tile_px, min(sx, sy))
+    return max(1, min(tile_px, round(w_mm / pixel_mm))), max(1, min(tile_px, round(h_mm / pixel_mm)))
+
+
+def _write_layers(
+    source_map: F32Array,
+    geom: VolumeGeometry,
+    ct: CTVolume | npt.NDArray[Any] | None,
+    slices: list[int],
+    peak_z: int,
+    tile_px: int,
+    style: _Style,
+    out: Path,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The viewer's separate layers: CT (8-bit gray in the window), saliency (8-bit), heat (RGBA).
+
+    Same grid for all three: tiles of ``slices`` in row-major order (tile ``t`` at
+    column ``t % columns``, row ``t // columns``), each the whole slice resampled
+    (bilinear, antialiased) to square pixels. Returns (role → path, layout for stats).
+    """
+    from PIL import Image
+
+    nz, ny, nx = source_map.shape
+    tw, th = _layer_tile(geom, tile_px)
+    ncol = math.ceil(math.sqrt(len(slices)))
+    nrow = math.ceil(len(slices) / ncol)
+    shape = (nrow * th, ncol * tw)
+    sal8 = np.zeros(shape, dtype=np.uint8)
+    heat = np.zeros((*shape, 4), dtype=np.uint8)
+    gray = np.zeros(shape, dtype=np.uint8) if ct is not None else None
+    f = style.threshold_fraction
+    a0, a1 = HEAT_ALPHA
+    lut8 = np.rint(style.lut * 255.0).astype(np.uint8)
+    for t, z in enumerate(slices):
+        r, c = divmod(t, ncol)
+        box = (slice(r * th, (r + 1) * th), slice(c * tw, (c + 1) * tw))
+        sal = _resize(np.asarray(source_map[z]), tw, th)
+        s = np.clip(sal / style.vmax, 0.0, 1.0) if style.vmax > 0 else np.zeros_like(sal)
+        s8 = np.rint(s * 255.0).astype(np.uint8)
+        sal8[box] = s8
+        alpha = np.where(s > f, a0 + (a1 - a0) * (s - f) / max(1.0 - f, 1e-6), 0.0)
+        heat[box][..., :3] = lut8[s8]
+        heat[box][..., 3] = np.rint(alpha * 255.0).astype(np.uint8)
+        if gray is not None:
+            hu = _ct_slice(ct, z)
+            assert hu is not None
+            g = np.clip((_resize(hu, tw, th) - style.lo_hu) / (style.hi_hu - style.lo_hu), 0.0, 1.0)
+            gray[box] = np.rint(g * 255.0).astype(np.uint8)
+    heat[heat[..., 3] == 0] = 0  # transparent pixels carry no colour: a smaller file
+    paths: dict[str, Path] = {}
+    for role, arr in (("ct_layer", gray), ("saliency_layer", sal8), ("heat_layer", heat)):
+        if arr is None:
+            continue
+        paths[role] = out / LAYER_FILES[role]
+        # noisy CT: zlib level 3 is 3× faster than 6 for ≈ 9 % more bytes; the smooth maps compress well
+        img = Image.fromarray(arr, mode="RGBA" if arr.ndim == 3 else "L")
+        img.save(paths[role], format="PNG", compress_level=3 if role == "ct_layer" else 6)
+    layout = {
+        "files": {role: p.name for role, p in paths.items()},
+        "columns": ncol,
+        "rows": nrow,
+        "tile_px": [tw, th],
+        "image_px": [ncol * tw, nrow * th],
+        "pixel_mm": [nx * geom.spacing_mm[0] / tw, ny * geom.spacing_mm[1] / th],
+        "order": "row-major: tile t at column t % columns, row t // columns",
+        "tile_to_source": (
+            "source column = (u + 0.5) * nx / tile_w - 0.5, source row = (v + 0.5) * ny / tile_h - 0.5 "
+            "for tile pixel (u, v); rows downwards, columns to the right, as a DICOM viewer shows the image"
+        ),
+        "source_shape_zyx": [nz, ny, nx],
+        "slices": slices,
+        "slices_origin_lps_mm": [geom.index_to_lps([0.0, 0.0, float(z)]).tolist() for z in slices],
+        "peak_tile": slices.index(peak_z) if peak_z in slices else None,
+        "ct": None
+        if gray is None
+        else {
+            "mode": "L",
+            "window_hu": [style.lo_hu, style.hi_hu],
+            "encoding": "0 = window_hu[0] or below, 255 = window_hu[1] or above",
+        },
+        "saliency": {
+            "mode": "L",
+            "scale": style.vmax,
+            "encoding": "saliency ≈ pixel / 255 * scale (values below 0 are 0)",
+        },
+        "heat": {
+            "mode": "RGBA",
+            "threshold_fraction": f,
+            "alpha": [a0, a1],
+            "encoding": "colormap of the 8-bit saliency; alpha 0 at or below threshold_fraction, "
+            "then ramps from alpha[0] to alpha[1] at the maximum",
+        },
+    }
+    return paths, layout
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -1031,6 +1143,9 @@ class SaliencyFiles:
         stats: the content of ``stats.json``.
         content_types: file name → MIME type (``application/gzip``, ``image/png``,
             ``application/json``), for the object store.
+        ct_layer, saliency_layer, heat_layer: the viewer layers (``layer_ct.png``,
+            ``layer_saliency.png``, ``layer_heat.png``; None if not written; no CT
+            layer without a CT).
     """
 
     nifti: Path
@@ -1039,18 +1154,29 @@ class SaliencyFiles:
     stats_json: Path
     stats: dict[str, Any]
     content_types: dict[str, str] = field(default_factory=dict)
+    ct_layer: Path | None = None
+    saliency_layer: Path | None = None
+    heat_layer: Path | None = None
 
     def files(self) -> list[tuple[Path, str]]:
         """(path, content type) of every written file."""
         return list(self.named().values())
 
     def named(self) -> dict[str, tuple[Path, str]]:
-        """Role (``nifti``, ``sprite_png``, ``peak_png``, ``stats_json``) → (path, content type)."""
+        """Role → (path, content type), for the files that were written.
+
+        Roles: ``nifti``, ``sprite_png``, ``peak_png``, ``stats_json`` and the viewer
+        layers ``ct_layer``, ``saliency_layer``, ``heat_layer`` (``stats["layers"]``
+        describes their grid).
+        """
         roles = {
             "nifti": self.nifti,
             "sprite_png": self.sprite_png,
             "peak_png": self.peak_png,
             "stats_json": self.stats_json,
+            "ct_layer": self.ct_layer,
+            "saliency_layer": self.saliency_layer,
+            "heat_layer": self.heat_layer,
         }
         return {role: (p, self.content_types[p.name]) for role, p in roles.items() if p is not None}
 
@@ -1126,6 +1252,9 @@ def write_saliency(
     top_k: int = 5,
     nifti_mantissa_bits: int | None = None,
     extra_stats: Mapping[str, Any] | None = None,
+    viewer_layers: bool = True,
+    layer_max_slices: int = 100,
+    layer_tile_px: int = 256,
 ) -> SaliencyFiles:
     """Write a source-space saliency map as NIfTI + PNG overlays + JSON stats into ``out_dir``.
 
@@ -1151,14 +1280,30 @@ def write_saliency(
             mantissas first (:func:`round_mantissa`) for a smaller, faster NIfTI
             (stats and PNGs use the exact map).
         extra_stats: merged into ``stats.json`` (e.g. timings).
+        viewer_layers: also write the layers a browser viewer composes itself
+            (CT and heatmap apart, so that opacity can change): ``layer_ct.png``
+            (8-bit gray, CT in ``window``), ``layer_saliency.png`` (8-bit saliency,
+            0–255 = 0–max) and ``layer_heat.png`` (RGBA: ``colormap`` of the
+            saliency, alpha 0 up to ``threshold_fraction`` · max, then
+            :data:`HEAT_ALPHA`), on one grid described by ``stats["layers"]``.
+        layer_max_slices: the layers hold every slice up to this many, else this
+            many evenly spaced slices, always including the peak slice (1–1024).
+        layer_tile_px: long side of a layer tile in pixels (32–512); tiles have
+            square pixels (physical aspect) and are never finer than the source.
 
     Files: ``saliency.nii.gz`` — float32, voxel (i, j, k) = (column, row, slice) of
     the series, sform/qform = :meth:`VolumeGeometry.affine_ras` (code 1, scanner);
     ``saliency_sprite.png`` — tiles in row-major order, each slice shown as a
     DICOM viewer shows the image (rows downwards, columns to the right);
     ``saliency_peak.png``; ``stats.json`` — :func:`saliency_stats` plus method,
-    params, the sprite layout (slice index and LPS z of each tile) and the NIfTI
-    affine.
+    params, the sprite layout (slice index and LPS z of each tile), the NIfTI
+    affine and ``layers`` (None without ``viewer_layers``): file per role,
+    ``columns``, ``rows``, ``tile_px`` [w, h], ``image_px``, ``pixel_mm`` [x, y],
+    ``slices`` (series slice index of each tile), ``slices_origin_lps_mm``,
+    ``peak_tile``, ``source_shape_zyx`` and each layer's encoding. For a
+    300-slice 512² series the three PNGs hold 100 tiles of 256² in a 10 × 10 grid
+    (2560² px): the real chest CT sample (131 slices) gives 3.6 MB of CT, 0.2 MB
+    of saliency and 0.8 MB of heat (≈ +0.8 s on 2 cores); noise-free phantoms less.
     """
     if source_map.ndim != 3 or tuple(source_map.shape) != geometry.shape_zyx:
         raise ValueError(f"source_map shape {source_map.shape} != geometry {geometry.shape_zyx} (z, y, x)")
@@ -1174,6 +1319,10 @@ def write_saliency(
         raise ValueError(f"sprite_width must be in [64, 4096] px, got {sprite_width}")
     if nifti_mantissa_bits is not None and not 1 <= nifti_mantissa_bits <= 23:
         raise ValueError(f"nifti_mantissa_bits must be None or in [1, 23], got {nifti_mantissa_bits}")
+    if not 1 <= layer_max_slices <= 1024:
+        raise ValueError(f"layer_max_slices must be in [1, 1024], got {layer_max_slices}")
+    if not 32 <= layer_tile_px <= 512:
+        raise ValueError(f"layer_tile_px must be in [32, 512] px, got {layer_tile_px}")
     lo_hu, hi_hu, window_name = _window_range(window)
     source_map = np.asarray(source_map, dtype=np.float32)
     out = Path(out_dir)
@@ -1191,6 +1340,13 @@ def write_saliency(
     if peak_png:
         peak_path = out / "saliency_peak.png"
         _write_peak_png(source_map, geometry, ct_hu, (peak_z, peak_y, peak_x), style, peak_path)
+    layer_paths: dict[str, Path] = {}
+    layers: dict[str, Any] | None = None
+    if viewer_layers:
+        layer_slices = _sprite_slices(nz, layer_max_slices, peak_z)
+        layer_paths, layers = _write_layers(
+            source_map, geometry, ct_hu, layer_slices, peak_z, layer_tile_px, style, out
+        )
 
     nifti_path = out / "saliency.nii.gz"
     nifti_map = source_map if nifti_mantissa_bits is None else round_mantissa(source_map, nifti_mantissa_bits)
@@ -1220,6 +1376,7 @@ def write_saliency(
             },
             "sprite": {"file": sprite_path.name, **layout},
             "peak_png": None if peak_path is None else {"file": peak_path.name, "slice": peak_z},
+            "layers": layers,
         }
     )
     if extra_stats:
@@ -1227,7 +1384,8 @@ def write_saliency(
     stats = _jsonable(stats)
     stats_path = out / "stats.json"
     stats_path.write_text(json.dumps(stats, indent=2, allow_nan=False))
-    written = [nifti_path, sprite_path, stats_path] + ([peak_path] if peak_path else [])
+    written = [nifti_path, sprite_path, stats_path, *([peak_path] if peak_path else [])]
+    written += layer_paths.values()
     return SaliencyFiles(
         nifti=nifti_path,
         sprite_png=sprite_path,
@@ -1235,6 +1393,9 @@ def write_saliency(
         stats_json=stats_path,
         stats=stats,
         content_types={p.name: _content_type(p) for p in written},
+        ct_layer=layer_paths.get("ct_layer"),
+        saliency_layer=layer_paths.get("saliency_layer"),
+        heat_layer=layer_paths.get("heat_layer"),
     )
 
 

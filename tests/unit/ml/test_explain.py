@@ -462,6 +462,8 @@ def test_nifti_matches_a_dicom_series_read_by_simpleitk(tmp_path: Path) -> None:
         "saliency.nii.gz",
         "saliency_sprite.png",
         "stats.json",
+        "layer_saliency.png",  # viewer layers (no CT given: no CT layer)
+        "layer_heat.png",
     ]
     assert files.named()["nifti"] == (files.nifti, "application/gzip") and "peak_png" not in files.named()
 
@@ -495,6 +497,9 @@ def test_pngs_sprite_layout_and_content_types(tmp_path: Path) -> None:
         "saliency_sprite.png": "image/png",
         "saliency_peak.png": "image/png",
         "stats.json": "application/json",
+        "layer_ct.png": "image/png",
+        "layer_saliency.png": "image/png",
+        "layer_heat.png": "image/png",
     }
     # a CTVolume and its HU array give the same overlay; no CT → heatmap on black
     again = write_saliency(
@@ -555,3 +560,104 @@ def test_save_explanation_end_to_end(predictor: Predictor, tmp_path: Path) -> No
     assert 0 < st["max"] <= float(ex.map.max()) * (1 + 1e-6)  # interpolation never overshoots
     np.testing.assert_array_equal(to_source(ex, res.geometry), data.transpose(2, 1, 0))
     assert all(p.grad is None for p in predictor.model.parameters()) and not predictor.model.training
+
+
+# --------------------------------------------------------------------------- viewer layers
+
+
+def _tile(img: np.ndarray[Any, Any], layout: dict[str, Any], t: int) -> np.ndarray[Any, Any]:
+    tw, th = layout["tile_px"]
+    r, c = divmod(t, layout["columns"])
+    return img[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+
+
+def _pil_resize(a: np.ndarray[Any, Any], w: int, h: int) -> np.ndarray[Any, Any]:
+    img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def _jet_lut() -> np.ndarray[Any, Any]:
+    import matplotlib as mpl
+
+    lut: np.ndarray[Any, Any] = mpl.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3]
+    return lut
+
+
+def test_viewer_layers_grid_slices_values_and_roles(tmp_path: Path) -> None:
+    # anisotropic pixels (0.5 × 1.0 mm): 32 × 40 mm → tiles of 1.25 mm square pixels, 26 × 32 px
+    geom = VolumeGeometry(size=(64, 40, 90), spacing_mm=(0.5, 1.0, 1.5), origin_mm=(10.0, -20.0, 300.0))
+    nz, ny, nx = geom.shape_zyx
+    at = (70, 12, 45)
+    sal = _blob_on(geom, at, sigma=3.0)
+    z, y, x = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    hu = (-1100.0 + 8.0 * z + 10.0 * x - 4.0 * y).astype(np.float32)  # slice, column and row tell apart
+    files = write_saliency(sal, geom, hu, tmp_path, layer_max_slices=16, layer_tile_px=32)
+
+    named = files.named()
+    assert {r: named[r] for r in ("ct_layer", "saliency_layer", "heat_layer")} == {
+        "ct_layer": (tmp_path / "layer_ct.png", "image/png"),
+        "saliency_layer": (tmp_path / "layer_saliency.png", "image/png"),
+        "heat_layer": (tmp_path / "layer_heat.png", "image/png"),
+    }
+    L = files.stats["layers"]
+    assert json.loads(files.stats_json.read_text())["layers"] == L
+    assert L["files"] == {
+        "ct_layer": "layer_ct.png",
+        "saliency_layer": "layer_saliency.png",
+        "heat_layer": "layer_heat.png",
+    }
+    assert len(L["slices"]) == 16 and at[0] in L["slices"] and L["slices"] == sorted(L["slices"])
+    assert L["slices"][0] == 0 and L["slices"][-1] == nz - 1
+    assert L["slices"][L["peak_tile"]] == at[0] == files.stats["peak"]["index_zyx"][0]
+    assert (L["columns"], L["rows"]) == (4, 4) and L["tile_px"] == [26, 32] and L["image_px"] == [104, 128]
+    np.testing.assert_allclose(L["pixel_mm"], [32.0 / 26, 40.0 / 32])
+    assert L["source_shape_zyx"] == [nz, ny, nx]
+    np.testing.assert_allclose(L["slices_origin_lps_mm"][5], geom.index_to_lps([0.0, 0.0, L["slices"][5]]))
+    assert L["ct"]["window_hu"] == [-1350.0, 150.0] and L["saliency"]["scale"] == pytest.approx(1.0)
+
+    ct = np.asarray(Image.open(files.ct_layer))
+    s8 = np.asarray(Image.open(files.saliency_layer))
+    heat = np.asarray(Image.open(files.heat_layer))
+    assert ct.dtype == np.uint8 and ct.shape == (128, 104) and s8.shape == (128, 104)
+    assert heat.shape == (128, 104, 4)
+    tw, th = L["tile_px"]
+    # every tile of the CT layer is its slice in the lung window (an independent resize + window)
+    for t in (0, 5, L["peak_tile"], 15):
+        want = np.clip((_pil_resize(hu[L["slices"][t]], tw, th) + 1350.0) / 1500.0, 0, 1) * 255.0
+        assert np.abs(_tile(ct, L, t).astype(float) - want).max() <= 1.0, t
+    # the saliency peak sits on the blob: tile pixel → source (column, row) with the documented formula
+    peak_tile = _tile(s8, L, L["peak_tile"])
+    v, u = np.unravel_index(int(np.argmax(peak_tile)), peak_tile.shape)
+    col, row = (u + 0.5) * nx / tw - 0.5, (v + 0.5) * ny / th - 0.5
+    assert abs(col - at[2]) <= nx / tw and abs(row - at[1]) <= ny / th
+    assert peak_tile.max() >= 200 and _tile(s8, L, 0).max() == 0  # far from the blob: nothing
+    # the heat layer: jet of the 8-bit saliency, transparent up to the threshold, opaque at the top
+    lut = np.rint(_jet_lut() * 255.0).astype(np.uint8)
+    shown = heat[..., 3] > 0
+    assert np.array_equal(heat[..., :3][shown], lut[s8[shown]]) and not heat[~shown].any()
+    assert np.all(s8[shown] > 0.2 * 255 - 1) and np.all(heat[..., 3][s8 > 0.2 * 255 + 1] > 0)
+    assert heat[..., 3].max() >= 0.9 * 255 and heat[..., 3][shown].min() >= 0.35 * 255 - 1
+
+
+def test_viewer_layers_all_slices_no_ct_and_opt_out(tmp_path: Path) -> None:
+    geom = VolumeGeometry(size=(300, 300, 12), spacing_mm=(0.8, 0.8, 5.0), origin_mm=(0.0, 0.0, 0.0))
+    at = (7, 150, 100)
+    sal = _blob_on(geom, at, sigma=6.0)
+    files = write_saliency(sal, geom, None, tmp_path / "a")
+    L = files.stats["layers"]
+    assert L["slices"] == list(range(12)) and L["peak_tile"] == 7  # ≤ layer_max_slices: every slice
+    assert L["tile_px"] == [256, 256] and (L["columns"], L["rows"]) == (4, 3)  # ≤ 256 px, never upsampled
+    assert L["ct"] is None and files.ct_layer is None and "ct_layer" not in files.named()
+    assert {"saliency_layer", "heat_layer"} <= set(files.named())
+    small = VolumeGeometry(size=(48, 40, 6), spacing_mm=(6.0, 6.0, 5.0), origin_mm=(0.0, 0.0, 0.0))
+    coarse = write_saliency(_blob_on(small, (3, 20, 20)), small, None, tmp_path / "b")
+    assert coarse.stats["layers"]["tile_px"] == [48, 40]  # coarse pixels are not upsampled
+
+    off = write_saliency(sal, geom, None, tmp_path / "c", viewer_layers=False)
+    assert off.stats["layers"] is None and off.heat_layer is None and off.saliency_layer is None
+    assert set(off.named()) == {"nifti", "sprite_png", "peak_png", "stats_json"}
+    assert not list((tmp_path / "c").glob("layer_*"))
+    with pytest.raises(ValueError, match="layer_max_slices"):
+        write_saliency(sal, geom, None, tmp_path / "d", layer_max_slices=0)
+    with pytest.raises(ValueError, match="layer_tile_px"):
+        write_saliency(sal, geom, None, tmp_path / "d", layer_tile_px=1024)
