@@ -276,11 +276,12 @@ class Worker:
         item = InFlight(job, job["attempt"], m, Path(tempfile.mkdtemp(prefix="job-", dir=self.s.work_path)))
         with self._held_lock:
             self.held[item.job_id] = item
-        logger.info("job {} attempt {} claimed", item.job_id, item.attempt)
-        try:
-            self._fetch_and_submit(item)
-        except Exception as e:
-            self._fail_or_release(item, e)
+        with logger.contextualize(job_id=str(item.job_id), attempt=item.attempt):
+            logger.info("job {} attempt {} claimed", item.job_id, item.attempt)
+            try:
+                self._fetch_and_submit(item)
+            except Exception as e:
+                self._fail_or_release(item, e)
 
     def _fetch_and_submit(self, item: InFlight) -> None:
         job = item.job
@@ -378,10 +379,11 @@ class Worker:
                 item.timings["inference"] = dt
         by_job = {i.job_id: pred for (i, _), pred in zip(predict, preds, strict=True)}
         for item, prep in group:
-            try:
-                self._finish_one(predictor, item, prep, by_job.get(item.job_id))
-            except Exception as e:
-                self._fail_or_release(item, e)
+            with logger.contextualize(job_id=str(item.job_id), attempt=item.attempt):
+                try:
+                    self._finish_one(predictor, item, prep, by_job.get(item.job_id))
+                except Exception as e:
+                    self._fail_or_release(item, e)
 
     def _finish_one(self, predictor: Predictor, item: InFlight, prep: Prepared, pred: Any) -> None:
         job = item.job
