@@ -119,14 +119,18 @@ def _stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 40.0) -> None:
         proc.wait()
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM behaves like Ctrl-C, so that every ``finally`` of :func:`serve` runs."""
+    raise KeyboardInterrupt
+
+
 def serve(settings: Settings, *, workers: int = 1) -> None:
     """Run everything until Ctrl-C / SIGTERM."""
     import uvicorn
 
     from app.main import create_app
 
-    # SIGTERM behaves like Ctrl-C so that every `finally` below runs
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     with embedded_or_external(settings) as live:
         prepare_services(live)
         key, created = ensure_dev_key(live)
