@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import signal
 import socket
 import statistics
@@ -91,6 +92,7 @@ STAGES = (
     "total",
 )
 SECTIONS = ("upload", "latency", "e2e")
+CAPACITY_CONNECTIONS = 8
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -118,7 +120,7 @@ def _pdeathsig() -> Callable[[], None] | None:
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` (psutil when installed, else /proc/PID/statm)."""
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped,unused-ignore]
 
         return int(psutil.Process(pid).memory_info().rss)
     except ImportError:
@@ -140,8 +142,35 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its direct children (PostgreSQL: postmaster + backends)."""
+    total = cpu_seconds(pid)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine have been busy (not idle/iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    return (sum(vals[:8]) - vals[3] - vals[4]) / _CLK_TCK
+
+
 class CpuMeter:
-    """CPU seconds used by a set of processes over a block (``None`` = this process)."""
+    """CPU seconds used by a set of processes over a block (``None`` = this process).
+
+    ``used["machine"]`` is what the whole machine spent (every process, including other
+    users'): ``machine`` minus the named processes is the rest (benchmark noise).
+    """
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
@@ -149,10 +178,12 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         self._t0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._m0 = machine_busy_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.used = {k: cpu_seconds(p) - self._t0[k] for k, p in self.pids.items()}
+        self.used["machine"] = machine_busy_seconds() - self._m0
 
 
 class RssSampler:
@@ -429,6 +460,23 @@ def peer_s3_direct(env: Env, path: Path) -> dict[str, Any]:
     return {"seconds": dt, "mb_s": size / dt / 1e6, "cpu_s": cpu.used}
 
 
+def peer_s3_boto3_threads(env: Env, path: Path, threads: int = 2) -> dict[str, Any]:
+    """boto3's own managed upload of the file, same part size, ``threads`` parts in flight."""
+    from boto3.s3.transfer import TransferConfig
+
+    storage = env.storage()
+    key = f"bench/boto3-{uuid.uuid4().hex}.zip"
+    part = env.settings.upload_part_bytes
+    cfg = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=threads)
+    size = path.stat().st_size
+    with CpuMeter({"client": None, "s3": env.s3_pid}) as cpu:
+        t0 = time.perf_counter()
+        storage.client.upload_file(str(path), storage.bucket, key, Config=cfg)
+        dt = time.perf_counter() - t0
+    storage.delete(key)
+    return {"seconds": dt, "mb_s": size / dt / 1e6, "cpu_s": cpu.used, "threads": threads}
+
+
 def peer_loopback(path: Path) -> dict[str, Any]:
     """A raw TCP copy of the file over loopback (sendfile → recv_into): the machine's ceiling."""
     size = path.stat().st_size
@@ -534,6 +582,7 @@ def section_upload(env: Env, api: Api, tmp: Path, size_mib: int, modes: list[str
     # peers
     res["peers"]["loopback_copy"] = peer_loopback(path)
     res["peers"]["s3_direct"] = peer_s3_direct(env, path)
+    res["peers"]["s3_boto3_2_threads"] = peer_s3_boto3_threads(env, path, 2)
     sink_port = _free_port()
     sink = Child(
         "sink",
@@ -576,28 +625,37 @@ def section_upload(env: Env, api: Api, tmp: Path, size_mib: int, modes: list[str
 def report_upload(res: dict[str, Any]) -> list[tuple[str, bool, str]]:
     size = res["size_bytes"]
     peers = res["peers"]
-    print(f"\nupload of {size / MiB:.0f} MiB, MB/s = 10^6 B/s, CPU seconds per process during the run")
+    print(
+        f"\nupload of {size / MiB:.0f} MiB, MB/s = 10^6 B/s; CPU seconds during the run of the server "
+        "(API or sink), S3 (weed), client (this process) and everything else on the machine"
+    )
     hdr = (
-        f"{'path':<30} {'s':>6} {'MB/s':>7} {'cpu api':>8} {'cpu s3':>7} {'cpu client':>10} "
+        f"{'path':<36} {'s':>6} {'MB/s':>7} {'cpu srv':>7} {'cpu s3':>7} {'cpu cli':>7} {'other':>6} "
         f"{'RSS +MiB':>9} {'÷ s3 direct':>11} {'÷ uvicorn sink':>14}"
     )
     print(hdr)
     print("-" * len(hdr))
 
     def row(name: str, r: dict[str, Any], ratios: bool) -> None:
-        cpu = r["cpu_s"]
-        f = lambda k: f"{cpu[k]:.2f}" if k in cpu else "-"  # noqa: E731
+        cpu: dict[str, float] = r["cpu_s"]
+
+        def f(k: str) -> str:
+            return f"{cpu[k]:.2f}" if k in cpu else "-"
+
         api_cpu = f("api") if "api" in cpu else f("sink")
+        named = sum(v for k, v in cpu.items() if k != "machine")
+        other = f"{max(0.0, cpu['machine'] - named):.2f}" if "machine" in cpu else "-"
         rss = f"{r['rss_growth_mib']:.1f}" if "rss_growth_mib" in r else "-"
         q1 = f"{r['mb_s'] / peers['s3_direct']['mb_s']:.2f}" if ratios else "-"
         q2 = f"{r['mb_s'] / peers['uvicorn_sink']['mb_s']:.2f}" if ratios else "-"
         print(
-            f"{name:<30} {r['seconds']:>6.2f} {r['mb_s']:>7.1f} {api_cpu:>8} {f('s3'):>7} "
-            f"{f('client'):>10} {rss:>9} {q1:>11} {q2:>14}"
+            f"{name:<36} {r['seconds']:>6.2f} {r['mb_s']:>7.1f} {api_cpu:>7} {f('s3'):>7} "
+            f"{f('client'):>7} {other:>6} {rss:>9} {q1:>11} {q2:>14}"
         )
 
     row("peer: loopback socket copy", peers["loopback_copy"], False)
     row("peer: Storage.multipart → S3", peers["s3_direct"], False)
+    row("peer: boto3 2 parts in flight", peers["s3_boto3_2_threads"], False)
     row("peer: httpx → uvicorn sink", peers["uvicorn_sink"], False)
     for mode, r in res["service"].items():
         row(f"service POST /v1/studies {mode}", r, True)
@@ -624,22 +682,35 @@ def report_upload(res: dict[str, Any]) -> list[tuple[str, bool, str]]:
 
 
 class _Pool:
-    """Keep-alive HTTP/1.1 connections, most recently used first (LIFO keeps few of them hot)."""
+    """Keep-alive HTTP/1.1 connections, most recently used first (LIFO keeps few of them hot).
+
+    An idle connection is dropped instead of reused when the server has closed it or when it
+    has idled longer than ``IDLE_MAX_S`` (uvicorn closes idle keep-alive connections after 5 s).
+    """
+
+    IDLE_MAX_S = 3.0
 
     def __init__(self, host: str, port: int, limit: int) -> None:
         self.host, self.port, self.limit = host, port, limit
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.opened = 0
         self.max_open = 0
         self.cond = asyncio.Condition()
 
     async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        loop = asyncio.get_running_loop()
         async with self.cond:
-            while not self.idle and self.opened >= self.limit:
+            while True:
+                while self.idle:
+                    r, w, since = self.idle.pop()
+                    if r.at_eof() or w.is_closing() or loop.time() - since > self.IDLE_MAX_S:
+                        w.close()
+                        self.opened -= 1
+                        continue
+                    return r, w, True
+                if self.opened < self.limit:
+                    break
                 await self.cond.wait()
-            if self.idle:
-                r, w = self.idle.pop()
-                return r, w, True
             self.opened += 1
             self.max_open = max(self.max_open, self.opened)
         try:
@@ -652,7 +723,7 @@ class _Pool:
 
     async def put(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         async with self.cond:
-            self.idle.append((r, w))
+            self.idle.append((r, w, asyncio.get_running_loop().time()))
             self.cond.notify()
 
     async def discard(self, w: asyncio.StreamWriter | None) -> None:
@@ -701,14 +772,14 @@ async def open_loop(
         req = reqs[i % len(reqs)]
         status = 0
         try:
-            for attempt in range(2):  # a reused keep-alive connection may have been closed by the server
+            for attempt in range(3):  # a reused keep-alive connection may have been closed by the server
                 r, w, reused = await pool.get()
                 sent = loop.time()
                 try:
                     status, keep = await asyncio.wait_for(_exchange(r, w, req), 10.0)
                 except (ConnectionError, asyncio.IncompleteReadError) as e:
                     await pool.discard(w)
-                    if reused and attempt == 0:
+                    if reused and attempt < 2:
                         continue
                     raise e
                 except BaseException:
@@ -742,7 +813,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, sched)))
     await asyncio.gather(*tasks)
-    for _, w_ in pool.idle:
+    for _, w_, _ in pool.idle:
         w_.close()
     start = t0 + n_warm / rate
     window = (max(ends) - start) if ends else float("nan")
@@ -751,6 +822,7 @@ async def open_loop(
         "duration_s": duration,
         "warmup_s": warmup,
         "sent": n,
+        "requests_total": n_warm + n,
         "ok": len(lat),
         "errors": errors,
         "error_count": sum(errors.values()),
@@ -772,15 +844,78 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "max": s[-1], "mean": statistics.fmean(s)}
 
 
+async def closed_loop(
+    url: str, paths: list[str], headers: dict[str, str], concurrency: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    """``concurrency`` connections each sending its next request as soon as the last answered:
+    the most the server can do (its capacity), with latency from the send time."""
+    u = httpx.URL(url)
+    host, port = u.host, u.port or 80
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    reqs = [f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode() for p in paths]
+    loop = asyncio.get_running_loop()
+    t_measure = loop.time() + warmup
+    t_end = t_measure + duration
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    total = [0]
+
+    async def client(k: int) -> None:
+        r, w = await asyncio.open_connection(host, port)
+        i = k
+        try:
+            while (t0 := loop.time()) < t_end:
+                status, keep = await asyncio.wait_for(_exchange(r, w, reqs[i % len(reqs)]), 10.0)
+                i += concurrency
+                total[0] += 1
+                if t0 >= t_measure:
+                    if status == 200:
+                        lat.append(loop.time() - t0)
+                    else:
+                        errors[f"http_{status}"] = errors.get(f"http_{status}", 0) + 1
+                if not keep:
+                    w.close()
+                    r, w = await asyncio.open_connection(host, port)
+        finally:
+            w.close()
+
+    results = await asyncio.gather(*(client(k) for k in range(concurrency)), return_exceptions=True)
+    for e in results:
+        if isinstance(e, BaseException):
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+    return {
+        "concurrency": concurrency,
+        "duration_s": duration,
+        "requests_total": total[0],
+        "ok": len(lat),
+        "errors": errors,
+        "error_count": sum(errors.values()),
+        "achieved_rps": len(lat) / duration,
+        "latency_ms": _percentiles([x * 1e3 for x in lat]),
+    }
+
+
 def run_load(args_json: str) -> int:
     a = json.loads(args_json)
-    res = asyncio.run(open_loop(a["url"], a["paths"], a["headers"], a["rate"], a["duration"], a["warmup"]))
-    print(json.dumps(res))
+    if a.get("concurrency"):
+        coro = closed_loop(a["url"], a["paths"], a["headers"], a["concurrency"], a["duration"], a["warmup"])
+    else:
+        coro = open_loop(a["url"], a["paths"], a["headers"], a["rate"], a["duration"], a["warmup"])
+    print(json.dumps(asyncio.run(coro)))
     return 0
 
 
-def load_process(api: Api, paths: list[str], rate: float, duration: float, warmup: float) -> dict[str, Any]:
-    """The load generator in its own process; API CPU utilisation over its run."""
+def load_process(
+    api: Api,
+    paths: list[str],
+    rate: float,
+    duration: float,
+    warmup: float,
+    pg_pid: int | None,
+    concurrency: int = 0,
+) -> dict[str, Any]:
+    """The load generator in its own process (open loop at ``rate``, or closed loop with
+    ``concurrency`` connections); CPU use of API, PostgreSQL, load generator, machine."""
     spec = {
         "url": api.base,
         "paths": paths,
@@ -788,22 +923,37 @@ def load_process(api: Api, paths: list[str], rate: float, duration: float, warmu
         "rate": rate,
         "duration": duration,
         "warmup": warmup,
+        "concurrency": concurrency,
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--load-gen", json.dumps(spec)]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pg0 = tree_cpu_seconds(pg_pid) if pg_pid else float("nan")
     with CpuMeter({"api": api.pid}) as cpu:
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, check=False, timeout=duration + warmup + 120
-        )
+        limit = duration + warmup + 120
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=limit)
         wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["api_cpu_util"] = cpu.used["api"] / wall
+    load_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    res["cpu_util"] = {  # fraction of one core over the load generator's whole run (warm-up included)
+        "api": cpu.used["api"] / wall,
+        "postgres": ((tree_cpu_seconds(pg_pid) - pg0) / wall) if pg_pid else float("nan"),
+        "load_generator": load_cpu / wall,
+        "machine": cpu.used["machine"] / wall,
+    }
+    named = ("api", "postgres", "load_generator")
+    res["cpu_util"]["other"] = res["cpu_util"]["machine"] - sum(res["cpu_util"][k] for k in named)
+    res["api_cpu_util"] = res["cpu_util"]["api"]
+    res["api_cpu_ms_per_request"] = cpu.used["api"] / max(1, res["requests_total"]) * 1e3
     return res
 
 
-def section_latency(env: Env, api: Api, rate: float, duration: float, warmup: float) -> dict[str, Any]:
+def section_latency(
+    env: Env, api: Api, rate: float, duration: float, warmup: float, pg_pid: int | None
+) -> dict[str, Any]:
     from ml.phantom import make_study
 
     print(f"\n== 2. GET /v1/jobs/{{id}} at {rate:g} rps for {duration:g} s (open loop) ==", flush=True)
@@ -820,9 +970,15 @@ def section_latency(env: Env, api: Api, rate: float, duration: float, warmup: fl
             jobs.append(j.json()["job_id"])
         st = c.get(f"/v1/jobs/{jobs[-1]}").json()
     print(f"5 jobs queued (last: state {st['state']}, queue position {st['queue_position']})", flush=True)
-    res = {
-        "jobs": load_process(api, [f"/v1/jobs/{j}" for j in jobs], rate, duration, warmup),
-        "healthz": load_process(api, ["/healthz"], rate, duration, warmup),
+    paths = {"jobs": [f"/v1/jobs/{j}" for j in jobs], "healthz": ["/healthz"]}
+    res: dict[str, Any] = {
+        "jobs": load_process(api, paths["jobs"], rate, duration, warmup, pg_pid),
+        "healthz": load_process(api, paths["healthz"], rate, duration, warmup, pg_pid),
+    }
+    cap_s = min(5.0, max(1.0, duration / 4))
+    res["capacity"] = {
+        name: load_process(api, p, 0.0, cap_s, min(1.0, warmup), pg_pid, concurrency=CAPACITY_CONNECTIONS)
+        for name, p in paths.items()
     }
     return res
 
@@ -833,18 +989,31 @@ def report_latency(res: dict[str, Any]) -> list[tuple[str, bool, str]]:
         f"\nopen-loop GET at {rate:g} rps, {res['jobs']['duration_s']:g} s after "
         f"{res['jobs']['warmup_s']:g} s warm-up; latency from the scheduled send time (ms)"
     )
+    print(
+        "CPU: % of one core over the run (API process, PostgreSQL backends, load generator, everything "
+        f"else on the {os.cpu_count()}-CPU machine); lag p99 = scheduled → sent (waiting for a connection)"
+    )
     hdr = (
-        f"{'route':<18} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8} {'rps':>7} {'errors':>6} "
-        f"{'conns':>5} {'API CPU':>7} {'client lag p99':>14}"
+        f"{'route':<18} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8} {'rps':>6} {'err':>4} "
+        f"{'conns':>5} {'api':>5} {'pg':>5} {'load':>5} {'other':>5} {'lag p99':>8} {'API ms/req':>10}"
     )
     print(hdr)
     print("-" * len(hdr))
     for name, r in (("GET /healthz", res["healthz"]), ("GET /v1/jobs/{id}", res["jobs"])):
-        lat = r["latency_ms"]
+        lat, cpu = r["latency_ms"], r["cpu_util"]
+        pct = " ".join(f"{cpu[k] * 100:>4.0f}%" for k in ("api", "postgres", "load_generator", "machine"))
         print(
             f"{name:<18} {lat['p50']:>7.2f} {lat['p90']:>7.2f} {lat['p99']:>7.2f} {lat['max']:>8.1f} "
-            f"{r['achieved_rps']:>7.1f} {r['error_count']:>6} {r['connections_max']:>5} "
-            f"{r['api_cpu_util'] * 100:>6.0f}% {r['client_lag_ms']['p99']:>14.2f}"
+            f"{r['achieved_rps']:>6.0f} {r['error_count']:>4} {r['connections_max']:>5} {pct} "
+            f"{r['client_lag_ms']['p99']:>8.1f} {r['api_cpu_ms_per_request']:>10.2f}"
+        )
+    for name, route in (("GET /healthz", "healthz"), ("GET /v1/jobs/{id}", "jobs")):
+        cap = res["capacity"][route]
+        print(
+            f"capacity of {name:<18} {cap['achieved_rps']:6.0f} rps (closed loop, {cap['concurrency']} "
+            f"connections, {cap['duration_s']:g} s; p50 {cap['latency_ms']['p50']:.1f} ms; "
+            f"API CPU {cap['api_cpu_ms_per_request']:.2f} ms/request): "
+            f"{rate:g} rps is {rate / max(cap['achieved_rps'], 1e-9) * 100:.0f}% of it"
         )
     ratio = res["jobs"]["latency_ms"]["p99"] / res["healthz"]["latency_ms"]["p99"]
     res["p99_jobs_over_healthz"] = ratio
@@ -1067,6 +1236,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--studies", type=int, default=None, help="studies per e2e pass (default 6, quick 2)")
     p.add_argument("--no-real-like", action="store_true", help="leave the 512² real_like study out")
+    p.add_argument(
+        "--s3-memory-limit",
+        default=None,
+        help="GOMEMLIMIT of the embedded SeaweedFS (default: app.embedded's own, 192MiB)",
+    )
     p.add_argument("--cache-dir", default=str(ROOT / "var" / "bench"), help="phantom ZIP cache")
     p.add_argument("--json", default=str(ROOT / "var" / "bench" / "service.json"), help="'' = none")
     p.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
@@ -1090,7 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [m for m in modes if m not in ("raw", "chunked", "multipart")]:
         p.error(f"unknown upload modes {bad}")
 
-    from app.embedded import EmbeddedStack
+    from app.embedded import EmbeddedS3, EmbeddedStack
     from app.logs import logger
 
     logger.remove()  # the embedded stack's info lines would interleave with the tables
@@ -1113,15 +1287,30 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": warmup,
             "studies": n,
             "sections": sections,
+            "s3_memory_limit": args.s3_memory_limit or "default",
         },
     }
     goals: list[tuple[str, bool, str]] = []
+    m0 = machine_busy_seconds()
+    time.sleep(1.0)
+    background = machine_busy_seconds() - m0
+    report["machine"]["background_cores_busy_before"] = background
+    print(f"machine: {os.cpu_count()} CPUs, {background:.2f} cores busy before the run", flush=True)
+    if background > 0.2:
+        print("warning: other processes are using the CPUs: numbers will be low and noisy", flush=True)
     with tempfile.TemporaryDirectory(prefix="s4ct-bench-svc-") as td, contextlib.ExitStack() as es:
         tmp = Path(td)
         stack = EmbeddedStack(tmp / "stack", fsync=False, persist=False)
+        if args.s3_memory_limit:  # start() keeps an S3 set beforehand
+            stack.s3 = EmbeddedS3(
+                tmp / "stack" / "s3",
+                access_key="BENCH" + secrets.token_hex(8).upper(),
+                secret_key=secrets.token_urlsafe(30),
+                memory_limit=args.s3_memory_limit,
+            )
         es.callback(stack.stop)
         stack.start()
-        print(f"embedded stack ready in {stack.start_seconds:.1f} s ({os.cpu_count()} CPUs)", flush=True)
+        print(f"embedded stack ready in {stack.start_seconds:.1f} s", flush=True)
         if "upload" in sections or "latency" in sections:
             env = fresh_env(stack, tmp, "a")
             api = Api(env)
@@ -1129,7 +1318,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "upload" in sections:
                     report["upload"] = section_upload(env, api, tmp, size_mib, modes)
                 if "latency" in sections:
-                    report["latency"] = section_latency(env, api, rate, duration, warmup)
+                    report["latency"] = section_latency(env, api, rate, duration, warmup, stack.postgres.pid)
             finally:
                 api.stop()
         if "e2e" in sections:
