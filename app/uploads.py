@@ -32,7 +32,7 @@ from ml.errors import ZipError
 __all__ = ["RAW_TYPES", "ReceivedUpload", "receive_zip"]
 
 RAW_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
-TAIL_BYTES = 8 << 20  # bytes kept from the end of the body for the central directory
+TAIL_BYTES = 1 << 20  # bytes kept from the end of the body for the central directory (else a ranged GET)
 
 
 @dataclass(frozen=True)

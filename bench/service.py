@@ -3,8 +3,9 @@
 Usage::
 
     python bench/service.py            # full run (1 GiB upload, 500 rps for 20 s, phantom studies), ~4 min
-    python bench/service.py --quick    # 64 MiB upload, 100 rps for 3 s, 2 studies per pass
+    python bench/service.py --quick    # 64 MiB upload, 100 rps for 3 s, 2 studies per pass, ~1 min
     python bench/service.py --sections upload --upload-mib 256
+    python bench/service.py --sections upload --s3-memory-limit 1GiB   # SeaweedFS with more GC room
     python bench/service.py --json var/bench/service.json   # (the default path)
 
 Everything runs on loopback against the embedded stack (PostgreSQL, Redis, SeaweedFS S3)
@@ -19,17 +20,22 @@ prints its peers measured in the same run and the ratio service/peer.
    ``multipart/form-data``. MB/s = 10^6 bytes/s from the first byte sent to the 201. The API's
    RSS is sampled every 50 ms; growth = peak during the upload − RSS just before it (after a
    small warm-up upload). CPU seconds of the API, S3 (weed) and client processes are read from
-   /proc. Peers: the same file through :meth:`app.storage.Storage.multipart` straight to the
-   same S3 from this process (the object-store ceiling: the same multipart code the API uses,
-   minus HTTP and sha256), the same httpx upload into a minimal ASGI app under the same
-   uvicorn that discards the body (the HTTP-stack ceiling), and a raw loopback socket copy.
+   /proc, with "other": what the rest of the machine spent meanwhile (other users' processes
+   make a run noisy; the start of the run also says how busy the CPUs were). Peers: the same
+   file through :meth:`app.storage.Storage.multipart` straight to the same S3 from this
+   process (the object-store ceiling: the same multipart code the API uses, minus HTTP and
+   sha256), boto3's own managed upload with 2 parts in flight (what a second part in flight
+   would give), the same httpx upload into a minimal ASGI app under the same uvicorn that
+   discards the body (the HTTP-stack ceiling), and a raw loopback socket copy.
 2. **Latency** of ``GET /v1/jobs/{id}`` (5 queued jobs, no worker) at a constant open-loop
    rate: requests are scheduled on a fixed timeline by a separate load process (pure asyncio,
    raw HTTP/1.1 keep-alive connections, no third-party client on the hot path) and latency is
    measured from the *scheduled* send time, so a stalled server cannot hide its backlog
-   (no coordinated omission). After a warm-up, p50/p90/p99/max, achieved rate and errors.
-   Peer: ``GET /healthz`` (same middleware and thread pool, no auth, no database) at the same
-   rate; ratio of p99s.
+   (no coordinated omission). After a warm-up, p50/p90/p99/max, achieved rate, errors, and the
+   CPU of the API, PostgreSQL and the load process (API CPU ms per request). Peer: ``GET
+   /healthz`` (same middleware, no auth, no database) at the same rate; ratio of p99s. Then
+   the capacity of both routes: a closed loop of 8 connections for a few seconds (the most the
+   API serves; the open-loop rate as a fraction of it says how much headroom is left).
 3. **End to end** with the demo model on CPU: a worker process (``python -m app.worker``) and
    phantom studies (:func:`ml.phantom.make_study`, small defaults; plus one ``real_like``
    150×512² JPEG-Lossless study) through upload → ``POST /v1/jobs`` → polling every 25 ms
