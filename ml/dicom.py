@@ -174,9 +174,10 @@ def _vet_infos(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits, report: Extr
             raise ZipError("zip_too_large", f"archive expands beyond {limits.max_total_uncompressed} bytes")
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def _open_zip(source: Path | BinaryIO) -> zipfile.ZipFile:
+    """Open a ZIP from a path or a seekable file; any unreadable archive is ``zip_invalid``."""
     try:
-        return zipfile.ZipFile(path)
+        return zipfile.ZipFile(source)
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
@@ -210,17 +211,7 @@ def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     ``zip_invalid``.
     """
     limits = limits or ZipLimits()
-    try:
-        zf = zipfile.ZipFile(fp)
-    except (
-        zipfile.BadZipFile,
-        zipfile.LargeZipFile,
-        OSError,
-        EOFError,
-        ValueError,
-        NotImplementedError,
-    ) as e:
-        raise ZipError("zip_invalid", "not a readable ZIP archive") from e
+    zf = _open_zip(fp)
     with zf:
         infos = zf.infolist()
     _vet_infos(infos, limits, ExtractReport())

@@ -228,47 +228,27 @@ def test_reconciler_requeues_lost_and_expired_jobs(
     make_study(zp, seed=41)
     sid = _upload_file(client, zp)
     assert settings.database_url
-    # (1) a job committed in PostgreSQL whose id Redis never got
     with connect(settings.database_url) as conn:
         study = conn.execute("SELECT * FROM studies WHERE id = %s", (uuid.UUID(sid),)).fetchone()
         from app.repository import claim_job, insert_job
 
-        lost = insert_job(
-            conn,
-            client="site-e2e",
-            study=study,
-            model="resnet10-demo",
-            series_uid=None,
-            explain="none",
-            explain_params={},
-            callback_url=None,
-            max_attempts=3,
-        )
-        # (2) a job claimed by a worker that died (lease expires, no heartbeat)
-        dead = insert_job(
-            conn,
-            client="site-e2e",
-            study=study,
-            model="resnet10-demo",
-            series_uid=None,
-            explain="none",
-            explain_params={},
-            callback_url=None,
-            max_attempts=3,
-        )
+        def job(max_attempts: int = 3) -> dict[str, Any]:
+            return insert_job(
+                conn,
+                client="site-e2e",
+                study=study,
+                model="resnet10-demo",
+                series_uid=None,
+                explain="none",
+                explain_params={},
+                callback_url=None,
+                max_attempts=max_attempts,
+            )
+
+        lost = job()  # (1) a job committed in PostgreSQL whose id Redis never got
+        dead = job()  # (2) a job claimed by a worker that died (lease expires, no heartbeat)
         assert claim_job(conn, dead["id"], "dead-worker", lease_s=0.5) is not None
-        # (3) a job whose attempts are used up by dead workers
-        doomed = insert_job(
-            conn,
-            client="site-e2e",
-            study=study,
-            model="resnet10-demo",
-            series_uid=None,
-            explain="none",
-            explain_params={},
-            callback_url=None,
-            max_attempts=1,
-        )
+        doomed = job(max_attempts=1)  # (3) a job whose attempts are used up by dead workers
         assert claim_job(conn, doomed["id"], "dead-worker", lease_s=0.5) is not None
         conn.execute("UPDATE jobs SET enqueued_at = now() - interval '1 hour' WHERE id = %s", (lost["id"],))
     time.sleep(0.6)
