@@ -148,6 +148,23 @@ def api(settings: Settings) -> Iterator[LiveApi]:
         yield live
 
 
+@pytest.fixture(scope="module")
+def worker(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A real worker (model loaded, preprocessing pool spawned) serving the module's settings."""
+    from app.worker.runner import Worker
+
+    w = Worker(settings, worker_id=f"worker-{request.module.__name__}")
+    w.start()
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        yield w
+    finally:
+        w.stop_event.set()
+        t.join(timeout=10)
+        w.stop(drain_s=5)
+
+
 def new_key(settings: Settings, client: str) -> str:
     assert settings.database_url
     with connect(settings.database_url) as conn:

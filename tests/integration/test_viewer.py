@@ -38,7 +38,6 @@ import os
 import select
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -240,20 +239,6 @@ def browser(tmp_path: Path) -> Iterator[Chromium]:
 
 
 # --------------------------------------------------------------------------- the service
-
-
-@pytest.fixture(scope="module")
-def worker(settings: Settings) -> Iterator[Worker]:
-    w = Worker(settings, worker_id="viewer-worker")
-    w.start()
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
-    try:
-        yield w
-    finally:
-        w.stop_event.set()
-        t.join(timeout=10)
-        w.stop(drain_s=5)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import threading
 import time
 import uuid
 import zipfile
@@ -29,20 +28,6 @@ from app.schemas import JobResult, JobStatus
 from app.webhooks import SIGNATURE_HEADER, verify
 from app.worker.runner import Worker
 from ml.phantom import PHI_IDENTIFIERS, make_study
-
-
-@pytest.fixture(scope="module")
-def worker(settings: Settings) -> Iterator[Worker]:
-    w = Worker(settings, worker_id="test-worker")
-    w.start()
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
-    try:
-        yield w
-    finally:
-        w.stop_event.set()
-        t.join(timeout=10)
-        w.stop(drain_s=5)
 
 
 @pytest.fixture(scope="module")
