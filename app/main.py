@@ -33,7 +33,7 @@ from app.metrics import ApiMetrics
 from app.migrate import check
 from app.queue import JobQueue
 from app.repository import job_state_counts, oldest_queued_age_s
-from app.storage import Storage, StorageError
+from app.storage import StorageError, storage_from_settings
 from ml.errors import InputError, ModelUnavailable
 from ml.manifest import Manifest
 
@@ -71,14 +71,7 @@ def build_services(settings: Settings) -> Services:
             check(conn)
         queue = JobQueue.from_url(settings.redis_url, settings.stream, settings.group)
         queue.ensure_group()
-        storage = Storage(
-            settings.s3_endpoint,
-            settings.s3_access_key.get_secret_value(),
-            settings.s3_secret_key.get_secret_value(),
-            settings.s3_bucket,
-            region=settings.s3_region,
-            public_endpoint=settings.s3_public_endpoint,
-        )
+        storage = storage_from_settings(settings)
         storage.ping()
         manifest = Manifest.load(settings.manifest_path)
     except BaseException:

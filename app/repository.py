@@ -222,14 +222,6 @@ def job_with_position(conn: Conn, job_id: uuid.UUID, client: str) -> Row | None:
     ).fetchone()
 
 
-def queue_position(conn: Conn, job: Row) -> int:
-    """Number of queued jobs ahead of ``job`` (0 = next)."""
-    row = conn.execute(
-        "SELECT count(*) AS n FROM jobs WHERE state = 'queued' AND created_at < %s", (job["created_at"],)
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
 def recent_stats(conn: Conn, limit: int = 50) -> Row:
     """Mean run seconds of the last ``limit`` succeeded jobs and the number of live workers."""
     row = conn.execute(

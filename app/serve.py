@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from app.config import Settings
 from app.db import connect
@@ -26,7 +25,7 @@ from app.embedded import EmbeddedStack
 from app.logs import logger
 from app.migrate import migrate
 from app.repository import create_api_key
-from app.storage import Storage
+from app.storage import storage_from_settings
 
 __all__ = ["ensure_dev_key", "prepare_services", "serve", "worker_env"]
 
@@ -61,13 +60,7 @@ def prepare_services(settings: Settings) -> None:
         applied = migrate(conn)
     if applied:
         logger.info("applied migrations: {}", ", ".join(applied))
-    Storage(
-        settings.s3_endpoint,
-        settings.s3_access_key.get_secret_value(),
-        settings.s3_secret_key.get_secret_value(),
-        settings.s3_bucket,
-        region=settings.s3_region,
-    ).ensure_bucket()
+    storage_from_settings(settings).ensure_bucket()
 
 
 def ensure_dev_key(settings: Settings) -> tuple[str, bool]:
@@ -169,7 +162,3 @@ def _redact(url: str | None) -> str:
         return str(url)
     scheme, _, rest = url.partition("://")
     return f"{scheme}://…@{rest.split('@', 1)[1]}"
-
-
-def dev_key_path(settings: Settings) -> Path:
-    return settings.var_dir / "dev-api-key"

@@ -23,6 +23,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app.config import Settings
 from app.logs import logger
 
 __all__ = [
@@ -316,6 +317,20 @@ class Storage:
                     )
                     aborted += 1
         return aborted
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    """The service's bucket as configured (``S4CT_S3_*``); raises ValueError without credentials."""
+    if settings.s3_access_key is None or settings.s3_secret_key is None:
+        raise ValueError("missing settings: S4CT_S3_ACCESS_KEY, S4CT_S3_SECRET_KEY")
+    return Storage(
+        settings.s3_endpoint,
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_bucket,
+        region=settings.s3_region,
+        public_endpoint=settings.s3_public_endpoint,
+    )
 
 
 class MultipartUpload:

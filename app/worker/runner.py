@@ -63,7 +63,7 @@ from app.repository import (
     worker_gone,
     worker_seen,
 )
-from app.storage import Storage
+from app.storage import Storage, storage_from_settings
 from app.webhooks import WebhookDispatcher, job_event
 from app.worker.pipeline import Prepared, build_result, init_pool_process, mp_context, prepare_study
 from ml.errors import InputError, ModelUnavailable
@@ -114,13 +114,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.db = db or Database(settings.database_url, min_size=1, max_size=6, name="s4ct-worker")
         self._own_db = db is None
-        self.storage = storage or Storage(
-            settings.s3_endpoint,
-            settings.s3_access_key.get_secret_value(),
-            settings.s3_secret_key.get_secret_value(),
-            settings.s3_bucket,
-            region=settings.s3_region,
-        )
+        self.storage = storage or storage_from_settings(settings)
         self.jobs = jobs or JobQueue.from_url(settings.redis_url, settings.stream, settings.group)
         self.stop_event = threading.Event()
         self.held: dict[uuid.UUID, InFlight] = {}

@@ -28,7 +28,7 @@ from app.embedded import EmbeddedStack
 from app.main import create_app
 from app.migrate import migrate
 from app.repository import create_api_key
-from app.storage import Storage
+from app.storage import Storage, storage_from_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,13 +75,7 @@ def _fresh_settings(stack: EmbeddedStack, tmp: Path, **overrides: Any) -> Settin
 
 
 def storage_of(settings: Settings) -> Storage:
-    assert settings.s3_access_key and settings.s3_secret_key
-    return Storage(
-        settings.s3_endpoint,
-        settings.s3_access_key.get_secret_value(),
-        settings.s3_secret_key.get_secret_value(),
-        settings.s3_bucket,
-    )
+    return storage_from_settings(settings)
 
 
 def list_keys(storage: Storage, prefix: str) -> list[str]:
