@@ -69,9 +69,9 @@ test: lint
 test-all: lint
 	$(call run_pytest,-m "slow or not slow")
 
+## bench: every benchmark (preprocess, inference, explain, service, load) → docs/performance.md (~35 min)
 bench: venv
-	$(BIN)/python bench/preprocess.py
-	$(BIN)/python bench/service.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--full", action="store_true", help="ResNet-34 at batch 4 too; 3 timed iterations on CPU")
     ap.add_argument("--skip-prod", action="store_true", help="leave ResNet-34 out (smoke runs)")
+    ap.add_argument(
+        "--prod-batches", default=None, help="ResNet-34 batch sizes, e.g. 1,8,16,32 (default 1,2 or 1,2,4)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         device_name = platform.processor() or platform.machine()
     iters = args.iters or (10 if device.type == "cuda" else (3 if args.full else 2))
     big_batches = (1, 2, 4) if (args.full or device.type == "cuda") else (1, 2)
+    if args.prod_batches:
+        big_batches = tuple(int(b) for b in args.prod_batches.split(","))
     configs: list[tuple[str, int, int]] = []
     if not args.skip_prod:
         configs += [("resnet34", args.prod_size, b) for b in big_batches]

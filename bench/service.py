@@ -80,6 +80,8 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from bench.common import percentiles  # noqa: E402
+
 MiB = 1 << 20
 GOAL_UPLOAD_MBPS = 150.0
 GOAL_UPLOAD_RSS_MIB = 64.0
@@ -317,7 +319,8 @@ class Env:
         )
         return env
 
-    def storage(self) -> Any:
+    def storage(self, **kw: Any) -> Any:
+        """The bench's bucket through :class:`app.storage.Storage` (``kw``: its keyword options)."""
         from app.storage import Storage
 
         s = self.settings
@@ -327,6 +330,7 @@ class Env:
             s.s3_secret_key.get_secret_value(),
             s.s3_bucket,
             part_size=s.upload_part_bytes,
+            **kw,
         )
 
 
@@ -390,6 +394,17 @@ class Api:
 
     def stop(self) -> None:
         self.child.stop()
+
+
+@contextlib.contextmanager
+def api_on(stack: Any, root: Path, name: str) -> Iterator[tuple[Env, Api]]:
+    """A fresh :class:`Env` on ``stack`` and an API process on it, stopped on exit."""
+    env = fresh_env(stack, root, name)
+    api = Api(env)
+    try:
+        yield env, api
+    finally:
+        api.stop()
 
 
 # --------------------------------------------------------------------------- the big ZIP
@@ -842,12 +857,8 @@ async def open_loop(
 def _percentiles(xs: list[float]) -> dict[str, float]:
     if not xs:
         return {k: float("nan") for k in ("p50", "p90", "p99", "max", "mean")}
-    s = sorted(xs)
-
-    def q(p: float) -> float:
-        return s[min(len(s) - 1, max(0, round(p * len(s)) - 1))]
-
-    return {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "max": s[-1], "mean": statistics.fmean(s)}
+    p = percentiles(xs, (0.50, 0.90, 0.99))
+    return {"p50": p["p50"], "p90": p["p90"], "p99": p["p99"], "max": p["max"], "mean": statistics.fmean(xs)}
 
 
 async def closed_loop(
@@ -1227,6 +1238,41 @@ def report_e2e(res: dict[str, Any]) -> list[tuple[str, bool, str]]:
 # --------------------------------------------------------------------------- driver
 
 
+def bench_setup() -> float:
+    """Quiet the service's logs, make SIGTERM unwind like Ctrl-C (so every ``finally`` stops
+    what it started) and return how many cores other processes kept busy over one second."""
+    from app.logs import logger
+
+    logger.remove()  # the embedded stack's info lines would interleave with the tables
+    logger.add(sys.stderr, level="WARNING")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    m0 = machine_busy_seconds()
+    time.sleep(1.0)
+    background = machine_busy_seconds() - m0
+    print(f"machine: {os.cpu_count()} CPUs, {background:.2f} cores busy before the run", flush=True)
+    if background > 0.2:
+        print("warning: other processes are using the CPUs: numbers will be low and noisy", flush=True)
+    return background
+
+
+def start_stack(es: contextlib.ExitStack, root: Path, s3_memory_limit: str | None = None) -> Any:
+    """The embedded stack under ``root`` (fsync off, no persistence), stopped when ``es`` closes."""
+    from app.embedded import EmbeddedS3, EmbeddedStack
+
+    stack = EmbeddedStack(root, fsync=False, persist=False)
+    if s3_memory_limit:  # start() keeps an S3 set beforehand
+        stack.s3 = EmbeddedS3(
+            root / "s3",
+            access_key="BENCH" + secrets.token_hex(8).upper(),
+            secret_key=secrets.token_urlsafe(30),
+            memory_limit=s3_memory_limit,
+        )
+    es.callback(stack.stop)
+    stack.start()
+    print(f"embedded stack ready in {stack.start_seconds:.1f} s", flush=True)
+    return stack
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--quick", action="store_true", help="64 MiB upload, 100 rps for 3 s, 2 studies")
@@ -1245,7 +1291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--s3-memory-limit",
         default=None,
-        help="GOMEMLIMIT of the embedded SeaweedFS (default: app.embedded's own, 192MiB)",
+        help="GOMEMLIMIT of the embedded SeaweedFS (default: app.embedded's own, 1GiB)",
     )
     p.add_argument("--cache-dir", default=str(ROOT / "var" / "bench"), help="phantom ZIP cache")
     p.add_argument("--json", default=str(ROOT / "var" / "bench" / "service.json"), help="'' = none")
@@ -1270,14 +1316,6 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [m for m in modes if m not in ("raw", "chunked", "multipart")]:
         p.error(f"unknown upload modes {bad}")
 
-    from app.embedded import EmbeddedS3, EmbeddedStack
-    from app.logs import logger
-
-    logger.remove()  # the embedded stack's info lines would interleave with the tables
-    logger.add(sys.stderr, level="WARNING")
-
-    # SIGTERM unwinds like Ctrl-C, so every `finally` below stops what it started
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t_start = time.perf_counter()
     report: dict[str, Any] = {
         "machine": {
@@ -1297,43 +1335,19 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     goals: list[tuple[str, bool, str]] = []
-    m0 = machine_busy_seconds()
-    time.sleep(1.0)
-    background = machine_busy_seconds() - m0
-    report["machine"]["background_cores_busy_before"] = background
-    print(f"machine: {os.cpu_count()} CPUs, {background:.2f} cores busy before the run", flush=True)
-    if background > 0.2:
-        print("warning: other processes are using the CPUs: numbers will be low and noisy", flush=True)
+    report["machine"]["background_cores_busy_before"] = bench_setup()
     with tempfile.TemporaryDirectory(prefix="s4ct-bench-svc-") as td, contextlib.ExitStack() as es:
         tmp = Path(td)
-        stack = EmbeddedStack(tmp / "stack", fsync=False, persist=False)
-        if args.s3_memory_limit:  # start() keeps an S3 set beforehand
-            stack.s3 = EmbeddedS3(
-                tmp / "stack" / "s3",
-                access_key="BENCH" + secrets.token_hex(8).upper(),
-                secret_key=secrets.token_urlsafe(30),
-                memory_limit=args.s3_memory_limit,
-            )
-        es.callback(stack.stop)
-        stack.start()
-        print(f"embedded stack ready in {stack.start_seconds:.1f} s", flush=True)
+        stack = start_stack(es, tmp / "stack", args.s3_memory_limit)
         if "upload" in sections or "latency" in sections:
-            env = fresh_env(stack, tmp, "a")
-            api = Api(env)
-            try:
+            with api_on(stack, tmp, "a") as (env, api):
                 if "upload" in sections:
                     report["upload"] = section_upload(env, api, tmp, size_mib, modes)
                 if "latency" in sections:
                     report["latency"] = section_latency(env, api, rate, duration, warmup, stack.postgres.pid)
-            finally:
-                api.stop()
         if "e2e" in sections:
-            env = fresh_env(stack, tmp, "e")
-            api = Api(env)
-            try:
+            with api_on(stack, tmp, "e") as (env, api):
                 report["e2e"] = section_e2e(env, api, n, not args.no_real_like, Path(args.cache_dir))
-            finally:
-                api.stop()
 
     print("\n" + "=" * 100)
     if "upload" in report:
