@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     s3_public_endpoint: str | None = None
     s3_bucket: str = "service4ct"
     s3_region: str = "us-east-1"
+    s3_read_timeout_s: float = Field(
+        60.0, gt=0, description="S3 socket read timeout per attempt (a hung object store fails the call)"
+    )
+    s3_max_retries: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="retries of a failed S3 call after its first attempt (botocore standard mode)",
+    )
     db_pool_min: int = Field(1, ge=1)
     db_pool_max: int = Field(16, ge=1)
 
@@ -49,6 +58,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     max_upload_bytes: int = Field(8 * GiB, ge=1)
     upload_part_bytes: int = Field(8 * MiB, ge=5 * MiB)
+    #: parts of one upload sent to S3 at once (memory per upload: (this + 1) × upload_part_bytes)
+    upload_parts_in_flight: int = Field(2, ge=1, le=8)
+    #: uploads streamed at once by one API process; more wait for a slot (bounds API memory)
+    max_concurrent_uploads: int = Field(8, ge=1)
+    #: an upload waiting longer than this for a slot is refused with 503 server_busy + Retry-After
+    upload_wait_s: float = Field(120.0, gt=0)
     presign_ttl_s: int = Field(900, ge=1, le=900)
     request_id_header: str = "X-Request-ID"
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
@@ -69,6 +84,22 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(10.0, gt=0)
     claim_idle_s: float = Field(60.0, gt=0, description="XAUTOCLAIM messages idle this long")
     reconcile_s: float = Field(15.0, gt=0, description="period of the reconciler")
+    upload_abandon_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="worker: abort S3 multipart uploads left incomplete this long (killed API, S3 outage)",
+    )
+    storage_retry_s: float = Field(
+        60.0,
+        ge=0,
+        description="worker: retry an unreachable object store this long (backoff) before failing the job "
+        "with storage_unavailable",
+    )
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM, held jobs may finish this long; the rest are given back uncharged",
+    )
     max_batch: int = Field(4, ge=1, le=64)
     max_wait_ms: int = Field(200, ge=0)
     preprocess_workers: int = Field(1, ge=1, le=64)

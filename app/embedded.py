@@ -296,7 +296,8 @@ class _Service:
         """Create files the child needs (runs under the lock, before leftovers are stopped)."""
 
     def _pick_ports(self) -> None:
-        self.port = self.port_requested or free_ports(1)[0]
+        # a restart keeps the port of the previous run, so that clients reconnect to it
+        self.port = self.port_requested or self.port or free_ports(1)[0]
 
     def _command(self) -> list[str]:
         raise NotImplementedError
@@ -324,6 +325,7 @@ class _Service:
         """After the child exited while starting: fix what its log shows and return True to retry."""
         if self.port_requested is None and "address already in use" in last_log:
             logger.info("embedded {}: port taken meanwhile, retrying on another one", self.name)
+            self.port = 0
             self._pick_ports()
             return True
         return False

@@ -30,11 +30,16 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "unsupported_media_type": (415, "Send the ZIP as application/zip or multipart/form-data."),
     "validation_error": (422, "The request body or parameters are invalid."),
     "model_unavailable": (503, "The requested model is unknown or its weights cannot be loaded."),
+    "server_busy": (503, "Too many uploads in progress; retry after the Retry-After seconds."),
     "service_unavailable": (503, "A backing service (database, queue, object store) is unreachable."),
     "upload_failed": (502, "The object store refused the upload; retry."),
     "internal_error": (500, "Unexpected server error (reported with the request id)."),
     # job error codes (in GET /v1/jobs/{id}, never an HTTP answer)
     "worker_crashed": (500, "The job exceeded its attempts: workers died or timed out while running it."),
+    "storage_unavailable": (
+        503,
+        "The object store stayed unreachable for the worker's retry budget; resubmit.",
+    ),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

@@ -45,6 +45,11 @@ class PhiScrubber:
             alts = sorted(self._tokens, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(t) for t in alts), re.IGNORECASE)
 
+    def tokens(self) -> frozenset[str]:
+        """The registered identifier strings (to restore after :meth:`clear`)."""
+        with self._lock:
+            return frozenset(self._tokens)
+
     def clear(self) -> None:
         with self._lock:
             self._tokens.clear()

@@ -34,6 +34,7 @@ from app.migrate import check
 from app.queue import JobQueue
 from app.repository import job_state_counts, oldest_queued_age_s
 from app.storage import StorageError, storage_from_settings
+from app.uploads import mmap_large_buffers
 from ml.errors import InputError, ModelUnavailable
 from ml.manifest import Manifest
 
@@ -136,6 +137,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = services is None
+        mmap_large_buffers()  # freed upload part buffers go back to the OS (bounded RSS after bursts)
         svc = services if services is not None else build_services(settings)
         app.state.services = svc
         app.state.metrics.watch_queue(lambda: _counts(svc), svc.queue.depth, lambda: _oldest_queued_age(svc))
@@ -199,10 +201,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI: a body it cannot decode (e.g. JSON that is not UTF-8)
+            return _error(request, ServiceError("validation_error", "the request body could not be parsed"))
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
         if code is None:
             code = "validation_error" if exc.status_code < 500 else "internal_error"
-        return _error(request, ServiceError(code, http_status=exc.status_code))
+        err = ServiceError(code, http_status=exc.status_code)
+        err.headers.update(exc.headers or {})  # e.g. the Allow header of a 405 (RFC 9110)
+        return _error(request, err)
 
     for module in (studies, jobs, models, health, viewer):  # viewer: /viewer/{job_id}, not in the schema
         app.include_router(module.router)

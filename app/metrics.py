@@ -157,6 +157,13 @@ class WorkerMetrics:
             ["outcome", "code"],
             registry=self.registry,
         )
+        self.reconciled = Counter(
+            "s4ct_worker_reconciled_jobs",
+            "Jobs the reconciler repaired: lost (queued in PostgreSQL, missing from Redis: re-enqueued), "
+            "requeued (lease expired), failed (attempts used up)",
+            ["action"],
+            registry=self.registry,
+        )
         self.webhook_failures = Counter(
             "s4ct_webhook_delivery_failures",
             "Webhook deliveries that failed (each failed attempt, retried or given up)",

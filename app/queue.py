@@ -86,9 +86,22 @@ class JobQueue:
             out.append(JobMessage(_decode(entry_id), job_id))
         return out
 
+    def _regroup(self, err: redis.ResponseError) -> None:
+        """Redis lost the stream or the group (restart without data, FLUSHALL): create them again.
+
+        The group starts at id 0, so entries added since (by the API or the reconciler) are read.
+        """
+        if "NOGROUP" not in str(err):
+            raise err
+        self.ensure_group()
+
     def read(self, consumer: str, count: int = 1, block_ms: int = 1000) -> list[JobMessage]:
         """New entries for ``consumer`` (blocks up to ``block_ms``)."""
-        resp = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        try:
+            resp = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        except redis.ResponseError as e:
+            self._regroup(e)
+            return []
         if not resp:
             return []
         out: list[JobMessage] = []
@@ -101,9 +114,13 @@ class JobQueue:
 
         XAUTOCLAIM answers 2 elements on Redis 6.2 and 3 on 7.x: index, never unpack.
         """
-        resp: list[Any] = self.r.xautoclaim(
-            self.stream, self.group, consumer, min_idle_time=min_idle_ms, count=count
-        )
+        try:
+            resp: list[Any] = self.r.xautoclaim(
+                self.stream, self.group, consumer, min_idle_time=min_idle_ms, count=count
+            )
+        except redis.ResponseError as e:
+            self._regroup(e)
+            return []
         return self._messages(resp[1]) if len(resp) > 1 else []
 
     def ack(self, entry_id: str) -> None:

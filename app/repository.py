@@ -354,21 +354,28 @@ def finish_job(
     ).fetchone()
 
 
-def release_job(conn: Conn, job_id: uuid.UUID, attempt: int, detail: str) -> str | None:
-    """Give a held attempt back after a transient failure.
+def release_job(
+    conn: Conn, job_id: uuid.UUID, attempt: int, detail: str, *, spend: bool = True
+) -> str | None:
+    """Give a held attempt back.
 
-    Requeued if attempts are left (returns ``"queued"``), else failed with
-    ``internal_error`` (returns ``"failed"``); None if the attempt was not held.
+    After a transient failure (``spend``): requeued if attempts are left (returns
+    ``"queued"``), else failed with ``internal_error`` (returns ``"failed"``). A graceful
+    shutdown (``spend=False``) always requeues and raises ``max_attempts`` by one, so the
+    attempt is not charged; attempt numbers still only grow, so the attempt guard keeps
+    a late write of the released attempt out. None if the attempt was not held.
     """
     row = conn.execute(
         "UPDATE jobs SET "
-        "state = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END, "
-        "error_code = CASE WHEN attempt < max_attempts THEN NULL ELSE 'internal_error' END, "
-        "error_detail = CASE WHEN attempt < max_attempts THEN NULL ELSE %s END, "
-        "finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END, "
+        "state = CASE WHEN %(spend)s AND attempt >= max_attempts THEN 'failed' ELSE 'queued' END, "
+        "error_code = CASE WHEN %(spend)s AND attempt >= max_attempts THEN 'internal_error' END, "
+        "error_detail = CASE WHEN %(spend)s AND attempt >= max_attempts THEN %(detail)s END, "
+        "finished_at = CASE WHEN %(spend)s AND attempt >= max_attempts THEN now() END, "
+        "max_attempts = max_attempts + CASE WHEN %(spend)s THEN 0 ELSE 1 END, "
         "stage = NULL, progress = 0, worker_id = NULL, lease_until = NULL, enqueued_at = now(), "
-        "updated_at = now() WHERE id = %s AND attempt = %s AND state = 'running' RETURNING state",
-        (detail, job_id, attempt),
+        "updated_at = now() "
+        "WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running' RETURNING state",
+        {"spend": spend, "detail": detail, "id": job_id, "attempt": attempt},
     ).fetchone()
     return None if row is None else str(row["state"])
 

@@ -12,12 +12,15 @@ in that order.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+
+from pydantic import SecretStr
 
 from app.config import Settings
 from app.db import connect
@@ -81,23 +84,23 @@ def ensure_dev_key(settings: Settings) -> tuple[str, bool]:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    """Environment of a worker child process pointing at the same services."""
+    """Environment of a worker child process: every setting of ``settings`` as ``S4CT_*``.
+
+    All fields travel (not only the connections), so that a child runs with the
+    same queue, lease and batch settings as its parent, YAML values included.
+    """
     env = dict(os.environ)
-    assert settings.s3_access_key and settings.s3_secret_key
-    env.update(
-        {
-            "S4CT_DATABASE_URL": str(settings.database_url),
-            "S4CT_REDIS_URL": str(settings.redis_url),
-            "S4CT_S3_ENDPOINT": str(settings.s3_endpoint),
-            "S4CT_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
-            "S4CT_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
-            "S4CT_S3_BUCKET": settings.s3_bucket,
-            "S4CT_MANIFEST_PATH": str(settings.manifest_path),
-            "S4CT_LOG_LEVEL": settings.log_level,
-            "S4CT_WORK_DIR": str(settings.work_path),
-            "S4CT_VAR_DIR": str(settings.var_dir),
-        }
-    )
+    for name, value in settings.model_dump().items():
+        if value is None:
+            env.pop(f"S4CT_{name.upper()}", None)
+            continue
+        if isinstance(value, SecretStr):
+            env[f"S4CT_{name.upper()}"] = value.get_secret_value()
+        elif isinstance(value, dict | list | tuple):  # complex fields are read back as JSON
+            env[f"S4CT_{name.upper()}"] = json.dumps(value)
+        else:
+            env[f"S4CT_{name.upper()}"] = str(value)
+    env["S4CT_WORK_DIR"] = str(settings.work_path)
     return env
 
 

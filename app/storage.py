@@ -12,6 +12,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -181,10 +182,15 @@ class Storage:
                 upload.complete()
 
     def multipart(
-        self, key: str, content_type: str = "application/octet-stream", *, part_size: int | None = None
+        self,
+        key: str,
+        content_type: str = "application/octet-stream",
+        *,
+        part_size: int | None = None,
+        max_in_flight: int = 2,
     ) -> MultipartUpload:
         """A streaming writer for an upload of unknown size (see :class:`MultipartUpload`)."""
-        return MultipartUpload(self, key, content_type, part_size or self.part_size)
+        return MultipartUpload(self, key, content_type, part_size or self.part_size, max_in_flight)
 
     # ------------------------------------------------------------------ read
 
@@ -330,6 +336,9 @@ def storage_from_settings(settings: Settings) -> Storage:
         settings.s3_bucket,
         region=settings.s3_region,
         public_endpoint=settings.s3_public_endpoint,
+        connect_timeout=min(5.0, settings.s3_read_timeout_s),
+        read_timeout=settings.s3_read_timeout_s,
+        max_attempts=settings.s3_max_retries,  # botocore's retries "max_attempts" counts retries
     )
 
 
@@ -337,7 +346,10 @@ class MultipartUpload:
     """Streaming writer of one object of unknown size.
 
     ``write`` buffers up to ``part_size`` and uploads each full part on a background thread
-    while the caller fills the next one, so at most about two parts are held in memory.
+    while the caller fills the next one; at most ``max_in_flight`` parts are uploading at
+    once (the writer blocks for the oldest beyond that), so at most ``max_in_flight + 1``
+    parts are held in memory. Two in flight keep the link busy while one part's request
+    is being set up or acknowledged.
     ``complete`` publishes the object: a single PutObject when everything fit in one part,
     else CompleteMultipartUpload. Any failure aborts the upload and raises
     :class:`StorageError`; leaving the ``with`` block without ``complete()`` (by an exception
@@ -347,9 +359,14 @@ class MultipartUpload:
     happens on the event loop, every network call on a worker thread.
     """
 
-    def __init__(self, storage: Storage, key: str, content_type: str, part_size: int) -> None:
+    def __init__(
+        self, storage: Storage, key: str, content_type: str, part_size: int, max_in_flight: int = 2
+    ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.max_in_flight = max_in_flight
         self.storage = storage
         self.key = key
         self.content_type = content_type
@@ -361,13 +378,13 @@ class MultipartUpload:
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._next_part = 1
-        self._pending: Future[dict[str, Any]] | None = None
+        self._pending: deque[Future[dict[str, Any]]] = deque()
         self._executor: ThreadPoolExecutor | None = None
 
     @property
     def parts_uploaded(self) -> int:
-        """Parts uploaded so far (0 while the data fits in the buffer)."""
-        return len(self._parts)
+        """Parts sent to S3 so far, finished or in flight (0 while the data fits in the buffer)."""
+        return self._next_part - 1
 
     # ------------------------------------------------------------------ sync API
 
@@ -390,13 +407,13 @@ class MultipartUpload:
                 if self._buf:
                     self._submit(bytes(self._buf))
                     self._buf = bytearray()
-                self._wait_pending()
+                self._wait_pending(0)
                 with _translate("complete_multipart_upload"):
                     resp = client.complete_multipart_upload(
                         Bucket=bucket,
                         Key=self.key,
                         UploadId=self._upload_id,
-                        MultipartUpload={"Parts": self._parts},
+                        MultipartUpload={"Parts": sorted(self._parts, key=lambda p: int(p["PartNumber"]))},
                     )
         except BaseException:
             self.abort()
@@ -412,10 +429,9 @@ class MultipartUpload:
             return
         self.state = "aborted"
         self._buf = bytearray()
-        if self._pending is not None:
+        while self._pending:
             with contextlib.suppress(BaseException):
-                self._pending.result()
-            self._pending = None
+                self._pending.popleft().result()
         self._shutdown()
         if self._upload_id is not None:
             try:
@@ -465,7 +481,7 @@ class MultipartUpload:
         if self.state != "open":
             raise StorageError(f"multipart upload is {self.state}", code="InvalidState")
 
-    def _feed(self, chunk: bytes | bytearray | memoryview) -> Iterator[bytes]:
+    def _feed(self, chunk: bytes | bytearray | memoryview) -> Iterator[bytearray]:
         """Buffer ``chunk``; yields each part as soon as it is full (lazily, to bound memory)."""
         self._check_open()
         view = memoryview(chunk).cast("B")
@@ -475,14 +491,13 @@ class MultipartUpload:
             self._buf += view[:room]
             view = view[room:]
             if len(self._buf) >= self.part_size:
-                part = bytes(self._buf)
-                self._buf = bytearray()
+                part, self._buf = self._buf, bytearray()  # hand the buffer over: no copy
                 yield part
 
-    def _submit(self, part: bytes) -> None:
-        """Wait for the part in flight, then start uploading ``part`` in the background."""
+    def _submit(self, part: bytes | bytearray) -> None:
+        """Wait until fewer than ``max_in_flight`` parts upload, then start ``part`` in the background."""
         try:
-            self._wait_pending()
+            self._wait_pending(self.max_in_flight - 1)
             if self._upload_id is None:
                 with _translate("create_multipart_upload"):
                     resp = self.storage.client.create_multipart_upload(
@@ -492,14 +507,16 @@ class MultipartUpload:
             if self._next_part > MAX_PARTS:
                 raise StorageError("S3 upload_part failed (too many parts)", code="TooManyParts")
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
-            self._pending = self._executor.submit(self._upload_part, self._next_part, part)
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.max_in_flight, thread_name_prefix="s3-part"
+                )
+            self._pending.append(self._executor.submit(self._upload_part, self._next_part, part))
             self._next_part += 1
         except BaseException:
             self.abort()
             raise
 
-    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, data: bytes | bytearray) -> dict[str, Any]:
         with _translate("upload_part"):
             resp = self.storage.client.upload_part(
                 Bucket=self.storage.bucket,
@@ -510,10 +527,10 @@ class MultipartUpload:
             )
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
-    def _wait_pending(self) -> None:
-        if self._pending is not None:
-            fut, self._pending = self._pending, None
-            self._parts.append(fut.result())
+    def _wait_pending(self, keep: int) -> None:
+        """Collect finished parts, oldest first, until at most ``keep`` are still in flight."""
+        while len(self._pending) > keep:
+            self._parts.append(self._pending.popleft().result())
 
     def _shutdown(self) -> None:
         if self._executor is not None:

@@ -67,7 +67,12 @@ PHI_KEYWORDS = (
 _JUNK_NAMES = frozenset({"dicomdir", ".ds_store", "thumbs.db", "desktop.ini"})
 _CHUNK = 1 << 20
 _MAX_PIXELS_PER_SLICE = 4096 * 4096
+#: ImageOrientationPatient cosines: |norm - 1| and |row · column| allowed (real headers round to ~1e-6)
+_COSINE_TOLERANCE = 0.01
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_END_RECORD = struct.Struct("<4sHHHHIIH")  # end of central directory: entries total at [4]
+_ZIP64_LOCATOR = struct.Struct("<4sIQI")  # Zip64 end-record locator: its offset at [2]
+_ZIP64_END_RECORD = struct.Struct("<4sQHHIIQQQQ")  # Zip64 end record: entries total at [7]
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,42 @@ def _vet_infos(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits, report: Extr
             raise ZipError("zip_too_large", f"archive expands beyond {limits.max_total_uncompressed} bytes")
 
 
+def _declared_members(fp: BinaryIO) -> int | None:
+    """Member count the end record declares (Zip64 aware), read before any parsing; None if unfound.
+
+    ``zipfile`` builds a ZipInfo per central-directory entry before any rule can run:
+    a 53 MB upload listing 1M entries cost ~375 MiB and ~15 s to parse and refuse.
+    """
+    size = fp.seek(0, 2)
+    span = min(size, _END_RECORD.size + 0xFFFF)  # the record, then a comment of up to 64 KiB
+    fp.seek(size - span)
+    tail = fp.read(span)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _END_RECORD.size:
+        return None
+    entries: int = _END_RECORD.unpack_from(tail, at)[4]
+    if entries != 0xFFFF:
+        return entries
+    # Zip64: the count is in the Zip64 end record (unknown when it cannot be found)
+    if at < _ZIP64_LOCATOR.size:
+        return None
+    locator = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+    if locator[0] != b"PK\x06\x07" or not 0 <= locator[2] <= size - _ZIP64_END_RECORD.size:
+        return None
+    fp.seek(locator[2])
+    raw = fp.read(_ZIP64_END_RECORD.size)
+    if len(raw) != _ZIP64_END_RECORD.size or raw[:4] != b"PK\x06\x06":
+        return None
+    total: int = _ZIP64_END_RECORD.unpack(raw)[7]
+    return total
+
+
+def _check_declared_members(fp: BinaryIO, limits: ZipLimits, already: int) -> None:
+    declared = _declared_members(fp)
+    if declared is not None and already + declared > limits.max_members:
+        raise ZipError("zip_too_large", f"archive has more than {limits.max_members} members")
+
+
 def _open_zip(source: Path | BinaryIO) -> zipfile.ZipFile:
     """Open a ZIP from a path or a seekable file; any unreadable archive is ``zip_invalid``."""
     try:
@@ -201,16 +242,17 @@ class ZipSummary:
 def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     """Quick sanity check of an archive from its central directory alone.
 
-    Reads only the end-of-central-directory record and the central directory
-    (``fp`` must be seekable; the member data is not touched), and applies the
-    member-count, size, ratio, path, symlink and encryption rules of
-    :func:`safe_extract`. Overlapping members and nested archives need the
+    Reads only the end-of-central-directory record (its member count is checked
+    first) and the central directory (``fp`` must be seekable; the member data is
+    not touched), and applies the member-count, size, ratio, path, symlink and
+    encryption rules of :func:`safe_extract`. Overlapping members and nested archives need the
     member data and are checked when the study is extracted.
 
     Raises :class:`~ml.errors.ZipError`; an archive without any file member is
     ``zip_invalid``.
     """
     limits = limits or ZipLimits()
+    _check_declared_members(fp, limits, 0)
     zf = _open_zip(fp)
     with zf:
         infos = zf.infolist()
@@ -254,6 +296,8 @@ def _extract_into(
     prefix: str,
     threads: int,
 ) -> None:
+    with zip_path.open("rb") as fp:
+        _check_declared_members(fp, limits, report.members)
     zf = _open_zip(zip_path)
     with zf:
         try:
@@ -561,6 +605,7 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
         pos, ori, ps = _floats(pos_v, 3), _floats(ori_v, 6), _floats(ps_v, 2)
         if pos is None or ori is None or ps is None:
             return None
+        _check_plane(ori, ps, idx)
         return SliceRef(
             path,
             frame,
@@ -607,6 +652,18 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
             raise DicomError("dicom_invalid", f"multi-frame image #{idx} frame {k} lacks plane geometry")
         out.append(r)
     return out
+
+
+def _check_plane(ori: tuple[float, ...], ps: tuple[float, ...], idx: int) -> None:
+    """Refuse impossible plane geometry (DICOM requires unit, orthogonal cosines and positive spacing)."""
+    if min(ps) <= 0:
+        raise DicomError("dicom_invalid", f"image #{idx} has a non-positive PixelSpacing")
+    r, c = np.asarray(ori[:3]), np.asarray(ori[3:])
+    norms_ok = abs(float(np.linalg.norm(r)) - 1.0) <= _COSINE_TOLERANCE and (
+        abs(float(np.linalg.norm(c)) - 1.0) <= _COSINE_TOLERANCE
+    )
+    if not norms_ok or abs(float(r @ c)) > _COSINE_TOLERANCE:
+        raise DicomError("dicom_invalid", f"image #{idx} has non-orthonormal ImageOrientationPatient")
 
 
 def _rescale(slope: float | None, idx: int) -> float:
@@ -691,6 +748,11 @@ def discover_series(files: Sequence[Path]) -> Study:
     series: list[SeriesInfo] = []
     for uid, items in groups.items():
         series.append(_build_series(uid, items, skipped))
+    if skipped["invalid_header"] and not any(s.slices for s in series):
+        # every image was refused for its header values: say so, not 'too few slices'
+        raise DicomError(
+            "dicom_invalid", f"no image has valid header values ({skipped['invalid_header']} invalid)"
+        )
     series.sort(key=lambda s: (-s.n_slices, s.series_uid))
     return Study(series=series, skipped=skipped, files=len(files), phi_tokens=frozenset(phi))
 

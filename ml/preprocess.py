@@ -75,6 +75,10 @@ FloatArray = npt.NDArray[np.float64]
 #: comparison; float32 round-off is ~1e-4 HU, so 0.01 HU is very safe.
 _TIE_TOLERANCE_HU = 0.01
 
+#: most intermediate-grid voxels resampled for one series (2 GiB of float32): a whole-body
+#: CT at 1 mm cropped to the body is ~0.3e9; hostile geometry headers would ask for far more
+MAX_REGION_VOXELS = 1 << 29
+
 _INTERPOLATIONS = ("linear", "nearest")
 _RESIZE_MODES = ("trilinear", "nearest-exact")
 
@@ -519,6 +523,14 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
             )
     reg_lo = np.maximum(cand_lo - margin, 0)
     reg_hi = np.minimum(cand_hi + margin, n_grid - 1)
+    n_region = int(np.prod(reg_hi - reg_lo + 1))
+    if n_region > MAX_REGION_VOXELS:
+        # absurd PixelSpacing or slice positions: refuse before allocating the grid
+        raise InputError(
+            "dicom_invalid",
+            f"the series spans {n_region} voxels of the {cfg.spacing_mm} mm grid (> {MAX_REGION_VOXELS});"
+            " pixel spacing or slice positions are implausible",
+        )
     timings["body_box_source"] = time.perf_counter() - t0
 
     # 2. resample only that region, stored units → float32, air fill in stored units

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
@@ -16,6 +17,7 @@ from app.errors import ServiceError
 from app.queue import JobQueue
 from app.repository import client_for_key
 from app.storage import Storage
+from app.uploads import UploadGate
 from ml.manifest import Manifest
 
 __all__ = ["Client", "Services", "ServicesDep", "get_client", "get_services"]
@@ -32,8 +34,12 @@ class Services:
     storage: Storage
     queue: JobQueue
     manifest: Manifest
+    uploads: UploadGate = field(init=False)
     _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.uploads = UploadGate(self.settings.max_concurrent_uploads, self.settings.upload_wait_s)
 
     def close(self) -> None:
         self.db.close()
@@ -70,7 +76,16 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_client(request: Request, services: ServicesDep) -> str:
+#: declares the scheme in the OpenAPI document (every route that needs a client lists it);
+#: the header is checked below, so that a refusal is our 401 ``unauthorized`` body
+_bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="`Authorization: Bearer <api key>`")
+
+
+async def get_client(
+    request: Request,
+    services: ServicesDep,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> str:
     """The calling client, from ``Authorization: Bearer <api key>`` (401 ``unauthorized`` otherwise).
 
     Async on purpose: a cached key costs no thread hop; only a cache miss queries the database.

@@ -11,6 +11,8 @@ parent writes them to PostgreSQL. Only ids, stages and numbers cross that queue.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,12 +32,30 @@ _progress: Any = None  # set in each pool process by init_pool_process
 
 
 def init_pool_process(progress_queue: Any, torch_threads: int) -> None:
-    """Pool initializer: remember the progress queue; keep each process to ``torch_threads`` threads."""
+    """Pool initializer: remember the progress queue; keep each process to ``torch_threads`` threads.
+
+    The process also ends when the worker that started it dies: after a ``kill -9`` of the
+    worker nothing else would stop it (it holds both ends of its task pipe and would wait
+    for work forever, with its memory and multiprocessing's resource tracker).
+    """
     global _progress  # noqa: PLW0603 (per-process state of a pool worker)
     _progress = progress_queue
+    parent = mp.parent_process()  # its pid was recorded at spawn: the worker may be gone already
+    threading.Thread(
+        target=_exit_with_parent,
+        args=(parent.pid if parent is not None and parent.pid else os.getppid(),),
+        name="s4ct-parent-watch",
+        daemon=True,
+    ).start()
     import torch
 
     torch.set_num_threads(max(1, torch_threads))
+
+
+def _exit_with_parent(parent: int, interval_s: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    os._exit(1)
 
 
 def _report(job_id: uuid.UUID, attempt: int, stage: str, progress: float) -> None:

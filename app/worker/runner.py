@@ -22,6 +22,7 @@ Unexpected errors give the attempt back (requeued while attempts remain).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import shutil
@@ -30,11 +31,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -63,13 +65,15 @@ from app.repository import (
     worker_gone,
     worker_seen,
 )
-from app.storage import Storage, storage_from_settings
+from app.storage import ObjectNotFoundError, Storage, StorageError, storage_from_settings
 from app.webhooks import WebhookDispatcher, job_event
 from app.worker.pipeline import Prepared, build_result, init_pool_process, mp_context, prepare_study
 from ml.errors import InputError, ModelUnavailable
 from ml.inference import Predictor
 
 __all__ = ["InFlight", "Worker"]
+
+T = TypeVar("T")
 
 
 class _StaleAttemptError(Exception):
@@ -117,6 +121,8 @@ class Worker:
         self.storage = storage or storage_from_settings(settings)
         self.jobs = jobs or JobQueue.from_url(settings.redis_url, settings.stream, settings.group)
         self.stop_event = threading.Event()
+        #: set by :meth:`stop` once the drain is over: heartbeats go on until then
+        self._drained = threading.Event()
         self.held: dict[uuid.UUID, InFlight] = {}
         self._held_lock = threading.Lock()
         self.ready: queue.Queue[tuple[InFlight, Prepared | BaseException]] = queue.Queue()
@@ -150,7 +156,11 @@ class Worker:
         self._new_pool()
         self.webhooks = _MeteredDispatcher(self.db, self.s, self.metrics)
         self._beat()
-        for target, name in ((self._inference_loop, "inference"), (self._housekeeping_loop, "housekeeping")):
+        for target, name in (
+            (self._inference_loop, "inference"),
+            (self._housekeeping_loop, "housekeeping"),
+            (self._janitor_loop, "janitor"),
+        ):
             t = threading.Thread(target=target, name=f"s4ct-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -182,13 +192,14 @@ class Worker:
         deadline = time.monotonic() + drain_s
         while self.held and time.monotonic() < deadline:
             time.sleep(0.1)
+        self._drained.set()
         for t in self._threads:
             t.join(timeout=5)
         with self._held_lock:
             leftover = list(self.held.values())
             self.held.clear()
         for item in leftover:
-            self._release(item, "worker stopped")
+            self._release(item, "worker stopped", spend=False)
         if self.webhooks is not None:
             self.webhooks.stop()
         if self.pool is not None:
@@ -283,7 +294,9 @@ class Worker:
             raise JobRefusedError("study_not_found", "the study was deleted before the job ran")
         t0 = time.perf_counter()
         zip_path = item.workdir / "study.zip"
-        self.storage.get_to_file(job["study_s3_key"], zip_path)
+        self._storage_retry(
+            "fetch the study", lambda: self.storage.get_to_file(job["study_s3_key"], zip_path)
+        )
         item.timings["fetching"] = time.perf_counter() - t0
         predictor = self.predictor(job["model"])
         assert self.pool is not None
@@ -330,31 +343,38 @@ class Worker:
 
     def _inference_loop(self) -> None:
         while not (self.stop_event.is_set() and not self.held):
-            batch = self._next_batch()
-            if not batch:
-                continue
-            good: list[tuple[InFlight, Prepared]] = []
-            for item, prep in batch:
-                if isinstance(prep, BaseException):
-                    if isinstance(prep, BrokenProcessPool) and item.pool_generation == self.pool_generation:
-                        logger.error("a preprocessing process died; starting a new pool")
-                        self._new_pool()
-                    self._fail_or_release(item, prep)
-                else:
-                    scrubber.register(prep.phi_tokens)
-                    prep.phi_tokens = []
-                    item.timings.update(prep.timings)
-                    good.append((item, prep))
-            by_model: dict[str, list[tuple[InFlight, Prepared]]] = {}
-            for item, prep in good:
-                by_model.setdefault(item.job["model"], []).append((item, prep))
-            for model, group in by_model.items():
-                try:
-                    self._run_group(model, group)
-                except Exception as e:
-                    for item, _ in group:
-                        if item.job_id in self.held:
-                            self._fail_or_release(item, e)
+            try:
+                self._inference_step()
+            except Exception:  # e.g. PostgreSQL down: this thread must outlive the outage
+                logger.exception("inference loop error; going on")
+                self.stop_event.wait(0.5)
+
+    def _inference_step(self) -> None:
+        batch = self._next_batch()
+        if not batch:
+            return
+        good: list[tuple[InFlight, Prepared]] = []
+        for item, prep in batch:
+            if isinstance(prep, BaseException):
+                if isinstance(prep, BrokenProcessPool) and item.pool_generation == self.pool_generation:
+                    logger.error("a preprocessing process died; starting a new pool")
+                    self._new_pool()
+                self._fail_or_release(item, prep)
+            else:
+                scrubber.register(prep.phi_tokens)
+                prep.phi_tokens = []
+                item.timings.update(prep.timings)
+                good.append((item, prep))
+        by_model: dict[str, list[tuple[InFlight, Prepared]]] = {}
+        for item, prep in good:
+            by_model.setdefault(item.job["model"], []).append((item, prep))
+        for model, group in by_model.items():
+            try:
+                self._run_group(model, group)
+            except Exception as e:
+                for item, _ in group:
+                    if item.job_id in self.held:
+                        self._fail_or_release(item, e)
 
     def _run_group(self, model: str, group: list[tuple[InFlight, Prepared]]) -> None:
         predictor = self.predictor(model)
@@ -466,7 +486,37 @@ class Worker:
 
     def _upload(self, explanation: dict[str, Any]) -> None:
         for key, path, ctype in explanation["files"].values():
-            self.storage.put_file(key, path, ctype)
+            self._storage_retry(
+                "write the saliency", functools.partial(self.storage.put_file, key, path, ctype)
+            )
+
+    def _storage_retry(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried with backoff while the object store is unreachable.
+
+        After ``storage_retry_s`` the job fails with ``storage_unavailable`` (its attempt is
+        kept: an outage does not use up ``max_attempts``); a missing object is not retried,
+        and a worker that is stopping gives the attempt back instead of waiting.
+        """
+        deadline = time.monotonic() + self.s.storage_retry_s
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except ObjectNotFoundError:
+                raise
+            except StorageError as e:
+                left = deadline - time.monotonic()
+                if self.stop_event.is_set():
+                    raise
+                if left <= 0:
+                    raise JobRefusedError(
+                        "storage_unavailable",
+                        f"could not {what}: the object store stayed unreachable for "
+                        f"{self.s.storage_retry_s:.0f} s ({e.code})",
+                    ) from e
+                logger.warning("object store unreachable ({}): {} retried in {:.1f} s", e.code, what, delay)
+                self.stop_event.wait(min(delay, left))
+                delay = min(delay * 2, 10.0)
 
     # ------------------------------------------------------------------ outcomes
     def _stage(self, item: InFlight, stage: str, progress: float) -> None:
@@ -485,6 +535,24 @@ class Worker:
             )
 
     def _fail_or_release(self, item: InFlight, err: BaseException) -> None:
+        """Record a refusal (failed with its code) or give the attempt back; the item is done.
+
+        Never raises: when the outcome cannot be written (PostgreSQL down), the job is dropped
+        from this worker, its lease expires and the reconciler queues it again.
+        """
+        try:
+            self._record_failure(item, err)
+        except Exception as e:
+            logger.warning(
+                "job {} attempt {}: outcome not recorded ({}); the lease expires and the job is requeued",
+                item.job_id,
+                item.attempt,
+                type(e).__name__,
+            )
+        finally:
+            self._done(item)
+
+    def _record_failure(self, item: InFlight, err: BaseException) -> None:
         code = getattr(err, "code", None)
         if isinstance(err, InputError | ModelUnavailable | JobRefusedError) and code:
             detail = scrubber.scrub(str(getattr(err, "detail", "")))[:500]
@@ -505,15 +573,20 @@ class Worker:
             self.metrics.job_finished(
                 "failed" if row is not None else "stale", code, {**item.timings, "total": total}
             )
-            self._done(item)
         else:
-            logger.opt(exception=err).error("job {} attempt {}: unexpected error", item.job_id, item.attempt)
-            self._release(item, f"{type(err).__name__}")
-            self._done(item)
+            stopping = (
+                self.stop_event.is_set()
+            )  # e.g. preprocessing cancelled by the stop: not the job's fault
+            if not stopping:
+                logger.opt(exception=err).error(
+                    "job {} attempt {}: unexpected error", item.job_id, item.attempt
+                )
+            self._release(item, f"{type(err).__name__}", spend=not stopping)
 
-    def _release(self, item: InFlight, detail: str) -> None:
+    def _release(self, item: InFlight, detail: str, *, spend: bool = True) -> None:
+        """Give the attempt back (``spend=False``: a graceful stop, not charged to the job)."""
         with self.db.tx() as conn:
-            state = release_job(conn, item.job_id, item.attempt, f"unexpected error ({detail})")
+            state = release_job(conn, item.job_id, item.attempt, f"unexpected error ({detail})", spend=spend)
             if state == "failed":
                 row = get_job(conn, item.job_id)
                 if row is not None:
@@ -566,23 +639,43 @@ class Worker:
             with self.db.conn() as conn:
                 mark_enqueued(conn, lost)
             logger.warning("reconciler: re-enqueued {} queued job(s) missing from the stream", len(lost))
-        return {"failed": len(failed), "requeued": len(requeued), "lost": len(lost)}
+        counts = {"failed": len(failed), "requeued": len(requeued), "lost": len(lost)}
+        for action, n in counts.items():
+            if n:
+                self.metrics.reconciled.labels(action).inc(n)
+        return counts
 
     def _housekeeping_loop(self) -> None:
+        # A stopping worker keeps extending the leases of the jobs it drains (else another
+        # worker takes them over and the drained results are dropped); it no longer reconciles.
         last_beat = time.monotonic()
-        while not self.stop_event.is_set():
-            self.stop_event.wait(0.2)
+        while not self._drained.is_set():
+            self._drained.wait(0.2)
             try:
                 self._drain_progress()
                 now = time.monotonic()
                 if now - last_beat >= self.s.heartbeat_s:
                     last_beat = now
                     self._beat()
-                if now - self._last_reconcile >= self.s.reconcile_s:
+                if not self.stop_event.is_set() and now - self._last_reconcile >= self.s.reconcile_s:
                     self._last_reconcile = now
                     self.reconcile()
             except Exception:
                 logger.exception("housekeeping error")
+
+    def _janitor_loop(self) -> None:
+        """Abort multipart uploads abandoned for ``upload_abandon_s`` (an API killed mid-upload, or
+        an abort that could not reach S3). Its own thread: a hung object store must not delay
+        the heartbeats."""
+        period = min(self.s.upload_abandon_s / 4, 900.0)
+        while not self.stop_event.wait(period):
+            try:
+                aborted = self.storage.abort_incomplete_uploads("", older_than_s=self.s.upload_abandon_s)
+            except StorageError as e:
+                logger.warning("janitor: listing incomplete uploads failed ({})", e.code)
+                continue
+            if aborted:
+                logger.warning("janitor: aborted {} abandoned multipart upload(s)", aborted)
 
 
 class _MeteredDispatcher(WebhookDispatcher):
@@ -656,4 +749,4 @@ def run_worker(settings: Settings, install_signals: bool = True) -> None:
     try:
         w.run()
     finally:
-        w.stop()
+        w.stop(settings.drain_s)

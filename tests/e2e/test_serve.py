@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from phi_guard import watch_log  # type: ignore[import-not-found]
 
 from ml.phantom import make_study
 
@@ -67,6 +68,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
     env.update({"S4CT_VAR_DIR": str(var), "S4CT_DEVICE": "cpu", "S4CT_HEARTBEAT_S": "1"})
     log = (var / "serve.log").open("w")
+    watch_log(var / "serve.log")  # scanned for patient identifiers at the end of the session
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         cwd=ROOT,

@@ -8,6 +8,7 @@ preprocessing pool).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -33,14 +34,21 @@ from app.storage import Storage, storage_from_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    s = EmbeddedStack(tmp_path_factory.mktemp("stack"), fsync=False, persist=False)
+@contextlib.contextmanager
+def running_stack(root: Path) -> Iterator[EmbeddedStack]:
+    """An embedded stack under ``root`` for tests (no fsync, nothing persisted), stopped on exit."""
+    s = EmbeddedStack(root, fsync=False, persist=False)
     s.start()
     try:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
 
 
 def _fresh_settings(stack: EmbeddedStack, tmp: Path, **overrides: Any) -> Settings:

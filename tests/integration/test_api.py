@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import random
+import threading
 import uuid
 import zipfile
 from pathlib import Path
@@ -184,6 +185,42 @@ def test_upload_limits_and_media_type(make_settings: Any) -> None:
         r = c.post("/v1/studies", content=b"{}", headers={"content-type": "application/json"})
         assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
     assert list_keys(storage_of(s), "studies/") == []
+
+
+def test_upload_slots_bound_concurrency(make_settings: Any) -> None:
+    """One slot: a second upload waits, then gets 503 server_busy + Retry-After; nothing of it is kept."""
+    s = make_settings(max_concurrent_uploads=1, upload_wait_s=1.0)
+    key = new_key(s, "gate")
+    first = _zip_of({"a.bin": random.Random(2).randbytes(3 << 20)})
+    second = _zip_of({"b.bin": random.Random(3).randbytes(1 << 20)})
+    started, release = threading.Event(), threading.Event()
+    answers: list[httpx.Response] = []
+
+    def slow_body() -> Any:
+        yield first[: 1 << 20]
+        started.set()
+        release.wait(30)
+        yield first[1 << 20 :]
+
+    with LiveApi(s) as live, live.client(key) as c:
+
+        def send_first() -> None:
+            with live.client(key) as c1:
+                answers.append(
+                    c1.post("/v1/studies", content=slow_body(), headers={"content-type": "application/zip"})
+                )
+
+        t = threading.Thread(target=send_first)
+        t.start()
+        assert started.wait(30)
+        busy = _upload(c, second)
+        assert busy.status_code == 503 and busy.json()["error"] == "server_busy", busy.text
+        assert int(busy.headers["retry-after"]) >= 1
+        release.set()
+        t.join(60)
+        assert answers and answers[0].status_code == 201, answers
+        assert _upload(c, second).status_code == 201  # the slot is free again
+    assert len(list_keys(storage_of(s), "studies/")) == 2
 
 
 def test_jobs_idempotency_and_isolation(

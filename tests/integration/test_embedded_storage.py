@@ -294,11 +294,12 @@ def test_delete_prefix(storage: Storage) -> None:
         storage.delete_prefix("")
 
 
-def test_multipart_odd_chunks_round_trip(storage: Storage, tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_multipart_odd_chunks_round_trip(storage: Storage, tmp_path: Path, in_flight: int) -> None:
     rng = random.Random(7)
     data = rng.randbytes(20 * MiB + 12_345)
-    key = "mp/big.bin"
-    with storage.multipart(key, "application/zip") as up:
+    key = f"mp/big-{in_flight}.bin"
+    with storage.multipart(key, "application/zip", max_in_flight=in_flight) as up:
         pos = 0
         while pos < len(data):
             n = rng.randint(1, 3 * MiB) | 1  # odd sizes straddling part boundaries

@@ -114,6 +114,17 @@ def test_release_requeues_until_attempts_run_out(conn: Conn) -> None:
     assert row == {"state": "failed", "error_code": "internal_error"}
 
 
+def test_graceful_release_is_not_charged(conn: Conn) -> None:
+    job = _job(conn, max_attempts=1)
+    claim_job(conn, job["id"], "w", lease_s=30)
+    assert release_job(conn, job["id"], 1, "worker stopped", spend=False) == "queued"
+    row = conn.execute("SELECT state, attempt, max_attempts FROM jobs WHERE id = %s", (job["id"],)).fetchone()
+    assert row == {"state": "queued", "attempt": 1, "max_attempts": 2}
+    claimed = claim_job(conn, job["id"], "w2", lease_s=30)
+    assert claimed is not None and claimed["attempt"] == 2  # attempts still only grow
+    assert release_job(conn, job["id"], 1, "late", spend=False) is None  # the old attempt is out
+
+
 def test_stream_read_ack_autoclaim_reconcile(jq: JobQueue) -> None:
     ids = [uuid.uuid4() for _ in range(3)]
     assert jq.enqueue(ids) == 3

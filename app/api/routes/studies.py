@@ -73,6 +73,7 @@ def study_out(row: dict[str, Any], existing: bool) -> dict[str, Any]:
             "zip_bomb",
             "idempotency_conflict",
             "upload_failed",
+            "server_busy",
         ),
     },
     openapi_extra=_UPLOAD_BODY,
@@ -90,7 +91,13 @@ async def upload_study(
     study_id = uuid.uuid4()
     key = f"studies/{study_id}/source.zip"
     up = await receive_zip(
-        request, services.storage, key, max_bytes=s.max_upload_bytes, part_bytes=s.upload_part_bytes
+        request,
+        services.storage,
+        key,
+        max_bytes=s.max_upload_bytes,
+        part_bytes=s.upload_part_bytes,
+        parts_in_flight=s.upload_parts_in_flight,
+        gate=services.uploads,
     )
 
     def record(conn: Conn) -> tuple[int, dict[str, Any]]:

@@ -112,3 +112,15 @@ def test_api_accepted_params_are_accepted_by_the_worker() -> None:
     ):
         check_explain_params(method, params)
         resolve_params(method, params, (96, 96, 96))
+
+
+def test_large_buffers_are_mmapped_on_glibc() -> None:
+    """The API fixes glibc's mmap threshold (freed 8 MiB upload parts go back to the OS)."""
+    import platform
+
+    from app.uploads import mmap_large_buffers
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert mmap_large_buffers() is True
+    assert mmap_large_buffers(1 << 20) is True

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicomcraft import edit_dicom, merge_zips, rezip
 
 from ml.dicom import load_volume, open_study
 from ml.errors import InputError
@@ -170,28 +171,10 @@ def _hu_from(zip_path: Path) -> np.ndarray:
         return load_volume(rank_series(st).selected.series).hu()
 
 
-def _rezip(src_zip: Path, dst_zip: Path, mutate: Callable[[int, bytes], bytes | None]) -> None:
-    with zipfile.ZipFile(src_zip) as zin, zipfile.ZipFile(dst_zip, "w") as zout:
-        names = [n for n in zin.namelist() if not n.endswith("/")]
-        for i, n in enumerate(sorted(names)):
-            data = mutate(i, zin.read(n))
-            if data is not None:
-                zout.writestr(n, data)
-
-
-def _edit(d: bytes, change: Callable[[pydicom.Dataset], None]) -> bytes:
-    """Re-encode one DICOM file after ``change`` edited its dataset in place."""
-    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(d))
-    change(ds)
-    buf = pydicom.filebase.DicomBytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_truncated_slice_is_dicom_invalid(study_factory: MakeStudy, tmp_path: Path) -> None:
     info = study_factory("standard")
     bad = tmp_path / "trunc.zip"
-    _rezip(info.zip_path, bad, lambda i, d: d[: len(d) - 3000] if i == 7 else d)
+    rezip(info.zip_path, bad, lambda i, d: d[: len(d) - 3000] if i == 7 else d)
     with pytest.raises(InputError) as ei:
         _hu_from(bad)
     assert ei.value.code == "dicom_invalid"
@@ -204,7 +187,7 @@ def test_missing_pixel_data_is_dicom_invalid(study_factory: MakeStudy, tmp_path:
     def strip(ds: pydicom.Dataset) -> None:
         del ds.PixelData
 
-    _rezip(info.zip_path, bad, lambda i, d: _edit(d, strip) if i == 4 else d)
+    rezip(info.zip_path, bad, lambda i, d: edit_dicom(d, strip) if i == 4 else d)
     with pytest.raises(InputError) as ei:
         _hu_from(bad)
     assert ei.value.code == "dicom_invalid"
@@ -219,7 +202,7 @@ def test_unsupported_transfer_syntax(study_factory: MakeStudy, tmp_path: Path) -
         assert b"1.2.840.10008.1.2.4.90" in d
         return d.replace(b"1.2.840.10008.1.2.4.90", b"1.2.840.10008.1.2.4.99", 1)
 
-    _rezip(info.zip_path, bad, relabel)
+    rezip(info.zip_path, bad, relabel)
     with pytest.raises(InputError) as ei:
         _hu_from(bad)
     assert ei.value.code == "unsupported_transfer_syntax"
@@ -247,7 +230,7 @@ def test_deeply_nested_sequences_do_not_crash(study_factory: MakeStudy, tmp_path
             return b"\0" * 128 + b"DICM" + b"\xff" * 64  # unwritable: garbage with a DICOM preamble
         return buf.getvalue()
 
-    _rezip(info.zip_path, bad, nest)
+    rezip(info.zip_path, bad, nest)
     with open_study(bad) as st:
         # the hostile file is skipped or rejected, never a crash; the rest still forms a series
         assert st.series
@@ -268,7 +251,7 @@ def test_absurd_header_values(study_factory: MakeStudy, tmp_path: Path, field: s
         else:
             ds.Rows = ds.Rows * 2  # pixel data too short for the declared size
 
-    _rezip(info.zip_path, bad, lambda i, d: _edit(d, poison))
+    rezip(info.zip_path, bad, lambda i, d: edit_dicom(d, poison))
     with pytest.raises(InputError) as ei:
         _hu_from(bad)
     assert ei.value.code in {"too_few_slices", "no_usable_series", "dicom_invalid"}
@@ -296,18 +279,8 @@ def test_varying_rescale_converts_to_hu(tmp_path: Path) -> None:
     np.testing.assert_allclose(vol.hu(), ph.hu.astype(np.float32), atol=0.5)
 
 
-def _merge(zips: list[Path], dst: Path) -> Path:
-    with zipfile.ZipFile(dst, "w") as zout:
-        for k, zp in enumerate(zips):
-            with zipfile.ZipFile(zp) as zin:
-                for n in zin.namelist():
-                    if not n.endswith("/"):
-                        zout.writestr(f"part{k}/{n}", zin.read(n))
-    return dst
-
-
 def test_mixed_reasons_give_no_usable_series(study_factory: MakeStudy, tmp_path: Path) -> None:
-    merged = _merge(
+    merged = merge_zips(
         [study_factory("non_ct").zip_path, study_factory("few_slices", seed=4).zip_path], tmp_path / "m.zip"
     )
     with open_study(merged) as st, pytest.raises(InputError) as ei:
@@ -318,7 +291,7 @@ def test_mixed_reasons_give_no_usable_series(study_factory: MakeStudy, tmp_path:
 
 def test_usable_series_wins_over_rejected_ones(study_factory: MakeStudy, tmp_path: Path) -> None:
     good = study_factory("standard", seed=8)
-    merged = _merge(
+    merged = merge_zips(
         [study_factory("non_ct").zip_path, good.zip_path, study_factory("thick").zip_path], tmp_path / "m.zip"
     )
     with open_study(merged) as st:
@@ -336,7 +309,7 @@ def test_derived_and_not_chest_warnings(study_factory: MakeStudy, tmp_path: Path
         ds.SeriesDescription = "BRAIN"
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
 
-    _rezip(info.zip_path, bad, lambda i, d: _edit(d, relabel))
+    rezip(info.zip_path, bad, lambda i, d: edit_dicom(d, relabel))
     with open_study(bad) as st:
         rep = rank_series(st)
     assert {"derived_images", "not_chest"} <= set(rep.selected.warning_codes)
@@ -364,7 +337,7 @@ def test_jpeg_baseline_8bit_decodes(study_factory: MakeStudy, tmp_path: Path) ->
         ds.PixelData = encapsulate([buf.getvalue()])
         ds["PixelData"].VR = "OB"
 
-    _rezip(info.zip_path, bad, lambda i, d: _edit(d, to_baseline))
+    rezip(info.zip_path, bad, lambda i, d: edit_dicom(d, to_baseline))
     with open_study(bad) as st:
         series = rank_series(st).selected.series
         assert series.transfer_syntaxes == (str(JPEGBaseline8Bit),)

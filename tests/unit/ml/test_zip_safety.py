@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from zipcraft import raw_zip
+from zipcraft import many_members, raw_zip, symlink_zip, wide_central_directory
 
-from ml.dicom import ZipLimits, discover_series, safe_extract
+from ml.dicom import ZipLimits, discover_series, precheck_zip, safe_extract
 from ml.errors import InputError
 
 
@@ -89,11 +89,7 @@ def test_unsafe_paths(tmp_path: Path, name: str) -> None:
 
 def test_symlink_member(tmp_path: Path) -> None:
     p = tmp_path / "link.zip"
-    with zipfile.ZipFile(p, "w") as zf:
-        info = zipfile.ZipInfo("link.dcm")
-        info.create_system = 3
-        info.external_attr = 0o120777 << 16
-        zf.writestr(info, "/etc/passwd")
+    p.write_bytes(symlink_zip("link.dcm", "/etc/passwd"))
     assert _code(p, tmp_path) == "zip_unsafe_path"
 
 
@@ -104,10 +100,22 @@ def test_too_many_members(tmp_path: Path) -> None:
 
 def test_default_member_limit_100k(tmp_path: Path) -> None:
     p = tmp_path / "many.zip"
-    with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(ZipLimits().max_members + 1):
-            zf.writestr(f"{i}", b"")
+    p.write_bytes(many_members(ZipLimits().max_members + 1))
     assert _code(p, tmp_path) == "zip_too_large"
+
+
+def test_member_count_read_from_the_end_record_first(tmp_path: Path) -> None:
+    """Refused from the (Zip64) end record count before parsing entries; odd valid archives still open."""
+    wide = tmp_path / "wide.zip"
+    wide.write_bytes(wide_central_directory(ZipLimits().max_members + 1))
+    assert _code(wide, tmp_path) == "zip_too_large"
+    prefixed = tmp_path / "sfx.zip"  # self-extractor style: bytes before the archive
+    prefixed.write_bytes(b"MZ" + bytes(5000) + many_members(3))
+    assert precheck_zip(io.BytesIO(prefixed.read_bytes())).members == 3
+    assert len(safe_extract(prefixed, tmp_path / "o1").files) == 3
+    data = bytearray(many_members(3))  # a count of 0xFFFF without a Zip64 record: zipfile counts
+    data[-14:-10] = b"\xff\xff\xff\xff"
+    assert precheck_zip(io.BytesIO(bytes(data))).members == 3
 
 
 def test_member_and_total_size_limits(tmp_path: Path) -> None:
