@@ -39,20 +39,26 @@ RAW_TYPES = ("application/zip", "application/x-zip-compressed", "application/oct
 TAIL_BYTES = 1 << 20  # bytes kept from the end of the body for the central directory (else a ranged GET)
 
 
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 
-def mmap_large_buffers(threshold: int = 1 << 20) -> bool:
+def mmap_large_buffers(threshold: int = 1 << 20, trim: int = 32 << 20) -> bool:
     """Serve allocations of ``threshold`` bytes and more with mmap, so freeing returns them.
 
     glibc raises its mmap threshold each time a large mmap'd block is freed (up to 32 MiB),
     after which the 8 MiB part buffers of uploads come from the heap and stay in the
     process after a burst (measured: +114 MiB kept after 12 concurrent uploads; +16 MiB
-    with this). A fixed threshold ends the sliding. No-op (False) without glibc.
+    with this). A fixed threshold ends the sliding. Fixing it also freezes the heap's trim
+    threshold at 128 KiB, so small allocations would keep shrinking and regrowing the heap;
+    ``trim`` sets that one high (the large buffers are unmapped on free regardless).
+    No-op (False) without glibc.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, trim)
+        )
     except (OSError, AttributeError):
         return False
 

@@ -968,12 +968,30 @@ def load_process(
     return res
 
 
+def wait_quiet(max_cores: float = 0.3, hold_s: float = 3.0, timeout_s: float = 90.0) -> float:
+    """Wait until the whole machine keeps fewer than ``max_cores`` busy for ``hold_s`` (a freshly
+    started SeaweedFS, or one digesting gigabytes just written, holds most of a core for a while:
+    that would be measured as API latency). Returns the seconds waited (``timeout_s`` at most)."""
+    t0 = time.monotonic()
+    quiet_since = t0
+    while time.monotonic() - t0 < timeout_s:
+        m0 = machine_busy_seconds()
+        time.sleep(0.5)
+        if (machine_busy_seconds() - m0) / 0.5 > max_cores:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= hold_s:
+            break
+    return time.monotonic() - t0
+
+
 def section_latency(
     env: Env, api: Api, rate: float, duration: float, warmup: float, pg_pid: int | None
 ) -> dict[str, Any]:
     from ml.phantom import make_study
 
     print(f"\n== 2. GET /v1/jobs/{{id}} at {rate:g} rps for {duration:g} s (open loop) ==", flush=True)
+    waited = wait_quiet()
+    print(f"machine quiet after {waited:.1f} s", flush=True)
     z = env.dir / "latency-study.zip"
     make_study(z, seed=123)
     with api.client() as c:

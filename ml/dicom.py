@@ -155,6 +155,20 @@ def _check_overlaps(fp: BinaryIO, infos: Sequence[zipfile.ZipInfo], archive_size
             raise ZipError("zip_bomb", "archive members overlap (decompression bomb)")
 
 
+def _check_overlaps_from_directory(infos: Sequence[zipfile.ZipInfo]) -> None:
+    """Refuse overlapping members from the central directory alone (no member data read).
+
+    Each member occupies at least its 30-byte local header plus its compressed size from
+    its header offset (the local name and extra field only add to that), so a member that
+    starts inside that lower bound of the previous one certainly overlaps it. Overlaps
+    hidden by lying local headers are caught by :func:`_check_overlaps` at extraction.
+    """
+    spans = sorted((i.header_offset, i.header_offset + _LOCAL_HEADER.size + i.compress_size) for i in infos)
+    for (_a0, a1), (b0, _b1) in itertools.pairwise(spans):
+        if b0 < a1:
+            raise ZipError("zip_bomb", "archive members overlap (decompression bomb)")
+
+
 def _vet_infos(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits, report: ExtractReport) -> None:
     if report.members + len(infos) > limits.max_members:
         raise ZipError("zip_too_large", f"archive has more than {limits.max_members} members")
@@ -245,8 +259,9 @@ def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     Reads only the end-of-central-directory record (its member count is checked
     first) and the central directory (``fp`` must be seekable; the member data is
     not touched), and applies the member-count, size, ratio, path, symlink and
-    encryption rules of :func:`safe_extract`. Overlapping members and nested archives need the
-    member data and are checked when the study is extracted.
+    encryption rules of :func:`safe_extract`, and refuses members that certainly overlap.
+    Nested archives and overlaps hidden by lying local headers need the member data and
+    are checked when the study is extracted.
 
     Raises :class:`~ml.errors.ZipError`; an archive without any file member is
     ``zip_invalid``.
@@ -257,6 +272,7 @@ def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     with zf:
         infos = zf.infolist()
     _vet_infos(infos, limits, ExtractReport())
+    _check_overlaps_from_directory(infos)
     files = [i for i in infos if not i.is_dir()]
     if not files:
         raise ZipError("zip_invalid", "the archive contains no file")

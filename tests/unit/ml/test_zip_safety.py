@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from zipcraft import many_members, raw_zip, symlink_zip, wide_central_directory
 
 from ml.dicom import ZipLimits, discover_series, precheck_zip, safe_extract
-from ml.errors import InputError
+from ml.errors import InputError, ZipError
 
 
 def _zip(
@@ -134,6 +134,15 @@ def test_overlapping_members(tmp_path: Path) -> None:
     p = tmp_path / "overlap.zip"
     p.write_bytes(raw_zip([("a.dcm", b"A" * 1000)], central=[("a.dcm", 0), ("b.dcm", 0), ("c.dcm", 0)]))
     assert _code(p, tmp_path) == "zip_bomb"
+
+
+def test_overlapping_members_refused_from_the_central_directory() -> None:
+    data = raw_zip([("a.dcm", b"A" * 1000)], central=[("a.dcm", 0), ("b.dcm", 0), ("c.dcm", 0)])
+    with pytest.raises(ZipError) as e:
+        precheck_zip(io.BytesIO(data))
+    assert e.value.code == "zip_bomb"
+    ok = raw_zip([("a.dcm", b"A" * 1000), ("b.dcm", b"B" * 10)])  # adjacent members are fine
+    assert precheck_zip(io.BytesIO(ok)).files == 2
 
 
 def test_lying_declared_size(tmp_path: Path) -> None:
