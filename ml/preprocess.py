@@ -78,6 +78,9 @@ _TIE_TOLERANCE_HU = 0.01
 #: most intermediate-grid voxels resampled for one series (2 GiB of float32): a whole-body
 #: CT at 1 mm cropped to the body is ~0.3e9; hostile geometry headers would ask for far more
 MAX_REGION_VOXELS = 1 << 29
+#: whole 1 mm grid spanned by a series (before the body crop): beyond this, int64 index
+#: arithmetic could overflow; real series span < 1e10 mm³ (a 2 m × 0.7 m × 0.7 m field)
+MAX_GRID_VOXELS = 1 << 40
 
 _INTERPOLATIONS = ("linear", "nearest")
 _RESIZE_MODES = ("trilinear", "nearest-exact")
@@ -488,6 +491,13 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
 
     src = volume.geometry
     grid = output_grid(src, cfg.spacing_mm)
+    grid_voxels = math.prod(int(n) for n in grid.shape_zyx)  # Python ints: absurd headers overflow int64
+    if grid_voxels > MAX_GRID_VOXELS:
+        raise InputError(
+            "dicom_invalid",
+            f"the series spans {grid_voxels:.3g} voxels of the {cfg.spacing_mm} mm grid;"
+            " pixel spacing or slice positions are implausible",
+        )
     n_grid = np.asarray(grid.shape_zyx, np.int64)
     slope, icpt = float(volume.slope), float(volume.intercept)
     above = slope > 0  # HU > thr  <=>  stored > thr_stored  (reversed when slope < 0)
@@ -523,7 +533,7 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
             )
     reg_lo = np.maximum(cand_lo - margin, 0)
     reg_hi = np.minimum(cand_hi + margin, n_grid - 1)
-    n_region = int(np.prod(reg_hi - reg_lo + 1))
+    n_region = math.prod(int(n) for n in reg_hi - reg_lo + 1)
     if n_region > MAX_REGION_VOXELS:
         # absurd PixelSpacing or slice positions: refuse before allocating the grid
         raise InputError(

@@ -201,6 +201,17 @@ def test_empty_volume_raises_input_error() -> None:
             reference_from_config(vol, SMALL)
 
 
+@pytest.mark.parametrize("spacing", [200.0, 1e12, 1e30], ids=["region", "grid", "int64"])
+def test_implausible_spacing_is_refused_before_allocating(spacing: float) -> None:
+    """Hostile PixelSpacing asks for a huge 1 mm grid: dicom_invalid, never an overflow or a 49 GB array."""
+    geom = VolumeGeometry(size=(32, 32, 10), spacing_mm=(spacing, spacing, 2.0), origin_mm=(0.0, 0.0, 0.0))
+    stored = np.full(geom.shape_zyx, 1064, dtype=np.int16)  # +40 HU everywhere: all body
+    vol = CTVolume(stored=stored, slope=1.0, intercept=-1024.0, geometry=geom)
+    with pytest.raises(InputError) as ei:
+        preprocess(vol, SMALL)
+    assert ei.value.code == "dicom_invalid"
+
+
 # --------------------------------------------------------------------------- geometry record
 
 
