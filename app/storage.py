@@ -413,7 +413,7 @@ class MultipartUpload:
                         Bucket=bucket,
                         Key=self.key,
                         UploadId=self._upload_id,
-                        MultipartUpload={"Parts": sorted(self._parts, key=lambda p: int(p["PartNumber"]))},
+                        MultipartUpload={"Parts": self._parts},  # collected oldest first: in order
                     )
         except BaseException:
             self.abort()

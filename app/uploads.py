@@ -77,8 +77,6 @@ class UploadGate:
     def __init__(self, limit: int, wait_s: float) -> None:
         self.limit = limit
         self.wait_s = wait_s
-        self.active = 0
-        self.waiting = 0
         self._sem: anyio.Semaphore | None = None
 
     @asynccontextmanager
@@ -86,23 +84,15 @@ class UploadGate:
         """Hold one upload slot for the ``async with`` body."""
         if self._sem is None:
             self._sem = anyio.Semaphore(self.limit)
-        self.waiting += 1
-        acquired = False
-        try:
-            with anyio.move_on_after(self.wait_s):
-                await self._sem.acquire()
-                acquired = True
-            if not acquired:
-                err = ServiceError("server_busy", f"{self.limit} uploads are in progress; retry later")
-                err.headers["Retry-After"] = str(max(1, round(self.wait_s / 4)))
-                raise err
-        finally:
-            self.waiting -= 1
-        self.active += 1
+        with anyio.move_on_after(self.wait_s) as waited:
+            await self._sem.acquire()
+        if waited.cancelled_caught:
+            err = ServiceError("server_busy", f"{self.limit} uploads are in progress; retry later")
+            err.headers["Retry-After"] = str(max(1, round(self.wait_s / 4)))
+            raise err
         try:
             yield
         finally:
-            self.active -= 1
             self._sem.release()
 
 

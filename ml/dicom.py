@@ -149,6 +149,11 @@ def _check_overlaps(fp: BinaryIO, infos: Sequence[zipfile.ZipInfo], archive_size
         if end > archive_size:
             raise ZipError("zip_invalid", "a member's data runs past the end of the archive")
         spans.append((off, end))
+    _refuse_overlapping(spans)
+
+
+def _refuse_overlapping(spans: list[tuple[int, int]]) -> None:
+    """``zip_bomb`` if any two [start, end) byte ranges of members overlap."""
     spans.sort()
     for (_a0, a1), (b0, _b1) in itertools.pairwise(spans):
         if b0 < a1:
@@ -163,10 +168,9 @@ def _check_overlaps_from_directory(infos: Sequence[zipfile.ZipInfo]) -> None:
     starts inside that lower bound of the previous one certainly overlaps it. Overlaps
     hidden by lying local headers are caught by :func:`_check_overlaps` at extraction.
     """
-    spans = sorted((i.header_offset, i.header_offset + _LOCAL_HEADER.size + i.compress_size) for i in infos)
-    for (_a0, a1), (b0, _b1) in itertools.pairwise(spans):
-        if b0 < a1:
-            raise ZipError("zip_bomb", "archive members overlap (decompression bomb)")
+    _refuse_overlapping(
+        [(i.header_offset, i.header_offset + _LOCAL_HEADER.size + i.compress_size) for i in infos]
+    )
 
 
 def _vet_infos(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits, report: ExtractReport) -> None:
