@@ -158,14 +158,20 @@ def _fill_one(rec: StudyRecord, cfg: PreprocessConfig, root: Path) -> str | None
 class CTDataset(Dataset[tuple[torch.Tensor, int]]):
     """(tensor [1, D, H, W] float32, label) pairs from a :class:`TensorCache`.
 
-    ``augment`` applies a random left-right flip (x axis) and ±0.02 intensity
-    jitter, seeded per epoch through the worker's torch generator.
+    ``augment`` applies a random left-right flip (x axis), ±0.02 intensity jitter
+    and, with ``shift`` > 0, a random translation of up to ``shift`` model voxels per
+    axis (vacated voxels get -1, i.e. air), seeded through the worker's torch generator.
     """
 
-    def __init__(self, records: Sequence[StudyRecord], cache: TensorCache, augment: bool = False) -> None:
+    def __init__(
+        self, records: Sequence[StudyRecord], cache: TensorCache, augment: bool = False, shift: int = 0
+    ) -> None:
+        if shift < 0:
+            raise ValueError("shift must be >= 0 voxels")
         self.records = list(records)
         self.cache = cache
         self.augment = augment
+        self.shift = shift
 
     def __len__(self) -> int:
         return len(self.records)
@@ -181,7 +187,24 @@ class CTDataset(Dataset[tuple[torch.Tensor, int]]):
             if bool(torch.rand(()) < 0.5):
                 t = torch.flip(t, dims=(3,))
             t = (t + (torch.rand(()) - 0.5) * 0.04).clamp_(-1.0, 1.0)
+            if self.shift:
+                offsets = torch.randint(-self.shift, self.shift + 1, (3,)).tolist()
+                t = translate(t, (int(offsets[0]), int(offsets[1]), int(offsets[2])))
         return t, rec.label
+
+
+def translate(t: torch.Tensor, offsets: tuple[int, int, int], fill: float = -1.0) -> torch.Tensor:
+    """Shift ``t`` [C, D, H, W] by ``offsets`` voxels along (D, H, W); vacated voxels get ``fill``."""
+    out = torch.full_like(t, fill)
+    src: list[slice] = [slice(None)]
+    dst: list[slice] = [slice(None)]
+    for o, n in zip(offsets, t.shape[1:], strict=True):
+        if abs(o) >= n:
+            return out
+        src.append(slice(max(0, -o), n - max(0, o)))
+        dst.append(slice(max(0, o), n - max(0, -o)))
+    out[tuple(dst)] = t[tuple(src)]
+    return out
 
 
 def class_weighted_sampler(

@@ -63,6 +63,9 @@ class ModelSpec:
     in_channels: int = 1
     shortcut_type: ShortcutType = "B"
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    #: MedicalNet's original dilated stages: layer3/layer4 at stride 1 with dilation 2/4,
+    #: so the last feature map is input/8 voxels per side instead of input/32
+    dilated: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in BLOCKS:
@@ -86,6 +89,7 @@ class ModelSpec:
             in_channels=int(d.get("in_channels", 1)),
             shortcut_type=d.get("shortcut_type", "B"),
             widths=(int(w[0]), int(w[1]), int(w[2]), int(w[3])),
+            dilated=bool(d.get("dilated", False)),
         )
 
 

@@ -2,8 +2,10 @@
 
 Layout (input [B, 1, D, H, W], voxels):
 conv1 7×7×7 stride 2 pad 3 → BN → ReLU → maxpool 3 stride 2 pad 1 →
-layer1..layer4 (widths 64/128/256/512, strides 1/2/2/2; MedicalNet's original
-segmentation models use dilation in layers 3–4, the classifier here does not) →
+layer1..layer4 (widths 64/128/256/512, strides 1/2/2/2, so the last feature map is
+input/32 voxels per side; with ``ModelSpec.dilated`` MedicalNet's original strides
+1/2/1/1 with dilation 2 in layer3 and 4 in layer4, input/8 per side, a finer Grad-CAM
+grid for ~4× the compute of layers 3–4) →
 global average pool → FC → ``num_classes`` logits.
 
 Block counts: ResNet-10 1/1/1/1, -18 2/2/2/2, -34 3/4/6/3 (BasicBlock),
@@ -42,8 +44,8 @@ __all__ = [
 STAGES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
 
 
-def _conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+def _conv3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
 class _ShortcutA(nn.Module):
@@ -66,12 +68,19 @@ class _ShortcutA(nn.Module):
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
-        self.conv1 = _conv3(cin, planes, stride)
+        self.conv1 = _conv3(cin, planes, stride, dilation)
         self.bn1 = nn.BatchNorm3d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3(planes, planes)
+        self.conv2 = _conv3(planes, planes, 1, dilation)
         self.bn2 = nn.BatchNorm3d(planes)
         self.downsample = downsample
 
@@ -86,11 +95,18 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(cin, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = _conv3(planes, planes, stride)
+        self.conv2 = _conv3(planes, planes, stride, dilation)
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv3 = nn.Conv3d(planes, planes * 4, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm3d(planes * 4)
@@ -121,8 +137,9 @@ class ResNet3D(nn.Module):
         counts = BLOCKS[spec.arch]
         self.layer1 = self._make_layer(block, spec.widths[0], counts[0], 1)
         self.layer2 = self._make_layer(block, spec.widths[1], counts[1], 2)
-        self.layer3 = self._make_layer(block, spec.widths[2], counts[2], 2)
-        self.layer4 = self._make_layer(block, spec.widths[3], counts[3], 2)
+        s3, d3, s4, d4 = (1, 2, 1, 4) if spec.dilated else (2, 1, 2, 1)
+        self.layer3 = self._make_layer(block, spec.widths[2], counts[2], s3, d3)
+        self.layer4 = self._make_layer(block, spec.widths[3], counts[3], s4, d4)
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(spec.widths[3] * block.expansion, spec.num_classes)
         for m in self.modules():
@@ -133,7 +150,12 @@ class ResNet3D(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _make_layer(
-        self, block: type[BasicBlock] | type[Bottleneck], planes: int, n: int, stride: int
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        planes: int,
+        n: int,
+        stride: int,
+        dilation: int = 1,
     ) -> nn.Sequential:
         cout = planes * block.expansion
         downsample: nn.Module | None = None
@@ -144,9 +166,9 @@ class ResNet3D(nn.Module):
                 downsample = nn.Sequential(
                     nn.Conv3d(self._cin, cout, kernel_size=1, stride=stride, bias=False), nn.BatchNorm3d(cout)
                 )
-        layers: list[nn.Module] = [block(self._cin, planes, stride, downsample)]
+        layers: list[nn.Module] = [block(self._cin, planes, stride, downsample, dilation)]
         self._cin = cout
-        layers += [block(cout, planes) for _ in range(1, n)]
+        layers += [block(cout, planes, 1, None, dilation) for _ in range(1, n)]
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

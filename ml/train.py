@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything a training run needs (paths relative to the config file's folder)."""
 
-    labels_csv: str
+    #: one labels CSV, or several corpora (study ids must be unique across them)
+    labels_csv: str | tuple[str, ...]
     test_labels_csv: str | None = None
     cache_dir: str = "var/cache"
     output_dir: str = "var/train/run"
@@ -64,15 +67,22 @@ class TrainConfig:
     batch_size: int = 4
     max_epochs: int = 30
     max_steps: int = -1
+    #: stop the fit after this many minutes of wall time (best checkpoint kept); None = no limit
+    max_time_minutes: float | None = None
     early_stopping_patience: int = 6
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     val_fraction: float = 0.2
     k_folds: int = 1
     augment: bool = True
+    #: largest random translation per axis in model voxels when ``augment`` (0 = none)
+    augment_shift: int = 0
     seed: int = 0
     preprocess_workers: int = 2
     accelerator: str = "auto"
+    #: "auto" = bf16-mixed on a CUDA device with bf16, else 32-true; or a Lightning precision
+    #: such as "bf16-mixed" (also on CPUs with AVX-512 BF16) or "32-true"
+    precision: str = "auto"
     sens_target: float = 0.95
     spec_target: float = 0.95
     n_bootstrap: int = 1000
@@ -108,6 +118,11 @@ class TrainConfig:
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         if "freeze" in d:
             d["freeze"] = tuple(d["freeze"] or ())
+        if isinstance(d.get("labels_csv"), list):
+            d["labels_csv"] = tuple(
+                str((base / v).resolve()) if base is not None and not Path(v).is_absolute() else str(v)
+                for v in d["labels_csv"]
+            )
         if base is not None:
             for k in (
                 "labels_csv",
@@ -128,7 +143,13 @@ class TrainConfig:
         d["model"] = self.model.to_dict()
         d["preprocess"] = self.preprocess.to_dict()
         d["freeze"] = list(self.freeze)
+        if isinstance(self.labels_csv, tuple):
+            d["labels_csv"] = list(self.labels_csv)
         return d
+
+    def labels_csvs(self) -> list[str]:
+        """The training/validation corpora's labels CSVs."""
+        return [self.labels_csv] if isinstance(self.labels_csv, str) else list(self.labels_csv)
 
 
 class FocalLoss(nn.Module):
@@ -226,7 +247,9 @@ class LitClassifier(L.LightningModule):
         }
 
 
-def _precision(accelerator: str) -> str:
+def _precision(accelerator: str, precision: str = "auto") -> str:
+    if precision != "auto":
+        return precision
     cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
 
@@ -296,7 +319,7 @@ def fit_once(
         from ml.weights import load_checkpoint
 
         load_checkpoint(lit.model, Path(cfg.init_checkpoint), strict=True)
-    train_ds = CTDataset(train_recs, cache, augment=cfg.augment)
+    train_ds = CTDataset(train_recs, cache, augment=cfg.augment, shift=cfg.augment_shift)
     val_ds = CTDataset(val_recs, cache, augment=False)
     sampler = class_weighted_sampler(train_ds.labels, cfg.seed)
     if cfg.freeze and not cfg.init_checkpoint:
@@ -324,7 +347,8 @@ def fit_once(
         max_steps=cfg.max_steps,
         accelerator=cfg.accelerator,
         devices=1,
-        precision=_precision(cfg.accelerator),  # type: ignore[arg-type]
+        precision=_precision(cfg.accelerator, cfg.precision),  # type: ignore[arg-type]
+        max_time=None if cfg.max_time_minutes is None else timedelta(minutes=cfg.max_time_minutes),
         callbacks=[ckpt, stop],
         default_root_dir=str(out_dir),
         deterministic="warn",
@@ -400,7 +424,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     L.seed_everything(cfg.seed, workers=True)
-    records = read_labels_csv(cfg.labels_csv)
+    records = [r for csv_path in cfg.labels_csvs() for r in read_labels_csv(csv_path)]
+    dup = sorted(k for k, v in Counter(r.study_id for r in records).items() if v > 1)
+    if dup:
+        raise ValueError(f"study ids repeat across the labels CSVs: {dup[:5]}")
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
     cache = TensorCache(cfg.cache_dir, cfg.preprocess)
     t0 = time.perf_counter()

@@ -125,3 +125,19 @@ def test_spec_validation_and_round_trip() -> None:
         ModelSpec(arch="resnet101")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shortcut_type"):
         ModelSpec(shortcut_type="C")  # type: ignore[arg-type]
+
+
+def test_dilated_layout_keeps_the_parameters_and_an_input_over_8_grid() -> None:
+    plain = build_model(ModelSpec(arch="resnet18", widths=(8, 16, 32, 64)))
+    dil = build_model(ModelSpec(arch="resnet18", widths=(8, 16, 32, 64), dilated=True))
+    shapes = {n: p.shape for n, p in plain.state_dict().items()}
+    # same parameters: MedicalNet checkpoints load into either layout
+    assert {n: p.shape for n, p in dil.state_dict().items()} == shapes
+    x = torch.randn(1, 1, 64, 48, 32)
+    with torch.no_grad():
+        assert tuple(plain.eval().features(x).shape[2:]) == (2, 2, 1)
+        assert tuple(dil.eval().features(x).shape[2:]) == (8, 6, 4)
+        assert dil(x).shape == (1, 2)
+    assert dil.layer4[0].conv1.dilation == (4, 4, 4) and dil.layer3[1].conv2.dilation == (2, 2, 2)
+    spec = ModelSpec(arch="resnet10", dilated=True)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec and not ModelSpec.from_dict({}).dilated

@@ -149,3 +149,34 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
 def test_split_is_stratified(corpus: Path) -> None:
     tr, va = split_train_val(read_labels_csv(corpus), 0.34, seed=0)
     assert sum(r.label for r in va) == 2 and len(va) == 4 and len(tr) == 8
+
+
+def test_config_takes_several_corpora_relative_to_its_folder(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("labels_csv: [a/labels.csv, b/labels.csv]\naugment_shift: 4\n")
+    cfg = TrainConfig.from_yaml(p)
+    assert cfg.labels_csvs() == [str(tmp_path / "a" / "labels.csv"), str(tmp_path / "b" / "labels.csv")]
+    assert cfg.augment_shift == 4
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig(labels_csv="x.csv").labels_csvs() == ["x.csv"]
+
+
+def test_repeated_study_ids_across_corpora_are_refused(corpus: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(labels_csv=(str(corpus), str(corpus)), output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="repeat"):
+        train(cfg)
+
+
+def test_translate_moves_voxels_and_fills_with_air() -> None:
+    from ml.data import translate
+
+    t = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6)
+    out = translate(t, (1, -2, 3))
+    assert out[0, 1, 0, 3] == t[0, 0, 2, 0] and out[0, 3, 2, 5] == t[0, 2, 4, 2]
+    assert (out[0, 0] == -1).all() and (out[0, :, 3:] == -1).all() and (out[0, :, :, :3] == -1).all()
+    assert torch.equal(translate(t, (0, 0, 0)), t)
+    assert (translate(t, (0, 5, 0)) == -1).all()
+    recs_shape = CTDataset([], TensorCache(Path("/nonexistent"), SMALL), augment=True, shift=2)
+    assert recs_shape.shift == 2
+    with pytest.raises(ValueError, match="shift"):
+        CTDataset([], TensorCache(Path("/nonexistent"), SMALL), shift=-1)
