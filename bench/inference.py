@@ -11,7 +11,8 @@ Models have random weights (the production ResNet-34 file is operator-supplied;
 speed does not depend on the values). Configurations:
 
 * ResNet-34 @ 256³ (the production input), batch 1 and 2 by default (+4 with ``--full``);
-* ResNet-10 @ ``--demo-size``³ (default 96³, the demo model), batch 1, 2 and 4.
+* ResNet-10 @ ``--demo-size``³ (default 96³) with the demo model's architecture from
+  ``weights/manifest.json`` (widths, dilated layout), batch 1, 2 and 4.
 
 Each configuration runs with ``channels_last_3d`` (what the Predictor uses) and
 with contiguous (NCDHW) tensors as the in-run peer; the table prints the ratio
@@ -42,6 +43,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from ml.model import ModelSpec, build_model  # noqa: E402
+from ml.weights import Manifest  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -49,11 +51,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def demo_spec() -> ModelSpec:
+    """Architecture of the manifest's demo entry (plain ResNet-10 if the manifest has none)."""
+    try:
+        return Manifest.load(ROOT / "weights" / "manifest.json").get("resnet10-demo").spec
+    except (OSError, KeyError, ValueError):
+        return ModelSpec(arch="resnet10")
+
+
 def time_config(
-    arch: str, size: int, batch: int, channels_last: bool, device: torch.device, warmup: int, iters: int
+    spec: ModelSpec, size: int, batch: int, channels_last: bool, device: torch.device, warmup: int, iters: int
 ) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = build_model(ModelSpec(arch=arch)).eval()  # type: ignore[arg-type]
+    arch = spec.arch
+    model = build_model(spec).eval()
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt)
     x = torch.randn(batch, 1, size, size, size, device=device).contiguous(memory_format=fmt)
@@ -124,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     big_batches = (1, 2, 4) if (args.full or device.type == "cuda") else (1, 2)
     if args.prod_batches:
         big_batches = tuple(int(b) for b in args.prod_batches.split(","))
-    configs: list[tuple[str, int, int]] = []
+    configs: list[tuple[ModelSpec, int, int]] = []
     if not args.skip_prod:
-        configs += [("resnet34", args.prod_size, b) for b in big_batches]
-    configs += [("resnet10", args.demo_size, b) for b in (1, 2, 4)]
+        configs += [(ModelSpec(arch="resnet34"), args.prod_size, b) for b in big_batches]
+    demo = demo_spec()
+    configs += [(demo, args.demo_size, b) for b in (1, 2, 4)]
 
     print(
         f"device: {device_name} ({device.type}), torch {torch.__version__}, "
@@ -144,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     results: list[dict[str, Any]] = []
-    for arch, size, batch in configs:
-        cl = time_config(arch, size, batch, True, device, args.warmup, iters)
-        co = time_config(arch, size, batch, False, device, args.warmup, iters)
+    for spec, size, batch in configs:
+        arch = spec.arch
+        cl = time_config(spec, size, batch, True, device, args.warmup, iters)
+        co = time_config(spec, size, batch, False, device, args.warmup, iters)
         ratio = co["median_s"] / cl["median_s"]
         results.append(
             {"channels_last_3d": cl, "contiguous": co, "contiguous_over_channels_last": round(ratio, 3)}
@@ -167,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
                     "warmup": args.warmup,
                     "iters": iters,
+                    "demo_spec": demo.to_dict(),
                     "results": results,
                 },
                 indent=2,
