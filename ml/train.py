@@ -118,24 +118,23 @@ class TrainConfig:
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         if "freeze" in d:
             d["freeze"] = tuple(d["freeze"] or ())
+
+        def resolve(v: str) -> str:
+            return str((base / v).resolve()) if base is not None and not Path(v).is_absolute() else v
+
         if isinstance(d.get("labels_csv"), list):
-            d["labels_csv"] = tuple(
-                str((base / v).resolve()) if base is not None and not Path(v).is_absolute() else str(v)
-                for v in d["labels_csv"]
-            )
-        if base is not None:
-            for k in (
-                "labels_csv",
-                "test_labels_csv",
-                "cache_dir",
-                "output_dir",
-                "init_checkpoint",
-                "weights_path",
-                "manifest_path",
-            ):
-                v = d.get(k)
-                if isinstance(v, str) and not Path(v).is_absolute():
-                    d[k] = str((base / v).resolve())
+            d["labels_csv"] = tuple(resolve(str(v)) for v in d["labels_csv"])
+        for k in (
+            "labels_csv",
+            "test_labels_csv",
+            "cache_dir",
+            "output_dir",
+            "init_checkpoint",
+            "weights_path",
+            "manifest_path",
+        ):
+            if isinstance(d.get(k), str):
+                d[k] = resolve(d[k])
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
