@@ -218,6 +218,40 @@ def train(
 
 
 @cli.command()
+def retune(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Training YAML of the published model, with tune_labels_csv set.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Re-choose a published model's operating points on its tuning corpus; weights untouched.
+
+    Thresholds are picked on the config's ``tune_labels_csv`` and measured on its
+    ``test_labels_csv``; the manifest entry, ROC/calibration plots and model card are rewritten.
+    """
+    from ml.train import TrainConfig
+    from ml.train import retune as run_retune
+
+    setup_logging(log_level)
+    cfg = TrainConfig.from_yaml(config)
+    try:
+        summary = run_retune(cfg)
+    except ModelUnavailable as e:
+        _fail(e, as_json=False)
+        return
+    except ValueError as e:  # a config that does not match the published model
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    keys = ("tuning", "test", "operating_points", "operating_points_selected_on", "published")
+    typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2, default=float))
+
+
+@cli.command()
 def evaluate(
     labels: Annotated[
         Path, typer.Argument(help="labels.csv (study_id,label,zip).", exists=True, dir_okay=False)

@@ -331,8 +331,10 @@ def select_operating_points(
 ) -> dict[str, float]:
     """Choose named thresholds on validation scores.
 
-    * ``balanced``: maximises Youden's J = sensitivity + specificity - 1 (the
-      highest such threshold when several tie);
+    * ``balanced``: maximises Youden's J = sensitivity + specificity - 1; when several
+      thresholds tie (common on a balanced set: passing one more positive and one more
+      negative leaves J unchanged), the lowest of them, the most sensitive: a triage
+      service ranks a missed pathology worse than a false alarm;
     * ``high_sensitivity``: the highest threshold with sensitivity >= ``sens_target``;
     * ``high_specificity``: the lowest threshold with specificity >= ``spec_target``.
 
@@ -344,7 +346,7 @@ def select_operating_points(
     if thr.size < 2 or not (np.all(np.isfinite(fpr)) and np.all(np.isfinite(tpr))):
         return dict.fromkeys(OPERATING_POINT_NAMES, math.nan)
     j = tpr[1:] - fpr[1:]
-    balanced = float(thr[1:][int(np.argmax(j))])
+    balanced = float(thr[1:][int(np.flatnonzero(j >= j.max() - _EPS)[-1])])
     high_sens = float(thr[int(np.flatnonzero(tpr >= sens_target - _EPS)[0])])
     i_spec = int(np.flatnonzero((1.0 - fpr) >= spec_target - _EPS)[-1])
     high_spec = float(thr[i_spec]) if i_spec > 0 else float(np.nextafter(thr[1], np.inf))

@@ -12,6 +12,7 @@ weights, writes the manifest entry and a model card.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -54,6 +55,9 @@ class TrainConfig:
     #: one labels CSV, or several corpora (study ids must be unique across them)
     labels_csv: str | tuple[str, ...]
     test_labels_csv: str | None = None
+    #: a held-out corpus (neither trained on nor the test set) on which the operating points
+    #: are chosen; None = the validation split (which also picks the best epoch)
+    tune_labels_csv: str | None = None
     cache_dir: str = "var/cache"
     output_dir: str = "var/train/run"
     model: ModelSpec = field(default_factory=lambda: ModelSpec(arch="resnet10"))
@@ -127,6 +131,7 @@ class TrainConfig:
         for k in (
             "labels_csv",
             "test_labels_csv",
+            "tune_labels_csv",
             "cache_dir",
             "output_dir",
             "init_checkpoint",
@@ -428,11 +433,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if dup:
         raise ValueError(f"study ids repeat across the labels CSVs: {dup[:5]}")
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
+    tune = read_labels_csv(cfg.tune_labels_csv) if cfg.tune_labels_csv else []
+    shared = {r.study_id for r in records} & {r.study_id for r in [*test, *tune]}
+    shared |= {r.study_id for r in test} & {r.study_id for r in tune}
+    if shared:
+        raise ValueError(f"study ids repeat across the train/tuning/test corpora: {sorted(shared)[:5]}")
     cache = TensorCache(cfg.cache_dir, cfg.preprocess)
     t0 = time.perf_counter()
-    failed = fill_cache_with_progress(cache, [*records, *test], cfg.preprocess_workers)
-    records = [r for r in records if r.study_id not in failed]
-    test = [r for r in test if r.study_id not in failed]
+    failed = fill_cache_with_progress(cache, [*records, *test, *tune], cfg.preprocess_workers)
+    records, test, tune = ([r for r in rs if r.study_id not in failed] for rs in (records, test, tune))
     summary: dict[str, Any] = {
         "data": {
             "train_val": describe(records),
@@ -441,6 +450,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "preprocess_seconds": round(time.perf_counter() - t0, 1),
         },
     }
+    if tune:
+        summary["data"]["tune"] = describe(tune)
     if cfg.k_folds > 1:
         summary["cross_validation"] = cross_validate(cfg, records, cache, out_dir / "cv")
     train_recs, val_recs = split_train_val(records, cfg.val_fraction, cfg.seed)
@@ -451,55 +462,87 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     y_val = np.asarray([r.label for r in val_recs])
     z_val = predict_logodds(lit.model, CTDataset(val_recs, cache))
     temperature = ev.fit_temperature(z_val, y_val)
-    p_val = ev.apply_temperature(z_val, temperature)
-    thresholds = ev.select_operating_points(
-        y_val, p_val, sens_target=cfg.sens_target, spec_target=cfg.spec_target
-    )
     summary["calibration"] = {"method": "temperature", "temperature": temperature}
-    summary["validation"] = ev.summarize(y_val, p_val, n_boot=cfg.n_bootstrap, seed=cfg.seed)
-    eval_y, eval_p, eval_name = y_val, p_val, "validation"
-    curves: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]] = {"validation": (y_val, p_val)}
-    if test:
-        y_test = np.asarray([r.label for r in test])
-        p_test = ev.apply_temperature(predict_logodds(lit.model, CTDataset(test, cache)), temperature)
-        summary["test"] = ev.summarize(y_test, p_test, n_boot=cfg.n_bootstrap, seed=cfg.seed)
-        curves["held-out test"] = (y_test, p_test)
-        eval_y, eval_p, eval_name = y_test, p_test, "held-out test"
-    ops = ev.evaluate_operating_points(eval_y, eval_p, thresholds, n_boot=cfg.n_bootstrap, seed=cfg.seed)
-    summary["operating_points"] = ops
-    summary["operating_points_evaluated_on"] = eval_name
-    roc_png = out_dir / "roc.png"
-    cal_png = out_dir / "calibration.png"
-    op_marks = {n: (1.0 - v["specificity"], v["sensitivity"]) for n, v in ops.items()}
-    ev.plot_roc(curves, roc_png, title=f"{cfg.name} ROC", operating_points=op_marks)
-    ev.plot_calibration(eval_y, eval_p, cal_png)
-    summary["artifacts"] = {"roc_png": str(roc_png), "calibration_png": str(cal_png)}
+    scored = {"validation": (y_val, ev.apply_temperature(z_val, temperature))}
+    for split, recs in (("tuning", tune), ("test", test)):
+        if recs:
+            scored[split] = score_records(lit.model, recs, cache, temperature)
+    summary.update(choose_operating_points(cfg, scored, out_dir))
     if cfg.weights_path:
-        summary["published"] = publish(cfg, lit.model, summary, temperature, ops, roc_png, cal_png)
+        summary["published"] = publish(cfg, lit.model, summary)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def score_records(
+    model: nn.Module, records: Sequence[StudyRecord], cache: TensorCache, temperature: float
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """(labels, temperature-calibrated probabilities of pathology) of cached studies."""
+    z = predict_logodds(model, CTDataset(records, cache))
+    return np.asarray([r.label for r in records]), ev.apply_temperature(z, temperature)
+
+
+#: what each scored split is called in summaries, model cards and ROC legends
+SPLIT_TITLES = {"validation": "validation", "tuning": "tuning corpus", "test": "held-out test"}
+
+
+def choose_operating_points(
+    cfg: TrainConfig,
+    scored: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Pick the named thresholds on one split and measure them on another; plot ROC and calibration.
+
+    ``scored`` maps ``"validation"`` / ``"tuning"`` / ``"test"`` to (labels, calibrated
+    probabilities). The thresholds come from the tuning corpus when there is one, else
+    from validation; they are evaluated on the test corpus when there is one, else on the
+    split they were chosen on. Returns the summary keys ``<split>`` (AUC, rates at 0.5
+    with CIs), ``operating_points``, ``operating_points_selected_on``,
+    ``operating_points_evaluated_on`` and ``artifacts`` (``roc.png``, ``calibration.png``
+    in ``out_dir``).
+    """
+    out: dict[str, Any] = {
+        split: ev.summarize(y, p, n_boot=cfg.n_bootstrap, seed=cfg.seed) for split, (y, p) in scored.items()
+    }
+    sel = "tuning" if "tuning" in scored else "validation"
+    evl = "test" if "test" in scored else sel
+    thresholds = ev.select_operating_points(
+        *scored[sel], sens_target=cfg.sens_target, spec_target=cfg.spec_target
+    )
+    ops = ev.evaluate_operating_points(*scored[evl], thresholds, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    out["operating_points"] = ops
+    out["operating_points_selected_on"] = SPLIT_TITLES[sel]
+    out["operating_points_evaluated_on"] = SPLIT_TITLES[evl]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    roc_png, cal_png = out_dir / "roc.png", out_dir / "calibration.png"
+    op_marks = {n: (1.0 - v["specificity"], v["sensitivity"]) for n, v in ops.items()}
+    curves = {SPLIT_TITLES[k]: v for k, v in scored.items()}
+    ev.plot_roc(curves, roc_png, title=f"{cfg.name} ROC", operating_points=op_marks)
+    ev.plot_calibration(*scored[evl], cal_png)
+    out["artifacts"] = {"roc_png": str(roc_png), "calibration_png": str(cal_png)}
+    return out
 
 
 def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: str, cal_name: str) -> None:
     """Write the Markdown model card of a run from its summary (also usable on a saved summary.json)."""
     card_metrics: dict[str, Any] = {}
-    for split in ("validation", "test"):
+    for split in ("validation", "tuning", "test"):
         for k in ("auc", "sensitivity", "specificity", "f1"):
             if split in summary:
-                card_metrics[f"{split} {k}{' at p>=0.5' if k != 'auc' else ''}"] = summary[split][k]
-                card_metrics[f"{split} {k}{' at p>=0.5' if k != 'auc' else ''}_ci95"] = summary[split][
-                    f"{k}_ci95"
-                ]
+                label = f"{split} {k}{' at p>=0.5' if k != 'auc' else ''}"
+                card_metrics[label] = summary[split][k]
+                card_metrics[f"{label}_ci95"] = summary[split][f"{k}_ci95"]
     if "cross_validation" in summary:
         cv = summary["cross_validation"]
         card_metrics[f"{cv['k']}-fold out-of-fold auc"] = cv["oof_auc"]
         card_metrics[f"{cv['k']}-fold out-of-fold auc_ci95"] = cv["oof_auc_ci95"]
     d = summary["data"]
-    card_metrics["studies (train / validation / test)"] = (
-        f"{d['train']['n']} / {d['val']['n']} / {d['test']['n']}, balanced; "
-        f"failed: {len(d['failed_studies'])}"
+    card_metrics["studies (train / validation / tuning / test)"] = (
+        f"{d['train']['n']} / {d['val']['n']} / {d.get('tune', {}).get('n', 0)} / {d['test']['n']}, "
+        f"balanced; failed: {len(d['failed_studies'])}"
     )
     card_metrics["calibration temperature"] = summary["calibration"]["temperature"]
+    card_metrics["operating points selected on"] = summary.get("operating_points_selected_on", "validation")
     card_metrics["operating points evaluated on"] = summary["operating_points_evaluated_on"]
     ev.write_model_card(
         card,
@@ -524,35 +567,40 @@ def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: 
     )
 
 
-def publish(
-    cfg: TrainConfig,
-    model: nn.Module,
-    summary: dict[str, Any],
-    temperature: float,
-    ops: dict[str, dict[str, Any]],
-    roc_png: Path,
-    cal_png: Path,
-) -> dict[str, str]:
-    """Write fp16 weights, the manifest entry, ROC/calibration plots and the model card beside the weights."""
-    import shutil
-
-    from ml.weights import Manifest, ModelEntry, OperatingPoint, save_weights
+def publish(cfg: TrainConfig, model: nn.Module, summary: dict[str, Any]) -> dict[str, str]:
+    """Write fp16 weights, then the manifest entry, plots and model card (:func:`publish_entry`)."""
+    from ml.weights import save_weights
 
     assert cfg.weights_path is not None
     wpath = Path(cfg.weights_path)
     wpath.parent.mkdir(parents=True, exist_ok=True)
     sha = save_weights(model, wpath, dtype="float16")
+    return publish_entry(cfg, summary, sha)
+
+
+def publish_entry(cfg: TrainConfig, summary: dict[str, Any], sha256: str) -> dict[str, str]:
+    """Write the manifest entry, ROC/calibration plots and model card beside ``cfg.weights_path``.
+
+    ``summary`` is a run's (or :func:`retune`'s) summary; ``sha256`` that of the weights
+    file, which this does not touch.
+    """
+    import shutil
+
+    from ml.weights import Manifest, ModelEntry, OperatingPoint
+
+    assert cfg.weights_path is not None
+    wpath = Path(cfg.weights_path)
     stem = wpath.name.split(".")[0]
     roc_dst = wpath.parent / f"{stem}.roc.png"
     cal_dst = wpath.parent / f"{stem}.calibration.png"
     card = wpath.parent / f"{stem}.md"
-    shutil.copyfile(roc_png, roc_dst)
-    shutil.copyfile(cal_png, cal_dst)
+    shutil.copyfile(summary["artifacts"]["roc_png"], roc_dst)
+    shutil.copyfile(summary["artifacts"]["calibration_png"], cal_dst)
     metrics: dict[str, Any] = {
-        k: summary[k] for k in ("validation", "test", "cross_validation") if k in summary
+        k: summary[k] for k in ("validation", "tuning", "test", "cross_validation") if k in summary
     }
-    metrics["operating_points_evaluated_on"] = summary["operating_points_evaluated_on"]
-    metrics["data"] = summary["data"]
+    for k in ("operating_points_selected_on", "operating_points_evaluated_on", "data"):
+        metrics[k] = summary[k]
     write_card(cfg, summary, card, roc_dst.name, cal_dst.name)
     if cfg.manifest_path:
         mpath = Path(cfg.manifest_path)
@@ -575,15 +623,15 @@ def publish(
                     sensitivity_ci95=(float(v["sensitivity_ci95"][0]), float(v["sensitivity_ci95"][1])),
                     specificity_ci95=(float(v["specificity_ci95"][0]), float(v["specificity_ci95"][1])),
                 )
-                for n, v in ops.items()
+                for n, v in summary["operating_points"].items()
             },
             default_operating_point="balanced",
-            calibration={"method": "temperature", "temperature": float(temperature)},
+            calibration=dict(summary["calibration"]),
             metrics=json.loads(json.dumps(metrics, default=float)),
             training_data=cfg.training_data,
             intended_use=cfg.intended_use,
             clinical_use=cfg.clinical_use,
-            sha256=sha,
+            sha256=sha256,
             uri=rel(wpath),
             stored_dtype="float16",
             model_card=rel(card),
@@ -592,7 +640,58 @@ def publish(
         if cfg.make_default:
             manifest.default = cfg.name
         manifest.save(mpath)
-    return {"weights": str(wpath), "sha256": sha, "model_card": str(card), "roc_png": str(roc_dst)}
+    return {"weights": str(wpath), "sha256": sha256, "model_card": str(card), "roc_png": str(roc_dst)}
+
+
+def retune(cfg: TrainConfig) -> dict[str, Any]:
+    """Re-choose the operating points of an already published model on ``cfg.tune_labels_csv``.
+
+    Loads the manifest entry ``cfg.name`` (its weights are verified and left as they are),
+    scores the tuning corpus and the test corpus with the entry's preprocessing and
+    calibration, picks the thresholds on the tuning corpus, measures them on the test
+    corpus, and rewrites the manifest entry (operating points, metrics), ROC/calibration
+    plots and model card. The training-time validation metrics are kept from the entry.
+    Writes ``output_dir/retune.json`` and returns it.
+    """
+    from ml.weights import Manifest, load_model, resolve_weights
+
+    if not (cfg.tune_labels_csv and cfg.manifest_path and cfg.weights_path):
+        raise ValueError("retune needs tune_labels_csv, manifest_path and weights_path in the config")
+    mpath = Path(cfg.manifest_path)
+    entry = Manifest.load(mpath).get(cfg.name)
+    if entry.spec != cfg.model or entry.preprocess != cfg.preprocess:
+        raise ValueError(
+            f"the config does not describe the published model {cfg.name!r} (model or preprocess differ)"
+        )
+    if not entry.sha256:
+        raise ValueError(f"manifest entry {cfg.name!r} has no sha256")
+    model = load_model(entry, resolve_weights(entry, mpath.parent), "cpu")
+    temperature = float(entry.calibration.get("temperature", 1.0))
+    tune = read_labels_csv(cfg.tune_labels_csv)
+    test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
+    shared = {r.study_id for r in tune} & {r.study_id for r in test}
+    if shared:
+        raise ValueError(f"study ids repeat across the tuning and test corpora: {sorted(shared)[:5]}")
+    cache = TensorCache(cfg.cache_dir, cfg.preprocess)
+    failed = fill_cache_with_progress(cache, [*tune, *test], cfg.preprocess_workers)
+    scored: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]] = {}
+    data = dict(entry.metrics.get("data", {}))
+    for split, all_recs in (("tuning", tune), ("test", test)):
+        recs = [r for r in all_recs if r.study_id not in failed]
+        if recs:
+            scored[split] = score_records(model, recs, cache, temperature)
+            data["tune" if split == "tuning" else split] = describe(recs)
+    data["failed_studies"] = {**data.get("failed_studies", {}), **failed}
+    out_dir = Path(cfg.output_dir)
+    kept = (
+        ("validation", "cross_validation") if "test" in scored else ("validation", "cross_validation", "test")
+    )
+    summary: dict[str, Any] = {k: v for k, v in entry.metrics.items() if k in kept}
+    summary.update(data=data, calibration=dict(entry.calibration))
+    summary.update(choose_operating_points(cfg, scored, out_dir))
+    summary["published"] = publish_entry(cfg, summary, entry.sha256)
+    (out_dir / "retune.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
 
 
 def evaluate_model(
@@ -610,7 +709,8 @@ def evaluate_model(
     """Evaluate a manifest model on a labelled corpus at its own operating points.
 
     Uses the entry's preprocessing and calibration; writes ``metrics.json``,
-    ``roc.png`` and ``calibration.png`` into ``out_dir``.
+    ``predictions.csv`` (study_id, label, calibrated probability), ``roc.png`` and
+    ``calibration.png`` into ``out_dir``.
     """
     from ml.weights import Manifest, load_model, resolve_weights
 
@@ -621,9 +721,7 @@ def evaluate_model(
     cache = TensorCache(cache_dir, entry.preprocess)
     failed = fill_cache_with_progress(cache, records, workers)
     records = [r for r in records if r.study_id not in failed]
-    y = np.asarray([r.label for r in records])
-    temperature = float(entry.calibration.get("temperature", 1.0))
-    p = ev.apply_temperature(predict_logodds(model, CTDataset(records, cache)), temperature)
+    y, p = score_records(model, records, cache, float(entry.calibration.get("temperature", 1.0)))
     thresholds = {n: op.threshold for n, op in entry.operating_points.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -633,6 +731,10 @@ def evaluate_model(
         "summary": ev.summarize(y, p, n_boot=n_bootstrap, seed=seed),
         "operating_points": ev.evaluate_operating_points(y, p, thresholds, n_boot=n_bootstrap, seed=seed),
     }
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "label", "probability"])
+        w.writerows((r.study_id, r.label, f"{float(pi):.6g}") for r, pi in zip(records, p, strict=True))
     ev.plot_roc({entry.name: (y, p)}, out / "roc.png", title=f"{entry.name} ROC")
     ev.plot_calibration(y, p, out / "calibration.png")
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))

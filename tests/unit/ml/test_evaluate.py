@@ -215,6 +215,13 @@ def test_youden_and_targets_hand_example() -> None:
     assert strict["high_specificity"] == pytest.approx(0.6)
 
 
+def test_youden_ties_go_to_the_most_sensitive_threshold() -> None:
+    # descending: 0.9 (tpr .5, fpr 0, J .5), 0.8 (.5, .5, 0), 0.7 (1, .5, .5), 0.6 (1, 1, 0)
+    ops = select_operating_points([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.6])
+    assert ops["balanced"] == pytest.approx(0.7)
+    assert sensitivity([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.6], ops["balanced"]) == 1.0
+
+
 def test_high_specificity_may_call_nothing_positive() -> None:
     # the top score is a negative: specificity 1 needs a threshold above every score
     thr = select_operating_points([1, 0], [0.2, 0.9], spec_target=1.0)["high_specificity"]

@@ -11,7 +11,7 @@ import torch
 from ml.data import CTDataset, TensorCache, class_weighted_sampler, read_labels_csv, split_train_val
 from ml.phantom import write_corpus
 from ml.preprocess import PreprocessConfig
-from ml.train import FocalLoss, LitClassifier, TrainConfig, train
+from ml.train import FocalLoss, LitClassifier, TrainConfig, retune, train
 
 SMALL = PreprocessConfig(target_size=(32, 32, 32))
 
@@ -137,6 +137,100 @@ def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_
         "evaluate", str(corpus), "-o", str(tmp_path / "e2"), "--model", "nope", "--manifest", str(manifest)
     )
     assert r.returncode == 2 and "model_unavailable" in r.stderr
+
+
+def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_path: Path) -> None:
+    """A published model's thresholds re-picked on a separate corpus; weights untouched."""
+    import csv
+    import dataclasses
+    import hashlib
+
+    from cli import run_cli
+
+    from ml.evaluate import select_operating_points
+    from ml.weights import Manifest
+
+    manifest = tmp_path / "weights" / "manifest.json"
+    manifest.parent.mkdir()
+    src = Path(__file__).resolve().parents[3] / "weights" / "manifest.json"
+    manifest.write_text(src.read_text())
+    tune_csv = write_corpus(
+        tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
+    )
+    cfg = TrainConfig(
+        labels_csv=str(corpus),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "run"),
+        preprocess=SMALL,
+        batch_size=2,
+        max_epochs=1,
+        val_fraction=0.34,
+        n_bootstrap=20,
+        preprocess_workers=1,
+        weights_path=str(manifest.parent / "tiny.pt"),
+        manifest_path=str(manifest),
+        name="tiny-tune",
+    )
+    train(cfg)
+    weights = manifest.parent / "tiny.pt"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    before = Manifest.load(manifest).get("tiny-tune")
+    assert before.metrics["operating_points_selected_on"] == "validation"
+
+    tuned = dataclasses.replace(cfg, tune_labels_csv=str(tune_csv), test_labels_csv=str(corpus))
+    summary = retune(tuned)
+    after = Manifest.load(manifest).get("tiny-tune")
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest == after.sha256 == before.sha256
+    assert summary["operating_points_selected_on"] == "tuning corpus"
+    assert summary["operating_points_evaluated_on"] == "held-out test"
+    assert after.metrics["validation"] == before.metrics["validation"]  # training-time metrics kept
+    assert after.metrics["data"]["tune"]["n"] == 8 and after.metrics["data"]["test"]["n"] == 12
+    assert after.calibration == before.calibration
+    # the thresholds are select_operating_points on the tuning corpus's calibrated scores,
+    # as `service4ct evaluate` scores it independently
+    r = run_cli(
+        "evaluate",
+        str(tune_csv),
+        "-o",
+        str(tmp_path / "ev"),
+        "--model",
+        "tiny-tune",
+        "--manifest",
+        str(manifest),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--n-bootstrap",
+        "20",
+    )
+    assert r.returncode == 0, r.stderr
+    with (tmp_path / "ev" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    expected = select_operating_points(
+        [int(r["label"]) for r in rows], [float(r["probability"]) for r in rows], 0.95, 0.95
+    )
+    for name, thr in expected.items():
+        assert after.operating_points[name].threshold == pytest.approx(thr, rel=1e-5)
+        assert summary["operating_points"][name]["n"] == 12
+    card = (manifest.parent / "tiny.md").read_text()
+    assert "| operating points selected on | tuning corpus |" in card and "tuning auc" in card
+    # a config that does not describe the published model is refused, by the CLI too
+    with pytest.raises(ValueError, match="does not describe"):
+        retune(dataclasses.replace(tuned, preprocess=PreprocessConfig(target_size=(40, 40, 40))))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"labels_csv: {corpus}\ntune_labels_csv: {tune_csv}\nmanifest_path: {manifest}\n"
+        f"weights_path: {weights}\nname: tiny-tune\ncache_dir: {tmp_path / 'cache'}\n"
+    )
+    r = run_cli("retune", str(bad))
+    assert r.returncode == 2 and "does not describe" in r.stderr
+    assert Manifest.load(manifest).get("tiny-tune") == after
+
+
+def test_tuning_corpus_must_not_share_studies_with_training(corpus: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(labels_csv=str(corpus), tune_labels_csv=str(corpus), output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="repeat across the train/tuning/test"):
+        train(cfg)
 
 
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
