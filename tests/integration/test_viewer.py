@@ -12,9 +12,10 @@ package). On the screenshot, in screen pixels of the canvas:
   lesion where the phantom's mask says, with no colour left; probability,
   decisions, model and the "not for clinical use" banner are on the page. How
   much of the demo model's heatmap lies on the lesion is measured and reported
-  (``record_property`` and stdout), not asserted: the demo model's Grad-CAM does
-  not localise lesions (layer4 is 3³ voxels at 96³ input; its peak lay 46–248 mm
-  from the lesion on 12 of 12 obvious-lesion phantoms).
+  (``record_property`` and stdout), not asserted: the demo model's Grad-CAM
+  localises lesions poorly (model 0.2.1, dilated layer4 of 12³ voxels at 96³
+  input: its peak lies within 5 mm of a lesion on 10 of 60 held-out phantoms,
+  median 46 mm away; ``bench/explain.py``).
 * a worker whose model is a lesion oracle (Grad-CAM of a ``layer4`` that outputs
   the ground-truth lesion in model space): ≥ 90 % of the hot pixels on screen lie
   on a lesion's box ± 10 mm and most of the lesion is coloured. That is the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -74,29 +75,39 @@ def test_tiny_training_improves_loss(corpus: Path, tmp_path: Path) -> None:
     assert all(not p.requires_grad for p in lit.model.conv1.parameters())
 
 
-def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_path: Path) -> None:
-    from ml.weights import Manifest, load_model, resolve_weights
-
+def _publishing_config(corpus: Path, tmp_path: Path, **overrides: Any) -> TrainConfig:
+    """A tiny 32³ run on ``corpus`` that publishes ``tiny.pt`` into a copy of the repo's manifest."""
     manifest = tmp_path / "weights" / "manifest.json"
     manifest.parent.mkdir()
     src = Path(__file__).resolve().parents[3] / "weights" / "manifest.json"
     manifest.write_text(src.read_text())
-    cfg = TrainConfig(
-        labels_csv=str(corpus),
-        cache_dir=str(tmp_path / "cache"),
-        output_dir=str(tmp_path / "run"),
-        preprocess=SMALL,
-        batch_size=2,
+    base: dict[str, Any] = {
+        "labels_csv": str(corpus),
+        "cache_dir": str(tmp_path / "cache"),
+        "output_dir": str(tmp_path / "run"),
+        "preprocess": SMALL,
+        "batch_size": 2,
+        "val_fraction": 0.34,
+        "preprocess_workers": 1,
+        "weights_path": str(manifest.parent / "tiny.pt"),
+        "manifest_path": str(manifest),
+    }
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_path: Path) -> None:
+    from ml.weights import Manifest, load_model, resolve_weights
+
+    cfg = _publishing_config(
+        corpus,
+        tmp_path,
         max_epochs=2,
         k_folds=2,
-        val_fraction=0.34,
         n_bootstrap=50,
-        preprocess_workers=1,
-        weights_path=str(manifest.parent / "tiny.pt"),
-        manifest_path=str(manifest),
         name="tiny-test",
         reproduce_command="pytest tests/unit/ml/test_train.py",
     )
+    manifest = Path(str(cfg.manifest_path))
     summary = train(cfg)
     assert summary["cross_validation"]["k"] == 2 and len(summary["cross_validation"]["folds"]) == 2
     assert set(summary["operating_points"]) == {"balanced", "high_sensitivity", "high_specificity"}
@@ -150,27 +161,11 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
     from ml.evaluate import select_operating_points
     from ml.weights import Manifest
 
-    manifest = tmp_path / "weights" / "manifest.json"
-    manifest.parent.mkdir()
-    src = Path(__file__).resolve().parents[3] / "weights" / "manifest.json"
-    manifest.write_text(src.read_text())
     tune_csv = write_corpus(
         tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
     )
-    cfg = TrainConfig(
-        labels_csv=str(corpus),
-        cache_dir=str(tmp_path / "cache"),
-        output_dir=str(tmp_path / "run"),
-        preprocess=SMALL,
-        batch_size=2,
-        max_epochs=1,
-        val_fraction=0.34,
-        n_bootstrap=20,
-        preprocess_workers=1,
-        weights_path=str(manifest.parent / "tiny.pt"),
-        manifest_path=str(manifest),
-        name="tiny-tune",
-    )
+    cfg = _publishing_config(corpus, tmp_path, max_epochs=1, n_bootstrap=20, name="tiny-tune")
+    manifest = Path(str(cfg.manifest_path))
     train(cfg)
     weights = manifest.parent / "tiny.pt"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
