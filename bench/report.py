@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/report.py                  # every bench at full size, then the report (~35 min)
+    python bench/report.py                  # every bench at full size, then the report (~55 min)
     python bench/report.py --quick          # tiny parameters everywhere (smoke run, ~6 min)
     python bench/report.py --reuse          # take var/bench/<bench>.json where it exists, run the rest
     python bench/report.py --reuse --no-run # only render what is in var/bench
@@ -80,7 +80,7 @@ BENCHES = (
         gpu_only=True,
         est_full_min=1.0,
     ),
-    Bench("explain", "bench/explain.py", "", "--quick", est_full_min=8.0),
+    Bench("explain", "bench/explain.py", "", "--quick", est_full_min=26.0),
     Bench(
         "service",
         "bench/service.py",
