@@ -12,7 +12,7 @@ import torch
 from ml.data import CTDataset, TensorCache, class_weighted_sampler, read_labels_csv, split_train_val
 from ml.phantom import write_corpus
 from ml.preprocess import PreprocessConfig
-from ml.train import FocalLoss, LitClassifier, TrainConfig, retune, train
+from ml.train import FocalLoss, LitClassifier, TrainConfig, evaluate_model, retune, train
 
 SMALL = PreprocessConfig(target_size=(32, 32, 32))
 
@@ -182,22 +182,10 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
     assert after.metrics["data"]["tune"]["n"] == 8 and after.metrics["data"]["test"]["n"] == 12
     assert after.calibration == before.calibration
     # the thresholds are select_operating_points on the tuning corpus's calibrated scores,
-    # as `service4ct evaluate` scores it independently
-    r = run_cli(
-        "evaluate",
-        str(tune_csv),
-        "-o",
-        str(tmp_path / "ev"),
-        "--model",
-        "tiny-tune",
-        "--manifest",
-        str(manifest),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--n-bootstrap",
-        "20",
+    # as evaluate_model (`service4ct evaluate`) scores it independently
+    evaluate_model(
+        manifest, tune_csv, tmp_path / "ev", name="tiny-tune", cache_dir=tmp_path / "cache", n_bootstrap=20
     )
-    assert r.returncode == 0, r.stderr
     with (tmp_path / "ev" / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8
