@@ -422,6 +422,13 @@ def fill_cache_with_progress(
             bar.close()
 
 
+def refuse_repeated_studies(records: Sequence[StudyRecord], where: str) -> None:
+    """Raise ``ValueError`` when a study id occurs more than once in ``records`` (``where`` names them)."""
+    dup = sorted(k for k, v in Counter(r.study_id for r in records).items() if v > 1)
+    if dup:
+        raise ValueError(f"study ids repeat across {where}: {dup[:5]}")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the whole recipe; returns a JSON-able summary (also written to ``output_dir/summary.json``)."""
     out_dir = Path(cfg.output_dir)
@@ -429,15 +436,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     L.seed_everything(cfg.seed, workers=True)
     records = [r for csv_path in cfg.labels_csvs() for r in read_labels_csv(csv_path)]
-    dup = sorted(k for k, v in Counter(r.study_id for r in records).items() if v > 1)
-    if dup:
-        raise ValueError(f"study ids repeat across the labels CSVs: {dup[:5]}")
+    refuse_repeated_studies(records, "the labels CSVs")
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
     tune = read_labels_csv(cfg.tune_labels_csv) if cfg.tune_labels_csv else []
-    shared = {r.study_id for r in records} & {r.study_id for r in [*test, *tune]}
-    shared |= {r.study_id for r in test} & {r.study_id for r in tune}
-    if shared:
-        raise ValueError(f"study ids repeat across the train/tuning/test corpora: {sorted(shared)[:5]}")
+    refuse_repeated_studies([*records, *test, *tune], "the train/tuning/test corpora")
     cache = TensorCache(cfg.cache_dir, cfg.preprocess)
     t0 = time.perf_counter()
     failed = fill_cache_with_progress(cache, [*records, *test, *tune], cfg.preprocess_workers)
@@ -669,9 +671,7 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     temperature = float(entry.calibration.get("temperature", 1.0))
     tune = read_labels_csv(cfg.tune_labels_csv)
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
-    shared = {r.study_id for r in tune} & {r.study_id for r in test}
-    if shared:
-        raise ValueError(f"study ids repeat across the tuning and test corpora: {sorted(shared)[:5]}")
+    refuse_repeated_studies([*tune, *test], "the tuning and test corpora")
     cache = TensorCache(cfg.cache_dir, cfg.preprocess)
     failed = fill_cache_with_progress(cache, [*tune, *test], cfg.preprocess_workers)
     scored: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]] = {}
