@@ -47,7 +47,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from ml.geometry import VolumeGeometry
+from ml.geometry import CTVolume, VolumeGeometry
 
 F32 = npt.NDArray[np.float32]
 Orientation = Literal["axial", "coronal"]
@@ -1706,6 +1706,39 @@ def write_mask_nifti(mask: npt.NDArray[Any], geometry: VolumeGeometry, path: str
     return p
 
 
+def corpus_plan(n: int, seed: int) -> list[tuple[str, int, int]]:
+    """The studies of corpus ``seed``: ``(study_id, phantom seed, label)`` for i < ``n``.
+
+    Exactly ``n // 2`` positives in a seeded order. :func:`write_corpus` writes these
+    studies; ``ml.data.phantom_records`` generates the same ones in memory.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    labels = np.random.default_rng([seed, 77]).permutation(np.arange(n) < n // 2).astype(int)
+    return [(f"ph{seed:04d}-{i:04d}", seed * 10007 + i, int(labels[i])) for i in range(n)]
+
+
+def phantom_volume(phantom: Phantom, options: SeriesOptions | None = None) -> CTVolume:
+    """The volume ``load_volume`` reads back from ``write_series(phantom, ..., options)``.
+
+    Stored values, RescaleSlope/Intercept, grid and series UID are the ones the DICOM
+    files carry, without writing or parsing them (about 3 s of a 128² study's 4 s).
+    Only plain series qualify: one rescale for all slices, none dropped, duplicated,
+    cropped or in another modality; anything else raises ``ValueError``.
+    """
+    o = options or SeriesOptions()
+    if o.vary_intercept or o.drop_slices or o.duplicate_slices or o.mixed_size_slices or o.modality != "CT":
+        raise ValueError("phantom_volume needs a plain CT series (write it with write_series instead)")
+    stored = _stored(phantom.hu, o.rescale_slope, o.rescale_intercept, o)
+    return CTVolume(
+        stored=stored,
+        slope=float(o.rescale_slope),
+        intercept=float(o.rescale_intercept),
+        geometry=phantom.geometry,
+        series_uid=series_uid_for(phantom.spec.seed, o),
+    )
+
+
 def write_corpus(
     out_dir: str | Path,
     n: int,
@@ -1727,23 +1760,18 @@ def write_corpus(
     Labels are exactly ``n // 2`` positives in a seeded order; ``variants`` cycle.
     A size argument of ``None`` takes the variant's own default (see :func:`make_study`).
     """
-    if n < 1:
-        raise ValueError("n must be >= 1")
+    plan = corpus_plan(n, seed)
     out = Path(out_dir)
     (out / "studies").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 77])
-    labels = rng.permutation(np.arange(n) < n // 2).astype(int)
     rows_out: list[dict[str, Any]] = []
     lesions_out: dict[str, Any] = {}
-    for i in range(n):
-        sid = f"ph{seed:04d}-{i:04d}"
-        s = seed * 10007 + i
+    for i, (sid, s, label) in enumerate(plan):
         info = make_study(
             out / "studies" / f"{sid}.zip",
             seed=s,
             variant=variants[i % len(variants)],
-            label=int(labels[i]),
+            label=label,
             difficulty=difficulty,
             rows=rows,
             cols=cols,

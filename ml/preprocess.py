@@ -288,6 +288,25 @@ class PreprocessGeometry:
         lps = self.source.index_to_lps(p[:, ::-1])
         return self.lps_to_model(lps).reshape(shape)
 
+    def mask_to_model(self, mask_zyx: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Boolean map on the model grid (D, H, W): True where a nonzero voxel of ``mask_zyx``
+        (a label map on the source grid) has its centre (nearest model voxel).
+
+        Every labelled source voxel that lands inside the model's field of view marks one
+        model voxel, so a lesion smaller than a model voxel (e.g. a 4 mm nodule at 3 mm
+        model voxels) is never lost.
+        """
+        if tuple(mask_zyx.shape) != self.source.shape_zyx:
+            raise ValueError(f"mask shape {mask_zyx.shape} != source grid {self.source.shape_zyx}")
+        out = np.zeros(self.model_size_zyx, dtype=np.bool_)
+        idx = np.argwhere(mask_zyx != 0)
+        if len(idx):
+            m = np.rint(self.source_index_to_model(idx.astype(np.float64))).astype(np.int64)
+            inside = np.all((m >= 0) & (m < np.asarray(self.model_size_zyx)), axis=1)
+            m = m[inside]
+            out[m[:, 0], m[:, 1], m[:, 2]] = True
+        return out
+
     def model_grid(self) -> VolumeGeometry:
         """The model tensor's voxel grid as a VolumeGeometry (size/spacing in x, y, z order).
 

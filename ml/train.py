@@ -35,10 +35,13 @@ from torch.utils.data import DataLoader
 from ml import evaluate as ev
 from ml.data import (
     CTDataset,
+    LesionMapDataset,
+    PhantomCorpus,
     StudyRecord,
     TensorCache,
     class_weighted_sampler,
     describe,
+    phantom_records,
     read_labels_csv,
     split_train_val,
 )
@@ -53,7 +56,11 @@ class TrainConfig:
     """Everything a training run needs (paths relative to the config file's folder)."""
 
     #: one labels CSV, or several corpora (study ids must be unique across them)
-    labels_csv: str | tuple[str, ...]
+    labels_csv: str | tuple[str, ...] = ()
+    #: training/validation corpora of phantoms generated in memory (``PhantomCorpus``
+    #: fields: seed, n, rows, cols, pixel_spacing_mm, slice_spacing_mm, difficulty), in
+    #: addition to ``labels_csv``; they carry lesion maps for ``lesion_weight``
+    phantom_corpora: tuple[PhantomCorpus, ...] = ()
     test_labels_csv: str | None = None
     #: a held-out corpus (neither trained on nor the test set) on which the operating points
     #: are chosen; None = the validation split (which also picks the best epoch)
@@ -81,8 +88,17 @@ class TrainConfig:
     augment: bool = True
     #: largest random translation per axis in model voxels when ``augment`` (0 = none)
     augment_shift: int = 0
+    #: weight of the lesion-attention loss (0 = off): on positive studies with a lesion map,
+    #: −log of the share of the softmax over the pathology-evidence map (the class-activation
+    #: map of the margin, i.e. what Grad-CAM shows at ``layer4``) that falls on lesion voxels
+    lesion_weight: float = 0.0
     seed: int = 0
     preprocess_workers: int = 2
+    #: DataLoader worker processes for training batches (0 = in the training process)
+    loader_workers: int = 0
+    #: deterministic kernels (reproducible to the bit, slower 3-D convolutions on CUDA);
+    #: False lets cuDNN pick the fastest algorithms (``benchmark``)
+    deterministic: bool = True
     accelerator: str = "auto"
     #: "auto" = bf16-mixed on a CUDA device with bf16, else 32-true; or a Lightning precision
     #: such as "bf16-mixed" (also on CPUs with AVX-512 BF16) or "32-true"
@@ -122,6 +138,8 @@ class TrainConfig:
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         if "freeze" in d:
             d["freeze"] = tuple(d["freeze"] or ())
+        if "phantom_corpora" in d:
+            d["phantom_corpora"] = tuple(PhantomCorpus.from_dict(c) for c in d["phantom_corpora"] or ())
 
         def resolve(v: str) -> str:
             return str((base / v).resolve()) if base is not None and not Path(v).is_absolute() else v
@@ -147,6 +165,7 @@ class TrainConfig:
         d["model"] = self.model.to_dict()
         d["preprocess"] = self.preprocess.to_dict()
         d["freeze"] = list(self.freeze)
+        d["phantom_corpora"] = [c.to_dict() for c in self.phantom_corpora]
         if isinstance(self.labels_csv, tuple):
             d["labels_csv"] = list(self.labels_csv)
         return d
@@ -180,6 +199,29 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+def lesion_attention_loss(
+    features: torch.Tensor, fc_weight: torch.Tensor, lesions: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor | None:
+    """−log of the share of ``softmax(M)`` on lesion cells, averaged over positive studies.
+
+    ``M = Σ_c (W₁c − W₀c)·A_c`` is the evidence map of the pathology margin over the last
+    feature map ``A`` [B, C, d, h, w] (with global average pooling the margin is M's mean
+    plus a bias, and Grad-CAM at that layer is ReLU(M)/(d·h·w)). ``lesions`` (bool
+    [B, 1, D, H, W] on the input grid) is max-pooled to (d, h, w). Shifting M by a
+    constant leaves the loss unchanged, so it moves where the evidence sits, not how much
+    there is. None when no study of the batch is positive with a non-empty map.
+    """
+    w = (fc_weight[1] - fc_weight[0]).to(features.dtype)
+    m = torch.einsum("bcdhw,c->bdhw", features, w).float().flatten(1)
+    cells = F.adaptive_max_pool3d(lesions.float(), features.shape[-3:]).flatten(1) > 0
+    use = cells.any(1) & (labels == 1)
+    if not bool(use.any()):
+        return None
+    m, cells = m[use], cells[use]
+    on_lesion = torch.logsumexp(m.masked_fill(~cells, float("-inf")), dim=1)
+    return (torch.logsumexp(m, dim=1) - on_lesion).mean()
+
+
 def _logit_diff(logits: torch.Tensor) -> torch.Tensor:
     """log-odds of pathology from 2-class logits."""
     return (logits[:, 1] - logits[:, 0]).float()
@@ -198,6 +240,7 @@ class LitClassifier(L.LightningModule):
         weight_decay: float = 1e-2,
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
+        lesion_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -214,9 +257,20 @@ class LitClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         set_frozen_bn_eval(self.model)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss: torch.Tensor = self.loss_fn(self(x), y)
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Focal loss; with a lesion map in the batch (x, y, lesions) and ``lesion_weight`` > 0,
+        plus ``lesion_weight`` × :func:`lesion_attention_loss`."""
+        x, y = batch[0], batch[1]
+        feats = self.model.features(x)
+        logits = self.model.fc(torch.flatten(self.model.avgpool(feats), 1))
+        loss: torch.Tensor = self.loss_fn(logits, y)
+        self.log("train_focal", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        weight = float(self.hparams.get("lesion_weight", 0.0))
+        if weight > 0 and len(batch) > 2:
+            att = lesion_attention_loss(feats, self.model.fc.weight, batch[2], y)
+            if att is not None:
+                self.log("train_lesion", att, on_step=False, on_epoch=True, batch_size=len(y))
+                loss = loss + weight * att
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -318,6 +372,7 @@ def fit_once(
         cfg.weight_decay,
         cfg.plateau_factor,
         cfg.plateau_patience,
+        cfg.lesion_weight,
     )
     if cfg.init_checkpoint:
         from ml.weights import load_checkpoint
@@ -355,19 +410,29 @@ def fit_once(
         max_time=None if cfg.max_time_minutes is None else timedelta(minutes=cfg.max_time_minutes),
         callbacks=[ckpt, stop],
         default_root_dir=str(out_dir),
-        deterministic="warn",
+        deterministic="warn" if cfg.deterministic else False,
+        benchmark=not cfg.deterministic,
         logger=False,
         enable_model_summary=False,
         log_every_n_steps=10,
         num_sanity_val_steps=0,
     )
     t0 = time.perf_counter()
+    workers = {
+        "num_workers": cfg.loader_workers,
+        "persistent_workers": cfg.loader_workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+    }
     trainer.fit(
         lit,
         DataLoader(
-            train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size
+            LesionMapDataset(train_ds) if cfg.lesion_weight > 0 else train_ds,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            drop_last=len(train_ds) > cfg.batch_size,
+            **workers,  # type: ignore[arg-type]
         ),
-        DataLoader(val_ds, batch_size=cfg.batch_size),
+        DataLoader(val_ds, batch_size=cfg.batch_size, **workers),  # type: ignore[arg-type]
     )
     info = {
         "epochs": int(trainer.current_epoch),
@@ -375,6 +440,7 @@ def fit_once(
         "fit_seconds": round(time.perf_counter() - t0, 1),
         "best_val_f1": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
         "best_checkpoint": ckpt.best_model_path or None,
+        "last_epoch_metrics": {k: round(float(v), 5) for k, v in sorted(trainer.callback_metrics.items())},
     }
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
@@ -436,7 +502,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     L.seed_everything(cfg.seed, workers=True)
     records = [r for csv_path in cfg.labels_csvs() for r in read_labels_csv(csv_path)]
-    refuse_repeated_studies(records, "the labels CSVs")
+    records += [r for corpus in cfg.phantom_corpora for r in phantom_records(corpus)]
+    if not records:
+        raise ValueError("no training data: set labels_csv and/or phantom_corpora")
+    refuse_repeated_studies(records, "the training corpora")
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
     tune = read_labels_csv(cfg.tune_labels_csv) if cfg.tune_labels_csv else []
     refuse_repeated_studies([*records, *test, *tune], "the train/tuning/test corpora")

@@ -1,0 +1,134 @@
+"""In-memory phantom corpora: the same studies as the written ones, lesion maps, and the
+lesion-attention loss that trains on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml.data import (
+    CTDataset,
+    LesionMapDataset,
+    PhantomCorpus,
+    TensorCache,
+    phantom_records,
+    read_labels_csv,
+)
+from ml.dicom import load_volume, open_study
+from ml.phantom import write_corpus
+from ml.preprocess import PreprocessConfig, preprocess
+from ml.qc import rank_series
+from ml.train import TrainConfig, lesion_attention_loss, train
+
+SMALL = PreprocessConfig(target_size=(32, 32, 32))
+SIZES = {"rows": 48, "cols": 48, "pixel_spacing_mm": 8.0, "slice_spacing_mm": 5.0, "difficulty": (0.9, 1.0)}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 6, seed=31, **SIZES)  # type: ignore[arg-type]
+
+
+def test_in_memory_corpus_is_the_written_corpus(written: Path, tmp_path: Path) -> None:
+    """Same ids and labels, the same tensors, and lesion maps that cover every lesion.
+
+    The tensors agree to the cache's float16 step (≤ 1.6 HU): the DICOM files carry the
+    geometry as decimal strings, rounded in the last digits."""
+    on_disk = read_labels_csv(written)
+    in_memory = phantom_records(PhantomCorpus(seed=31, n=6, **SIZES))  # type: ignore[arg-type]
+    assert [(r.study_id, r.label) for r in on_disk] == [(r.study_id, r.label) for r in in_memory]
+    cache = TensorCache(tmp_path, SMALL)
+    assert cache.fill(in_memory, workers=2) == {}
+    assert len({cache.path_for(r) for r in in_memory}) == 6  # one cache entry per study
+    lesions = json.loads((written.parent / "lesions.json").read_text())
+    for disk, mem in zip(on_disk, in_memory, strict=True):
+        assert (cache.get(disk) - cache.get(mem)).abs().max() <= 2e-3
+        assert cache.lesions(disk) is None
+        lesion_map = cache.lesions(mem)
+        assert (
+            lesion_map is not None and lesion_map.shape == (1, 32, 32, 32) and lesion_map.dtype == torch.bool
+        )
+        assert bool(lesion_map.any()) == bool(mem.label)
+        if not mem.label:
+            continue
+        assert disk.zip_path is not None
+        with open_study(disk.zip_path) as st:
+            geom = preprocess(load_volume(rank_series(st).selected.series), SMALL).geometry
+        marked = np.argwhere(lesion_map[0].numpy())
+        for les in lesions[disk.study_id]:
+            if les["kind"] == "effusion":  # a crescent: its centre may lie outside it
+                continue
+            centre = geom.lps_to_model(np.asarray(les["centre_lps_mm"], dtype=np.float64)[None])[0]
+            assert np.abs(marked - centre).max(axis=1).min() <= 1.0, (disk.study_id, les)
+
+
+def test_lesion_maps_follow_the_augmentation(tmp_path: Path) -> None:
+    recs = phantom_records(PhantomCorpus(seed=32, n=4, **SIZES))  # type: ignore[arg-type]
+    cache = TensorCache(tmp_path, SMALL)
+    ds = CTDataset(recs, cache, augment=True, shift=4)
+    t = torch.where(torch.rand(1, 32, 32, 32) > 0.9, 1.0, -1.0)
+    torch.manual_seed(3)
+    for _ in range(20):
+        ta, ma = ds.augmented(t.clone(), t > 0)
+        assert ma is not None and torch.equal(ma, ta > 0)  # flipped and shifted alike
+    items = LesionMapDataset(CTDataset(recs, cache))
+    for i, r in enumerate(recs):
+        x, y, m = items[i]
+        assert y == r.label and m.shape == x.shape and bool(m.any()) == bool(r.label)
+
+
+def test_lesion_attention_loss_rewards_evidence_on_the_lesion() -> None:
+    fc = torch.tensor([[0.0, 0.0], [1.0, 0.0]])  # margin weight: channel 0
+    lesions = torch.zeros(2, 1, 8, 8, 8, dtype=torch.bool)
+    lesions[:, :, 0:2, 0:2, 0:2] = True  # = feature cell (0, 0, 0) at 4³
+    y = torch.tensor([1, 1])
+    on = torch.zeros(2, 2, 4, 4, 4)
+    on[:, 0, 0, 0, 0] = 10.0
+    off = torch.zeros(2, 2, 4, 4, 4)
+    off[:, 0, 3, 3, 3] = 10.0
+    loss_on, loss_off = lesion_attention_loss(on, fc, lesions, y), lesion_attention_loss(off, fc, lesions, y)
+    assert loss_on is not None and loss_off is not None
+    assert float(loss_on) < 0.01  # e¹⁰ against 63 cells of e⁰
+    assert float(loss_off) > 9.0
+    # uniform evidence: −log(1/64)
+    flat = lesion_attention_loss(torch.ones(2, 2, 4, 4, 4), fc, lesions, y)
+    assert flat is not None and float(flat) == pytest.approx(np.log(64), rel=1e-5)
+    # a constant added to the evidence map changes nothing; channel 1 is not evidence
+    shifted = off.clone()
+    shifted[:, 0] += 2.0
+    shifted[:, 1] += 7.0
+    assert float(lesion_attention_loss(shifted, fc, lesions, y)) == pytest.approx(float(loss_off), rel=1e-5)  # type: ignore[arg-type]
+    # no positive study with a map in the batch: no loss
+    assert lesion_attention_loss(on, fc, lesions, torch.tensor([0, 0])) is None
+    assert lesion_attention_loss(on, fc, torch.zeros_like(lesions), y) is None
+
+
+def test_training_on_an_in_memory_corpus_with_the_lesion_loss(tmp_path: Path) -> None:
+    cfg = TrainConfig.from_dict(
+        {
+            "phantom_corpora": [{"seed": 33, "n": 8, **SIZES, "difficulty": [0.9, 1.0]}],
+            "cache_dir": str(tmp_path / "cache"),
+            "output_dir": str(tmp_path / "run"),
+            "preprocess": {"target_size": [32, 32, 32]},
+            # dilated: a 4³ feature map at 32³ (the plain layout's 1³ would make the loss 0)
+            "model": {"arch": "resnet10", "widths": [8, 16, 32, 64], "dilated": True},
+            "batch_size": 2,
+            "max_epochs": 2,
+            "val_fraction": 0.25,
+            "preprocess_workers": 1,
+            "lesion_weight": 0.5,
+            "freeze": ["stem"],
+        }
+    )
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    summary = train(cfg)
+    assert summary["data"]["train_val"] == {"n": 8, "positives": 4, "negatives": 4}
+    assert summary["fit"]["global_step"] == 2 * 3  # 6 training studies, batches of 2
+    metrics = summary["fit"]["last_epoch_metrics"]
+    assert metrics["train_lesion"] > 0 and metrics["train_loss"] > metrics["train_focal"]
+    with pytest.raises(ValueError, match="no training data"):
+        train(TrainConfig(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "empty")))
