@@ -106,7 +106,7 @@ from torch import nn  # noqa: E402
 from ml.explain import explain  # noqa: E402
 from ml.geometry import CTVolume  # noqa: E402
 from ml.inference import Predictor  # noqa: E402
-from ml.phantom import Phantom, PhantomSpec, generate_phantom  # noqa: E402
+from ml.phantom import Phantom, PhantomSpec, corpus_plan, generate_phantom  # noqa: E402
 from ml.preprocess import PreprocessResult, preprocess  # noqa: E402
 
 MANIFEST = ROOT / "weights" / "manifest.json"
@@ -146,7 +146,8 @@ F64 = npt.NDArray[np.float64]
 
 
 def used_seeds(train_yaml: Path = TRAIN_YAML, demo_data: Path = DEMO_DATA) -> set[int]:
-    """Phantom seeds of the demo model's corpora: from the config's phantom commands and any labels.csv."""
+    """Phantom seeds of the demo model's corpora: from the config's phantom commands, its
+    ``phantom_corpora`` and any labels.csv."""
     used: set[int] = set()
     text = train_yaml.read_text()
     cfg = yaml.safe_load(text)  # the comment header and reproduce_command both hold the phantom commands
@@ -154,6 +155,8 @@ def used_seeds(train_yaml: Path = TRAIN_YAML, demo_data: Path = DEMO_DATA) -> se
     for m in re.finditer(r"phantom\s+\S+\s+--n\s+(\d+)\s+--seed\s+(\d+)", text):
         n, seed = int(m.group(1)), int(m.group(2))
         used.update(seed * CORPUS_STRIDE + i for i in range(n))
+    for c in cfg.get("phantom_corpora") or ():  # corpora generated in memory
+        used.update(seed for _, seed, _ in corpus_plan(int(c["n"]), int(c["seed"])))
     if not used:
         raise SystemExit(f"no corpus found in {train_yaml}: cannot check that the seeds are held out")
     for path in sorted(demo_data.glob("*/labels.csv")) if demo_data.is_dir() else []:

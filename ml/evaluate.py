@@ -335,8 +335,14 @@ def select_operating_points(
       thresholds tie (common on a balanced set: passing one more positive and one more
       negative leaves J unchanged), the lowest of them, the most sensitive: a triage
       service ranks a missed pathology worse than a false alarm;
-    * ``high_sensitivity``: the highest threshold with sensitivity >= ``sens_target``;
-    * ``high_specificity``: the lowest threshold with specificity >= ``spec_target``.
+    * ``high_sensitivity``: the highest threshold with sensitivity >= ``sens_target``,
+      but never above ``balanced``;
+    * ``high_specificity``: the lowest threshold with specificity >= ``spec_target``,
+      but never below ``balanced``.
+
+    The bounds keep the names true: where ``balanced`` already meets a target (a strong
+    model: sensitivity and specificity both above 0.95), the "high" point would
+    otherwise be the *less* sensitive (or specific) of the two; it is then ``balanced``.
 
     Thresholds are observed scores, except that ``high_specificity`` may have to
     call nothing positive, in which case it is the next float above the largest
@@ -350,7 +356,11 @@ def select_operating_points(
     high_sens = float(thr[int(np.flatnonzero(tpr >= sens_target - _EPS)[0])])
     i_spec = int(np.flatnonzero((1.0 - fpr) >= spec_target - _EPS)[-1])
     high_spec = float(thr[i_spec]) if i_spec > 0 else float(np.nextafter(thr[1], np.inf))
-    return {"balanced": balanced, "high_sensitivity": high_sens, "high_specificity": high_spec}
+    return {
+        "balanced": balanced,
+        "high_sensitivity": min(high_sens, balanced),
+        "high_specificity": max(high_spec, balanced),
+    }
 
 
 def _metric_at(name: str, threshold: float) -> MetricFn:

@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 #: seconds kept after the fit for predicting, calibrating, publishing and scoring
-POST_FIT_S = 75.0
+POST_FIT_S = 90.0
+#: seconds between the deadline and the stop of a variant still running (then its best
+#: checkpoint is packed as float16 weights instead of the published model)
+GRACE_S = 30.0
 
 
 def _parse_assignment(text: str) -> tuple[str, Any]:
@@ -48,12 +51,11 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
 def _child(spec_path: Path) -> None:
     """Train one variant (a JSON spec written by the parent), then score it."""
     import numpy as np
-    import torch
 
     from ml import evaluate as ev
     from ml.data import PhantomCorpus, TensorCache, phantom_records
     from ml.model import build_model
-    from ml.train import TrainConfig, score_records, train
+    from ml.train import TrainConfig, score_records, scoring_device, train
     from ml.weights import load_checkpoint
 
     spec = json.loads(spec_path.read_text())
@@ -64,7 +66,7 @@ def _child(spec_path: Path) -> None:
     assert cfg.weights_path is not None
     model = build_model(cfg.model)
     load_checkpoint(model, cfg.weights_path, strict=True)
-    model = model.float().eval().to("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.float().eval().to(scoring_device(cfg.accelerator))
     cache = TensorCache(cfg.cache_dir, cfg.preprocess)
     temperature = float(summary["calibration"]["temperature"])
     thresholds = {k: float(v["threshold"]) for k, v in summary["operating_points"].items()}
@@ -82,6 +84,33 @@ def _child(spec_path: Path) -> None:
             }
         scores[f"seed{seed}"] = row
     Path(spec["scores_path"]).write_text(json.dumps(scores, indent=2))
+
+
+def _pack(name: str, vdir: Path, rc: int, out: Path) -> dict[str, Any]:
+    """``out/<name>.tar.gz`` of what the variant left; its scores (or the checkpoint it reached)."""
+    scores_path = vdir / "scores.json"
+    result: dict[str, Any] = {
+        "rc": rc,
+        **(json.loads(scores_path.read_text()) if scores_path.is_file() else {}),
+    }
+    files = [*sorted((vdir / "weights").iterdir()), vdir / "run" / "summary.json", scores_path]
+    if not scores_path.is_file():  # stopped or failed: keep the best checkpoint's network
+        ckpts = sorted((vdir / "run").glob("final/checkpoints/*.ckpt"))
+        if ckpts:
+            import torch
+
+            state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["state_dict"]
+            net = {
+                k.removeprefix("model."): v.half() if v.is_floating_point() else v for k, v in state.items()
+            }
+            torch.save(net, vdir / "best-checkpoint.fp16.pt")
+            files.append(vdir / "best-checkpoint.fp16.pt")
+            result["checkpoint"] = ckpts[-1].name
+    with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
+        for f in [*files, vdir / "spec.json", vdir / "train.log"]:
+            if f.is_file():
+                tar.add(f, arcname=f.name)
+    return result
 
 
 def main() -> None:
@@ -162,19 +191,18 @@ def main() -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), str(args.config), "--out", str(args.out)]
         cmd += ["--deadline-s", "0", "--child", str(vdir / "spec.json")]
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ), vdir)
-    for name, (proc, vdir) in procs.items():
-        rc = proc.wait()
-        scores_path = vdir / "scores.json"
-        report["variants"][name] = {
-            "rc": rc,
-            **(json.loads(scores_path.read_text()) if scores_path.is_file() else {}),
-        }
-        with tarfile.open(args.out / f"{name}.tar.gz", "w:gz") as tar:
-            for p in [*sorted((vdir / "weights").iterdir()), vdir / "run" / "summary.json", scores_path]:
-                if p.is_file():
-                    tar.add(p, arcname=p.name)
-            tar.add(vdir / "spec.json", arcname="spec.json")
-            tar.add(vdir / "train.log", arcname="train.log")
+    while procs:
+        time.sleep(2.0)
+        late = time.monotonic() - start > args.deadline_s + GRACE_S
+        for name, (proc, vdir) in list(procs.items()):
+            if proc.poll() is None and not late:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            del procs[name]
+            report["variants"][name] = _pack(name, vdir, proc.returncode, args.out)
+            (args.out / "report.json").write_text(json.dumps(report, indent=2))
     report["total_seconds"] = round(time.monotonic() - start, 1)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

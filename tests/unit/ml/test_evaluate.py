@@ -209,7 +209,10 @@ def test_youden_and_targets_hand_example() -> None:
     assert set(ops) == set(OPERATING_POINT_NAMES)
     assert ops["balanced"] == pytest.approx(0.6)
     assert ops["high_sensitivity"] == pytest.approx(0.6)  # highest thr with tpr >= .75
-    assert ops["high_specificity"] == pytest.approx(0.55)  # lowest thr with fpr <= .2
+    # the lowest thr with fpr <= .2 is 0.55, less specific than balanced (fpr 0): balanced
+    assert ops["high_specificity"] == pytest.approx(0.6)
+    # the highest thr with tpr >= .5 is 0.7, less sensitive than balanced (tpr .75): balanced
+    assert select_operating_points(Y_OP, S_OP, sens_target=0.5)["high_sensitivity"] == pytest.approx(0.6)
     strict = select_operating_points(Y_OP, S_OP, sens_target=1.0, spec_target=1.0)
     assert strict["high_sensitivity"] == pytest.approx(0.4)
     assert strict["high_specificity"] == pytest.approx(0.6)
