@@ -51,6 +51,10 @@ from ml.preprocess import PreprocessConfig
 log = logging.getLogger(__name__)
 
 
+#: the metrics a run may select epochs on, and which way is better
+MONITOR_MODES = {"val_f1": "max", "val_loss": "min"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs (paths relative to the config file's folder)."""
@@ -92,6 +96,11 @@ class TrainConfig:
     #: −log of the share of the softmax over the pathology-evidence map (the class-activation
     #: map of the margin, i.e. what Grad-CAM shows at ``layer4``) that falls on lesion voxels
     lesion_weight: float = 0.0
+    #: what picks the best epoch, drives early stopping and the learning-rate plateau:
+    #: ``val_f1`` (maximised) or ``val_loss`` (minimised: the training objective on the
+    #: validation studies, focal loss plus ``lesion_weight`` × the lesion-attention loss; use
+    #: it when fine-tuning a model whose validation F1 is already saturated)
+    monitor: str = "val_f1"
     seed: int = 0
     preprocess_workers: int = 2
     #: DataLoader worker processes for training batches (0 = in the training process)
@@ -131,6 +140,8 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown training config keys: {unknown}")
+        if raw.get("monitor", "val_f1") not in MONITOR_MODES:
+            raise ValueError(f"monitor must be one of {sorted(MONITOR_MODES)}, not {raw['monitor']!r}")
         d = dict(raw)
         if "model" in d:
             d["model"] = ModelSpec.from_dict(d["model"])
@@ -199,6 +210,25 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+def lesion_cells(lesions: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """The cells of a feature grid (d, h, w) where a peak of the evidence map counts as on a lesion.
+
+    Grad-CAM upsamples the feature map trilinearly (``align_corners=False``), so a cell's
+    evidence peaks at the cell's centre in input voxels; a peak there is on the lesion when
+    a lesion voxel lies within one voxel of the eight input voxels around that centre
+    (≈ 5 mm at the demo's ≈ 3 mm model voxels, the pointing game's tolerance). A study
+    whose lesions reach no cell centre (a nodule smaller than a cell) falls back to every
+    cell that holds a lesion voxel. ``lesions``: bool [B, 1, D, H, W] on the input grid;
+    returns bool [B, d·h·w].
+    """
+    m = lesions.float()
+    near = F.max_pool3d(m, kernel_size=3, stride=1, padding=1)
+    size = tuple(int(n) for n in grid)
+    centre = F.interpolate(near, size=size, mode="trilinear", align_corners=False).flatten(1) > 0
+    anywhere = F.adaptive_max_pool3d(m, size).flatten(1) > 0
+    return torch.where(centre.any(1, keepdim=True), centre, anywhere)
+
+
 def lesion_attention_loss(
     features: torch.Tensor, fc_weight: torch.Tensor, lesions: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor | None:
@@ -207,13 +237,13 @@ def lesion_attention_loss(
     ``M = Σ_c (W₁c − W₀c)·A_c`` is the evidence map of the pathology margin over the last
     feature map ``A`` [B, C, d, h, w] (with global average pooling the margin is M's mean
     plus a bias, and Grad-CAM at that layer is ReLU(M)/(d·h·w)). ``lesions`` (bool
-    [B, 1, D, H, W] on the input grid) is max-pooled to (d, h, w). Shifting M by a
-    constant leaves the loss unchanged, so it moves where the evidence sits, not how much
-    there is. None when no study of the batch is positive with a non-empty map.
+    [B, 1, D, H, W] on the input grid) selects the cells by :func:`lesion_cells`. Shifting
+    M by a constant leaves the loss unchanged, so it moves where the evidence sits, not how
+    much there is. None when no study of the batch is positive with a non-empty map.
     """
     w = (fc_weight[1] - fc_weight[0]).to(features.dtype)
     m = torch.einsum("bcdhw,c->bdhw", features, w).float().flatten(1)
-    cells = F.adaptive_max_pool3d(lesions.float(), features.shape[-3:]).flatten(1) > 0
+    cells = lesion_cells(lesions, features.shape[-3:])
     use = cells.any(1) & (labels == 1)
     if not bool(use.any()):
         return None
@@ -241,6 +271,7 @@ class LitClassifier(L.LightningModule):
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
         lesion_weight: float = 0.0,
+        monitor: str = "val_f1",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -257,27 +288,32 @@ class LitClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         set_frozen_bn_eval(self.model)
 
-    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Focal loss; with a lesion map in the batch (x, y, lesions) and ``lesion_weight`` > 0,
-        plus ``lesion_weight`` × :func:`lesion_attention_loss`."""
+    def _objective(self, batch: Sequence[torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, loss) of a batch: focal loss; with a lesion map in the batch (x, y, lesions)
+        and ``lesion_weight`` > 0, plus ``lesion_weight`` × :func:`lesion_attention_loss`.
+        Logs ``<stage>_focal``, ``<stage>_lesion`` (when there is one) and ``<stage>_loss``."""
         x, y = batch[0], batch[1]
         feats = self.model.features(x)
         logits = self.model.fc(torch.flatten(self.model.avgpool(feats), 1))
         loss: torch.Tensor = self.loss_fn(logits, y)
-        self.log("train_focal", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}_focal", loss, on_step=False, on_epoch=True, batch_size=len(y))
         weight = float(self.hparams.get("lesion_weight", 0.0))
         if weight > 0 and len(batch) > 2:
             att = lesion_attention_loss(feats, self.model.fc.weight, batch[2], y)
             if att is not None:
-                self.log("train_lesion", att, on_step=False, on_epoch=True, batch_size=len(y))
+                self.log(f"{stage}_lesion", att, on_step=False, on_epoch=True, batch_size=len(y))
                 loss = loss + weight * att
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
-        return loss
+        train = stage == "train"
+        self.log(f"{stage}_loss", loss, prog_bar=train, on_step=train, on_epoch=True, batch_size=len(y))
+        return logits, loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", self.loss_fn(logits, y), on_epoch=True, batch_size=len(y))
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The training objective (:meth:`_objective`) of one batch."""
+        return self._objective(batch, "train")[1]
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        logits, _ = self._objective(batch, "val")
+        y = batch[1]
         self._val_z.append(_logit_diff(logits).detach().cpu())
         self._val_y.append(y.detach().cpu())
 
@@ -296,12 +332,16 @@ class LitClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+        monitor = str(self.hparams.get("monitor", "val_f1"))
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="max", factor=self.hparams["plateau_factor"], patience=self.hparams["plateau_patience"]
+            opt,
+            mode=MONITOR_MODES[monitor],  # type: ignore[arg-type]
+            factor=self.hparams["plateau_factor"],
+            patience=self.hparams["plateau_patience"],
         )
         return {
             "optimizer": opt,
-            "lr_scheduler": {"scheduler": sched, "monitor": "val_f1", "interval": "epoch"},
+            "lr_scheduler": {"scheduler": sched, "monitor": monitor, "interval": "epoch"},
         }
 
 
@@ -383,6 +423,7 @@ def fit_once(
         cfg.plateau_factor,
         cfg.plateau_patience,
         cfg.lesion_weight,
+        cfg.monitor,
     )
     if cfg.init_checkpoint:
         from ml.weights import load_checkpoint
@@ -401,15 +442,16 @@ def fit_once(
                 generator=torch.Generator().manual_seed(cfg.seed),
             ),
         )
+    mode = MONITOR_MODES[cfg.monitor]
     ckpt = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
-        monitor="val_f1",
-        mode="max",
+        monitor=cfg.monitor,
+        mode=mode,
         save_top_k=1,
-        filename="best-{epoch}-{val_f1:.3f}",
+        filename="best-{epoch}-{val_f1:.3f}-{val_loss:.4f}",
     )
     stop = L.pytorch.callbacks.EarlyStopping(
-        monitor="val_f1", mode="max", patience=cfg.early_stopping_patience
+        monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping_patience
     )
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
@@ -442,13 +484,18 @@ def fit_once(
             drop_last=len(train_ds) > cfg.batch_size,
             **workers,  # type: ignore[arg-type]
         ),
-        DataLoader(val_ds, batch_size=cfg.batch_size, **workers),  # type: ignore[arg-type]
+        DataLoader(
+            LesionMapDataset(val_ds) if cfg.lesion_weight > 0 else val_ds,
+            batch_size=cfg.batch_size,
+            **workers,  # type: ignore[arg-type]
+        ),
     )
     info = {
         "epochs": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
         "fit_seconds": round(time.perf_counter() - t0, 1),
-        "best_val_f1": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+        "monitor": cfg.monitor,
+        "best_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
         "best_checkpoint": ckpt.best_model_path or None,
         "last_epoch_metrics": {k: round(float(v), 5) for k, v in sorted(trainer.callback_metrics.items())},
     }

@@ -22,7 +22,7 @@ from ml.dicom import load_volume, open_study
 from ml.phantom import write_corpus
 from ml.preprocess import PreprocessConfig, preprocess
 from ml.qc import rank_series
-from ml.train import TrainConfig, lesion_attention_loss, train
+from ml.train import TrainConfig, lesion_attention_loss, lesion_cells, train
 
 SMALL = PreprocessConfig(target_size=(32, 32, 32))
 SIZES = {"rows": 48, "cols": 48, "pixel_spacing_mm": 8.0, "slice_spacing_mm": 5.0, "difficulty": (0.9, 1.0)}
@@ -83,8 +83,8 @@ def test_lesion_maps_follow_the_augmentation(tmp_path: Path) -> None:
 
 def test_lesion_attention_loss_rewards_evidence_on_the_lesion() -> None:
     fc = torch.tensor([[0.0, 0.0], [1.0, 0.0]])  # margin weight: channel 0
-    lesions = torch.zeros(2, 1, 8, 8, 8, dtype=torch.bool)
-    lesions[:, :, 0:2, 0:2, 0:2] = True  # = feature cell (0, 0, 0) at 4³
+    lesions = torch.zeros(2, 1, 16, 16, 16, dtype=torch.bool)
+    lesions[:, :, 1:3, 1:3, 1:3] = True  # the centre of feature cell (0, 0, 0) at 4³
     y = torch.tensor([1, 1])
     on = torch.zeros(2, 2, 4, 4, 4)
     on[:, 0, 0, 0, 0] = 10.0
@@ -107,6 +107,20 @@ def test_lesion_attention_loss_rewards_evidence_on_the_lesion() -> None:
     assert lesion_attention_loss(on, fc, torch.zeros_like(lesions), y) is None
 
 
+def test_lesion_cells_are_those_whose_upsampled_peak_lands_on_the_lesion() -> None:
+    # 16³ input, 2³ grid: cell centres at input voxel 3.5 (voxels 3 and 4) and 11.5 (11, 12)
+    lesions = torch.zeros(3, 1, 16, 16, 16, dtype=torch.bool)
+    lesions[0, 0, 11:13, 3:5, 3:5] = True  # on the centre of cell (1, 0, 0)
+    lesions[0, 0, 0, 0, 15] = True  # a corner voxel of cell (0, 0, 1): far from its centre
+    lesions[1, 0, 0, 0, 15] = True  # only that corner: no centre reached, so its cell counts
+    lesions[2, 0, 2, 2, 2] = True  # one voxel from the centre's neighbours of cell (0, 0, 0)
+    cells = lesion_cells(lesions, (2, 2, 2)).view(3, 2, 2, 2)
+    assert cells[0].nonzero().tolist() == [[1, 0, 0]]
+    assert cells[1].nonzero().tolist() == [[0, 0, 1]]
+    assert cells[2].nonzero().tolist() == [[0, 0, 0]]
+    assert not lesion_cells(torch.zeros(1, 1, 16, 16, 16, dtype=torch.bool), (2, 2, 2)).any()
+
+
 def test_training_on_an_in_memory_corpus_with_the_lesion_loss(tmp_path: Path) -> None:
     cfg = TrainConfig.from_dict(
         {
@@ -121,6 +135,7 @@ def test_training_on_an_in_memory_corpus_with_the_lesion_loss(tmp_path: Path) ->
             "val_fraction": 0.25,
             "preprocess_workers": 1,
             "lesion_weight": 0.5,
+            "monitor": "val_loss",
             "freeze": ["stem"],
         }
     )
@@ -130,5 +145,14 @@ def test_training_on_an_in_memory_corpus_with_the_lesion_loss(tmp_path: Path) ->
     assert summary["fit"]["global_step"] == 2 * 3  # 6 training studies, batches of 2
     metrics = summary["fit"]["last_epoch_metrics"]
     assert metrics["train_lesion"] > 0 and metrics["train_loss"] > metrics["train_focal"]
+    # validation studies carry their lesion maps too, and the objective on them picks the epoch
+    assert metrics["val_lesion"] > 0
+    assert metrics["val_loss"] == pytest.approx(metrics["val_focal"] + 0.5 * metrics["val_lesion"], rel=1e-3)
+    fit = summary["fit"]
+    # (the logged metrics are rounded to 5 places)
+    assert fit["monitor"] == "val_loss" and fit["best_score"] <= metrics["val_loss"] + 1e-4
+    assert Path(fit["best_checkpoint"]).name.endswith(f"val_loss={fit['best_score']:.4f}.ckpt")
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        TrainConfig.from_dict({**cfg.to_dict(), "monitor": "val_auc"})
     with pytest.raises(ValueError, match="no training data"):
         train(TrainConfig(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "empty")))
