@@ -704,6 +704,7 @@ def write_model_card(
     roc_png: str | None,
     calibration_png: str | None,
     clinical_use: bool,
+    notes: str = "",
 ) -> None:
     """Write a Markdown model card.
 
@@ -711,7 +712,8 @@ def write_model_card(
     ``k + "_ci95"`` is also present gets its CI in the same row. ``operating_points``
     is :func:`evaluate_operating_points`'s output. Image paths are linked as given
     (absolute ones are made relative to the card's folder). When ``clinical_use``
-    is False a "NOT FOR CLINICAL USE" banner heads the card.
+    is False a "NOT FOR CLINICAL USE" banner heads the card. ``notes`` (Markdown, e.g.
+    how the model was trained, what it reached against its goals) ends the card verbatim.
     """
     out = Path(path)
     size = input_size if isinstance(input_size, str) else " x ".join(str(int(v)) for v in input_size)
@@ -775,5 +777,7 @@ def write_model_card(
     lines += ["## Limitations", ""]
     lines += [f"- {item}" for item in limitations] or ["- None stated."]
     lines += ["", "## Reproduce", "", "```bash", reproduce_command, "```", ""]
+    if notes.strip():
+        lines += [notes.strip(), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")

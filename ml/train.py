@@ -127,6 +127,9 @@ class TrainConfig:
     )
     clinical_use: bool = False
     reproduce_command: str = ""
+    #: a Markdown file appended to the model card each time the run (or ``retune``)
+    #: writes it: how the model was trained, what it reached against its goals
+    card_notes: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -166,6 +169,7 @@ class TrainConfig:
             "init_checkpoint",
             "weights_path",
             "manifest_path",
+            "card_notes",
         ):
             if isinstance(d.get(k), str):
                 d[k] = resolve(d[k])
@@ -695,6 +699,7 @@ def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: 
         roc_png=roc_name,
         calibration_png=cal_name,
         clinical_use=cfg.clinical_use,
+        notes=Path(cfg.card_notes).read_text(encoding="utf-8") if cfg.card_notes else "",
     )
 
 

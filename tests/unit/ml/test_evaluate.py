@@ -406,5 +406,8 @@ def test_model_card(tmp_path: Path) -> None:
     assert "![Calibration](calibration.png)" in text
     assert "- single site" in text
     assert "128 x 128 x 128" in text
-    write_model_card(card, clinical_use=True, **common)  # type: ignore[arg-type]
-    assert "NOT FOR CLINICAL USE" not in card.read_text()
+    assert text.endswith("```\n")  # no notes: the card ends with the command
+    write_model_card(card, clinical_use=True, notes="\n## Against the goal\n\nMet.\n", **common)  # type: ignore[arg-type]
+    text = card.read_text()
+    assert "NOT FOR CLINICAL USE" not in text
+    assert text.endswith(f"{cmd}\n```\n\n## Against the goal\n\nMet.\n")

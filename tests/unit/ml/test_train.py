@@ -164,9 +164,18 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
     tune_csv = write_corpus(
         tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
     )
-    cfg = _publishing_config(corpus, tmp_path, max_epochs=1, n_bootstrap=20, name="tiny-tune")
+    notes = tmp_path / "notes.md"
+    notes.write_text("## How it was trained\n\nBy hand, on a Tuesday.\n")
+    cfg = _publishing_config(
+        corpus, tmp_path, max_epochs=1, n_bootstrap=20, name="tiny-tune", card_notes=str(notes)
+    )
     manifest = Path(str(cfg.manifest_path))
     train(cfg)
+    assert (
+        (manifest.parent / "tiny.md")
+        .read_text()
+        .endswith("## How it was trained\n\nBy hand, on a Tuesday.\n")
+    )
     weights = manifest.parent / "tiny.pt"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     before = Manifest.load(manifest).get("tiny-tune")
@@ -197,6 +206,7 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
         assert summary["operating_points"][name]["n"] == 12
     card = (manifest.parent / "tiny.md").read_text()
     assert "| operating points selected on | tuning corpus |" in card and "tuning auc" in card
+    assert card.index("## Reproduce") < card.index("By hand, on a Tuesday.")  # the notes survive a retune
     # a config that does not describe the published model is refused, by the CLI too
     with pytest.raises(ValueError, match="does not describe"):
         retune(dataclasses.replace(tuned, preprocess=PreprocessConfig(target_size=(40, 40, 40))))
