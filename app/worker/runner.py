@@ -192,14 +192,18 @@ class Worker:
         deadline = time.monotonic() + drain_s
         while self.held and time.monotonic() < deadline:
             time.sleep(0.1)
-        self._drained.set()
-        for t in self._threads:
-            t.join(timeout=5)
+        # Give the rest back while the heartbeat still extends their leases: joining the
+        # pipeline threads can take seconds, and a lease that expires meanwhile is requeued
+        # by another worker's reconciler with the attempt charged. A thread that finishes a
+        # released attempt afterwards finds it no longer held (the attempt guard).
         with self._held_lock:
             leftover = list(self.held.values())
             self.held.clear()
         for item in leftover:
             self._release(item, "worker stopped", spend=False)
+        self._drained.set()
+        for t in self._threads:
+            t.join(timeout=5)
         if self.webhooks is not None:
             self.webhooks.stop()
         if self.pool is not None:
