@@ -131,6 +131,10 @@ class TrainConfig:
     #: writes it: how the model was trained, what it reached against its goals
     card_notes: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITOR_MODES:
+            raise ValueError(f"monitor must be one of {sorted(MONITOR_MODES)}, not {self.monitor!r}")
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         p = Path(path)
@@ -143,8 +147,6 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown training config keys: {unknown}")
-        if raw.get("monitor", "val_f1") not in MONITOR_MODES:
-            raise ValueError(f"monitor must be one of {sorted(MONITOR_MODES)}, not {raw['monitor']!r}")
         d = dict(raw)
         if "model" in d:
             d["model"] = ModelSpec.from_dict(d["model"])
