@@ -1,5 +1,5 @@
 """In-memory phantom corpora: the same studies as the written ones, lesion maps, and the
-lesion-attention loss that trains on them."""
+lesion-attention and IG-path losses that train on them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from ml.data import (
     CTDataset,
@@ -19,10 +20,11 @@ from ml.data import (
     read_labels_csv,
 )
 from ml.dicom import load_volume, open_study
+from ml.model import ModelSpec, build_model, freeze_stages, set_frozen_bn_eval
 from ml.phantom import write_corpus
 from ml.preprocess import PreprocessConfig, preprocess
 from ml.qc import rank_series
-from ml.train import TrainConfig, lesion_attention_loss, lesion_cells, train
+from ml.train import TrainConfig, lesion_attention_loss, lesion_cells, path_attribution_loss, train
 
 SMALL = PreprocessConfig(target_size=(32, 32, 32))
 SIZES = {"rows": 48, "cols": 48, "pixel_spacing_mm": 8.0, "slice_spacing_mm": 5.0, "difficulty": (0.9, 1.0)}
@@ -121,7 +123,82 @@ def test_lesion_cells_are_those_whose_upsampled_peak_lands_on_the_lesion() -> No
     assert not lesion_cells(torch.zeros(1, 1, 16, 16, 16, dtype=torch.bool), (2, 2, 2)).any()
 
 
-def test_training_on_an_in_memory_corpus_with_the_lesion_loss(tmp_path: Path) -> None:
+class _LinearMargin(nn.Module):
+    """Logits (0, Σ w·x): the margin's input gradient is ``w`` wherever on the path."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        margin = (x * self.w).flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(margin), margin], dim=1)
+
+
+def _value(loss: torch.Tensor | None) -> float:
+    assert loss is not None
+    return float(loss.detach())
+
+
+def test_path_attribution_loss_is_the_softmax_share_of_the_ig_peak_near_the_lesion() -> None:
+    w = torch.full((1, 1, 8, 8, 8), 0.1)
+    w[0, 0, 2, 2, 2] = 1.0  # the attribution's peak (x + 1 = 1 everywhere)
+    x = torch.zeros(3, 1, 8, 8, 8)
+    lesions = torch.zeros(3, 1, 8, 8, 8, dtype=torch.bool)
+    lesions[0, 0, 2, 2, 2] = True  # on the peak
+    lesions[1, 0, 6, 6, 6] = True  # far from it
+    lesions[2, 0, 3, 3, 3] = True  # one voxel (diagonally) from it: still a hit
+    y = torch.tensor([1, 1, 1])
+    model = _LinearMargin(w)
+    e = np.e
+    # the peak is worth e^10 (temperature 10), each of the other 511 voxels e^(10·0.1)
+    on = np.log(e**10 + 511 * e) - np.log(e**10 + 26 * e)  # 3³ voxels near the lesion
+    off = np.log(e**10 + 511 * e) - np.log(27 * e)
+    got = [_value(path_attribution_loss(model, x[i : i + 1], lesions[i : i + 1], y[:1])) for i in range(3)]
+    assert got == pytest.approx([on, off, on], rel=1e-5)
+    assert _value(path_attribution_loss(model, x, lesions, y)) == pytest.approx((2 * on + off) / 3, rel=1e-5)
+    # only the first max_studies positives count; normals and empty maps never
+    first = path_attribution_loss(model, x[1:], lesions[1:], y[1:], max_studies=1)
+    assert _value(first) == pytest.approx(off)
+    assert path_attribution_loss(model, x, lesions, torch.tensor([0, 0, 0])) is None
+    assert path_attribution_loss(model, x, torch.zeros_like(lesions), y) is None
+    # evidence against pathology is not evidence: a negative peak leaves the rest uniform
+    neg = _LinearMargin(torch.where(w == 1.0, -1.0, 0.1))
+    against = path_attribution_loss(neg, x[:1], lesions[:1], y[:1])
+    assert _value(against) == pytest.approx(np.log(511 / 26), rel=1e-4)
+    # a sharper temperature weighs the peak more
+    assert _value(path_attribution_loss(model, x[1:2], lesions[1:2], y[:1], temperature=20.0)) > off
+    # (x + 1) weighs the gradient: air (x = -1) carries no attribution at all
+    air = x[:1].clone()
+    air[0, 0, 2, 2, 2] = -1.0
+    # (the peak gone, the rest's 0.1 is the new maximum)
+    moved = _value(path_attribution_loss(model, air, lesions[:1], y[:1]))
+    assert moved == pytest.approx(np.log(511 * e**10 + 1) - np.log(26 * e**10 + 1), rel=1e-5)
+
+
+def test_path_attribution_loss_trains_the_model_without_touching_its_batchnorm_statistics() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(arch="resnet10", widths=(4, 8, 8, 8), dilated=True))
+    freeze_stages(model, ["stem"])
+    model.train()
+    set_frozen_bn_eval(model)
+    modes = {name: m.training for name, m in model.named_modules()}
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    x = torch.rand(2, 1, 16, 16, 16) * 2 - 1
+    lesions = torch.zeros(2, 1, 16, 16, 16, dtype=torch.bool)
+    lesions[:, :, 4:8, 4:8, 4:8] = True
+    loss = path_attribution_loss(model, x, lesions, torch.tensor([1, 0]), alpha=torch.tensor([0.5, 0.5]))
+    assert loss is not None and torch.isfinite(loss) and _value(loss) > 0
+    loss.backward()
+    # the gradient of the gradient reaches the trainable stages, not the frozen stem
+    assert model.layer4[0].conv1.weight.grad is not None and model.layer4[0].conv1.weight.grad.abs().sum() > 0
+    assert model.conv1.weight.grad is None
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(stats[k], after[k]) for k in stats)
+
+
+def test_training_on_an_in_memory_corpus_with_the_lesion_and_ig_losses(tmp_path: Path) -> None:
     cfg = TrainConfig.from_dict(
         {
             "phantom_corpora": [{"seed": 33, "n": 8, **SIZES, "difficulty": [0.9, 1.0]}],
@@ -135,6 +212,8 @@ def test_training_on_an_in_memory_corpus_with_the_lesion_loss(tmp_path: Path) ->
             "val_fraction": 0.25,
             "preprocess_workers": 1,
             "lesion_weight": 0.5,
+            "ig_weight": 0.2,
+            "ig_studies": 1,
             "monitor": "val_loss",
             "freeze": ["stem"],
         }
@@ -147,11 +226,17 @@ def test_training_on_an_in_memory_corpus_with_the_lesion_loss(tmp_path: Path) ->
     assert metrics["train_lesion"] > 0 and metrics["train_loss"] > metrics["train_focal"]
     # validation studies carry their lesion maps too, and the objective on them picks the epoch
     assert metrics["val_lesion"] > 0
-    assert metrics["val_loss"] == pytest.approx(metrics["val_focal"] + 0.5 * metrics["val_lesion"], rel=1e-3)
+    # and the IG term (one positive per batch) in training and in validation
+    assert metrics["train_ig"] > 0 and metrics["val_ig"] > 0
+    objective = metrics["val_focal"] + 0.5 * metrics["val_lesion"] + 0.2 * metrics["val_ig"]
+    assert metrics["val_loss"] == pytest.approx(objective, rel=1e-3)
     fit = summary["fit"]
     # (the logged metrics are rounded to 5 places)
     assert fit["monitor"] == "val_loss" and fit["best_score"] <= metrics["val_loss"] + 1e-4
     assert Path(fit["best_checkpoint"]).name.endswith(f"val_loss={fit['best_score']:.4f}.ckpt")
+    for bad in ({"ig_weight": -1.0}, {"ig_studies": 0}, {"ig_temperature": 0.0}):
+        with pytest.raises(ValueError, match="ig_weight must be"):
+            TrainConfig.from_dict({**cfg.to_dict(), **bad})
     with pytest.raises(ValueError, match="monitor must be one of"):
         TrainConfig.from_dict({**cfg.to_dict(), "monitor": "val_auc"})
     with pytest.raises(ValueError, match="no training data"):
