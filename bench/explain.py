@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/explain.py              # full run: ≈ 11 min on 2 cores (demo model 0.4.0, Intel Xeon VM)
+    python bench/explain.py              # full run: ≈ 11 min on 2 cores (Intel Xeon VM); --n-ig 60: 20 min
     python bench/explain.py --quick      # smoke run: 2 studies, IG on 1 at 2 steps (< 1 min)
     python bench/explain.py --n 100 --n-ig 30 --ig-steps 32 --json var/bench/explain.json
 

@@ -14,7 +14,7 @@ package). On the screenshot, in screen pixels of the canvas:
   much of the demo model's heatmap lies on the lesion is measured and reported
   (``record_property`` and stdout), not asserted: a screen of heat measures the
   whole map, and even a map whose peak sits on the lesion spreads over a 16³ grid
-  (model 0.4.0: its Grad-CAM peak lies within 5 mm of a lesion on 59 of 60
+  (model 0.5.0: its Grad-CAM peak lies within 5 mm of a lesion on 59 of 60
   held-out phantoms, ``bench/explain.py``; ``tests/unit/ml/test_demo_model.py``
   asserts the peak on two fresh phantoms).
 * a worker whose model is a lesion oracle (Grad-CAM of a ``layer4`` that outputs
