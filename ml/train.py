@@ -370,10 +370,14 @@ class LitClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         set_frozen_bn_eval(self.model)
 
-    def _objective(self, batch: Sequence[torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _objective(
+        self, batch: Sequence[torch.Tensor], stage: str, batch_idx: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, loss) of a batch: focal loss; with a lesion map in the batch (x, y, lesions)
         and ``lesion_weight`` > 0, plus ``lesion_weight`` × :func:`lesion_attention_loss`;
-        with ``ig_weight`` > 0, plus ``ig_weight`` × :func:`path_attribution_loss`.
+        with ``ig_weight`` > 0, plus ``ig_weight`` × :func:`path_attribution_loss` (its path
+        points α: random in training; in validation drawn from a generator seeded with
+        ``batch_idx``, so every epoch scores the same points and the global RNG is untouched).
         Logs ``<stage>_focal``, ``<stage>_lesion`` and ``<stage>_ig`` (when there is one)
         and ``<stage>_loss``."""
         x, y = batch[0], batch[1]
@@ -397,6 +401,7 @@ class LitClassifier(L.LightningModule):
                 y,
                 float(self.hparams.get("ig_temperature", 10.0)),
                 int(self.hparams.get("ig_studies", 2)),
+                None if train else torch.rand(len(y), generator=torch.Generator().manual_seed(batch_idx)),
             )
             if ig is not None:
                 self.log(f"{stage}_ig", ig, on_step=False, on_epoch=True, batch_size=len(y))
@@ -406,10 +411,10 @@ class LitClassifier(L.LightningModule):
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The training objective (:meth:`_objective`) of one batch."""
-        return self._objective(batch, "train")[1]
+        return self._objective(batch, "train", batch_idx)[1]
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        logits, _ = self._objective(batch, "val")
+        logits, _ = self._objective(batch, "val", batch_idx)
         y = batch[1]
         self._val_z.append(_logit_diff(logits).detach().cpu())
         self._val_y.append(y.detach().cpu())

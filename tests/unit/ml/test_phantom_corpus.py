@@ -24,7 +24,14 @@ from ml.model import ModelSpec, build_model, freeze_stages, set_frozen_bn_eval
 from ml.phantom import write_corpus
 from ml.preprocess import PreprocessConfig, preprocess
 from ml.qc import rank_series
-from ml.train import TrainConfig, lesion_attention_loss, lesion_cells, path_attribution_loss, train
+from ml.train import (
+    LitClassifier,
+    TrainConfig,
+    lesion_attention_loss,
+    lesion_cells,
+    path_attribution_loss,
+    train,
+)
 
 SMALL = PreprocessConfig(target_size=(32, 32, 32))
 SIZES = {"rows": 48, "cols": 48, "pixel_spacing_mm": 8.0, "slice_spacing_mm": 5.0, "difficulty": (0.9, 1.0)}
@@ -196,6 +203,29 @@ def test_path_attribution_loss_trains_the_model_without_touching_its_batchnorm_s
     assert {name: m.training for name, m in model.named_modules()} == modes
     after = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert all(torch.equal(stats[k], after[k]) for k in stats)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_validation_scores_the_same_ig_path_points_every_epoch() -> None:
+    """(outside a Trainer: ``self.log`` only warns)"""
+    spec = ModelSpec(arch="resnet10", widths=(4, 8, 8, 8), dilated=True).to_dict()
+    lit = LitClassifier(spec, ["stem"], ig_weight=1.0, ig_studies=2)
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, 16) * 2 - 1
+    lesions = torch.zeros(2, 1, 16, 16, 16, dtype=torch.bool)
+    lesions[:, :, 4:8, 4:8, 4:8] = True
+    batch = [x, torch.tensor([1, 1]), lesions]
+    lit.eval()
+    with torch.no_grad():
+        rng = torch.get_rng_state()
+        first = [float(lit._objective(batch, "val", i)[1]) for i in (3, 3, 4)]
+        assert torch.equal(torch.get_rng_state(), rng)  # validation leaves training's RNG alone
+        # the same batch index draws the same path points; another index others
+        assert first[0] == first[1] and first[0] != first[2]
+        # training draws fresh points from the global RNG
+        lit.train()
+        train_losses = {float(lit._objective(batch, "train")[1]) for _ in range(2)}
+    assert len(train_losses) == 2 and not torch.equal(torch.get_rng_state(), rng)
 
 
 def test_training_on_an_in_memory_corpus_with_the_lesion_and_ig_losses(tmp_path: Path) -> None:
