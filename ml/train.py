@@ -230,6 +230,17 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+def _near_lesion(lesions: torch.Tensor) -> torch.Tensor:
+    """Float map [B, 1, D, H, W]: 1 within one voxel (26-neighbourhood) of a lesion voxel, else 0."""
+    return F.max_pool3d(lesions.float(), kernel_size=3, stride=1, padding=1)
+
+
+def _share_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of −log of the share of ``softmax(logits)`` [N, K] on ``mask`` (bool [N, K])."""
+    on_mask = torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=1)
+    return (torch.logsumexp(logits, dim=1) - on_mask).mean()
+
+
 def lesion_cells(lesions: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """The cells of a feature grid (d, h, w) where a peak of the evidence map counts as on a lesion.
 
@@ -241,11 +252,10 @@ def lesion_cells(lesions: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     cell that holds a lesion voxel. ``lesions``: bool [B, 1, D, H, W] on the input grid;
     returns bool [B, d·h·w].
     """
-    m = lesions.float()
-    near = F.max_pool3d(m, kernel_size=3, stride=1, padding=1)
     size = tuple(int(n) for n in grid)
-    centre = F.interpolate(near, size=size, mode="trilinear", align_corners=False).flatten(1) > 0
-    anywhere = F.adaptive_max_pool3d(m, size).flatten(1) > 0
+    centre = F.interpolate(_near_lesion(lesions), size=size, mode="trilinear", align_corners=False)
+    centre = centre.flatten(1) > 0
+    anywhere = F.adaptive_max_pool3d(lesions.float(), size).flatten(1) > 0
     return torch.where(centre.any(1, keepdim=True), centre, anywhere)
 
 
@@ -267,9 +277,7 @@ def lesion_attention_loss(
     use = cells.any(1) & (labels == 1)
     if not bool(use.any()):
         return None
-    m, cells = m[use], cells[use]
-    on_lesion = torch.logsumexp(m.masked_fill(~cells, float("-inf")), dim=1)
-    return (torch.logsumexp(m, dim=1) - on_lesion).mean()
+    return _share_nll(m[use], cells[use])
 
 
 @contextlib.contextmanager
@@ -325,10 +333,8 @@ def path_attribution_loss(
         logits = model(z).float()
         (grad,) = torch.autograd.grad(_logit_diff(logits).sum(), z, create_graph=True)
     attr = ((xs + 1.0) * grad).clamp_min(0.0).flatten(1)
-    near = F.max_pool3d(ls.float(), kernel_size=3, stride=1, padding=1).flatten(1) > 0
     m = attr / (attr.amax(1, keepdim=True).detach() + 1e-12) * temperature
-    on_lesion = torch.logsumexp(m.masked_fill(~near, float("-inf")), dim=1)
-    return (torch.logsumexp(m, dim=1) - on_lesion).mean()
+    return _share_nll(m, _near_lesion(ls).flatten(1) > 0)
 
 
 def _logit_diff(logits: torch.Tensor) -> torch.Tensor:
