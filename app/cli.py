@@ -233,6 +233,8 @@ def retune(
 
     Thresholds are picked on the config's ``tune_labels_csv`` and measured on its
     ``test_labels_csv``; the manifest entry, ROC/calibration plots and model card are rewritten.
+    With ``calibrate_on: tuning`` in the config the calibration temperature is refitted on the
+    tuning corpus first (and the validation split re-scored with it).
     """
     from ml.train import TrainConfig
     from ml.train import retune as run_retune

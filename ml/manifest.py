@@ -214,7 +214,9 @@ class ModelEntry:
         sha256: lowercase hex digest of the weight file; None = unverified (refused unless allowed).
         stored_dtype: floating dtype of the stored tensors (``float16`` halves the file; loaded as float32).
         calibration: how logits become probabilities: ``{"method": "none"}`` (softmax) or
-            ``{"method": "temperature", "temperature": T}`` (softmax of logits / T, T > 0).
+            ``{"method": "temperature", "temperature": T}`` (softmax of logits / T, T > 0);
+            runs also record where T was fitted (``"fitted_on"``: ``"validation"`` or
+            ``"tuning corpus"``).
         metrics: free-form JSON from the evaluation (AUC, confusion matrices, provenance …).
         training_data: description of the training data.
         intended_use: intended-use statement.

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: the metrics a run may select epochs on, and which way is better
 MONITOR_MODES = {"val_f1": "max", "val_loss": "min"}
+#: the splits a run can fit its calibration temperature on (``TrainConfig.calibrate_on``)
+CALIBRATION_SPLITS = ("validation", "tuning")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,13 @@ class TrainConfig:
     #: "auto" = bf16-mixed on a CUDA device with bf16, else 32-true; or a Lightning precision
     #: such as "bf16-mixed" (also on CPUs with AVX-512 BF16) or "32-true"
     precision: str = "auto"
+    #: where the calibration temperature is fitted: ``validation`` (the validation split,
+    #: which also picks the best epoch) or ``tuning`` (``tune_labels_csv``, where the
+    #: operating points are chosen). Use ``tuning`` when the validation studies are not
+    #: held out from the weights, e.g. a fine-tune whose validation split was an earlier
+    #: step's training data: the fit would then learn the training data's overconfidence.
+    #: :func:`retune` refits the temperature only with ``tuning``.
+    calibrate_on: str = "validation"
     sens_target: float = 0.95
     spec_target: float = 0.95
     n_bootstrap: int = 1000
@@ -148,6 +157,12 @@ class TrainConfig:
             raise ValueError(f"monitor must be one of {sorted(MONITOR_MODES)}, not {self.monitor!r}")
         if self.ig_weight < 0 or self.ig_studies < 1 or self.ig_temperature <= 0:
             raise ValueError("ig_weight must be >= 0, ig_studies >= 1 and ig_temperature > 0")
+        if self.calibrate_on not in CALIBRATION_SPLITS:
+            raise ValueError(
+                f"calibrate_on must be one of {list(CALIBRATION_SPLITS)}, not {self.calibrate_on!r}"
+            )
+        if self.calibrate_on == "tuning" and not self.tune_labels_csv:
+            raise ValueError("calibrate_on: tuning needs a tuning corpus (tune_labels_csv)")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -668,14 +683,19 @@ def refuse_repeated_studies(records: Sequence[StudyRecord], where: str) -> None:
         raise ValueError(f"study ids repeat across {where}: {dup[:5]}")
 
 
+def training_records(cfg: TrainConfig) -> list[StudyRecord]:
+    """The training/validation studies of ``cfg``: its labels CSVs, then its phantom corpora."""
+    records = [r for csv_path in cfg.labels_csvs() for r in read_labels_csv(csv_path)]
+    return records + [r for corpus in cfg.phantom_corpora for r in phantom_records(corpus)]
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the whole recipe; returns a JSON-able summary (also written to ``output_dir/summary.json``)."""
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     L.seed_everything(cfg.seed, workers=True)
-    records = [r for csv_path in cfg.labels_csvs() for r in read_labels_csv(csv_path)]
-    records += [r for corpus in cfg.phantom_corpora for r in phantom_records(corpus)]
+    records = training_records(cfg)
     if not records:
         raise ValueError("no training data: set labels_csv and/or phantom_corpora")
     refuse_repeated_studies(records, "the training corpora")
@@ -704,14 +724,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     lit, info = fit_once(cfg, train_recs, val_recs, cache, out_dir / "final")
     summary["fit"] = info
     lit.model.to(scoring_device(cfg.accelerator))
-    y_val = np.asarray([r.label for r in val_recs])
-    z_val = predict_logodds(lit.model, CTDataset(val_recs, cache))
-    temperature = ev.fit_temperature(z_val, y_val)
-    summary["calibration"] = {"method": "temperature", "temperature": temperature}
-    scored = {"validation": (y_val, ev.apply_temperature(z_val, temperature))}
-    for split, recs in (("tuning", tune), ("test", test)):
-        if recs:
-            scored[split] = score_records(lit.model, recs, cache, temperature)
+    splits = {"validation": val_recs, "tuning": tune, "test": test}
+    temperature, scored = score_splits(lit.model, splits, cache, fit_on=cfg.calibrate_on)
+    summary["calibration"] = calibration_record(temperature, cfg.calibrate_on)
     summary.update(choose_operating_points(cfg, scored, out_dir))
     if cfg.weights_path:
         summary["published"] = publish(cfg, lit.model, summary)
@@ -725,6 +740,37 @@ def score_records(
     """(labels, temperature-calibrated probabilities of pathology) of cached studies."""
     z = predict_logodds(model, CTDataset(records, cache))
     return np.asarray([r.label for r in records]), ev.apply_temperature(z, temperature)
+
+
+def score_splits(
+    model: nn.Module,
+    splits: Mapping[str, Sequence[StudyRecord]],
+    cache: TensorCache,
+    temperature: float | None = None,
+    fit_on: str = "validation",
+) -> tuple[float, dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]]:
+    """Score each non-empty split (keys of :data:`SPLIT_TITLES`) of cached studies.
+
+    Returns the temperature and, per split, (labels, calibrated probabilities of
+    pathology). ``temperature`` None: fitted (:func:`ml.evaluate.fit_temperature`) on the
+    log-odds of the split ``fit_on``, which must hold studies.
+    """
+    raw = {
+        k: (np.asarray([r.label for r in recs]), predict_logodds(model, CTDataset(recs, cache)))
+        for k, recs in splits.items()
+        if recs
+    }
+    if temperature is None:
+        if fit_on not in raw:
+            raise ValueError(f"no {SPLIT_TITLES[fit_on]} studies to fit the calibration temperature on")
+        temperature = ev.fit_temperature(raw[fit_on][1], raw[fit_on][0])
+    t = float(temperature)
+    return t, {k: (y, ev.apply_temperature(z, t)) for k, (y, z) in raw.items()}
+
+
+def calibration_record(temperature: float, fitted_on: str) -> dict[str, Any]:
+    """The manifest's ``calibration`` of a temperature fitted on the split ``fitted_on``."""
+    return {"method": "temperature", "temperature": temperature, "fitted_on": SPLIT_TITLES[fitted_on]}
 
 
 #: what each scored split is called in summaries, model cards and ROC legends
@@ -787,6 +833,7 @@ def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: 
         f"balanced; failed: {len(d['failed_studies'])}"
     )
     card_metrics["calibration temperature"] = summary["calibration"]["temperature"]
+    card_metrics["calibration fitted on"] = summary["calibration"].get("fitted_on", "validation")
     card_metrics["operating points selected on"] = summary.get("operating_points_selected_on", "validation")
     card_metrics["operating points evaluated on"] = summary["operating_points_evaluated_on"]
     ev.write_model_card(
@@ -897,6 +944,9 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     calibration, picks the thresholds on the tuning corpus, measures them on the test
     corpus, and rewrites the manifest entry (operating points, metrics), ROC/calibration
     plots and model card. The training-time validation metrics are kept from the entry.
+    With ``cfg.calibrate_on == "tuning"`` the temperature is refitted on the tuning corpus
+    first, and the run's validation split (re-drawn from the config's training corpora and
+    seed) is re-scored with it instead.
     Writes ``output_dir/retune.json`` and returns it.
     """
     from ml.weights import Manifest, load_model, resolve_weights
@@ -912,26 +962,35 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     if not entry.sha256:
         raise ValueError(f"manifest entry {cfg.name!r} has no sha256")
     model = load_model(entry, resolve_weights(entry, mpath.parent), scoring_device(cfg.accelerator))
-    temperature = float(entry.calibration.get("temperature", 1.0))
+    refit = cfg.calibrate_on == "tuning"
     tune = read_labels_csv(cfg.tune_labels_csv)
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
-    refuse_repeated_studies([*tune, *test], "the tuning and test corpora")
+    # a new temperature changes the validation metrics at p >= 0.5 too: re-score the run's
+    # validation split (the same seeded split of the config's training corpora)
+    val: list[StudyRecord] = []
+    if refit:
+        records = training_records(cfg)
+        val = split_train_val(records, cfg.val_fraction, cfg.seed)[1] if records else []
+    refuse_repeated_studies([*val, *tune, *test], "the validation, tuning and test corpora")
     cache = TensorCache(cfg.cache_dir, cfg.preprocess)
-    failed = fill_cache_with_progress(cache, [*tune, *test], cfg.preprocess_workers)
-    scored: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]] = {}
+    failed = fill_cache_with_progress(cache, [*val, *tune, *test], cfg.preprocess_workers)
+    splits = {
+        k: [r for r in v if r.study_id not in failed]
+        for k, v in (("validation", val), ("tuning", tune), ("test", test))
+    }
+    temperature, scored = score_splits(
+        model, splits, cache, None if refit else float(entry.calibration.get("temperature", 1.0)), "tuning"
+    )
     data = dict(entry.metrics.get("data", {}))
-    for split, all_recs in (("tuning", tune), ("test", test)):
-        recs = [r for r in all_recs if r.study_id not in failed]
-        if recs:
-            scored[split] = score_records(model, recs, cache, temperature)
-            data["tune" if split == "tuning" else split] = describe(recs)
+    for split, key in (("validation", "val"), ("tuning", "tune"), ("test", "test")):
+        if split in scored:
+            data[key] = describe(splits[split])
     data["failed_studies"] = {**data.get("failed_studies", {}), **failed}
     out_dir = Path(cfg.output_dir)
-    kept = (
-        ("validation", "cross_validation") if "test" in scored else ("validation", "cross_validation", "test")
-    )
+    kept = [k for k in ("validation", "cross_validation", "test") if k not in scored]
     summary: dict[str, Any] = {k: v for k, v in entry.metrics.items() if k in kept}
-    summary.update(data=data, calibration=dict(entry.calibration))
+    summary.update(data=data)
+    summary["calibration"] = calibration_record(temperature, "tuning") if refit else dict(entry.calibration)
     summary.update(choose_operating_points(cfg, scored, out_dir))
     summary["published"] = publish_entry(cfg, summary, entry.sha256)
     (out_dir / "retune.json").write_text(json.dumps(summary, indent=2, default=float))

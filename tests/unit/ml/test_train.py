@@ -150,6 +150,76 @@ def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_
     assert r.returncode == 2 and "model_unavailable" in r.stderr
 
 
+def _published_tiny(corpus: Path, tmp_path: Path) -> tuple[TrainConfig, Path]:
+    """A 1-epoch tiny model ``tiny-tune`` trained on ``corpus`` and published with card notes;
+    its config and a separate 8-study tuning corpus."""
+    tune_csv = write_corpus(
+        tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
+    )
+    notes = tmp_path / "notes.md"
+    notes.write_text("## How it was trained\n\nBy hand, on a Tuesday.\n")
+    cfg = _publishing_config(
+        corpus, tmp_path, max_epochs=1, n_bootstrap=20, name="tiny-tune", card_notes=str(notes)
+    )
+    train(cfg)
+    return cfg, tune_csv
+
+
+def test_calibrate_on_needs_a_known_split_and_a_tuning_corpus(corpus: Path) -> None:
+    with pytest.raises(ValueError, match="calibrate_on must be one of"):
+        TrainConfig(labels_csv=str(corpus), calibrate_on="test")
+    with pytest.raises(ValueError, match="needs a tuning corpus"):
+        TrainConfig(labels_csv=str(corpus), calibrate_on="tuning")
+    assert TrainConfig(labels_csv=str(corpus), tune_labels_csv=str(corpus), calibrate_on="tuning")
+
+
+def test_retune_refits_the_temperature_on_the_tuning_corpus(corpus: Path, tmp_path: Path) -> None:
+    """``calibrate_on: tuning``: T minimises the NLL on the tuning corpus's log-odds of the
+    published weights; the thresholds follow it; the validation split is re-scored with it."""
+    import dataclasses
+
+    from ml.data import StudyRecord
+    from ml.evaluate import apply_temperature, fit_temperature, select_operating_points, summarize
+    from ml.train import predict_logodds
+    from ml.weights import Manifest, load_model, resolve_weights
+
+    cfg, tune_csv = _published_tiny(corpus, tmp_path)
+    manifest = Path(str(cfg.manifest_path))
+    before = Manifest.load(manifest).get("tiny-tune")
+    assert before.calibration["fitted_on"] == "validation"
+    tuned = dataclasses.replace(
+        cfg, tune_labels_csv=str(tune_csv), test_labels_csv=str(corpus), calibrate_on="tuning"
+    )
+    with pytest.raises(ValueError, match="repeat across the validation, tuning and test"):
+        retune(tuned)  # the test corpus here is the training corpus, so it holds the validation split
+    test_csv = write_corpus(
+        tmp_path / "test", 6, seed=7, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
+    )
+    summary = retune(dataclasses.replace(tuned, test_labels_csv=str(test_csv)))
+    after = Manifest.load(manifest).get("tiny-tune")
+
+    def logodds(recs: list[StudyRecord]) -> Any:
+        model = load_model(after, resolve_weights(after, manifest.parent), "cpu")
+        return predict_logodds(model, CTDataset(recs, TensorCache(tmp_path / "cache", SMALL)))
+
+    tune = read_labels_csv(tune_csv)
+    y = [r.label for r in tune]
+    t = fit_temperature(logodds(tune), y)
+    assert after.calibration == {"method": "temperature", "temperature": t, "fitted_on": "tuning corpus"}
+    assert t != before.calibration["temperature"]
+    expected = select_operating_points(y, apply_temperature(logodds(tune), t), 0.95, 0.95)
+    for name, thr in expected.items():
+        assert after.operating_points[name].threshold == pytest.approx(thr, rel=1e-9)
+    val = split_train_val(read_labels_csv(corpus), cfg.val_fraction, cfg.seed)[1]
+    assert after.metrics["data"]["val"] == before.metrics["data"]["val"] and len(val) == 4
+    want = summarize([r.label for r in val], apply_temperature(logodds(val), t), n_boot=20, seed=cfg.seed)
+    for k in ("n", "auc", "sensitivity", "specificity", "f1"):
+        assert summary["validation"][k] == pytest.approx(want[k], nan_ok=True)
+        assert after.metrics["validation"][k] == pytest.approx(want[k], nan_ok=True)
+    card = (manifest.parent / "tiny.md").read_text()
+    assert "| calibration fitted on | tuning corpus |" in card
+
+
 def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_path: Path) -> None:
     """A published model's thresholds re-picked on a separate corpus; weights untouched."""
     import csv
@@ -161,16 +231,8 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
     from ml.evaluate import select_operating_points
     from ml.weights import Manifest
 
-    tune_csv = write_corpus(
-        tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
-    )
-    notes = tmp_path / "notes.md"
-    notes.write_text("## How it was trained\n\nBy hand, on a Tuesday.\n")
-    cfg = _publishing_config(
-        corpus, tmp_path, max_epochs=1, n_bootstrap=20, name="tiny-tune", card_notes=str(notes)
-    )
+    cfg, tune_csv = _published_tiny(corpus, tmp_path)
     manifest = Path(str(cfg.manifest_path))
-    train(cfg)
     assert (
         (manifest.parent / "tiny.md")
         .read_text()
