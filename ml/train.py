@@ -136,6 +136,9 @@ class TrainConfig:
     sens_target: float = 0.95
     spec_target: float = 0.95
     n_bootstrap: int = 1000
+    #: a progress line in the log (logger ``ml.train``, INFO) every this many training
+    #: steps (0 = none), besides the one after each validation
+    log_every_n_steps: int = 20
     # what the run publishes
     name: str = "resnet10-demo"
     version: str = "0.1.0"
@@ -157,6 +160,8 @@ class TrainConfig:
             raise ValueError(f"monitor must be one of {sorted(MONITOR_MODES)}, not {self.monitor!r}")
         if self.ig_weight < 0 or self.ig_studies < 1 or self.ig_temperature <= 0:
             raise ValueError("ig_weight must be >= 0, ig_studies >= 1 and ig_temperature > 0")
+        if self.log_every_n_steps < 0:
+            raise ValueError("log_every_n_steps must be >= 0")
         if self.calibrate_on not in CALIBRATION_SPLITS:
             raise ValueError(
                 f"calibrate_on must be one of {list(CALIBRATION_SPLITS)}, not {self.calibrate_on!r}"
@@ -355,6 +360,72 @@ def path_attribution_loss(
 def _logit_diff(logits: torch.Tensor) -> torch.Tensor:
     """log-odds of pathology from 2-class logits."""
     return (logits[:, 1] - logits[:, 0]).float()
+
+
+class ProgressLog(L.Callback):
+    """Log lines (logger ``ml.train``, INFO) that show a fit's progress in a log file.
+
+    Lightning's progress bar redraws one terminal line, so a run whose output goes to a
+    file shows nothing until the fit ends. This logs, every ``every_n_steps`` training
+    steps, the step, the mean training loss of the epoch so far and the seconds per step,
+    and after each validation the epoch's mean training loss, every ``val_*`` metric, the
+    learning rate and the best ``monitor`` value so far.
+    """
+
+    def __init__(self, monitor: str, every_n_steps: int = 20) -> None:
+        super().__init__()
+        self.monitor, self.every = monitor, every_n_steps
+        self.t0 = time.perf_counter()
+        self.best: float | None = None
+        self._sum, self._n = 0.0, 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sum, self._n = 0.0, 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._sum, self._n = self._sum + float(loss.detach()), self._n + 1
+        step = int(trainer.global_step)
+        if self.every > 0 and step % self.every == 0 and self._n:
+            took = time.perf_counter() - self.t0
+            log.info(
+                "epoch %d step %d: train_loss %.4f (epoch mean), %.2f s/step, %.0f s",
+                trainer.current_epoch + 1,
+                step,
+                self._sum / self._n,
+                took / max(step, 1),
+                took,
+            )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val_")}
+        value = metrics.get(self.monitor)
+        if value is not None and (
+            self.best is None
+            or (value > self.best if MONITOR_MODES[self.monitor] == "max" else value < self.best)
+        ):
+            self.best = value
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        log.info(
+            "epoch %d/%d done (step %d, %.0f s): train_loss %s, %s; lr %.2e; best %s %s",
+            trainer.current_epoch + 1,
+            trainer.max_epochs or 0,
+            trainer.global_step,
+            time.perf_counter() - self.t0,
+            f"{self._sum / self._n:.4f}" if self._n else "n/a",
+            ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            lr,
+            self.monitor,
+            "n/a" if self.best is None else f"{self.best:.4f}",
+        )
 
 
 class LitClassifier(L.LightningModule):
@@ -586,7 +657,7 @@ def fit_once(
         devices=1,
         precision=_precision(cfg.accelerator, cfg.precision),  # type: ignore[arg-type]
         max_time=None if cfg.max_time_minutes is None else timedelta(minutes=cfg.max_time_minutes),
-        callbacks=[ckpt, stop],
+        callbacks=[ckpt, stop, ProgressLog(cfg.monitor, cfg.log_every_n_steps)],
         default_root_dir=str(out_dir),
         deterministic="warn" if cfg.deterministic else False,
         # the IG term takes gradients in validation too (under no_grad, not inference mode)

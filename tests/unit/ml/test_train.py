@@ -75,6 +75,37 @@ def test_tiny_training_improves_loss(corpus: Path, tmp_path: Path) -> None:
     assert all(not p.requires_grad for p in lit.model.conv1.parameters())
 
 
+def test_a_fit_logs_its_progress_for_log_files(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line per ``log_every_n_steps`` steps and one per validation, with the val metrics."""
+    import logging
+    import re
+
+    from ml.train import fit_once
+
+    recs = read_labels_csv(corpus)
+    cache = TensorCache(tmp_path / "cache", SMALL)
+    cache.fill(recs, workers=1)
+    tr, va = split_train_val(recs, 0.34, 0)
+    cfg = TrainConfig(
+        labels_csv=str(corpus), preprocess=SMALL, batch_size=2, max_epochs=2, log_every_n_steps=3
+    )
+    with caplog.at_level(logging.INFO, logger="ml.train"):
+        _, info = fit_once(cfg, tr, va, cache, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ml.train"]
+    step_line = re.compile(r"epoch (\d) step (\d+): train_loss \d")
+    steps = [m.groups() for line in lines if (m := step_line.match(line))]
+    assert info["global_step"] == 8 and steps == [("1", "3"), ("2", "6")]  # 4 steps per epoch
+    done = [line for line in lines if " done (step " in line]
+    assert [line.split(" done")[0] for line in done] == ["epoch 1/2", "epoch 2/2"]
+    for line in done:
+        assert re.search(r"train_loss \d\.\d{4}, val_auc \d\.\d{4}, val_f1 \d\.\d{4}, val_focal", line), line
+        assert re.search(r"; lr \d\.\d\de-\d\d; best val_f1 \d\.\d{4}$", line), line
+    with pytest.raises(ValueError, match="log_every_n_steps"):
+        TrainConfig(log_every_n_steps=-1)
+
+
 def _publishing_config(corpus: Path, tmp_path: Path, **overrides: Any) -> TrainConfig:
     """A tiny 32³ run on ``corpus`` that publishes ``tiny.pt`` into a copy of the repo's manifest."""
     manifest = tmp_path / "weights" / "manifest.json"
