@@ -130,7 +130,8 @@ class TrainConfig:
     #: which also picks the best epoch) or ``tuning`` (``tune_labels_csv``, where the
     #: operating points are chosen). Use ``tuning`` when the validation studies are not
     #: held out from the weights, e.g. a fine-tune whose validation split was an earlier
-    #: step's training data: the fit would then learn the training data's overconfidence.
+    #: step's training data: the fit would then match how the model scores studies it has
+    #: learnt, not new ones.
     #: :func:`retune` refits the temperature only with ``tuning``.
     calibrate_on: str = "validation"
     sens_target: float = 0.95
