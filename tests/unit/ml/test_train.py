@@ -204,6 +204,41 @@ def test_calibrate_on_needs_a_known_split_and_a_tuning_corpus(corpus: Path) -> N
     assert TrainConfig(labels_csv=str(corpus), tune_labels_csv=str(corpus), calibrate_on="tuning")
 
 
+def test_a_run_can_fit_its_temperature_on_the_tuning_corpus(corpus: Path, tmp_path: Path) -> None:
+    """``calibrate_on: tuning`` in ``train``: T is the NLL fit on the tuning corpus, not on validation."""
+    from ml.evaluate import fit_temperature
+    from ml.train import predict_logodds
+    from ml.weights import Manifest, load_model, resolve_weights
+
+    tune_csv = write_corpus(
+        tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
+    )
+    cfg = _publishing_config(
+        corpus,
+        tmp_path,
+        max_epochs=1,
+        n_bootstrap=20,
+        name="tiny-cal",
+        tune_labels_csv=str(tune_csv),
+        calibrate_on="tuning",
+    )
+    summary = train(cfg)
+    manifest = Path(str(cfg.manifest_path))
+    entry = Manifest.load(manifest).get("tiny-cal")
+    assert entry.calibration == summary["calibration"] and entry.calibration["fitted_on"] == "tuning corpus"
+    model = load_model(entry, resolve_weights(entry, manifest.parent), "cpu")
+    cache = TensorCache(tmp_path / "cache", SMALL)
+
+    def fit(recs: list[Any]) -> float:
+        return fit_temperature(predict_logodds(model, CTDataset(recs, cache)), [r.label for r in recs])
+
+    on_tuning = fit(read_labels_csv(tune_csv))
+    on_val = fit(split_train_val(read_labels_csv(corpus), cfg.val_fraction, cfg.seed)[1])
+    t = entry.calibration["temperature"]
+    # the run fitted the float32 model; the published weights are float16
+    assert t == pytest.approx(on_tuning, rel=2e-2) and abs(t - on_tuning) < abs(t - on_val)
+
+
 def test_retune_refits_the_temperature_on_the_tuning_corpus(corpus: Path, tmp_path: Path) -> None:
     """``calibrate_on: tuning``: T minimises the NLL on the tuning corpus's log-odds of the
     published weights; the thresholds follow it; the validation split is re-scored with it."""
