@@ -806,12 +806,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
+def labelled_logodds(
+    model: nn.Module, records: Sequence[StudyRecord], cache: TensorCache
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    """(labels, uncalibrated log-odds of pathology) of cached studies."""
+    return np.asarray([r.label for r in records]), predict_logodds(model, CTDataset(records, cache))
+
+
 def score_records(
     model: nn.Module, records: Sequence[StudyRecord], cache: TensorCache, temperature: float
 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """(labels, temperature-calibrated probabilities of pathology) of cached studies."""
-    z = predict_logodds(model, CTDataset(records, cache))
-    return np.asarray([r.label for r in records]), ev.apply_temperature(z, temperature)
+    y, z = labelled_logodds(model, records, cache)
+    return y, ev.apply_temperature(z, temperature)
 
 
 def score_splits(
@@ -827,11 +834,7 @@ def score_splits(
     pathology). ``temperature`` None: fitted (:func:`ml.evaluate.fit_temperature`) on the
     log-odds of the split ``fit_on``, which must hold studies.
     """
-    raw = {
-        k: (np.asarray([r.label for r in recs]), predict_logodds(model, CTDataset(recs, cache)))
-        for k, recs in splits.items()
-        if recs
-    }
+    raw = {k: labelled_logodds(model, recs, cache) for k, recs in splits.items() if recs}
     if temperature is None:
         if fit_on not in raw:
             raise ValueError(f"no {SPLIT_TITLES[fit_on]} studies to fit the calibration temperature on")
