@@ -78,6 +78,12 @@ class UploadGate:
         self.limit = limit
         self.wait_s = wait_s
         self._sem: anyio.Semaphore | None = None
+        self._held = 0
+
+    @property
+    def in_use(self) -> int:
+        """Slots held now (uploads being streamed, not those waiting)."""
+        return self._held
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -90,9 +96,11 @@ class UploadGate:
             err = ServiceError("server_busy", f"{self.limit} uploads are in progress; retry later")
             err.headers["Retry-After"] = str(max(1, round(self.wait_s / 4)))
             raise err
+        self._held += 1
         try:
             yield
         finally:
+            self._held -= 1
             self._sem.release()
 
 

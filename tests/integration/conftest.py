@@ -116,8 +116,9 @@ class LiveApi:
         self.settings = settings
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, services)
         config = uvicorn.Config(
-            create_app(settings, services),
+            self.app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

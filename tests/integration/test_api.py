@@ -7,6 +7,7 @@ import io
 import json
 import random
 import threading
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -213,6 +214,12 @@ def test_upload_slots_bound_concurrency(make_settings: Any) -> None:
         t = threading.Thread(target=send_first)
         t.start()
         assert started.wait(30)
+        # the first body's bytes are sent, but its request may still be in auth: wait until it holds the slot
+        gate = live.app.state.services.uploads
+        deadline = time.monotonic() + 30
+        while gate.in_use < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.in_use == 1
         busy = _upload(c, second)
         assert busy.status_code == 503 and busy.json()["error"] == "server_busy", busy.text
         assert int(busy.headers["retry-after"]) >= 1
