@@ -72,10 +72,11 @@ def jq(settings: Settings) -> Any:
 
 def test_claim_is_exclusive_and_writes_are_guarded_by_attempt(conn: Conn) -> None:
     job = _job(conn)
-    first = claim_job(conn, job["id"], "w1", lease_s=0.2)
+    first = claim_job(conn, job["id"], "w1", lease_s=30)
     assert first is not None and first["attempt"] == 1 and first["state"] == "running"
     assert claim_job(conn, job["id"], "w2", lease_s=30) is None  # lease still held
-    time.sleep(0.3)
+    # the lease runs out (set, not slept: a stalled CI machine must not expire it early)
+    conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = %s", (job["id"],))
     second = claim_job(conn, job["id"], "w2", lease_s=30)
     assert second is not None and second["attempt"] == 2
     # the stale attempt can neither report progress, extend its lease nor finish
