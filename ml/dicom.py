@@ -549,8 +549,8 @@ def _f(v: Any, default: float | None = None) -> float | None:
 
 def _int(ds: Dataset, kw: str, default: Any) -> Any:
     """An integer header value, or ``default`` when absent, empty or unparseable (hostile input)."""
+    v = _get(ds, kw)
     try:
-        v = ds.get(kw)
         return default if v in (None, "") else int(v)
     except Exception:
         return default
@@ -567,7 +567,7 @@ def _floats(v: Any, n: int) -> tuple[float, ...] | None:
 
 
 def _first_item(ds: Dataset, seq_kw: str) -> Dataset | None:
-    seq = ds.get(seq_kw)
+    seq = _get(ds, seq_kw)
     if seq is None:
         return None
     try:
@@ -586,15 +586,51 @@ def _functional(ds: Dataset, per_frame: Dataset | None, seq_kw: str) -> Dataset 
     return _first_item(shared, seq_kw) if shared is not None else None
 
 
+def _get(ds: Dataset, kw: str) -> Any:
+    """``ds.get(kw)``, or None when the element cannot be decoded.
+
+    pydicom decodes header values lazily, so a corrupted element (an unknown VR,
+    bytes that do not parse as its VR) raises only when it is read, and with
+    assorted exception types (NotImplementedError, ValueError, …).
+    """
+    try:
+        return ds.get(kw)
+    except Exception:
+        return None
+
+
+def _raw_text(ds: Dataset, kw: str) -> list[str]:
+    """The undecoded bytes of element ``kw`` as latin-1 text values (backslash-separated)."""
+    try:
+        raw = ds.get_item(kw)
+    except Exception:
+        return []
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes | bytearray):
+        return []
+    return bytes(value).decode("latin-1").split("\\")
+
+
 def _phi_tokens(ds: Dataset) -> set[str]:
+    """Identifier strings of ``ds`` (names, IDs, dates) that log scrubbing must remove.
+
+    An element that does not decode (hostile or corrupted VR) contributes its raw
+    bytes as text, so a mangled PatientName is still known to the scrubber.
+    """
     out: set[str] = set()
     for kw in PHI_KEYWORDS:
-        v = ds.get(kw)
+        try:
+            v = ds.get(kw)
+        except Exception:
+            v = _raw_text(ds, kw) or None
         if v is None:
             continue
         values = v if isinstance(v, list | tuple | pydicom.multival.MultiValue) else [v]
         for item in values:
-            s = str(item).strip()
+            try:
+                s = str(item).strip()
+            except Exception:  # a PersonName decodes its components lazily too
+                continue
             if len(s) >= 3:
                 out.add(s)
                 out.update(p for p in s.replace("^", " ").split() if len(p) >= 3)
@@ -735,7 +771,7 @@ def read_header(path: Path) -> Dataset | None:
 
 
 def _str(ds: Dataset, kw: str) -> str:
-    v = ds.get(kw)
+    v = _get(ds, kw)
     if v is None:
         return ""
     if isinstance(v, pydicom.multival.MultiValue | list | tuple):
