@@ -84,7 +84,11 @@ class PredictRequest(BaseModel):
     )
     explain: ExplainMethod = Field("gradcam", description="saliency method computed after prediction")
     explain_params: dict[str, Any] = Field(
-        default_factory=dict, description='method parameters, e.g. {"steps": 32} for integrated_gradients'
+        default_factory=dict,
+        description=(
+            'method parameters, e.g. {"steps": 32} for integrated_gradients; integrated_gradients and '
+            "saliency take smooth_voxels (σ of a Gaussian blur of the map, model voxels, default 3, 0 = raw)"
+        ),
     )
     callback_url: AnyHttpUrl | None = Field(None, description="POSTed (signed) when the job finishes")
 
@@ -322,11 +326,12 @@ class Health(BaseModel):
 EXPLAIN_PARAMS: dict[str, dict[str, tuple[Any, ...]]] = {
     "none": {},
     "gradcam": {},
-    "saliency": {},
+    "saliency": {"smooth_voxels": (float, 0.0, 8.0)},
     "integrated_gradients": {
         "steps": (int, 1, 256),
         "internal_batch_size": (int, 1, 64),
         "baseline": ("black", "body_mean"),
+        "smooth_voxels": (float, 0.0, 8.0),
     },
     "occlusion": {"window": (int, 2, 64), "stride": (int, 1, 64)},
 }
@@ -342,6 +347,10 @@ def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
         if rule and rule[0] is int:
             if not isinstance(value, int) or isinstance(value, bool) or not rule[1] <= value <= rule[2]:
                 raise ValueError(f"{method}.{name} must be an integer in [{rule[1]}, {rule[2]}]")
+        elif rule and rule[0] is float:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not rule[1] <= value <= rule[2]:  # NaN fails the range test too
+                raise ValueError(f"{method}.{name} must be a number in [{rule[1]}, {rule[2]}]")
         elif value not in rule:
             raise ValueError(f"{method}.{name} must be one of {list(rule)}")
     return dict(params)

@@ -27,7 +27,9 @@ Each study is preprocessed with the manifest's configuration of the model.
    Saliency and Integrated Gradients (``--ig-steps``, default 8, not the product's
    32: IG costs ≈ steps full backward passes, ≈ 0.6 s each here; black baseline as in
    the product, plus ``ig_body_mean`` with the body-mean baseline) on the first
-   ``--n-ig`` studies. Peers in the same run (ratios method / peer):
+   ``--n-ig`` studies, both smoothed as in the product (``smooth_voxels`` 3), and
+   ``saliency_unsmoothed`` / ``ig_unsmoothed``, the raw voxel maps (``smooth_voxels`` 0).
+   Peers in the same run (ratios method / peer):
 
    * ``random in lungs`` / ``random in body``: a point drawn uniformly from the
      phantom's lung mask / body; its exact hit probability per study is the fraction
@@ -833,6 +835,8 @@ def main(argv: list[str] | None = None) -> int:
         ("saliency", "saliency", {}, args.n_ig),
         ("integrated_gradients", "integrated_gradients", ig_params, args.n_ig),
         ("ig_body_mean", "integrated_gradients", {**ig_params, "baseline": "body_mean"}, args.n_ig),
+        ("saliency_unsmoothed", "saliency", {"smooth_voxels": 0.0}, args.n_ig),
+        ("ig_unsmoothed", "integrated_gradients", {**ig_params, "smooth_voxels": 0.0}, args.n_ig),
     ]
     studies: list[Study] = []
     maps: dict[tuple[int, str], torch.Tensor] = {}
@@ -877,10 +881,17 @@ def main(argv: list[str] | None = None) -> int:
     names = [m[0] for m in methods]
     pointing = pointing_table(studies, names, args, base)
     gc_names = [n for n, _ in GRADCAM_VARIANTS]
-    others = [*gc_names, "saliency", "integrated_gradients", "ig_body_mean"]
+    others = [
+        *gc_names,
+        "saliency",
+        "integrated_gradients",
+        "ig_body_mean",
+        "saliency_unsmoothed",
+        "ig_unsmoothed",
+    ]
     pair = paired(studies, "gradcam", others, args.bootstrap)
     pair_l3 = paired(studies, "gradcam_margin_l3", ["gradcam_pathology_l3"], args.bootstrap)
-    pair_ig = paired(studies, "integrated_gradients", ["ig_body_mean"], args.bootstrap)
+    pair_ig = paired(studies, "integrated_gradients", ["ig_body_mean", "ig_unsmoothed"], args.bootstrap)
     tol_curve = tolerance_table(studies, names, args.bootstrap)
     brk = breakdown(studies, names, thr)
     effect = lesion_effect_table(studies, predictor, args.bootstrap)

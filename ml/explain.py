@@ -16,6 +16,20 @@ Three steps, usable on their own or together (:func:`save_explanation`):
        volumes at a time (bounds memory).
    ``saliency``
        absolute input gradient (Captum ``Saliency``).
+
+   Both voxel-level gradient maps (IG, saliency) are smoothed by a Gaussian of
+   ``smooth_voxels`` σ (model voxels; default 3, ≈ 8 mm at 128³ and ≈ 4 mm at
+   256³ for a ~350 mm chest crop; 0 turns it off), IG's signed map before ``sign``
+   so that speckle of both signs cancels: their raw maps are
+   speckled at the voxel scale (strided convolutions), so the single hottest
+   voxel often sits on noise far from where the attribution concentrates. The
+   blur keeps the map's sum only away from the volume's edges (they are
+   replicated), so IG's completeness holds exactly with ``smooth_voxels`` 0. On 24
+   held-out positive phantoms (seed 555, IG-8, demo model 0.5.0) the peak hit a
+   lesion (≤ 1.7 voxels) in 5 raw, 14 at σ 2, 18 at σ 3 to 4 and 19 at 5 to 6 (9
+   at σ 2 to 3 when the positive part is blurred instead); saliency 7 raw, 14 at σ
+   2 and 16 at σ 3. σ 3 is the largest before an IG-trained step (21 of 24 at 2.5
+   to 3) loses hits (20 at 4, 15 at 6). The bench reports raw maps alongside.
    ``occlusion``
        Captum ``Occlusion`` with 3-D patches: ``window`` and ``stride`` in model
        voxels (an int or [D, H, W]; default: 1/8 of the input size, non-overlapping),
@@ -97,6 +111,7 @@ __all__ = [
     "MethodInfo",
     "SaliencyFiles",
     "explain",
+    "gaussian_smooth",
     "gradcam_map",
     "gradcam_peak",
     "occlusion_evaluations",
@@ -120,6 +135,9 @@ _BODY_EPS = 1e-3
 TARGETS = ("margin", "pathology")
 SIGNS = ("positive", "absolute", "signed")
 GRADCAM_LAYERS = ("layer3", "layer4")
+#: σ (model voxels) of the Gaussian that smooths IG and saliency maps by default, and its bound
+DEFAULT_SMOOTH_VOXELS = 3.0
+MAX_SMOOTH_VOXELS = 8.0
 #: CT display windows (centre, width) in HU
 WINDOWS: Mapping[str, tuple[float, float]] = MappingProxyType(
     {"lung": (-600.0, 1500.0), "mediastinal": (40.0, 400.0)}
@@ -195,6 +213,28 @@ def _apply_sign(attr: torch.Tensor, sign: str) -> torch.Tensor:
     return attr
 
 
+def gaussian_smooth(attr: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """Gaussian blur of a [1, 1, D, H, W] map, σ in voxels, on the map's device (float32).
+
+    Separable (one 1-D kernel per axis), truncated at 3σ, edges replicated so the
+    border is not darkened; σ 0 returns ``attr`` unchanged.
+    """
+    if sigma_voxels <= 0:
+        return attr
+    radius = max(1, math.ceil(3.0 * sigma_voxels))
+    k = torch.arange(-radius, radius + 1, dtype=torch.float32, device=attr.device)
+    k = torch.exp(-0.5 * (k / sigma_voxels) ** 2)
+    k = k / k.sum()
+    out = attr.float()
+    for axis in range(3):  # D, H, W
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = k.numel()
+        pad = [0] * 6  # F.pad lists the last axis first
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), k.view(shape))
+    return out
+
+
 def _volume_map(attr: torch.Tensor) -> torch.Tensor:
     """[1, 1, D, H, W] attribution → contiguous float32 CPU [D, H, W]."""
     return attr.detach()[0, 0].float().contiguous().cpu()
@@ -258,8 +298,9 @@ def _run_integrated_gradients(predictor: Predictor, x: torch.Tensor, p: Mapping[
             n_steps=int(p["steps"]),
             internal_batch_size=min(int(p["internal_batch_size"]), int(p["steps"])),
         )
-        out = _volume_map(_apply_sign(attr.detach(), str(p["sign"])))
-        del ig, attr, base, xx
+        smoothed = gaussian_smooth(attr.detach(), float(p["smooth_voxels"]))
+        out = _volume_map(_apply_sign(smoothed, str(p["sign"])))
+        del ig, attr, smoothed, base, xx
     return out
 
 
@@ -271,7 +312,7 @@ def _run_saliency(predictor: Predictor, x: torch.Tensor, p: Mapping[str, Any]) -
     with _gradient_scope(model):
         xx = _fresh(x).requires_grad_(True)
         attr = Saliency(fwd).attribute(xx, target=idx, abs=True)
-        out = _volume_map(attr)
+        out = _volume_map(gaussian_smooth(attr.detach(), float(p["smooth_voxels"])))
         del attr, xx
     return out
 
@@ -355,11 +396,13 @@ def _check_integrated_gradients(p: dict[str, Any], size: Size3) -> dict[str, Any
     else:
         p["baseline"] = _number(m, "baseline", b, -1.0, 1.0)
     p["sign"] = _choice(m, "sign", p["sign"], SIGNS)
+    p["smooth_voxels"] = _number(m, "smooth_voxels", p["smooth_voxels"], 0.0, MAX_SMOOTH_VOXELS)
     return p
 
 
 def _check_saliency(p: dict[str, Any], size: Size3) -> dict[str, Any]:
     p["target"] = _choice("saliency", "target", p["target"], TARGETS)
+    p["smooth_voxels"] = _number("saliency", "smooth_voxels", p["smooth_voxels"], 0.0, MAX_SMOOTH_VOXELS)
     return p
 
 
@@ -432,6 +475,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                     "internal_batch_size": 4,
                     "baseline": "black",
                     "sign": "positive",
+                    "smooth_voxels": DEFAULT_SMOOTH_VOXELS,
                 }
             ),
             _check_integrated_gradients,
@@ -440,7 +484,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
         "saliency": MethodInfo(
             "saliency",
             "absolute gradient of the score with respect to the input voxels",
-            MappingProxyType({"target": "margin"}),
+            MappingProxyType({"target": "margin", "smooth_voxels": DEFAULT_SMOOTH_VOXELS}),
             _check_saliency,
             _run_saliency,
         ),

@@ -90,7 +90,14 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
 def test_explain_params_contract() -> None:
     assert set(EXPLAIN_PARAMS) == set(EXPLAIN_METHODS)
     assert check_explain_params("integrated_gradients", {"steps": 16, "baseline": "body_mean"})
+    assert check_explain_params("saliency", {"smooth_voxels": 0}) == {"smooth_voxels": 0}
+    assert check_explain_params("integrated_gradients", {"smooth_voxels": 2.5})
     for method, params in (
+        ("integrated_gradients", {"smooth_voxels": -0.5}),
+        ("integrated_gradients", {"smooth_voxels": float("nan")}),
+        ("saliency", {"smooth_voxels": True}),
+        ("saliency", {"smooth_voxels": "2"}),
+        ("saliency", {"smooth_voxels": 9}),
         ("integrated_gradients", {"steps": 0}),
         ("integrated_gradients", {"steps": True}),
         ("integrated_gradients", {"baseline": "white"}),
@@ -106,8 +113,11 @@ def test_api_accepted_params_are_accepted_by_the_worker() -> None:
 
     for method, params in (
         ("gradcam", {}),
-        ("saliency", {}),
-        ("integrated_gradients", {"steps": 256, "internal_batch_size": 64, "baseline": "black"}),
+        ("saliency", {"smooth_voxels": 8.0}),
+        (
+            "integrated_gradients",
+            {"steps": 256, "internal_batch_size": 64, "baseline": "black", "smooth_voxels": 0},
+        ),
         ("occlusion", {"window": 12, "stride": 12}),
     ):
         check_explain_params(method, params)

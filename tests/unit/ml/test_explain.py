@@ -23,6 +23,7 @@ from test_preprocess import CASES, FLIP_YZ, SMALL, make_volume
 from ml.explain import (
     METHODS,
     explain,
+    gaussian_smooth,
     gradcam_map,
     occlusion_evaluations,
     resolve_params,
@@ -152,17 +153,18 @@ def test_exact_attributions_of_a_region_model(region_predictor: Predictor) -> No
     n = int(inside.sum())
     xs = x[0, 0].numpy()
 
-    sal = explain(region_predictor, x, "saliency").map.numpy()
+    sal = explain(region_predictor, x, "saliency", {"smooth_voxels": 0}).map.numpy()
     np.testing.assert_allclose(sal[inside], 1.0 / n, rtol=1e-5)
     assert np.all(sal[~inside] == 0)
 
-    ig = explain(region_predictor, x, "integrated_gradients", {"steps": 3, "sign": "signed"}).map.numpy()
+    raw = {"steps": 3, "smooth_voxels": 0}
+    ig = explain(region_predictor, x, "integrated_gradients", {**raw, "sign": "signed"}).map.numpy()
     np.testing.assert_allclose(ig[inside], (xs[inside] + 1.0) / n, rtol=1e-4)
     assert np.all(ig[~inside] == 0)
     # completeness: the attributions sum to f(x) - f(baseline)
     assert ig.sum() == pytest.approx(float(xs[inside].mean()) + 1.0, rel=1e-4)
 
-    body = explain(region_predictor, x, "integrated_gradients", {"steps": 3, "baseline": "body_mean"})
+    body = explain(region_predictor, x, "integrated_gradients", {**raw, "baseline": "body_mean"})
     in_body = xs > -1 + 1e-3
     expected = np.where(inside, np.clip((xs - xs[in_body].mean()) / n, 0, None), 0)
     np.testing.assert_allclose(body.map.numpy(), expected, atol=1e-7)
@@ -174,10 +176,52 @@ def test_exact_attributions_of_a_region_model(region_predictor: Predictor) -> No
     np.testing.assert_allclose(occ[patch], float((xs[patch] + 1).sum()) / n, rtol=1e-4)
 
 
+def test_gaussian_smoothing_kernel() -> None:
+    """A normalised separable Gaussian: an impulse keeps its mass and peak; a constant stays constant."""
+    sigma = 1.5
+    impulse = torch.zeros(1, 1, 21, 21, 21)
+    impulse[0, 0, 10, 9, 11] = 1.0
+    out = gaussian_smooth(impulse, sigma)[0, 0]
+    taps = np.exp(-0.5 * (np.arange(-5, 6) / sigma) ** 2)  # radius ceil(3σ) = 5
+    k = taps / taps.sum()
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(out[10, 9, 11]) == pytest.approx(float(k[5] ** 3), rel=1e-5)
+    assert float(out[10, 9, 13]) == pytest.approx(float(k[5] ** 2 * k[7]), rel=1e-5)
+    assert float(out[10, 9, 17]) == 0.0  # truncated at 3σ
+    assert tuple(int(v) for v in np.unravel_index(int(out.argmax()), out.shape)) == (10, 9, 11)
+    flat = torch.full((1, 1, 6, 7, 8), 0.25)  # replicated edges: no darkened border
+    torch.testing.assert_close(gaussian_smooth(flat, 3.0), flat)
+    assert gaussian_smooth(impulse, 0.0) is impulse
+
+
+def test_gradient_maps_are_smoothed_before_the_sign(region_predictor: Predictor) -> None:
+    """IG/saliency with ``smooth_voxels`` equal the raw signed map, blurred, then signed."""
+    x = _volume(seed=5)
+    x[0, 0][BOX] = x[0, 0][BOX].abs() * 0.5 + 0.2
+    ig = {"steps": 3, "smooth_voxels": 0, "sign": "signed"}
+    raw = explain(region_predictor, x, "integrated_gradients", ig).map
+    smoothed = explain(
+        region_predictor, x, "integrated_gradients", {**ig, "smooth_voxels": 2, "sign": "positive"}
+    )
+    expected = gaussian_smooth(raw[None, None], 2.0)[0, 0].clamp_min(0.0)
+    torch.testing.assert_close(smoothed.map, expected, rtol=1e-5, atol=1e-9)
+    assert smoothed.params["smooth_voxels"] == 2.0
+    # the default smooths too: the box's mass spreads past its edge
+    assert (
+        explain(region_predictor, x, "integrated_gradients", {"steps": 3}).map[tuple(s.stop for s in BOX)] > 0
+    )
+    sal_raw = explain(region_predictor, x, "saliency", {"smooth_voxels": 0}).map
+    sal = explain(region_predictor, x, "saliency", {"smooth_voxels": 3.5}).map
+    torch.testing.assert_close(sal, gaussian_smooth(sal_raw[None, None], 3.5)[0, 0], rtol=1e-5, atol=1e-9)
+
+
 def test_integrated_gradients_completeness_on_a_resnet(predictor: Predictor) -> None:
     x = _volume(seed=6)
     ig = explain(
-        predictor, x, "integrated_gradients", {"steps": 48, "internal_batch_size": 16, "sign": "signed"}
+        predictor,
+        x,
+        "integrated_gradients",
+        {"steps": 48, "internal_batch_size": 16, "sign": "signed", "smooth_voxels": 0},
     )
     margins = predictor.margins(predictor.logits(torch.cat([x, torch.full_like(x, -1.0)])))
     delta = float(margins[0] - margins[1])
@@ -198,6 +242,8 @@ def test_integrated_gradients_completeness_on_a_resnet(predictor: Predictor) -> 
         ("integrated_gradients", {"baseline": "white"}, "baseline must be one of"),
         ("integrated_gradients", {"baseline": 1.5}, r"baseline must be in \[-1, 1\]"),
         ("integrated_gradients", {"sign": "negative"}, "sign must be one of"),
+        ("integrated_gradients", {"smooth_voxels": -1}, r"smooth_voxels must be in \[0, 8\]"),
+        ("saliency", {"smooth_voxels": "wide"}, "smooth_voxels must be a number"),
         ("occlusion", {"window": 0}, r"window\[0\] must be in \[1, 32\]"),
         ("occlusion", {"window": [4, 4, 33]}, r"window\[2\] must be in \[1, 32\]"),
         ("occlusion", {"window": [4, 4]}, "window must be an int or 3 ints"),
@@ -224,6 +270,7 @@ def test_resolved_defaults_and_shape_checks(predictor: Predictor) -> None:
         "internal_batch_size": 4,
         "baseline": 0.0,
         "sign": "positive",
+        "smooth_voxels": 3.0,
     }
     with pytest.raises(ValueError, match="one volume"):
         explain(predictor, torch.zeros(2, 1, SIZE, SIZE, SIZE), "saliency")
