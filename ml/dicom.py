@@ -839,7 +839,7 @@ def _build_series(uid: str, items: list[tuple[Dataset, Path, int]], skipped: Cou
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if ts is not None:
             tsyntaxes.add(str(ts))
-        tilt_tag = max(tilt_tag, abs(_f(ds.get("GantryDetectorTilt"), 0.0) or 0.0))
+        tilt_tag = max(tilt_tag, abs(_f(_get(ds, "GantryDetectorTilt"), 0.0) or 0.0))
     # consistency of in-plane geometry
     keys = Counter(
         (

@@ -249,6 +249,7 @@ def test_undecodable_header_elements_do_not_crash(study_factory: MakeStudy, tmp_
         b"\x10\x00\x10\x00PN": b"\x10\x00\x10\x00AN",  # PatientName
         b"\x08\x00\x90\x00PN": b"\x08\x00\x90\x00AN",  # ReferringPhysicianName
         b"\x20\x00\x0e\x00UI": b"\x20\x00\x0e\x00QQ",  # SeriesInstanceUID
+        b"\x18\x00\x10\x12SH": b"\x18\x00\x10\x12ZZ",  # ConvolutionKernel
     }
 
     def mangle(i: int, d: bytes) -> bytes:
