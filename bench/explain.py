@@ -27,8 +27,8 @@ Each study is preprocessed with the manifest's configuration of the model.
    Saliency and Integrated Gradients (``--ig-steps``, default 8, not the product's
    32: IG costs ≈ steps full backward passes, ≈ 0.6 s each here; black baseline as in
    the product, plus ``ig_body_mean`` with the body-mean baseline) on the first
-   ``--n-ig`` studies, both smoothed as in the product (``smooth_voxels`` 3), and
-   ``saliency_unsmoothed`` / ``ig_unsmoothed``, the raw voxel maps (``smooth_voxels`` 0).
+   ``--n-ig`` studies, as in the product (IG smoothed, ``smooth_voxels`` 3; saliency
+   raw), and ``saliency_smoothed`` (σ 3) / ``ig_unsmoothed`` (σ 0) for comparison.
    Peers in the same run (ratios method / peer):
 
    * ``random in lungs`` / ``random in body``: a point drawn uniformly from the
@@ -835,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         ("saliency", "saliency", {}, args.n_ig),
         ("integrated_gradients", "integrated_gradients", ig_params, args.n_ig),
         ("ig_body_mean", "integrated_gradients", {**ig_params, "baseline": "body_mean"}, args.n_ig),
-        ("saliency_unsmoothed", "saliency", {"smooth_voxels": 0.0}, args.n_ig),
+        ("saliency_smoothed", "saliency", {"smooth_voxels": 3.0}, args.n_ig),
         ("ig_unsmoothed", "integrated_gradients", {**ig_params, "smooth_voxels": 0.0}, args.n_ig),
     ]
     studies: list[Study] = []
@@ -886,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         "saliency",
         "integrated_gradients",
         "ig_body_mean",
-        "saliency_unsmoothed",
+        "saliency_smoothed",
         "ig_unsmoothed",
     ]
     pair = paired(studies, "gradcam", others, args.bootstrap)

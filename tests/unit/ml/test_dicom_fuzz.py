@@ -41,7 +41,7 @@ mutation = st.lists(
 )
 
 
-def _check_mutated(
+def _mutated_headers_fail_cleanly(
     members: list[tuple[str, bytes]],
     tmp_path: Path,
     muts: list[tuple[int, int, bytes]],
@@ -57,8 +57,8 @@ def _check_mutated(
         del f[truncate[1] % max(1, len(f)) :]
     zp = tmp_path / "fuzz.zip"
     with zipfile.ZipFile(zp, "w") as zf:
-        for (name, _), data in zip(members, files, strict=True):
-            zf.writestr(name, bytes(data))
+        for (name, _), blob in zip(members, files, strict=True):
+            zf.writestr(name, bytes(blob))
     try:
         with open_study(zp) as study:
             vol = load_volume(rank_series(study).selected.series)
@@ -67,34 +67,18 @@ def _check_mutated(
         assert e.code in ERROR_CODES
 
 
-truncation = st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(0, 3000)))
-
+_draws = given(
+    muts=mutation, truncate=st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(0, 3000)))
+)
+_fixtures = [HealthCheck.function_scoped_fixture]
 
 # The default suite replays the same 60 examples on every run, so a CI verdict does not
-# depend on the draw; the slow suite explores fresh ones each run.
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+# depend on the draw; the slow suite explores 2000 fresh ones each run.
+test_mutated_headers_fail_cleanly = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=_fixtures
+)(_draws(_mutated_headers_fail_cleanly))
+test_mutated_headers_fail_cleanly_fresh_draws = pytest.mark.slow(
+    settings(max_examples=2000, deadline=None, suppress_health_check=_fixtures)(
+        _draws(_mutated_headers_fail_cleanly)
+    )
 )
-@given(muts=mutation, truncate=truncation)
-def test_mutated_headers_fail_cleanly(
-    members: list[tuple[str, bytes]],
-    tmp_path: Path,
-    muts: list[tuple[int, int, bytes]],
-    truncate: tuple[int, int] | None,
-) -> None:
-    _check_mutated(members, tmp_path, muts, truncate)
-
-
-@pytest.mark.slow
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(muts=mutation, truncate=truncation)
-def test_mutated_headers_fail_cleanly_fresh_draws(
-    members: list[tuple[str, bytes]],
-    tmp_path: Path,
-    muts: list[tuple[int, int, bytes]],
-    truncate: tuple[int, int] | None,
-) -> None:
-    _check_mutated(members, tmp_path, muts, truncate)

@@ -272,6 +272,7 @@ def test_resolved_defaults_and_shape_checks(predictor: Predictor) -> None:
         "sign": "positive",
         "smooth_voxels": 3.0,
     }
+    assert resolve_params("saliency", None, (32, 32, 32))["smooth_voxels"] == 0.0  # raw by default
     with pytest.raises(ValueError, match="one volume"):
         explain(predictor, torch.zeros(2, 1, SIZE, SIZE, SIZE), "saliency")
     with pytest.raises(ValueError, match="expected a batch of shape"):
