@@ -7,7 +7,6 @@ import io
 import json
 import random
 import threading
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveApi, list_keys, new_key, storage_of  # type: ignore[import-not-found]
+from conftest import LiveApi, list_keys, new_key, storage_of, wait_for  # type: ignore[import-not-found]
 
 from app.config import Settings
 from app.db import connect
@@ -216,10 +215,7 @@ def test_upload_slots_bound_concurrency(make_settings: Any) -> None:
         assert started.wait(30)
         # the first body's bytes are sent, but its request may still be in auth: wait until it holds the slot
         gate = live.app.state.services.uploads
-        deadline = time.monotonic() + 30
-        while gate.in_use < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert gate.in_use == 1
+        wait_for(lambda: gate.in_use == 1, timeout=30, interval=0.01, what="the first upload's slot")
         busy = _upload(c, second)
         assert busy.status_code == 503 and busy.json()["error"] == "server_busy", busy.text
         assert int(busy.headers["retry-after"]) >= 1

@@ -145,10 +145,16 @@ def test_gradcam_explain_matches_legacy_gradcam_map() -> None:
     assert l3.shape == legacy.shape and bool(torch.isfinite(l3).all())
 
 
+def _region_input() -> torch.Tensor:
+    """A volume whose BOX lies clearly above the air baseline (inputs of the region model's tests)."""
+    x = _volume(seed=5)
+    x[0, 0][BOX] = x[0, 0][BOX].abs() * 0.5 + 0.2
+    return x
+
+
 def test_exact_attributions_of_a_region_model(region_predictor: Predictor) -> None:
     """Mean over a box of N voxels: gradient 1/N inside, 0 outside; IG = (x - baseline)/N; occlusion."""
-    x = _volume(seed=5)
-    x[0, 0][BOX] = x[0, 0][BOX].abs() * 0.5 + 0.2  # inside clearly above the air baseline
+    x = _region_input()
     inside = _inside((SIZE,) * 3)
     n = int(inside.sum())
     xs = x[0, 0].numpy()
@@ -196,8 +202,7 @@ def test_gaussian_smoothing_kernel() -> None:
 
 def test_gradient_maps_are_smoothed_before_the_sign(region_predictor: Predictor) -> None:
     """IG/saliency with ``smooth_voxels`` equal the raw signed map, blurred, then signed."""
-    x = _volume(seed=5)
-    x[0, 0][BOX] = x[0, 0][BOX].abs() * 0.5 + 0.2
+    x = _region_input()
     ig = {"steps": 3, "smooth_voxels": 0, "sign": "signed"}
     raw = explain(region_predictor, x, "integrated_gradients", ig).map
     smoothed = explain(

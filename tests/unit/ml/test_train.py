@@ -181,6 +181,17 @@ def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_
     assert r.returncode == 2 and "model_unavailable" in r.stderr
 
 
+def _published_scorer(manifest: Path, name: str, tmp_path: Path) -> Any:
+    """(labels, log-odds) of records under the published (fp16) weights of ``name``, loaded once."""
+    from ml.train import labelled_logodds
+    from ml.weights import Manifest, load_model, resolve_weights
+
+    entry = Manifest.load(manifest).get(name)
+    model = load_model(entry, resolve_weights(entry, manifest.parent), "cpu")
+    cache = TensorCache(tmp_path / "cache", SMALL)
+    return lambda recs: labelled_logodds(model, recs, cache)
+
+
 def _published_tiny(corpus: Path, tmp_path: Path) -> tuple[TrainConfig, Path]:
     """A 1-epoch tiny model ``tiny-tune`` trained on ``corpus`` and published with card notes;
     its config and a separate 8-study tuning corpus."""
@@ -207,8 +218,7 @@ def test_calibrate_on_needs_a_known_split_and_a_tuning_corpus(corpus: Path) -> N
 def test_a_run_can_fit_its_temperature_on_the_tuning_corpus(corpus: Path, tmp_path: Path) -> None:
     """``calibrate_on: tuning`` in ``train``: T is the NLL fit on the tuning corpus, not on validation."""
     from ml.evaluate import fit_temperature
-    from ml.train import predict_logodds
-    from ml.weights import Manifest, load_model, resolve_weights
+    from ml.weights import Manifest
 
     tune_csv = write_corpus(
         tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
@@ -226,11 +236,11 @@ def test_a_run_can_fit_its_temperature_on_the_tuning_corpus(corpus: Path, tmp_pa
     manifest = Path(str(cfg.manifest_path))
     entry = Manifest.load(manifest).get("tiny-cal")
     assert entry.calibration == summary["calibration"] and entry.calibration["fitted_on"] == "tuning corpus"
-    model = load_model(entry, resolve_weights(entry, manifest.parent), "cpu")
-    cache = TensorCache(tmp_path / "cache", SMALL)
+    score = _published_scorer(manifest, "tiny-cal", tmp_path)
 
     def fit(recs: list[Any]) -> float:
-        return fit_temperature(predict_logodds(model, CTDataset(recs, cache)), [r.label for r in recs])
+        y, z = score(recs)
+        return fit_temperature(z, y)
 
     on_tuning = fit(read_labels_csv(tune_csv))
     on_val = fit(split_train_val(read_labels_csv(corpus), cfg.val_fraction, cfg.seed)[1])
@@ -246,8 +256,7 @@ def test_retune_refits_the_temperature_on_the_tuning_corpus(corpus: Path, tmp_pa
 
     from ml.data import StudyRecord
     from ml.evaluate import apply_temperature, fit_temperature, select_operating_points, summarize
-    from ml.train import predict_logodds
-    from ml.weights import Manifest, load_model, resolve_weights
+    from ml.weights import Manifest
 
     cfg, tune_csv = _published_tiny(corpus, tmp_path)
     manifest = Path(str(cfg.manifest_path))
@@ -264,9 +273,10 @@ def test_retune_refits_the_temperature_on_the_tuning_corpus(corpus: Path, tmp_pa
     summary = retune(dataclasses.replace(tuned, test_labels_csv=str(test_csv)))
     after = Manifest.load(manifest).get("tiny-tune")
 
+    score = _published_scorer(manifest, "tiny-tune", tmp_path)
+
     def logodds(recs: list[StudyRecord]) -> Any:
-        model = load_model(after, resolve_weights(after, manifest.parent), "cpu")
-        return predict_logodds(model, CTDataset(recs, TensorCache(tmp_path / "cache", SMALL)))
+        return score(recs)[1]
 
     tune = read_labels_csv(tune_csv)
     y = [r.label for r in tune]
