@@ -15,7 +15,8 @@ GPU). The report is one table: measure | ours | peer in the same run | ratio | g
 machine, then the command and date of every run. A row whose bench did not run (or failed)
 says so instead of showing a number. The H100 rows (end-to-end p50 for a 300-slice study,
 ResNet-34 @256³ throughput) are measured only where ``torch.cuda.is_available()``; elsewhere
-they read "not measured: no GPU lent to this session". The rows also go to ``<dir>/report.json``.
+they read "not measured: needs a CUDA GPU". The rows also go to ``<dir>/report.json``.
+Commands and paths in the report are relative to the repository root.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import time
@@ -37,7 +39,9 @@ if str(ROOT) not in sys.path:
 
 from bench.common import machine_info, machine_label, write_json  # noqa: E402
 
-NO_GPU = "not measured: no GPU lent to this session"
+NO_GPU = "not measured: needs a CUDA GPU"
+# the hardware the CPU benches' ``Bench.est_full_min`` were timed on (their runs in docs/benchmarks.md)
+EST_HARDWARE = "a 2-core x86-64 VM without GPU"
 GOAL_H100_E2E_S = 1.0
 GOAL_H100_VOLUMES_S = 100.0
 FULL_CASCADE = "fc+layer4+layer3+layer2+layer1+stem"
@@ -53,7 +57,7 @@ class Bench:
     quick: str
     cache_dir: bool = False  # takes --cache-dir (phantom ZIPs are kept beside the results)
     gpu_only: bool = False
-    est_full_min: float = 0.0  # minutes at full size on the 2-core CPU machine
+    est_full_min: float = 0.0  # minutes at full size on EST_HARDWARE
 
 
 BENCHES = (
@@ -113,6 +117,11 @@ BY_NAME = {b.name: b for b in BENCHES}
 # --------------------------------------------------------------------------- running
 
 
+def _relative(text: str) -> str:
+    """``text`` with every path under the repository written relative to its root."""
+    return re.sub(rf"{re.escape(str(ROOT))}(/|(?![\w.-]))", lambda m: "" if m[1] else ".", text)
+
+
 def run_bench(b: Bench, out_dir: Path, quick: bool, timeout_s: float) -> dict[str, Any]:
     """Run one bench as a subprocess; its JSON lands in ``out_dir``; returns (and keeps) its meta."""
     args = (b.quick if quick else b.full).split()
@@ -120,7 +129,7 @@ def run_bench(b: Bench, out_dir: Path, quick: bool, timeout_s: float) -> dict[st
         args += ["--cache-dir", str(out_dir)]
     json_path = out_dir / f"{b.name}.json"
     cmd = [sys.executable, b.script, *args, "--json", str(json_path)]
-    shown = " ".join(["python", b.script, *args, "--json", str(json_path)])
+    shown = _relative(" ".join(["python", b.script, *args, "--json", str(json_path)]))
     print(f"\n### {b.name}: {shown}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path.unlink(missing_ok=True)
@@ -142,7 +151,7 @@ def run_bench(b: Bench, out_dir: Path, quick: bool, timeout_s: float) -> dict[st
         "returncode": rc,
         "quick": quick,
         "machine": machine_info(),
-        "log": str(log),
+        "log": _relative(str(log)),
     }
     write_json(out_dir / f"{b.name}.meta.json", meta)
     print(f"    {b.name}: exit {rc} in {meta['wall_s']:.0f} s (log {log})", flush=True)
@@ -483,7 +492,7 @@ SPECS = (
     Spec(
         "preprocess",
         "preprocess only (after reading), s; peer: MONAI transforms",
-        "≥ 9× faster (DESIGN §7)",
+        "≥ 9× faster (docs/architecture.md §7)",
         _pre_only_monai,
     ),
     Spec(
@@ -604,9 +613,7 @@ def build_rows(results: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | 
 
 
 def render(rows: list[Row], runs: list[dict[str, Any]], command: str, quick: bool, results_dir: Path) -> str:
-    shown_dir = results_dir.resolve()
-    if shown_dir.is_relative_to(ROOT):
-        shown_dir = shown_dir.relative_to(ROOT)
+    shown_dir = _relative(str(results_dir.resolve()))
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Performance report",
@@ -635,7 +642,8 @@ def render(rows: list[Row], runs: list[dict[str, Any]], command: str, quick: boo
     lines += ["", "## Runs", "", "| bench | command | date (UTC) | wall | exit |", "|---|---|---|---|---|"]
     for m in runs:
         wall = f"{m['wall_s'] / 60:.1f} min" if isinstance(m.get("wall_s"), float) else "?"
-        lines.append(f"| {m['bench']} | `{m['command']}` | {m['date']} | {wall} | {m['returncode']} |")
+        command_shown = _relative(str(m["command"]))
+        lines.append(f"| {m['bench']} | `{command_shown}` | {m['date']} | {wall} | {m['returncode']} |")
     lines += [
         "",
         "Each bench run by this script leaves its output (every table, per-stage times, CPU use) in",
@@ -666,14 +674,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown benches {bad}")
     out_dir = Path(args.results_dir)
     gpu = machine_info()["gpu"] is not None
-    command = " ".join(["python", "bench/report.py", *(sys.argv[1:] if argv is None else argv)])
+    command = _relative(" ".join(["python", "bench/report.py", *(sys.argv[1:] if argv is None else argv)]))
 
     results: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None, str]] = {}
     runs: list[dict[str, Any]] = []
     if not args.quick and not args.no_run:
         est = sum(BY_NAME[n].est_full_min for n in chosen if gpu or not BY_NAME[n].gpu_only)
         print(
-            f"full-size run: up to ~{est:.0f} min on an idle 2-core machine (less with --reuse)", flush=True
+            f"full-size run: up to ~{est:.0f} min as timed on {EST_HARDWARE}, idle (less with --reuse);"
+            f" running on {machine_label(machine_info())}",
+            flush=True,
         )
     for name in chosen:
         b = BY_NAME[name]

@@ -9,6 +9,7 @@ Markdown and its JSON, with a number where a bench ran and a reason where it did
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-NO_GPU = "not measured: no GPU lent to this session"
+NO_GPU = "not measured: needs a CUDA GPU"
 HEADER = "| measure | ours | peer in the same run | ratio | goal | met? | machine |"
 
 
@@ -77,6 +78,20 @@ def test_report_without_results_has_every_row(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         assert all(r["ours"] == NO_GPU for r in _h100_rows(rows))
     assert rep["runs"] == []
+
+
+def test_report_names_its_hardware_and_writes_paths_relative(tmp_path: Path) -> None:
+    """The report's header names the hardware it ran on; the Runs table shows paths under the
+    repository relative to its root, also for a run recorded with absolute paths."""
+    command = f"python bench/service.py --cache-dir {ROOT}/var/bench --json {ROOT}/var/bench/service.json"
+    meta = {"bench": "service", "command": command, "date": "2026-01-01T00:00:00+00:00", "wall_s": 60.0}
+    (tmp_path / "service.meta.json").write_text(json.dumps({**meta, "returncode": 0}))
+    md, rep = _report(tmp_path, "--no-run", "--benches", "service", timeout=120)
+    header = next(line for line in md.splitlines() if line.startswith("Generated on"))
+    assert f"{os.cpu_count()} cores" in header and "GPU " in header, header
+    assert str(ROOT) not in md
+    assert "`python bench/service.py --cache-dir var/bench --json var/bench/service.json`" in md
+    assert [m["bench"] for m in rep["runs"]] == ["service"]
 
 
 @pytest.mark.slow  # ~3 min: embedded stack, API and worker processes, the demo model, a quick inference bench
