@@ -63,7 +63,7 @@ Each study is preprocessed with the manifest's configuration of the model.
    zero after Grad-CAM's ReLU) carries no ranking and counts as ρ = 0 (``const``).
    Goal: ρ < 0.3 (mean and median over studies) with all weights re-initialised.
 
-3. Timing on this machine's CPU, in one block after the rest so that every method runs
+3. Timing on the bench's CPU (named in its output), in one block after the rest so that every method runs
    under the same load: on the first ``--timing-studies`` studies, ``--timing-repeats``
    interleaved rounds of the forward pass (the peer), Grad-CAM (layer4 and layer3) and
    Saliency, then IG at ``--ig-steps`` once per study; ``ExplainOutput.seconds``;
@@ -1001,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names
     }
     print(
-        f"\ntiming per study on this CPU ({mach['cpu']}, torch threads {mach['torch_threads']}; medians over "
+        f"\ntiming per study on the CPU ({mach['cpu']}, torch threads {mach['torch_threads']}; medians over "
         f"{len(k_studies)} studies, interleaved)"
     )
     header = f"{'':<32} {'n':>3} {'s/study':>8} {'÷ forward':>9}"

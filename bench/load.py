@@ -34,7 +34,8 @@ and states its goals; a peer is measured in the same run wherever one exists.
    once over the studies. jobs/s = jobs / (last ``finished_at`` − first ``created_at``), job
    latency = ``finished_at`` − ``created_at`` (both PostgreSQL's clock), p50/p95; every job is
    then read back through ``GET /v1/jobs/{id}`` and must have succeeded on its first attempt.
-   The ratio of the 2-worker to the 1-worker throughput is the scaling on this machine.
+   The ratio of the 2-worker to the 1-worker throughput is the scaling on the machine the bench
+   runs on (its CPU model and cores are in the JSON's ``machine``).
 
 4. **e2e** (only with ``--sections ...,e2e``; ``bench/report.py`` runs it where there is a GPU):
    one worker on its default device and one ``--e2e-slices``×512² phantom study; ``--e2e-runs``

@@ -1,4 +1,4 @@
-"""Worker process faults, for real (issue #8): ``kill -9`` mid-job under a stream of jobs, and SIGTERM.
+"""Worker process faults, for real: ``kill -9`` mid-job under a stream of jobs, and SIGTERM.
 
 The worker runs as ``python -m app.worker`` subprocesses (:mod:`procs`) on a
 fresh database, bucket and stream of the shared embedded stack; jobs come in

@@ -1,4 +1,4 @@
-"""Hostile and broken inputs through the live service (issue #8).
+"""Hostile and broken inputs through the live service.
 
 Every case goes through the real API (uvicorn on loopback) and, when the archive
 passes the upload check, the real worker (model loaded, spawned preprocessing

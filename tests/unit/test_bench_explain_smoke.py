@@ -2,7 +2,7 @@
 
 No quality or timing assertions (the demo model misses the pointing-game goals, and machines are
 noisy): only that every section runs, reports its peers and writes well-formed numbers. About 30 s
-on an idle 2-core machine (2 phantoms, Grad-CAM in 4 variants, Saliency and IG at 2 steps on one).
+on an idle 2-core Intel Xeon VM (2 phantoms, Grad-CAM in 4 variants, Saliency and IG at 2 steps on one).
 """
 
 from __future__ import annotations

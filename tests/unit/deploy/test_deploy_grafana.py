@@ -73,7 +73,7 @@ def test_every_query_uses_exported_metric_names() -> None:
                     continue
                 used.add(word)
                 assert word in exported, f"{p['title']}: {word} is not exported"
-    # every metric the issue asks for is on the dashboard
+    # every metric an operator watches (latency, uploads, queue, jobs, worker stages, GPU, webhooks) is on it
     for base in (
         "s4ct_http_request_seconds_bucket",
         "s4ct_upload_bytes_total",
