@@ -1,10 +1,10 @@
 """Train one or more variants of a training config side by side on one GPU machine, inside
 a wall-time budget, and score each on in-memory phantom corpora.
 
-Made for a short lease of a bare accelerator machine (see docs/training.md): the config's
-``phantom_corpora`` are generated there (no ZIPs to carry), every variant trains in its
-own process against one shared tensor cache, and each publishes into its own copy of
-the manifest. The DICOM tuning/test corpora are not there, so ``tune_labels_csv`` and
+Made for a GPU host rented for a fixed time with nothing prepared on it (docs/models.md,
+Training): the config's ``phantom_corpora`` are generated there (no ZIPs to carry), every
+variant trains in its own process against one shared tensor cache, and each publishes into
+its own copy of the manifest. The DICOM tuning/test corpora are not there, so ``tune_labels_csv`` and
 ``test_labels_csv`` are dropped: run ``service4ct retune`` on the published entry
 afterwards, where those corpora are, to pick and report the operating points.
 
