@@ -1275,7 +1275,7 @@ def bench_setup() -> float:
 
 def start_stack(es: contextlib.ExitStack, root: Path, s3_memory_limit: str | None = None) -> Any:
     """The embedded stack under ``root`` (fsync off, no persistence), stopped when ``es`` closes."""
-    from app.embedded import EmbeddedS3, EmbeddedStack
+    from app.devstack import EmbeddedS3, EmbeddedStack
 
     stack = EmbeddedStack(root, fsync=False, persist=False)
     if s3_memory_limit:  # start() keeps an S3 set beforehand
@@ -1309,7 +1309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--s3-memory-limit",
         default=None,
-        help="GOMEMLIMIT of the embedded SeaweedFS (default: app.embedded's own, 1GiB)",
+        help="GOMEMLIMIT of the embedded SeaweedFS (default: app.devstack.s3's own, 1GiB)",
     )
     p.add_argument("--cache-dir", default=str(ROOT / "var" / "bench"), help="phantom ZIP cache")
     p.add_argument("--json", default=str(ROOT / "var" / "bench" / "service.json"), help="'' = none")

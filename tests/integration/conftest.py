@@ -25,7 +25,7 @@ import uvicorn
 
 from app.config import Settings
 from app.db import connect
-from app.embedded import EmbeddedStack
+from app.devstack import EmbeddedStack
 from app.main import create_app
 from app.migrate import migrate
 from app.repository import create_api_key

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from app.config import Settings
 from app.db import connect
-from app.serve import worker_env
+from app.devstack.serve import worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -32,7 +32,7 @@ from faultproxy import FaultProxy  # type: ignore[import-not-found, unused-ignor
 
 from app.config import Settings
 from app.db import connect
-from app.embedded import EmbeddedStack
+from app.devstack import EmbeddedStack
 from app.queue import JobQueue
 from app.storage import Storage
 from app.worker.runner import Worker

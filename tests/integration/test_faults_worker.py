@@ -26,8 +26,8 @@ from procs import WorkerProcess  # type: ignore[import-not-found, unused-ignore]
 
 from app.config import Settings, load_settings
 from app.db import Conn, connect
+from app.devstack.serve import worker_env
 from app.queue import JobQueue
-from app.serve import worker_env
 from ml.phantom import make_study
 
 #: stages a kill aims at (read from the job's ``stage`` in PostgreSQL)

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.db import connect
-from app.embedded import EmbeddedStack
+from app.devstack.stack import EmbeddedStack
 from app.logs import logger
 from app.migrate import migrate
 from app.repository import create_api_key

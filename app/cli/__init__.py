@@ -1,0 +1,57 @@
+"""The ``service4ct`` command.
+
+Offline operator commands work on files and need no running service: ``inspect`` and
+``preprocess`` (one study: :mod:`app.cli.study`), ``phantom``, ``train``, ``retune`` and
+``evaluate`` (corpora and models: :mod:`app.cli.training`), ``predict`` (a batch report:
+:mod:`app.predict`). Service commands run or administer the service: ``serve``, ``api``,
+``worker``, ``migrate`` and ``apikey`` (:mod:`app.cli.service`).
+
+Commands print identifiers of studies and series only (UIDs, counts, geometry),
+never patient identifiers or archive member names.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from app.cli import service, study, training
+from app.predict import predict_command
+
+__all__ = ["cli", "main"]
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Service4CT chest-CT triage service.")
+
+#: the commands in the order of ``service4ct --help``
+OFFLINE_COMMANDS: tuple[Callable[..., None], ...] = (
+    study.inspect,
+    study.preprocess,
+    training.phantom,
+    training.train,
+    training.retune,
+    training.evaluate,
+)
+SERVICE_COMMANDS: tuple[Callable[..., None], ...] = (
+    service.serve,
+    service.api,
+    service.worker,
+    service.migrate,
+)
+
+for _command in OFFLINE_COMMANDS:
+    cli.command()(_command)
+# the batch command lives in app/predict.py (its own module: report writing, resume logic)
+cli.command("predict")(predict_command)
+for _command in SERVICE_COMMANDS:
+    cli.command()(_command)
+cli.add_typer(service.apikey_cli, name="apikey")
+
+
+def main() -> None:
+    """Entry point of the ``service4ct`` script."""
+    try:
+        cli()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)

@@ -1,0 +1,151 @@
+"""Offline commands that build and measure models: ``phantom``, ``train``, ``retune``, ``evaluate``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.cli.common import DEFAULT_MANIFEST, LogOpt, fail
+from app.logs import setup_logging
+from ml.errors import ModelUnavailable
+
+__all__ = ["evaluate", "phantom", "retune", "train"]
+
+
+def phantom(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for studies/, labels.csv and masks/.")],
+    n: Annotated[int, typer.Option("--n", help="Number of studies (half of them with pathology).")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus.")] = 0,
+    variant: Annotated[list[str] | None, typer.Option(help="Variant(s), cycled (see ml.phantom).")] = None,
+    rows: Annotated[int | None, typer.Option(help="Rows = columns per slice (pixels).")] = None,
+    pixel_spacing: Annotated[float | None, typer.Option(help="In-plane pixel spacing (mm).")] = None,
+    slice_spacing: Annotated[float | None, typer.Option(help="Slice spacing (mm).")] = None,
+) -> None:
+    """Write a seeded corpus of synthetic chest-CT studies (DICOM ZIPs, labels.csv, NIfTI masks).
+
+    Sizes default to 128² pixels of 3 mm and 2.5 mm slices, except for the
+    ``real_like`` variant (512², 0.7 mm, 2 mm, JPEG lossless) which keeps its own.
+    """
+    from ml.phantom import STUDY_VARIANTS, write_corpus
+
+    setup_logging("WARNING")
+    variants = tuple(variant or ["standard"])
+    unknown = [v for v in variants if v not in STUDY_VARIANTS]
+    if unknown:
+        typer.echo(f"error: unknown variant(s) {unknown}; choose from {', '.join(STUDY_VARIANTS)}", err=True)
+        raise typer.Exit(2)
+    own_sizes = "real_like" in variants
+    kwargs: dict[str, Any] = {
+        "rows": rows if rows is not None else (None if own_sizes else 128),
+        "pixel_spacing_mm": pixel_spacing if pixel_spacing is not None else (None if own_sizes else 3.0),
+        "slice_spacing_mm": slice_spacing if slice_spacing is not None else (None if own_sizes else 2.5),
+    }
+    kwargs["cols"] = kwargs["rows"]
+    t0 = time.perf_counter()
+    labels = write_corpus(out_dir, n, seed, variants=variants, **kwargs)
+    typer.echo(f"wrote {n} studies ({', '.join(variants)}) to {out_dir} in {time.perf_counter() - t0:.1f} s")
+    typer.echo(f"labels: {labels}")
+
+
+def train(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Training YAML (see weights/resnet10-demo.train.yaml).", exists=True, dir_okay=False
+        ),
+    ],
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Train with the seed recipe; publishes weights, manifest entry and model card if configured."""
+    from ml.train import TrainConfig
+    from ml.train import train as run_train
+
+    setup_logging(log_level)
+    cfg = TrainConfig.from_yaml(config)
+    summary = run_train(cfg)
+    keys = (
+        "data",
+        "fit",
+        "calibration",
+        "validation",
+        "test",
+        "cross_validation",
+        "operating_points",
+        "published",
+    )
+    typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2, default=float))
+
+
+def retune(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Training YAML of the published model, with tune_labels_csv set.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Re-choose a published model's operating points on its tuning corpus; weights untouched.
+
+    Thresholds are picked on the config's ``tune_labels_csv`` and measured on its
+    ``test_labels_csv``; the manifest entry, ROC/calibration plots and model card are rewritten.
+    With ``calibrate_on: tuning`` in the config the calibration temperature is refitted on the
+    tuning corpus first (and the validation split re-scored with it).
+    """
+    from ml.train import TrainConfig
+    from ml.train import retune as run_retune
+
+    setup_logging(log_level)
+    cfg = TrainConfig.from_yaml(config)
+    try:
+        summary = run_retune(cfg)
+    except ModelUnavailable as e:
+        fail(e, as_json=False)
+        return
+    except ValueError as e:  # a config that does not match the published model
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    keys = ("tuning", "test", "operating_points", "operating_points_selected_on", "published")
+    typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2, default=float))
+
+
+def evaluate(
+    labels: Annotated[
+        Path, typer.Argument(help="labels.csv (study_id,label,zip).", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (metrics.json, roc.png).")],
+    model: Annotated[
+        str | None, typer.Option(help="Manifest entry (default: the manifest's default).")
+    ] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Weights manifest.")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Preprocessed tensor cache.")] = Path("var/cache"),
+    n_bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Evaluate a manifest model on a labelled corpus (AUC, sensitivity, specificity with 95% CIs, ROC)."""
+    from ml.train import evaluate_model
+
+    setup_logging(log_level)
+    try:
+        result = evaluate_model(
+            manifest or DEFAULT_MANIFEST,
+            labels,
+            out,
+            name=model,
+            cache_dir=cache_dir,
+            n_bootstrap=n_bootstrap,
+        )
+    except ModelUnavailable as e:
+        fail(e, as_json=False)
+        return
+    typer.echo(
+        json.dumps(
+            {k: result[k] for k in ("model", "data", "summary", "operating_points")}, indent=2, default=float
+        )
+    )
