@@ -90,7 +90,9 @@ class PhantomStudy:
 def _generator_sha() -> str:
     import ml.phantom
 
-    return sha256_file(Path(ml.phantom.__file__))
+    package = Path(ml.phantom.__file__).parent
+    sources = "".join(sha256_file(p) for p in sorted(package.glob("*.py")))
+    return hashlib.sha256(sources.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
