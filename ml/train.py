@@ -46,7 +46,8 @@ from ml.data import (
     read_labels_csv,
     split_train_val,
 )
-from ml.model import ModelSpec, build_model, freeze_stages, set_frozen_bn_eval
+from ml.model import ModelSpec
+from ml.model.network import build_model, freeze_stages, set_frozen_bn_eval
 from ml.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -624,7 +625,7 @@ def fit_once(
         cfg.ig_temperature,
     )
     if cfg.init_checkpoint:
-        from ml.weights import load_checkpoint
+        from ml.model.checkpoint import load_checkpoint
 
         load_checkpoint(lit.model, Path(cfg.init_checkpoint), strict=True)
     train_ds = CTDataset(train_recs, cache, augment=cfg.augment, shift=cfg.augment_shift)
@@ -937,7 +938,7 @@ def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: 
 
 def publish(cfg: TrainConfig, model: nn.Module, summary: dict[str, Any]) -> dict[str, str]:
     """Write fp16 weights, then the manifest entry, plots and model card (:func:`publish_entry`)."""
-    from ml.weights import save_weights
+    from ml.model.checkpoint import save_weights
 
     assert cfg.weights_path is not None
     wpath = Path(cfg.weights_path)
@@ -954,7 +955,7 @@ def publish_entry(cfg: TrainConfig, summary: dict[str, Any], sha256: str) -> dic
     """
     import shutil
 
-    from ml.weights import Manifest, ModelEntry, OperatingPoint
+    from ml.model import Manifest, ModelEntry, OperatingPoint
 
     assert cfg.weights_path is not None
     wpath = Path(cfg.weights_path)
@@ -1024,7 +1025,8 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     seed) is re-scored with it instead.
     Writes ``output_dir/retune.json`` and returns it.
     """
-    from ml.weights import Manifest, load_model, resolve_weights
+    from ml.model import Manifest, resolve_weights
+    from ml.model.checkpoint import load_model
 
     if not (cfg.tune_labels_csv and cfg.manifest_path and cfg.weights_path):
         raise ValueError("retune needs tune_labels_csv, manifest_path and weights_path in the config")
@@ -1090,7 +1092,8 @@ def evaluate_model(
     ``predictions.csv`` (study_id, label, calibrated probability), ``roc.png`` and
     ``calibration.png`` into ``out_dir``.
     """
-    from ml.weights import Manifest, load_model, resolve_weights
+    from ml.model import Manifest, resolve_weights
+    from ml.model.checkpoint import load_model
 
     mpath = Path(manifest_path)
     entry = Manifest.load(mpath).get(name)
