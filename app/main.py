@@ -36,7 +36,7 @@ from app.repository import job_state_counts, oldest_queued_age_s
 from app.storage import StorageError, storage_from_settings
 from app.uploads import mmap_large_buffers
 from ml.errors import InputError, ModelUnavailable
-from ml.manifest import Manifest
+from ml.model import Manifest
 
 __all__ = ["build_services", "create_app"]
 

@@ -41,7 +41,7 @@ from ml.files import sha256_file
 
 if TYPE_CHECKING:
     from ml.inference import Predictor
-    from ml.weights import ModelEntry
+    from ml.model import ModelEntry
 
 __all__ = [
     "DEFAULT_MANIFEST",
@@ -434,7 +434,7 @@ def run_batch(
     """
     from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-    from ml.weights import Manifest
+    from ml.model import Manifest
 
     _fmt_from(out)
     if device not in DEVICES:

@@ -42,8 +42,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from ml.model import ModelSpec, build_model  # noqa: E402
-from ml.weights import Manifest  # noqa: E402
+from ml.model import Manifest, ModelSpec  # noqa: E402
+from ml.model.network import build_model  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

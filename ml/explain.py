@@ -102,7 +102,7 @@ from ml.geometry import CTVolume, VolumeGeometry
 
 if TYPE_CHECKING:
     from ml.inference import Predictor
-    from ml.model import ResNet3D
+    from ml.model.network import ResNet3D
     from ml.preprocess import PreprocessGeometry, PreprocessResult
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Batched inference with a manifest model: calibrated probability and operating-point decisions.
 
 A :class:`Predictor` owns one model, loaded once from the weights manifest
-(:mod:`ml.weights`) and kept in memory in eval mode with the
+(:mod:`ml.model`) and kept in memory in eval mode with the
 ``channels_last_3d`` memory format. On CUDA the forward runs under bf16 autocast
 with TF32 allowed; on CPU it runs in float32 and is deterministic (the same
 input gives bit-identical output).
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ml.errors import ModelUnavailable
-from ml.model import ResNet3D
+from ml.model.network import ResNet3D
 from ml.preprocess import PreprocessConfig, PreprocessResult, preprocess
 
 if TYPE_CHECKING:
     from ml.geometry import CTVolume
-    from ml.weights import ModelEntry
+    from ml.model import ModelEntry
 
 __all__ = ["LABEL_NORMAL", "LABEL_PATHOLOGY", "Prediction", "Predictor", "resolve_device"]
 
@@ -151,7 +151,8 @@ class Predictor:
         unknown name, a missing or mismatching weights file, or a device that
         cannot be used.
         """
-        from ml.weights import Manifest, load_model, resolve_weights
+        from ml.model import Manifest, resolve_weights
+        from ml.model.checkpoint import load_model
 
         manifest_path = Path(manifest_path)
         try:

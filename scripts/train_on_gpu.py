@@ -54,9 +54,9 @@ def _child(spec_path: Path) -> None:
 
     from ml import evaluate as ev
     from ml.data import PhantomCorpus, TensorCache, phantom_records
-    from ml.model import build_model
+    from ml.model.checkpoint import load_checkpoint
+    from ml.model.network import build_model
     from ml.train import TrainConfig, score_records, scoring_device, train
-    from ml.weights import load_checkpoint
 
     spec = json.loads(spec_path.read_text())
     cfg = TrainConfig.from_dict(spec["config"])

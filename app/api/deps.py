@@ -18,7 +18,7 @@ from app.queue import JobQueue
 from app.repository import client_for_key
 from app.storage import Storage
 from app.uploads import UploadGate
-from ml.manifest import Manifest
+from ml.model import Manifest
 
 __all__ = ["Client", "Services", "ServicesDep", "get_client", "get_services"]
 

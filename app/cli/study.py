@@ -84,7 +84,7 @@ def inspect(
 
 def _model_preprocess_config(manifest: Path, model: str | None) -> PreprocessConfig:
     """The preprocessing that the manifest's ``model`` (None: its default) was trained with."""
-    from ml.manifest import Manifest
+    from ml.model import Manifest
 
     try:
         return Manifest.load(manifest).get(model).preprocess

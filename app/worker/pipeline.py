@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from ml.geometry import CTVolume
 from ml.inference import Prediction
-from ml.manifest import ModelEntry
+from ml.model import ModelEntry
 from ml.preprocess import PreprocessConfig, PreprocessGeometry
 
 __all__ = ["Prepared", "build_result", "init_pool_process", "prepare_study"]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ml.errors import ModelUnavailable
-from ml.manifest import Manifest, resolve_weights
+from ml.model import Manifest, resolve_weights
 
 
 def main(manifest_path: str) -> int:

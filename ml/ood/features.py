@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ml.model import ResNet3D
+from ml.model.network import ResNet3D
 
 __all__ = ["logits_and_features"]
 

@@ -157,7 +157,7 @@ def fit_once(
         cfg.ig_temperature,
     )
     if cfg.init_checkpoint:
-        from ml.weights import load_checkpoint
+        from ml.model.checkpoint import load_checkpoint
 
         load_checkpoint(lit.model, Path(cfg.init_checkpoint), strict=True)
     train_ds = CTDataset(train_recs, cache, augment=cfg.augment, shift=cfg.augment_shift)

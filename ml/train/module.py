@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ml import evaluate as ev
-from ml.model import ModelSpec, build_model, freeze_stages, set_frozen_bn_eval
+from ml.model import ModelSpec
+from ml.model.network import build_model, freeze_stages, set_frozen_bn_eval
 from ml.train.config import MONITOR_MODES
 from ml.train.losses import FocalLoss, lesion_attention_loss, logit_diff, path_attribution_loss
 

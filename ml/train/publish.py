@@ -60,7 +60,7 @@ def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: 
 
 def publish(cfg: TrainConfig, model: nn.Module, summary: dict[str, Any]) -> dict[str, str]:
     """Write fp16 weights, then the manifest entry, plots and model card (:func:`publish_entry`)."""
-    from ml.weights import save_weights
+    from ml.model.checkpoint import save_weights
 
     assert cfg.weights_path is not None
     wpath = Path(cfg.weights_path)
@@ -77,7 +77,7 @@ def publish_entry(cfg: TrainConfig, summary: dict[str, Any], sha256: str) -> dic
     """
     import shutil
 
-    from ml.weights import Manifest, ModelEntry, OperatingPoint
+    from ml.model import Manifest, ModelEntry, OperatingPoint
 
     assert cfg.weights_path is not None
     wpath = Path(cfg.weights_path)

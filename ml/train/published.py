@@ -36,7 +36,8 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     seed) is re-scored with it instead.
     Writes ``output_dir/retune.json`` and returns it.
     """
-    from ml.weights import Manifest, load_model, resolve_weights
+    from ml.model import Manifest, resolve_weights
+    from ml.model.checkpoint import load_model
 
     if not (cfg.tune_labels_csv and cfg.manifest_path and cfg.weights_path):
         raise ValueError("retune needs tune_labels_csv, manifest_path and weights_path in the config")
@@ -102,7 +103,8 @@ def evaluate_model(
     ``predictions.csv`` (study_id, label, calibrated probability), ``roc.png`` and
     ``calibration.png`` into ``out_dir``.
     """
-    from ml.weights import Manifest, load_model, resolve_weights
+    from ml.model import Manifest, resolve_weights
+    from ml.model.checkpoint import load_model
 
     mpath = Path(manifest_path)
     entry = Manifest.load(mpath).get(name)

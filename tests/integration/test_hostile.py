@@ -74,8 +74,8 @@ from app.worker.pipeline import Prepared, mp_context, prepare_study
 from app.worker.runner import Worker
 from ml.dicom import ZipLimits
 from ml.errors import ERROR_CODES, InputError
+from ml.model import Manifest
 from ml.phantom import make_study
-from ml.weights import Manifest
 
 MiB = 1 << 20
 

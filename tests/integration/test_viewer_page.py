@@ -62,7 +62,8 @@ from app.worker.runner import Worker
 from ml.dicom import load_volume, open_study
 from ml.geometry import VolumeGeometry
 from ml.inference import Predictor
-from ml.model import ModelSpec, ResNet3D
+from ml.model import ModelSpec
+from ml.model.network import ResNet3D
 from ml.phantom import StudyInfo, make_study
 from ml.preprocess import preprocess
 from ml.qc import rank_series

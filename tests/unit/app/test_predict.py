@@ -24,10 +24,11 @@ from app.logs import setup_logging
 from app.predict import ReportError, predict_command, read_report, run_batch
 from ml.errors import ModelUnavailable
 from ml.inference import Predictor
-from ml.model import ModelSpec, build_model
+from ml.model import Manifest, ModelEntry, ModelSpec, OperatingPoint
+from ml.model.checkpoint import save_weights
+from ml.model.network import build_model
 from ml.phantom import PHI_IDENTIFIERS, make_study
 from ml.preprocess import PreprocessConfig
-from ml.weights import Manifest, ModelEntry, OperatingPoint, save_weights
 
 ROOT = Path(__file__).resolve().parents[3]
 SIZE = 32

@@ -9,11 +9,12 @@ import pytest
 
 from ml.dicom import load_volume, open_study
 from ml.explain import explain
+from ml.files import sha256_file
 from ml.geometry import CTVolume
 from ml.inference import Predictor
+from ml.model import Manifest
 from ml.phantom import StudyInfo, make_study
 from ml.qc import rank_series
-from ml.weights import Manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFEST = ROOT / "weights" / "manifest.json"

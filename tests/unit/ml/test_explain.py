@@ -34,7 +34,8 @@ from ml.explain import (
 )
 from ml.geometry import VolumeGeometry
 from ml.inference import Predictor
-from ml.model import ModelSpec, ResNet3D
+from ml.model import ModelSpec
+from ml.model.network import ResNet3D
 from ml.phantom import PhantomSpec, generate_phantom, write_series
 from ml.preprocess import CropBox, PreprocessGeometry, preprocess
 

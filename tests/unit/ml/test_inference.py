@@ -15,9 +15,10 @@ from ml.errors import ModelUnavailable
 from ml.explain import gradcam_peak
 from ml.geometry import CTVolume, VolumeGeometry
 from ml.inference import Predictor
-from ml.model import ModelSpec, ResNet3D, build_model
+from ml.model import Manifest, ModelEntry, ModelSpec, OperatingPoint
+from ml.model.checkpoint import save_weights
+from ml.model.network import ResNet3D, build_model
 from ml.preprocess import PreprocessConfig
-from ml.weights import Manifest, ModelEntry, OperatingPoint, save_weights
 
 SIZE = 32
 

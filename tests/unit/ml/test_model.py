@@ -1,4 +1,4 @@
-"""Tests of ml.model: shapes, MedicalNet parameter layout, shortcut A, freezing, channels_last_3d."""
+"""Tests of ml.model.network: shapes, MedicalNet parameter layout, shortcut A, freezing, channels_last_3d."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ml.model import BLOCKS, STAGES, ModelSpec, ResNet3D, build_model, freeze_stages, set_frozen_bn_eval
+from ml.model import BLOCKS, ModelSpec
+from ml.model.network import STAGES, ResNet3D, build_model, freeze_stages, set_frozen_bn_eval
 
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
 X = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -20,7 +20,8 @@ from ml.data import (
     read_labels_csv,
 )
 from ml.dicom import load_volume, open_study
-from ml.model import ModelSpec, build_model, freeze_stages, set_frozen_bn_eval
+from ml.model import ModelSpec
+from ml.model.network import build_model, freeze_stages, set_frozen_bn_eval
 from ml.phantom import write_corpus
 from ml.preprocess import PreprocessConfig, preprocess
 from ml.qc import rank_series

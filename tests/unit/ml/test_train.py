@@ -127,7 +127,8 @@ def _publishing_config(corpus: Path, tmp_path: Path, **overrides: Any) -> TrainC
 
 
 def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_path: Path) -> None:
-    from ml.weights import Manifest, load_model, resolve_weights
+    from ml.model import Manifest, resolve_weights
+    from ml.model.checkpoint import load_model
 
     cfg = _publishing_config(
         corpus,
@@ -183,8 +184,9 @@ def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_
 
 def _published_scorer(manifest: Path, name: str, tmp_path: Path) -> Any:
     """(labels, log-odds) of records under the published (fp16) weights of ``name``, loaded once."""
+    from ml.model import Manifest, resolve_weights
+    from ml.model.checkpoint import load_model
     from ml.train import labelled_logodds
-    from ml.weights import Manifest, load_model, resolve_weights
 
     entry = Manifest.load(manifest).get(name)
     model = load_model(entry, resolve_weights(entry, manifest.parent), "cpu")
@@ -218,7 +220,7 @@ def test_calibrate_on_needs_a_known_split_and_a_tuning_corpus(corpus: Path) -> N
 def test_a_run_can_fit_its_temperature_on_the_tuning_corpus(corpus: Path, tmp_path: Path) -> None:
     """``calibrate_on: tuning`` in ``train``: T is the NLL fit on the tuning corpus, not on validation."""
     from ml.evaluate import fit_temperature
-    from ml.weights import Manifest
+    from ml.model import Manifest
 
     tune_csv = write_corpus(
         tmp_path / "tune", 8, seed=6, rows=48, cols=48, pixel_spacing_mm=8.0, slice_spacing_mm=5.0
@@ -256,7 +258,7 @@ def test_retune_refits_the_temperature_on_the_tuning_corpus(corpus: Path, tmp_pa
 
     from ml.data import StudyRecord
     from ml.evaluate import apply_temperature, fit_temperature, select_operating_points, summarize
-    from ml.weights import Manifest
+    from ml.model import Manifest
 
     cfg, tune_csv = _published_tiny(corpus, tmp_path)
     manifest = Path(str(cfg.manifest_path))
@@ -305,7 +307,7 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
     from cli import run_cli
 
     from ml.evaluate import select_operating_points
-    from ml.weights import Manifest
+    from ml.model import Manifest
 
     cfg, tune_csv = _published_tiny(corpus, tmp_path)
     manifest = Path(str(cfg.manifest_path))

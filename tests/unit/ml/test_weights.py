@@ -1,4 +1,4 @@
-"""Tests of ml.weights: manifest, weight resolution, the checkpoint loader (three kinds), fp16 shipping."""
+"""Tests of ml.model: manifest, weight resolution, the checkpoint loader (three kinds), fp16 shipping."""
 
 from __future__ import annotations
 
@@ -13,18 +13,11 @@ import torch
 from torch import nn
 
 from ml.errors import ModelUnavailable
-from ml.model import ModelSpec, ResNet3D, build_model
+from ml.files import sha256_file
+from ml.model import Manifest, ModelEntry, ModelSpec, OperatingPoint, resolve_weights
+from ml.model.checkpoint import load_checkpoint, load_model, save_weights
+from ml.model.network import ResNet3D, build_model
 from ml.preprocess import PreprocessConfig
-from ml.weights import (
-    Manifest,
-    ModelEntry,
-    OperatingPoint,
-    load_checkpoint,
-    load_model,
-    resolve_weights,
-    save_weights,
-    sha256_file,
-)
 
 REPO = Path(__file__).resolve().parents[3]
 #: a few-parameter ResNet-10 (conv1 keeps MedicalNet's 64 channels; stages are 8 wide)
@@ -196,7 +189,8 @@ def test_explicit_kind_and_bad_sources(tmp_path: Path) -> None:
         load_checkpoint(model, tmp_path / "junk.pt")
     # arbitrary objects are refused by safe unpickling, with a clear message
     torch.save({"state_dict": src, "spec": TINY}, tmp_path / "pickled.pt")
-    with pytest.raises(ModelUnavailable, match=r"holds a ml\.manifest\.ModelSpec object.*weights_only=True"):
+    unsafe = r"holds a ml\.model\.spec\.ModelSpec object.*weights_only=True"
+    with pytest.raises(ModelUnavailable, match=unsafe):
         load_checkpoint(model, tmp_path / "pickled.pt")
     assert load_checkpoint(model, tmp_path / "pickled.pt", kind="medicalnet", safe_globals=[ModelSpec]).ok
 

@@ -15,7 +15,7 @@ where the shape changes.
 
 Parameter names follow MedicalNet (``conv1``, ``bn1``, ``layerN.M.conv1`` …,
 ``downsample.0/1``) so that its checkpoints load by name; its segmentation head
-``conv_seg`` is dropped by the loader in :mod:`ml.weights`.
+``conv_seg`` is dropped by the loader in :mod:`ml.model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.manifest import BLOCKS, Arch, ModelSpec, ShortcutType
+from ml.model.spec import BLOCKS, ModelSpec
 
 __all__ = [
-    "BLOCKS",
     "STAGES",
-    "Arch",
-    "ModelSpec",
+    "BasicBlock",
+    "Bottleneck",
     "ResNet3D",
-    "ShortcutType",
     "build_model",
     "freeze_stages",
     "set_frozen_bn_eval",
@@ -65,7 +63,9 @@ class _ShortcutA(nn.Module):
         return out
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """A residual block: ``relu(residual(x) + shortcut(x))``; subclasses build the residual branch."""
+
     expansion = 1
 
     def __init__(
@@ -77,48 +77,55 @@ class BasicBlock(nn.Module):
         dilation: int = 1,
     ) -> None:
         super().__init__()
-        self.conv1 = _conv3(cin, planes, stride, dilation)
-        self.bn1 = nn.BatchNorm3d(planes)
+        self._build(cin, planes, stride, dilation)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3(planes, planes, 1, dilation)
-        self.bn2 = nn.BatchNorm3d(planes)
         self.downsample = downsample
+
+    def _build(self, cin: int, planes: int, stride: int, dilation: int) -> None:
+        raise NotImplementedError
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        res: torch.Tensor = self.relu(out + identity)
+        res: torch.Tensor = self.relu(self._residual(x) + identity)
         return res
 
 
-class Bottleneck(nn.Module):
+class BasicBlock(_Block):
+    """Two 3×3×3 convolutions (ResNet-10/18/34)."""
+
+    expansion = 1
+
+    def _build(self, cin: int, planes: int, stride: int, dilation: int) -> None:
+        self.conv1 = _conv3(cin, planes, stride, dilation)
+        self.bn1 = nn.BatchNorm3d(planes)
+        self.conv2 = _conv3(planes, planes, 1, dilation)
+        self.bn2 = nn.BatchNorm3d(planes)
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return out
+
+
+class Bottleneck(_Block):
+    """1×1×1 reduce, 3×3×3, 1×1×1 expand (×4) convolutions (ResNet-50)."""
+
     expansion = 4
 
-    def __init__(
-        self,
-        cin: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        dilation: int = 1,
-    ) -> None:
-        super().__init__()
+    def _build(self, cin: int, planes: int, stride: int, dilation: int) -> None:
         self.conv1 = nn.Conv3d(cin, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
         self.conv2 = _conv3(planes, planes, stride, dilation)
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv3 = nn.Conv3d(planes, planes * 4, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm3d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        res: torch.Tensor = self.relu(out + identity)
+        res: torch.Tensor = self.bn3(self.conv3(out))
         return res
 
 
@@ -128,7 +135,7 @@ class ResNet3D(nn.Module):
     def __init__(self, spec: ModelSpec | None = None) -> None:
         super().__init__()
         self.spec = spec = spec or ModelSpec()
-        block: type[BasicBlock] | type[Bottleneck] = Bottleneck if spec.arch == "resnet50" else BasicBlock
+        block: type[_Block] = Bottleneck if spec.arch == "resnet50" else BasicBlock
         self.conv1 = nn.Conv3d(spec.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -151,7 +158,7 @@ class ResNet3D(nn.Module):
 
     def _make_layer(
         self,
-        block: type[BasicBlock] | type[Bottleneck],
+        block: type[_Block],
         planes: int,
         n: int,
         stride: int,

@@ -1,19 +1,4 @@
-"""Weights manifest, weight-file resolution and the one checkpoint loader.
-
-The manifest (``weights/manifest.json``) describes every servable model: its
-architecture (:class:`~ml.model.ModelSpec`), input size in voxels, the full
-:class:`~ml.preprocess.PreprocessConfig` it was trained with (rule 5 of the
-design: preprocessing travels with the weights), operating points, calibration,
-provenance and where the weight file lives together with its sha256.
-
-JSON layout::
-
-    {"schema_version": 1, "default": "<name>", "models": {"<name>": {<ModelEntry>}, ...}}
-
-Weight locations (``ModelEntry.uri``) are a path relative to the manifest's
-directory, an absolute local path, or ``s3://bucket/key``; this library knows
-nothing of S3, so the caller passes a ``fetch`` callable that downloads such a
-URI to a local file (:func:`resolve_weights`).
+"""The one checkpoint loader, and the writer of the shipped weight files.
 
 Checkpoints are read with ``torch.load(..., weights_only=True)`` only (no
 arbitrary unpickling). :func:`load_checkpoint` understands plain state dicts
@@ -21,7 +6,11 @@ arbitrary unpickling). :func:`load_checkpoint` understands plain state dicts
 (``{"state_dict": {"module.conv1.weight": ...}}``, segmentation head
 ``conv_seg.*`` dropped, classifier ``fc.*`` absent and newly initialised) and
 Lightning checkpoints (``state_dict`` keys prefixed by the LightningModule
-attribute holding the network, e.g. ``model.``).
+attribute holding the network, e.g. ``model.``). :func:`load_model` builds a
+manifest entry's network (:class:`~ml.model.spec.ModelSpec`) and loads its
+weight file, found and verified by :func:`ml.model.weights.resolve_weights`;
+:func:`save_weights` writes a plain state dict and returns its sha256 for the
+manifest (:mod:`ml.model.manifest`).
 """
 
 from __future__ import annotations
@@ -40,22 +29,15 @@ from torch import nn
 
 from ml.errors import ModelUnavailable
 from ml.files import sha256_file
-from ml.manifest import SCHEMA_VERSION, Manifest, ModelEntry, OperatingPoint, StoredDtype, resolve_weights
-from ml.model import ResNet3D, build_model
+from ml.model.manifest import ModelEntry, StoredDtype
+from ml.model.network import ResNet3D, build_model
 
 __all__ = [
-    "SCHEMA_VERSION",
     "CheckpointKind",
     "LoadReport",
-    "Manifest",
-    "ModelEntry",
-    "OperatingPoint",
-    "StoredDtype",
     "load_checkpoint",
     "load_model",
-    "resolve_weights",
     "save_weights",
-    "sha256_file",
 ]
 
 CheckpointKind = Literal["auto", "state_dict", "medicalnet", "lightning"]
@@ -69,7 +51,6 @@ _MEDICALNET_DROP = "conv_seg."
 _HEAD_PREFIX = "fc."
 #: how many keys an error detail lists per category before "... (+N more)"
 _DETAIL_CAP = 8
-_HASH_CHUNK = 1 << 20  # bytes read per step while hashing
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -141,7 +122,7 @@ def _torch_load(path: Path, safe_globals: Sequence[Any]) -> Any:
             raise ModelUnavailable(
                 f"checkpoint {path.name} holds a {glob.group(1)} object, which safe loading "
                 "(weights_only=True) refuses; re-export the weights as a plain state dict "
-                "(ml.weights.save_weights) or pass that class in safe_globals if it is trusted"
+                "(ml.model.checkpoint.save_weights) or pass that class in safe_globals if it is trusted"
             ) from exc
         found = _UNPICKLER_ERROR.search(msg)
         why = found.group(1) if found else "unpickling failed"

@@ -1,17 +1,16 @@
 """The weights manifest: what each servable model is, how to preprocess for it, where its file is.
 
 Torch-free on purpose: the API process reads the manifest (model cards, model
-names, operating points) without loading torch; :mod:`ml.weights` adds the
-checkpoint loading and re-exports everything here.
+names, operating points) without loading torch. Where a weight file lives is
+resolved by :func:`ml.model.weights.resolve_weights`; the checkpoint loader is
+:mod:`ml.model.checkpoint`.
 
 JSON layout::
 
     {"schema_version": 1, "default": "<name>", "models": {"<name>": {<ModelEntry>}, ...}}
 
 Weight locations (``ModelEntry.uri``) are a path relative to the manifest's
-directory, an absolute local path, or ``s3://bucket/key``; this library knows
-nothing of S3, so the caller passes a ``fetch`` callable that downloads such a
-URI to a local file (:func:`resolve_weights`).
+directory, an absolute local path, or ``s3://bucket/key``.
 """
 
 from __future__ import annotations
@@ -21,77 +20,22 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from ml.errors import ModelUnavailable
-from ml.files import sha256_file
+from ml.model.spec import ModelSpec
 from ml.preprocess import PreprocessConfig
 
 __all__ = [
-    "BLOCKS",
     "SCHEMA_VERSION",
-    "Arch",
     "Manifest",
     "ModelEntry",
-    "ModelSpec",
     "OperatingPoint",
-    "ShortcutType",
     "StoredDtype",
-    "resolve_weights",
 ]
-
-Arch = Literal["resnet10", "resnet18", "resnet34", "resnet50"]
-ShortcutType = Literal["A", "B"]
-
-BLOCKS: dict[str, tuple[int, int, int, int]] = {
-    "resnet10": (1, 1, 1, 1),
-    "resnet18": (2, 2, 2, 2),
-    "resnet34": (3, 4, 6, 3),
-    "resnet50": (3, 4, 6, 3),
-}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Architecture of a classifier (everything needed to rebuild it before loading weights)."""
-
-    arch: Arch = "resnet34"
-    num_classes: int = 2
-    in_channels: int = 1
-    shortcut_type: ShortcutType = "B"
-    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
-    #: MedicalNet's original dilated stages: layer3/layer4 at stride 1 with dilation 2/4,
-    #: so the last feature map is input/8 voxels per side instead of input/32
-    dilated: bool = False
-
-    def __post_init__(self) -> None:
-        if self.arch not in BLOCKS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose from {sorted(BLOCKS)}")
-        if self.shortcut_type not in ("A", "B"):
-            raise ValueError("shortcut_type must be 'A' or 'B'")
-        if self.num_classes < 1 or self.in_channels < 1:
-            raise ValueError("num_classes and in_channels must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        w = d.get("widths", (64, 128, 256, 512))
-        return cls(
-            arch=d.get("arch", "resnet34"),
-            num_classes=int(d.get("num_classes", 2)),
-            in_channels=int(d.get("in_channels", 1)),
-            shortcut_type=d.get("shortcut_type", "B"),
-            widths=(int(w[0]), int(w[1]), int(w[2]), int(w[3])),
-            dilated=bool(d.get("dilated", False)),
-        )
-
 
 SCHEMA_VERSION = 1
 StoredDtype = Literal["float16", "float32"]
@@ -447,56 +391,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-# --------------------------------------------------------------------------- files
-
-
-def resolve_weights(
-    entry: ModelEntry,
-    manifest_dir: str | os.PathLike[str],
-    fetch: Callable[[str], Path] | None = None,
-    *,
-    allow_unverified: bool = False,
-) -> Path:
-    """Local path of ``entry``'s weight file, verified against its sha256.
-
-    Args:
-        entry: the manifest entry.
-        manifest_dir: directory of the manifest; relative ``uri`` values are resolved against it.
-        fetch: for ``s3://`` URIs, a callable that downloads the URI and returns the local file
-            (the service supplies it; this library has no S3 client).
-        allow_unverified: accept an entry whose ``sha256`` is None (development only).
-
-    Raises:
-        ModelUnavailable: no sha256 and not allowed, ``s3://`` without ``fetch`` (or the fetch
-            failed), missing file, or sha256 mismatch.
-    """
-    if entry.sha256 is None and not allow_unverified:
-        raise ModelUnavailable(
-            f"model {entry.name!r} has no sha256 in the manifest; refusing unverified weights "
-            "(the operator must supply the file and its hash)"
-        )
-    if entry.uri.startswith("s3://"):
-        if fetch is None:
-            raise ModelUnavailable(f"model {entry.name!r} lives at {entry.uri} and no fetcher was given")
-        try:
-            path = Path(fetch(entry.uri))
-        except ModelUnavailable:
-            raise
-        except Exception as exc:
-            raise ModelUnavailable(f"model {entry.name!r}: fetching {entry.uri} failed: {exc}") from exc
-    else:
-        path = Path(entry.uri)
-        if not path.is_absolute():
-            path = Path(manifest_dir) / path
-    if not path.is_file():
-        raise ModelUnavailable(f"model {entry.name!r}: weight file {path} not found")
-    if entry.sha256 is not None:
-        actual = sha256_file(path)
-        if actual != entry.sha256:
-            raise ModelUnavailable(
-                f"model {entry.name!r}: sha256 mismatch for {path.name}: "
-                f"expected {entry.sha256[:12]}…, got {actual[:12]}…"
-            )
-    return path
