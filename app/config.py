@@ -19,6 +19,8 @@ import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ml.explain import ExplainMethod
+
 __all__ = ["DEFAULT_MANIFEST", "Settings", "load_settings"]
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
@@ -105,7 +107,7 @@ class Settings(BaseSettings):
     preprocess_workers: int = Field(1, ge=1, le=64)
     prefetch: int = Field(2, ge=1, le=64, description="studies prepared ahead of inference")
     work_dir: Path | None = None  # default: var_dir/work (study ZIPs and saliency files in flight)
-    default_explain: Literal["none", "gradcam", "integrated_gradients", "saliency", "occlusion"] = "gradcam"
+    default_explain: ExplainMethod = "gradcam"
     worker_metrics_port: int | None = Field(
         None, ge=0, le=65535, description="worker: serve Prometheus /metrics on this port (bound to host)"
     )

@@ -348,7 +348,7 @@ def process_study(predictor: Predictor, path: Path, explain: bool) -> dict[str, 
         row[f"label_{op}"] = "pathology" if decision else "normal"
     row.update(read_s=t1 - t0, preprocess_s=t2 - t1, inference_s=t3 - t2)
     if explain:
-        from ml.explain import gradcam_peak
+        from ml.explain.methods import gradcam_peak
 
         peak, value = gradcam_peak(predictor, result.tensor)
         lps = result.geometry.model_to_lps([peak])[0]

@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from ml.explain import ExplainMethod, MethodName, check_params
+
 __all__ = [
-    "EXPLAIN_METHODS",
     "ErrorBody",
-    "ExplainMethod",
     "ExplainRequest",
     "Explanation",
     "JobAccepted",
@@ -28,8 +28,6 @@ __all__ = [
     "StudyOut",
 ]
 
-ExplainMethod = Literal["none", "gradcam", "integrated_gradients", "saliency", "occlusion"]
-EXPLAIN_METHODS: tuple[str, ...] = ("none", "gradcam", "integrated_gradients", "saliency", "occlusion")
 JobState = Literal["queued", "running", "succeeded", "failed"]
 Stage = Literal["fetching", "reading", "qc", "preprocessing", "inference", "explaining", "saving"]
 
@@ -118,7 +116,7 @@ class ExplainRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"method": "integrated_gradients", "params": {"steps": 32}}]},
     )
-    method: Literal["gradcam", "integrated_gradients", "saliency", "occlusion"]
+    method: MethodName
     params: dict[str, Any] = Field(default_factory=dict)
     callback_url: AnyHttpUrl | None = None
 
@@ -321,36 +319,11 @@ class Health(BaseModel):
     checks: dict[str, str] = Field(default_factory=dict)
 
 
-#: accepted parameters per explanation method: name → (type, low, high) or a tuple of choices.
-#: The worker's ml.explain validates again; this is the API contract (checked before queueing).
-EXPLAIN_PARAMS: dict[str, dict[str, tuple[Any, ...]]] = {
-    "none": {},
-    "gradcam": {},
-    "saliency": {"smooth_voxels": (float, 0.0, 8.0)},
-    "integrated_gradients": {
-        "steps": (int, 1, 256),
-        "internal_batch_size": (int, 1, 64),
-        "baseline": ("black", "body_mean"),
-        "smooth_voxels": (float, 0.0, 8.0),
-    },
-    "occlusion": {"window": (int, 2, 64), "stride": (int, 1, 64)},
-}
-
-
 def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``params`` for ``method``; raises ValueError naming the offending key."""
-    allowed = EXPLAIN_PARAMS[method]
-    for name, value in params.items():
-        if name not in allowed:
-            raise ValueError(f"{method} takes no parameter {name!r} (allowed: {sorted(allowed)})")
-        rule = allowed[name]
-        if rule and rule[0] is int:
-            if not isinstance(value, int) or isinstance(value, bool) or not rule[1] <= value <= rule[2]:
-                raise ValueError(f"{method}.{name} must be an integer in [{rule[1]}, {rule[2]}]")
-        elif rule and rule[0] is float:
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or not rule[1] <= value <= rule[2]:  # NaN fails the range test too
-                raise ValueError(f"{method}.{name} must be a number in [{rule[1]}, {rule[2]}]")
-        elif value not in rule:
-            raise ValueError(f"{method}.{name} must be one of {list(rule)}")
+    """``params`` of a request as given, if ``method`` takes them; raises ValueError naming the offending key.
+
+    The rules are :data:`ml.explain.METHODS`' parameters that a request may set
+    (the worker resolves the same parameters again for the model's input size).
+    """
+    check_params(method, params, api=True)
     return dict(params)

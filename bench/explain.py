@@ -105,7 +105,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ml.explain import explain  # noqa: E402
+from ml.explain.methods import explain  # noqa: E402
 from ml.geometry import CTVolume  # noqa: E402
 from ml.inference import Predictor  # noqa: E402
 from ml.phantom import Phantom, PhantomSpec, corpus_plan, generate_phantom  # noqa: E402

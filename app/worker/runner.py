@@ -463,7 +463,9 @@ class Worker:
 
     def _explain(self, predictor: Predictor, item: InFlight, prep: Prepared) -> dict[str, Any]:
         """Saliency in the source geometry, written to local files (uploaded by :meth:`_upload`)."""
-        from ml.explain import explain, to_source, write_saliency
+        from ml.explain.files import write_saliency
+        from ml.explain.methods import explain
+        from ml.explain.source_grid import to_source
 
         job = item.job
         tensor = torch.from_numpy(prep.tensor)

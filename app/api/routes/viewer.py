@@ -4,7 +4,7 @@ Plain HTML, JavaScript and canvas under ``app/static/viewer/`` (no build step, n
 CDN). The page itself holds no data and needs no key: it reads the API key from
 the URL fragment (never sent to a server) and calls ``/v1/jobs/{id}``,
 ``/result`` and ``/explanation`` with ``Authorization: Bearer``, then draws the
-CT and heatmap layers (``ml.explain.write_saliency``) from their presigned URLs.
+CT and heatmap layers (``ml.explain.files.write_saliency``) from their presigned URLs.
 Not part of the OpenAPI schema; see ``viewer.js`` for the contract it shows.
 """
 

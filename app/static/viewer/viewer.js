@@ -8,7 +8,7 @@
  *   GET /v1/jobs/{id}/result       probability, label, decision per operating point, model
  *                                  (an explain job shows its parent's result)
  *   GET /v1/jobs/{id}/explanation  stats (stats.layers = the grid), presigned URLs (files.*.url)
- * Layers (PNG sprites on one grid, see ml.explain.write_saliency):
+ * Layers (PNG sprites on one grid, see ml.explain.files.write_saliency):
  *   files.ct_layer    8-bit gray CT in stats.layers.ct.window_hu
  *   files.heat_layer  RGBA colour heatmap, alpha 0 below the threshold
  *   files.saliency_layer  8-bit saliency values (not used here: reading pixels of a

@@ -1,4 +1,4 @@
-"""Pure parts of the service: settings, error table, webhook signatures and backoff, schemas."""
+"""Pure parts of the service: settings, error table, webhook signatures and backoff."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from app.config import load_settings
 from app.errors import ALL_ERROR_CODES, SERVICE_ERROR_CODES, ServiceError
-from app.schemas import EXPLAIN_METHODS, EXPLAIN_PARAMS, check_explain_params
 from app.webhooks import backoff_s, sign, verify
 from ml.errors import ERROR_CODES
 
@@ -85,43 +84,6 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
     for n, d in enumerate(delays, start=1):
         nominal = min(60.0, 2.0 * 2 ** (n - 1))
         assert 0.8 * nominal <= d <= 1.2 * nominal
-
-
-def test_explain_params_contract() -> None:
-    assert set(EXPLAIN_PARAMS) == set(EXPLAIN_METHODS)
-    assert check_explain_params("integrated_gradients", {"steps": 16, "baseline": "body_mean"})
-    assert check_explain_params("saliency", {"smooth_voxels": 0}) == {"smooth_voxels": 0}
-    assert check_explain_params("integrated_gradients", {"smooth_voxels": 2.5})
-    for method, params in (
-        ("integrated_gradients", {"smooth_voxels": -0.5}),
-        ("integrated_gradients", {"smooth_voxels": float("nan")}),
-        ("saliency", {"smooth_voxels": True}),
-        ("saliency", {"smooth_voxels": "2"}),
-        ("saliency", {"smooth_voxels": 9}),
-        ("integrated_gradients", {"steps": 0}),
-        ("integrated_gradients", {"steps": True}),
-        ("integrated_gradients", {"baseline": "white"}),
-        ("gradcam", {"steps": 4}),
-        ("occlusion", {"window": 1000}),
-    ):
-        with pytest.raises(ValueError):
-            check_explain_params(method, params)
-
-
-def test_api_accepted_params_are_accepted_by_the_worker() -> None:
-    from ml.explain import resolve_params
-
-    for method, params in (
-        ("gradcam", {}),
-        ("saliency", {"smooth_voxels": 8.0}),
-        (
-            "integrated_gradients",
-            {"steps": 256, "internal_batch_size": 64, "baseline": "black", "smooth_voxels": 0},
-        ),
-        ("occlusion", {"window": 12, "stride": 12}),
-    ):
-        check_explain_params(method, params)
-        resolve_params(method, params, (96, 96, 96))
 
 
 def test_large_buffers_are_mmapped_on_glibc() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ml.dicom import load_volume, open_study
-from ml.explain import explain
+from ml.explain.methods import explain
 from ml.files import sha256_file
 from ml.geometry import CTVolume
 from ml.inference import Predictor

@@ -1,4 +1,4 @@
-"""Predictor (ml.inference) and gradcam_peak (ml.explain) on a tiny ResNet-10 at 32³/64³ on CPU."""
+"""Predictor (ml.inference) and gradcam_peak (ml.explain.methods) on a tiny ResNet-10 at 32³/64³ on CPU."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ml.errors import ModelUnavailable
-from ml.explain import gradcam_peak
+from ml.explain.methods import gradcam_peak
 from ml.geometry import CTVolume, VolumeGeometry
 from ml.inference import Predictor
 from ml.model import Manifest, ModelEntry, ModelSpec, OperatingPoint
