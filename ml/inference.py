@@ -14,6 +14,14 @@ or ``"method": "none"`` means ``T = 1``). A decision at an operating point is
 ``probability >= threshold``; the label is the decision at the manifest's
 default operating point.
 
+Knowing when it does not know: with OOD statistics (the manifest entry's ``ood``
+block, :mod:`ml.ood`) every prediction also gets an out-of-distribution score
+from the same forward pass (logits and pooled penultimate features), and, when
+the caller gives each volume's model-voxel size, a chest-CT plausibility check
+of the pixels. A flagged study's label is ``"indeterminate"`` with stable
+``indeterminate_reasons`` (``out_of_distribution``, ``no_lungs_found`` …); its
+probability is still reported.
+
 Preprocessing belongs to the manifest too (DESIGN rule 5):
 :attr:`Predictor.preprocess_config` is what the model was trained with.
 """
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,19 +39,53 @@ import torch
 
 from ml.errors import ModelUnavailable
 from ml.model.network import ResNet3D
+from ml.ood.features import logits_and_features
+from ml.ood.stats import OODStats
 from ml.preprocess import PreprocessConfig, PreprocessResult, preprocess
 
 if TYPE_CHECKING:
     from ml.geometry import CTVolume
     from ml.model import ModelEntry
+    from ml.ood.plausibility import PlausibilityReport
+    from ml.preprocess import PreprocessGeometry
 
-__all__ = ["LABEL_NORMAL", "LABEL_PATHOLOGY", "Prediction", "Predictor", "resolve_device"]
+__all__ = [
+    "LABEL_INDETERMINATE",
+    "LABEL_NORMAL",
+    "LABEL_PATHOLOGY",
+    "REASON_OUT_OF_DISTRIBUTION",
+    "OODResult",
+    "Prediction",
+    "Predictor",
+    "load_ood_stats",
+    "model_voxel_mm",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
 LABEL_PATHOLOGY = "pathology"
 LABEL_NORMAL = "normal"
+LABEL_INDETERMINATE = "indeterminate"
+REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
 _DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class OODResult:
+    """The out-of-distribution check of one volume.
+
+    Attributes:
+        method: the score (see :data:`ml.ood.scores.OOD_METHODS`).
+        score: the volume's score (higher = less like the data the statistics were fitted on).
+        threshold: flagged above this.
+        flagged: ``score > threshold``.
+    """
+
+    method: str
+    score: float
+    threshold: float
+    flagged: bool
 
 
 @dataclass(frozen=True)
@@ -53,9 +95,15 @@ class Prediction:
     Attributes:
         probability: calibrated probability of pathology, in [0, 1].
         logit: uncalibrated logit margin ``logit1 - logit0`` (before temperature scaling).
-        label: ``"pathology"`` or ``"normal"`` at the default operating point.
-        decisions: operating point name → ``probability >= threshold``.
+        label: ``"pathology"`` or ``"normal"`` at the default operating point, or
+            ``"indeterminate"`` when ``indeterminate_reasons`` is not empty.
+        decisions: operating point name → ``probability >= threshold`` (what the
+            threshold alone says; an indeterminate study's decisions are all indeterminate).
         model_name, model_version, model_sha256: the model that produced it.
+        ood: the out-of-distribution check, or None when the model has no OOD statistics.
+        plausibility: the chest-CT plausibility measurements (:class:`ml.ood.plausibility.PlausibilityReport`
+            as a dict), or None when not checked.
+        indeterminate_reasons: stable codes of why no decision is given (empty = a decision).
     """
 
     probability: float
@@ -65,6 +113,14 @@ class Prediction:
     model_name: str = ""
     model_version: str = ""
     model_sha256: str = ""
+    ood: OODResult | None = None
+    plausibility: dict[str, Any] | None = None
+    indeterminate_reasons: tuple[str, ...] = ()
+
+    @property
+    def indeterminate(self) -> bool:
+        """True when the model cannot judge this study."""
+        return bool(self.indeterminate_reasons)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,8 +168,16 @@ class Predictor:
             ``torch.device``.
     """
 
-    def __init__(self, entry: ModelEntry, model: ResNet3D, *, device: str | torch.device = "auto") -> None:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        model: ResNet3D,
+        *,
+        device: str | torch.device = "auto",
+        ood: OODStats | None = None,
+    ) -> None:
         self.entry = entry
+        self.ood = ood
         self.temperature = _temperature(entry.calibration)
         # ModelEntry already guarantees operating points and a valid default one
         requested = device
@@ -162,7 +226,7 @@ class Predictor:
         entry = manifest.get(name)
         weights = resolve_weights(entry, manifest_path.parent, fetch=fetch, allow_unverified=allow_unverified)
         model = load_model(entry, weights, torch.device("cpu"))
-        return cls(entry, model, device=device)
+        return cls(entry, model, device=device, ood=load_ood_stats(entry, manifest_path.parent, fetch))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -193,17 +257,20 @@ class Predictor:
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw logits [B, num_classes] (float32, on CPU) for ``batch`` [B, 1, D, H, W]."""
+        return self.logits_and_features(batch)[0]
+
+    def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, num_classes], pooled penultimate features [B, C]), float32 on CPU, one forward."""
         self.check_batch(batch)
         with torch.inference_mode():
             x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last_3d)
-            out: torch.Tensor
             if self.uses_amp:
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-                    out = self.model(x)
+                    logits, feats = logits_and_features(self.model, x)
             else:
-                out = self.model(x)
-            return out.float().cpu()
+                logits, feats = logits_and_features(self.model, x)
+            return logits.float().cpu(), feats.float().cpu()
 
     def margins(self, logits: torch.Tensor) -> torch.Tensor:
         """Logit margin of pathology (``logit1 - logit0``; the single logit of a 1-class head)."""
@@ -223,27 +290,106 @@ class Predictor:
         label = LABEL_PATHOLOGY if decisions[self.entry.default_operating_point] else LABEL_NORMAL
         return label, decisions
 
-    def predict(self, batch: torch.Tensor) -> list[Prediction]:
-        """Predictions for ``batch`` [B, 1, D, H, W] (one per volume, in order)."""
-        margins = self.margins(self.logits(batch).double()).tolist()
+    def predict(
+        self,
+        batch: torch.Tensor,
+        voxel_mm: Sequence[tuple[float, float, float]] | None = None,
+    ) -> list[Prediction]:
+        """Predictions for ``batch`` [B, 1, D, H, W] (one per volume, in order).
+
+        Args:
+            batch: preprocessed volumes.
+            voxel_mm: per volume, the size (z, y, x) in mm of one model voxel
+                (:func:`model_voxel_mm`); when given, each volume is also checked for
+                chest-CT plausibility. Without it only the OOD score (if the model has
+                OOD statistics) can make a prediction indeterminate.
+        """
+        if voxel_mm is not None and len(voxel_mm) != batch.shape[0]:
+            raise ValueError(f"voxel_mm has {len(voxel_mm)} entries for a batch of {batch.shape[0]}")
+        logits, feats = self.logits_and_features(batch)
+        margins = self.margins(logits.double()).tolist()
+        oods = self._ood(feats, logits)
         out: list[Prediction] = []
-        for m in margins:
+        for i, m in enumerate(margins):
             p = self.calibrate(m)
             label, decisions = self.decide(p)
+            reasons: list[str] = []
+            plaus = None
+            if voxel_mm is not None:
+                report = self._plausibility(batch[i], voxel_mm[i])
+                plaus = report.to_dict()
+                reasons.extend(report.reasons)
+            if oods[i] is not None and oods[i].flagged:  # type: ignore[union-attr]
+                reasons.insert(0, REASON_OUT_OF_DISTRIBUTION)
             out.append(
                 Prediction(
                     probability=p,
                     logit=float(m),
-                    label=label,
+                    label=LABEL_INDETERMINATE if reasons else label,
                     decisions=decisions,
                     model_name=self.entry.name,
                     model_version=self.entry.version,
                     model_sha256=self.entry.sha256 or "",
+                    ood=oods[i],
+                    plausibility=plaus,
+                    indeterminate_reasons=tuple(reasons),
                 )
             )
         return out
 
+    def _ood(self, feats: torch.Tensor, logits: torch.Tensor) -> list[OODResult | None]:
+        if self.ood is None:
+            return [None] * int(logits.shape[0])
+        scores = self.ood.scores(feats.double().numpy(), logits.double().numpy())
+        return [
+            OODResult(
+                method=self.ood.method,
+                score=float(s),
+                threshold=float(self.ood.threshold),
+                flagged=bool(s > self.ood.threshold),
+            )
+            for s in scores
+        ]
+
+    def _plausibility(self, volume: torch.Tensor, voxel_mm: tuple[float, float, float]) -> PlausibilityReport:
+        from ml.ood.plausibility import check_plausibility
+
+        lo, hi = self.preprocess_config.hu_window
+        return check_plausibility(volume.float().cpu().numpy(), voxel_mm, (float(lo), float(hi)))
+
     def predict_volume(self, volume: CTVolume) -> tuple[Prediction, PreprocessResult]:
-        """Preprocess ``volume`` with the manifest's settings and predict it."""
+        """Preprocess ``volume`` with the manifest's settings and predict it (with the plausibility check)."""
         result = preprocess(volume, self.preprocess_config)
-        return self.predict(result.tensor)[0], result
+        return self.predict(result.tensor, [model_voxel_mm(result.geometry)])[0], result
+
+
+def model_voxel_mm(geometry: PreprocessGeometry) -> tuple[float, float, float]:
+    """Size (z, y, x) in mm of one model voxel: the body crop's extent over the model input size."""
+    sx, sy, sz = geometry.resampled.spacing_mm
+    cz, cy, cx = geometry.crop.shape_zyx
+    mz, my, mx = geometry.model_size_zyx
+    return (cz * sz / mz, cy * sy / my, cx * sx / mx)
+
+
+def load_ood_stats(
+    entry: ModelEntry, manifest_dir: Path, fetch: Callable[..., Any] | None = None
+) -> OODStats | None:
+    """The entry's OOD statistics (file checked by sha256 and against the manifest), or None."""
+    from ml.model.weights import resolve_ood_stats
+
+    path = resolve_ood_stats(entry, manifest_dir, fetch)
+    if path is None or entry.ood is None:
+        return None
+    try:
+        stats = OODStats.load(path)
+    except (OSError, ValueError) as e:
+        raise ModelUnavailable(f"model {entry.name!r}: unreadable OOD statistics: {e}") from e
+    if stats.method != entry.ood.method or not math.isclose(
+        stats.threshold, entry.ood.threshold, rel_tol=1e-9
+    ):
+        raise ModelUnavailable(
+            f"model {entry.name!r}: the OOD statistics file "
+            f"({stats.method}, threshold {stats.threshold:.6g}) disagrees with the manifest "
+            f"({entry.ood.method}, threshold {entry.ood.threshold:.6g})"
+        )
+    return stats

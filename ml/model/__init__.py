@@ -13,7 +13,7 @@ The torch parts are imported from their submodules:
 - :mod:`ml.model.checkpoint`: the one checkpoint loader, ``load_model``, ``save_weights``.
 """
 
-from ml.model.manifest import SCHEMA_VERSION, Manifest, ModelEntry, OperatingPoint, StoredDtype
+from ml.model.manifest import SCHEMA_VERSION, Manifest, ModelEntry, OODRef, OperatingPoint, StoredDtype
 from ml.model.spec import BLOCKS, Arch, ModelSpec, ShortcutType
 from ml.model.weights import resolve_weights
 
@@ -24,6 +24,7 @@ __all__ = [
     "Manifest",
     "ModelEntry",
     "ModelSpec",
+    "OODRef",
     "OperatingPoint",
     "ShortcutType",
     "StoredDtype",

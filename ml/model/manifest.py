@@ -27,12 +27,14 @@ from typing import Any, Literal, cast
 
 from ml.errors import ModelUnavailable
 from ml.model.spec import ModelSpec
+from ml.ood.scores import OOD_METHODS
 from ml.preprocess import PreprocessConfig
 
 __all__ = [
     "SCHEMA_VERSION",
     "Manifest",
     "ModelEntry",
+    "OODRef",
     "OperatingPoint",
     "StoredDtype",
 ]
@@ -143,6 +145,75 @@ def _default_calibration() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class OODRef:
+    """Where a model's out-of-distribution statistics are and what they say.
+
+    Attributes:
+        method: the OOD score (``mahalanobis``, ``energy`` or ``msp``; see :mod:`ml.ood.scores`).
+        uri: the statistics file (``.npz``): path relative to the manifest's directory,
+            absolute local path or ``s3://bucket/key``.
+        sha256: lowercase hex digest of that file.
+        threshold: a study whose score exceeds it is flagged out-of-distribution.
+        fitted_on: the corpus the statistics were fitted on (free text).
+        n: number of studies used for the fit and the held-out threshold.
+        in_distribution_rate: share (0–1) of held-out in-distribution studies that were not flagged.
+    """
+
+    method: str
+    uri: str
+    sha256: str
+    threshold: float
+    fitted_on: str
+    n: int
+    in_distribution_rate: float
+
+    def __post_init__(self) -> None:
+        if self.method not in OOD_METHODS:
+            raise ValueError(f"ood.method must be one of {OOD_METHODS}, got {self.method!r}")
+        if not self.uri or ("://" in self.uri and not self.uri.startswith("s3://")):
+            raise ValueError(f"ood.uri must be a local path or s3://bucket/key, got {self.uri!r}")
+        if not _SHA256_RE.match(self.sha256):
+            raise ValueError("ood.sha256 must be 64 lowercase hex digits")
+        if not math.isfinite(self.threshold):
+            raise ValueError("ood.threshold must be a finite number")
+        if self.n < 1:
+            raise ValueError("ood.n must be a positive integer")
+        _fraction(self.in_distribution_rate, "ood.in_distribution_rate")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "method": self.method,
+            "uri": self.uri,
+            "sha256": self.sha256,
+            "threshold": self.threshold,
+            "fitted_on": self.fitted_on,
+            "n": self.n,
+            "in_distribution_rate": self.in_distribution_rate,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OODRef:
+        """Inverse of :meth:`to_dict`; every key is required and unknown keys are refused."""
+        if not isinstance(d, Mapping):
+            raise ValueError("ood must be an object")
+        _refuse_unknown(d, cls.__dataclass_fields__, "ood")
+        _require(d, tuple(cls.__dataclass_fields__), "ood")
+        n = d["n"]
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise ValueError("ood.n must be an integer")
+        return cls(
+            method=_str(d["method"], "ood.method"),
+            uri=_str(d["uri"], "ood.uri"),
+            sha256=_str(d["sha256"], "ood.sha256"),
+            threshold=float(d["threshold"]),
+            fitted_on=_str(d["fitted_on"], "ood.fitted_on"),
+            n=n,
+            in_distribution_rate=_fraction(d["in_distribution_rate"], "ood.in_distribution_rate"),
+        )
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One servable model of the manifest.
 
@@ -168,6 +239,7 @@ class ModelEntry:
         model_card: path of the model card relative to the manifest's directory, or None.
         license: license of the weights (free text), or None.
         notes: free text, or None.
+        ood: the out-of-distribution statistics that travel with the weights, or None (no OOD check).
     """
 
     name: str
@@ -188,6 +260,7 @@ class ModelEntry:
     model_card: str | None = None
     license: str | None = None
     notes: str | None = None
+    ood: OODRef | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -247,6 +320,7 @@ class ModelEntry:
             "model_card": self.model_card,
             "license": self.license,
             "notes": self.notes,
+            **({"ood": self.ood.to_dict()} if self.ood is not None else {}),
         }
 
     @classmethod
@@ -296,6 +370,7 @@ class ModelEntry:
             model_card=_opt_str(d.get("model_card"), "model_card"),
             license=_opt_str(d.get("license"), "license"),
             notes=_opt_str(d.get("notes"), "notes"),
+            ood=None if d.get("ood") is None else OODRef.from_dict(d["ood"]),
         )
 
 

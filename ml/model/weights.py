@@ -17,7 +17,7 @@ from ml.errors import ModelUnavailable
 from ml.files import sha256_file
 from ml.model.manifest import ModelEntry
 
-__all__ = ["resolve_weights"]
+__all__ = ["resolve_ood_stats", "resolve_weights"]
 
 
 def resolve_weights(
@@ -45,26 +45,52 @@ def resolve_weights(
             f"model {entry.name!r} has no sha256 in the manifest; refusing unverified weights "
             "(the operator must supply the file and its hash)"
         )
-    if entry.uri.startswith("s3://"):
+    return _resolve(entry.name, "weight file", entry.uri, entry.sha256, manifest_dir, fetch)
+
+
+def resolve_ood_stats(
+    entry: ModelEntry,
+    manifest_dir: str | os.PathLike[str],
+    fetch: Callable[[str], Path] | None = None,
+) -> Path | None:
+    """Local path of ``entry``'s OOD statistics file (checked against ``ood.sha256``), or None.
+
+    Raises:
+        ModelUnavailable: as :func:`resolve_weights` (the OOD file always has a sha256).
+    """
+    if entry.ood is None:
+        return None
+    return _resolve(entry.name, "OOD statistics file", entry.ood.uri, entry.ood.sha256, manifest_dir, fetch)
+
+
+def _resolve(
+    name: str,
+    what: str,
+    uri: str,
+    sha256: str | None,
+    manifest_dir: str | os.PathLike[str],
+    fetch: Callable[[str], Path] | None,
+) -> Path:
+    if uri.startswith("s3://"):
         if fetch is None:
-            raise ModelUnavailable(f"model {entry.name!r} lives at {entry.uri} and no fetcher was given")
+            raise ModelUnavailable(f"model {name!r}: {what} lives at {uri} and no fetcher was given")
         try:
-            path = Path(fetch(entry.uri))
+            path = Path(fetch(uri))
         except ModelUnavailable:
             raise
         except Exception as exc:
-            raise ModelUnavailable(f"model {entry.name!r}: fetching {entry.uri} failed: {exc}") from exc
+            raise ModelUnavailable(f"model {name!r}: fetching {uri} failed: {exc}") from exc
     else:
-        path = Path(entry.uri)
+        path = Path(uri)
         if not path.is_absolute():
             path = Path(manifest_dir) / path
     if not path.is_file():
-        raise ModelUnavailable(f"model {entry.name!r}: weight file {path} not found")
-    if entry.sha256 is not None:
+        raise ModelUnavailable(f"model {name!r}: {what} {path} not found")
+    if sha256 is not None:
         actual = sha256_file(path)
-        if actual != entry.sha256:
+        if actual != sha256:
             raise ModelUnavailable(
-                f"model {entry.name!r}: sha256 mismatch for {path.name}: "
-                f"expected {entry.sha256[:12]}…, got {actual[:12]}…"
+                f"model {name!r}: sha256 mismatch for {path.name}: "
+                f"expected {sha256[:12]}…, got {actual[:12]}…"
             )
     return path

@@ -1,27 +1,21 @@
 """Out-of-distribution detection and chest-CT plausibility.
 
-Torch-free; the one torch part (logits and pooled features) is :mod:`ml.ood.features`.
+* :mod:`ml.ood.scores`: the scores (MSP, energy, class-conditional Mahalanobis), NumPy only;
+* :mod:`ml.ood.stats`: fitted statistics (threshold on held-out studies) and their file;
+* :mod:`ml.ood.plausibility`: is the study plausibly a chest CT, from the pixels (SimpleITK);
+* :mod:`ml.ood.features`: logits and pooled features in one forward pass (torch).
+
+This package re-exports the NumPy-only parts, so that the API process (which reads
+the manifest's ``ood`` block) loads neither SimpleITK nor torch through it.
 """
 
-from ml.ood.plausibility import (
-    PLAUSIBILITY_REASONS,
-    PlausibilityConfig,
-    PlausibilityReport,
-    check_plausibility,
-    check_plausibility_hu,
-)
 from ml.ood.scores import OOD_METHODS, GaussianFeatureModel, energy_score, msp_score, threshold_keeping
 from ml.ood.stats import OODStats, fit_ood, held_out_split
 
 __all__ = [
     "OOD_METHODS",
-    "PLAUSIBILITY_REASONS",
     "GaussianFeatureModel",
     "OODStats",
-    "PlausibilityConfig",
-    "PlausibilityReport",
-    "check_plausibility",
-    "check_plausibility_hu",
     "energy_score",
     "fit_ood",
     "held_out_split",

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.ood import PLAUSIBILITY_REASONS, PlausibilityConfig, check_plausibility, check_plausibility_hu
+from ml.ood.plausibility import (
+    PLAUSIBILITY_REASONS,
+    PlausibilityConfig,
+    check_plausibility,
+    check_plausibility_hu,
+)
 
 VOX = (2.0, 2.0, 2.0)  # mm (z, y, x)
 
