@@ -70,16 +70,14 @@ def claim_attempt(conn: Conn, job_id: uuid.UUID, worker_id: str, lease_s: float)
 
 def mark_succeeded(
     conn: Conn,
-    job_id: uuid.UUID,
-    attempt: int,
-    *,
+    claimed: Job,
     timings: Mapping[str, float],
     result: JobResult | None,
     explanation: ExplanationRecord | None,
 ) -> bool:
-    """Finish the held attempt with its result and explanation rows; False if no longer held."""
+    """Finish the attempt ``claimed`` holds with its result and explanation rows; False if no longer held."""
     with conn.transaction():
-        job = finish_job(conn, job_id, attempt, timings=timings)
+        job = finish_job(conn, claimed.id, claimed.attempt, timings=timings)
         if job is None:
             return False
         if result is not None:
@@ -90,34 +88,27 @@ def mark_succeeded(
     return True
 
 
-def mark_failed(
-    conn: Conn,
-    job_id: uuid.UUID,
-    attempt: int,
-    *,
-    timings: Mapping[str, float],
-    code: str,
-    detail: str,
-) -> bool:
-    """Fail the held attempt with a stable error code; False if no longer held."""
+def mark_failed(conn: Conn, claimed: Job, timings: Mapping[str, float], code: str, detail: str) -> bool:
+    """Fail the attempt ``claimed`` holds with a stable error code; False if no longer held."""
     with conn.transaction():
-        job = finish_job(conn, job_id, attempt, timings=timings, error_code=code, error_detail=detail)
+        job = finish_job(
+            conn, claimed.id, claimed.attempt, timings=timings, error_code=code, error_detail=detail
+        )
         if job is not None:
             _notify(conn, job)
     return job is not None
 
 
-def release_attempt(
-    conn: Conn, job_id: uuid.UUID, attempt: int, detail: str, *, spend: bool = True
-) -> str | None:
-    """Give the held attempt back (:func:`release_job`): ``"queued"``, ``"failed"`` or None if not held.
+def release_attempt(conn: Conn, claimed: Job, detail: str, *, spend: bool = True) -> str | None:
+    """Give the attempt ``claimed`` holds back (:func:`release_job`): ``"queued"``, ``"failed"`` or None.
 
-    A job failed because its attempts ran out (``internal_error``) gets its callback.
+    None: the attempt was no longer held. A job failed because its attempts ran out
+    (``internal_error``) gets its callback.
     """
     with conn.transaction():
-        state = release_job(conn, job_id, attempt, detail, spend=spend)
+        state = release_job(conn, claimed.id, claimed.attempt, detail, spend=spend)
         if state == "failed":
-            job = get_job(conn, job_id)
+            job = get_job(conn, claimed.id)
             if job is not None:
                 _notify(conn, job)
     return state

@@ -8,7 +8,6 @@ uploaded, and its result row written guarded by its attempt.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -16,13 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.config import Settings
 from app.logs import logger, scrubber
-from app.metrics import WorkerMetrics
-from app.storage import Storage
 from app.worker.claiming import Intake
+from app.worker.context import InFlight, WorkerContext
 from app.worker.explaining import Saliency, compute_saliency, upload
-from app.worker.inflight import HeldJobs, InFlight
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
 from app.worker.pipeline import Prepared, build_result
@@ -36,34 +32,22 @@ Ready = tuple[InFlight, Prepared | BaseException]
 class Inference:
     """Takes what :class:`Intake` prepared, runs the model in batches and finishes each job."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        intake: Intake,
-        models: ModelCache,
-        outcomes: Outcomes,
-        storage: Storage,
-        held: HeldJobs,
-        metrics: WorkerMetrics,
-        stop_event: threading.Event,
-    ) -> None:
-        self.s = settings
+    def __init__(self, ctx: WorkerContext, intake: Intake, models: ModelCache, outcomes: Outcomes) -> None:
+        self.ctx = ctx
+        self.s = ctx.settings
         self.intake = intake
         self.models = models
         self.outcomes = outcomes
-        self.storage = storage
-        self.held = held
-        self.metrics = metrics
-        self.stop_event = stop_event
 
     def loop(self) -> None:
         """Run until the worker stops and holds nothing."""
-        while not (self.stop_event.is_set() and not self.held):
+        ctx = self.ctx
+        while not (ctx.stop_event.is_set() and not ctx.held):
             try:
                 self.step()
             except Exception:  # e.g. PostgreSQL down: this thread must outlive the outage
                 logger.exception("inference loop error; going on")
-                self.stop_event.wait(0.5)
+                ctx.stop_event.wait(0.5)
 
     def _next_batch(self) -> list[Ready]:
         ready = self.intake.ready
@@ -115,7 +99,7 @@ class Inference:
                 self._run_group(model, group)
             except Exception as e:
                 for item, _ in group:
-                    if item.job_id in self.held:
+                    if item.job_id in self.ctx.held:
                         self.outcomes.fail_or_release(item, e)
 
     def _run_group(self, model: str, group: list[tuple[InFlight, Prepared]]) -> None:
@@ -125,7 +109,7 @@ class Inference:
         if predict:
             for item, _ in predict:
                 self.outcomes.stage(item, "inference", 0.6)
-            self.metrics.batch_size.observe(len(predict))
+            self.ctx.metrics.batch_size.observe(len(predict))
             t0 = time.perf_counter()
             batch = torch.from_numpy(np.concatenate([p.tensor for _, p in predict], axis=0))
             with torch.inference_mode():
@@ -151,7 +135,7 @@ class Inference:
         self.outcomes.stage(item, "saving", 0.9)
         t0 = time.perf_counter()
         if saliency is not None:
-            upload(saliency, self.storage, retry_s=self.s.storage_retry_s, stop=self.stop_event)
+            upload(saliency, self.ctx.storage, retry_s=self.s.storage_retry_s, stop=self.ctx.stop_event)
         item.timings["saving"] = time.perf_counter() - t0
         item.timings["total"] = time.perf_counter() - item.t_claimed
         result = (

@@ -11,19 +11,15 @@ from __future__ import annotations
 import os
 import queue
 import tempfile
-import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings
-from app.db import Database
 from app.logs import logger
-from app.queue import JobMessage, JobQueue
+from app.queue import JobMessage
 from app.repository import claim_attempt
-from app.storage import Storage
-from app.worker.inflight import HeldJobs, InFlight, JobRefusedError
+from app.worker.context import InFlight, JobRefusedError, WorkerContext
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
 from app.worker.pipeline import Prepared, init_pool_process, mp_context, prepare_study
@@ -35,27 +31,11 @@ __all__ = ["Intake"]
 class Intake:
     """Claims jobs, fetches their studies and runs the preprocessing pool."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        worker_id: str,
-        db: Database,
-        storage: Storage,
-        jobs: JobQueue,
-        held: HeldJobs,
-        models: ModelCache,
-        outcomes: Outcomes,
-        stop_event: threading.Event,
-    ) -> None:
-        self.s = settings
-        self.worker_id = worker_id
-        self.db = db
-        self.storage = storage
-        self.jobs = jobs
-        self.held = held
+    def __init__(self, ctx: WorkerContext, models: ModelCache, outcomes: Outcomes) -> None:
+        self.ctx = ctx
+        self.s = ctx.settings
         self.models = models
         self.outcomes = outcomes
-        self.stop_event = stop_event
         self.ready: queue.Queue[tuple[InFlight, Prepared | BaseException]] = queue.Queue()
         self.mp = mp_context()
         #: (job id, attempt, stage, progress) reported by the pool processes
@@ -85,17 +65,18 @@ class Intake:
     # ------------------------------------------------------------------ claiming
     def take(self, m: JobMessage) -> None:
         """Claim the entry's job and start its attempt; an entry with nothing to do is acknowledged."""
+        ctx = self.ctx
         if m.job_id is None:
-            self.jobs.ack(m.entry_id)
+            ctx.jobs.ack(m.entry_id)
             return
-        with self.db.conn() as conn:
-            job = claim_attempt(conn, m.job_id, self.worker_id, self.s.lease_s)
+        with ctx.db.conn() as conn:
+            job = claim_attempt(conn, m.job_id, ctx.worker_id, self.s.lease_s)
         if job is None:
             # finished, held by another worker, or out of attempts: nothing to do for this entry
-            self.jobs.ack(m.entry_id)
+            ctx.jobs.ack(m.entry_id)
             return
         item = InFlight(job, m, Path(tempfile.mkdtemp(prefix="job-", dir=self.s.work_path)))
-        self.held.add(item)
+        ctx.held.add(item)
         with logger.contextualize(job_id=str(item.job_id), attempt=item.attempt):
             logger.info("job {} attempt {} claimed", item.job_id, item.attempt)
             try:
@@ -112,9 +93,9 @@ class Intake:
         zip_path = item.workdir / "study.zip"
         storage_retry(
             "fetch the study",
-            lambda: self.storage.get_to_file(study_key, zip_path),
+            lambda: self.ctx.storage.get_to_file(study_key, zip_path),
             retry_s=self.s.storage_retry_s,
-            stop=self.stop_event,
+            stop=self.ctx.stop_event,
         )
         item.timings["fetching"] = time.perf_counter() - t0
         predictor = self.models.get(job.model)

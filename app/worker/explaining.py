@@ -17,7 +17,7 @@ import torch
 
 from app.repository import BlobRef, ExplanationRecord
 from app.storage import Storage
-from app.worker.inflight import InFlight
+from app.worker.context import InFlight
 from app.worker.pipeline import Prepared
 from app.worker.retry import storage_retry
 from ml.inference import Predictor

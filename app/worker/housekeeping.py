@@ -15,14 +15,10 @@ import time
 import uuid
 from typing import Any
 
-from app.config import Settings
-from app.db import Database
 from app.logs import logger
-from app.metrics import WorkerMetrics
-from app.queue import JobQueue
 from app.repository import extend_leases, mark_enqueued, reconcile_jobs, set_stage, worker_seen
-from app.storage import Storage, StorageError
-from app.worker.inflight import HeldJobs
+from app.storage import StorageError
+from app.worker.context import WorkerContext
 from app.worker.persisting import Outcomes
 
 __all__ = ["Housekeeping", "janitor_loop"]
@@ -32,38 +28,25 @@ class Housekeeping:
     """Heartbeat, progress and reconciler of one worker (its own thread: :meth:`loop`)."""
 
     def __init__(
-        self,
-        settings: Settings,
-        worker_id: str,
-        db: Database,
-        jobs: JobQueue,
-        held: HeldJobs,
-        outcomes: Outcomes,
-        progress: Any,
-        metrics: WorkerMetrics,
-        stop_event: threading.Event,
-        drained: threading.Event,
+        self, ctx: WorkerContext, outcomes: Outcomes, progress: Any, drained: threading.Event
     ) -> None:
-        self.s = settings
-        self.worker_id = worker_id
-        self.db = db
-        self.jobs = jobs
-        self.held = held
+        """``progress``: the pool's stage queue; ``drained``: set when a stopping worker is done."""
+        self.ctx = ctx
+        self.s = ctx.settings
+        self.db = ctx.db
         self.outcomes = outcomes
         self.progress = progress
-        self.metrics = metrics
-        self.stop_event = stop_event
         self.drained = drained
         self._last_reconcile = 0.0
 
     def beat(self) -> None:
         """Extend the leases of the held jobs and mark this worker alive."""
-        held = self.held.attempts()
+        held = self.ctx.held.attempts()
         with self.db.conn() as conn:
             still = extend_leases(conn, held, self.s.lease_s)
             worker_seen(
                 conn,
-                self.worker_id,
+                self.ctx.worker_id,
                 {"held": len(held), "processed": self.outcomes.processed, "pid": os.getpid()},
             )
         lost = {j for j, _ in held} - still
@@ -88,8 +71,8 @@ class Housekeeping:
                 stale_after_s=max(self.s.reconcile_s, 5.0),
                 idempotency_ttl_s=self.s.idempotency_ttl_s,
             )
-        lost = self.jobs.reconcile(done.stale)
-        self.jobs.enqueue(done.requeued)
+        lost = self.ctx.jobs.reconcile(done.stale)
+        self.ctx.jobs.enqueue(done.requeued)
         if lost:
             with self.db.conn() as conn:
                 mark_enqueued(conn, lost)
@@ -97,7 +80,7 @@ class Housekeeping:
         counts = {"failed": done.failed, "requeued": len(done.requeued), "lost": len(lost)}
         for action, n in counts.items():
             if n:
-                self.metrics.reconciled.labels(action).inc(n)
+                self.ctx.metrics.reconciled.labels(action).inc(n)
         return counts
 
     def loop(self) -> None:
@@ -112,21 +95,21 @@ class Housekeeping:
                 if now - last_beat >= self.s.heartbeat_s:
                     last_beat = now
                     self.beat()
-                if not self.stop_event.is_set() and now - self._last_reconcile >= self.s.reconcile_s:
+                if not self.ctx.stop_event.is_set() and now - self._last_reconcile >= self.s.reconcile_s:
                     self._last_reconcile = now
                     self.reconcile()
             except Exception:
                 logger.exception("housekeeping error")
 
 
-def janitor_loop(storage: Storage, settings: Settings, stop_event: threading.Event) -> None:
+def janitor_loop(ctx: WorkerContext) -> None:
     """Abort multipart uploads abandoned for ``upload_abandon_s`` (an API killed mid-upload, or
     an abort that could not reach S3). Its own thread: a hung object store must not delay
     the heartbeats."""
-    period = min(settings.upload_abandon_s / 4, 900.0)
-    while not stop_event.wait(period):
+    abandon_s = ctx.settings.upload_abandon_s
+    while not ctx.stop_event.wait(min(abandon_s / 4, 900.0)):
         try:
-            aborted = storage.abort_incomplete_uploads("", older_than_s=settings.upload_abandon_s)
+            aborted = ctx.storage.abort_incomplete_uploads("", older_than_s=abandon_s)
         except StorageError as e:
             logger.warning("janitor: listing incomplete uploads failed ({})", e.code)
             continue

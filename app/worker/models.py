@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from app.config import Settings
-from app.metrics import WorkerMetrics
-from app.storage import Storage
+from app.worker.context import WorkerContext
 from ml.inference import Predictor
 
 __all__ = ["ModelCache"]
@@ -16,10 +14,9 @@ __all__ = ["ModelCache"]
 class ModelCache:
     """Predictors by model name (``None``: the manifest's default), loaded on first use."""
 
-    def __init__(self, settings: Settings, storage: Storage, metrics: WorkerMetrics) -> None:
-        self.s = settings
-        self.storage = storage
-        self.metrics = metrics
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.s = ctx.settings
         #: loaded predictors under their name, the default also under ``"__default__"``
         self.loaded: dict[str, Predictor] = {}
 
@@ -30,7 +27,7 @@ class ModelCache:
             p = Predictor.from_manifest(
                 self.s.manifest_path, name, device=self.s.device, fetch=self._fetch_weights
             )
-            self.metrics.model_load_seconds.labels(p.entry.name).set(time.perf_counter() - t0)
+            self.ctx.metrics.model_load_seconds.labels(p.entry.name).set(time.perf_counter() - t0)
             self.loaded[key] = p
             self.loaded[p.entry.name] = p
         return self.loaded[key]
@@ -43,6 +40,6 @@ class ModelCache:
         if not dest.is_file():
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_suffix(dest.suffix + ".part")
-            self.storage.client.download_file(bucket, key, str(tmp))
+            self.ctx.storage.client.download_file(bucket, key, str(tmp))
             tmp.replace(dest)
         return dest

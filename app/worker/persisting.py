@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import threading
 import time
 
-from app.db import Database
 from app.logs import logger, scrubber
-from app.metrics import WorkerMetrics
-from app.queue import JobQueue
-from app.repository import (
-    ExplanationRecord,
-    mark_failed,
-    mark_succeeded,
-    release_attempt,
-    set_stage,
-)
+from app.repository import ExplanationRecord, mark_failed, mark_succeeded, release_attempt, set_stage
 from app.schemas import JobResult
-from app.worker.inflight import HeldJobs, InFlight, JobRefusedError
+from app.worker.context import InFlight, JobRefusedError, WorkerContext
 from ml.errors import InputError, ModelUnavailable
 
 __all__ = ["Outcomes"]
@@ -33,19 +23,10 @@ __all__ = ["Outcomes"]
 class Outcomes:
     """Records stages and outcomes of held attempts; counts the jobs this worker processed."""
 
-    def __init__(
-        self,
-        db: Database,
-        jobs: JobQueue,
-        held: HeldJobs,
-        metrics: WorkerMetrics,
-        stop_event: threading.Event,
-    ) -> None:
-        self.db = db
-        self.jobs = jobs
-        self.held = held
-        self.metrics = metrics
-        self.stop_event = stop_event
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
+        self.metrics = ctx.metrics
         self.processed = 0
 
     def stage(self, item: InFlight, stage: str, progress: float) -> None:
@@ -57,14 +38,7 @@ class Outcomes:
     ) -> None:
         """Store the result and explanation rows; a lost lease drops them."""
         with self.db.conn() as conn:
-            held = mark_succeeded(
-                conn,
-                item.job_id,
-                item.attempt,
-                timings=item.timings,
-                result=result,
-                explanation=explanation,
-            )
+            held = mark_succeeded(conn, item.job, item.timings, result, explanation)
         if not held:
             logger.warning("job {} attempt {} lost its lease; result dropped", item.job_id, item.attempt)
             self.metrics.job_finished("stale")
@@ -102,17 +76,14 @@ class Outcomes:
         if isinstance(err, InputError | ModelUnavailable | JobRefusedError) and code:
             detail = scrubber.scrub(str(getattr(err, "detail", "")))[:500]
             with self.db.conn() as conn:
-                held = mark_failed(
-                    conn, item.job_id, item.attempt, timings=item.timings, code=code, detail=detail
-                )
+                held = mark_failed(conn, item.job, item.timings, code, detail)
             logger.info("job {} failed: {}", item.job_id, code)
             self.processed += 1
             total = time.perf_counter() - item.t_claimed
             self.metrics.job_finished("failed" if held else "stale", code, {**item.timings, "total": total})
         else:
-            stopping = (
-                self.stop_event.is_set()
-            )  # e.g. preprocessing cancelled by the stop: not the job's fault
+            # e.g. preprocessing cancelled by the stop: not the job's fault
+            stopping = self.ctx.stop_event.is_set()
             if not stopping:
                 logger.opt(exception=err).error(
                     "job {} attempt {}: unexpected error", item.job_id, item.attempt
@@ -122,17 +93,15 @@ class Outcomes:
     def release(self, item: InFlight, detail: str, *, spend: bool = True) -> None:
         """Give the attempt back (``spend=False``: a graceful stop, not charged to the job)."""
         with self.db.conn() as conn:
-            state = release_attempt(
-                conn, item.job_id, item.attempt, f"unexpected error ({detail})", spend=spend
-            )
+            state = release_attempt(conn, item.job, f"unexpected error ({detail})", spend=spend)
         if state == "queued":
             with contextlib.suppress(Exception):
-                self.jobs.enqueue([item.job_id])
+                self.ctx.jobs.enqueue([item.job_id])
         outcome = {"queued": "released", "failed": "failed"}.get(state or "", "stale")
         self.metrics.job_finished(outcome, "internal_error" if state == "failed" else None)
 
     def done(self, item: InFlight) -> None:
         with contextlib.suppress(Exception):
-            self.jobs.ack(item.message.entry_id)
-        self.held.remove(item.job_id)
+            self.ctx.jobs.ack(item.message.entry_id)
+        self.ctx.held.remove(item.job_id)
         shutil.rmtree(item.workdir, ignore_errors=True)

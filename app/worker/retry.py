@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from app.logs import logger
 from app.storage import ObjectNotFoundError, StorageError
-from app.worker.inflight import JobRefusedError
+from app.worker.context import JobRefusedError
 
 __all__ = ["storage_retry"]
 

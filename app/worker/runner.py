@@ -45,8 +45,8 @@ from app.storage import Storage, storage_from_settings
 from app.webhooks import WebhookDispatcher
 from app.worker.batching import Inference
 from app.worker.claiming import Intake
+from app.worker.context import HeldJobs, WorkerContext
 from app.worker.housekeeping import Housekeeping, janitor_loop
-from app.worker.inflight import HeldJobs
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
 from ml.inference import Predictor
@@ -83,41 +83,15 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.metrics.watch(lambda: len(self.held), _gpu_memory)
         self.metrics_port: int | None = None
-        self.models = ModelCache(settings, self.storage, self.metrics)
-        self.outcomes = Outcomes(self.db, self.jobs, self.held, self.metrics, self.stop_event)
-        self.intake = Intake(
-            settings,
-            self.id,
-            self.db,
-            self.storage,
-            self.jobs,
-            self.held,
-            self.models,
-            self.outcomes,
-            self.stop_event,
+        ctx = WorkerContext(
+            settings, self.id, self.db, self.storage, self.jobs, self.held, self.metrics, self.stop_event
         )
-        self.inference = Inference(
-            settings,
-            self.intake,
-            self.models,
-            self.outcomes,
-            self.storage,
-            self.held,
-            self.metrics,
-            self.stop_event,
-        )
-        self.housekeeping = Housekeeping(
-            settings,
-            self.id,
-            self.db,
-            self.jobs,
-            self.held,
-            self.outcomes,
-            self.intake.progress,
-            self.metrics,
-            self.stop_event,
-            self._drained,
-        )
+        self.models = ModelCache(ctx)
+        self.outcomes = Outcomes(ctx)
+        self.intake = Intake(ctx, self.models, self.outcomes)
+        self.inference = Inference(ctx, self.intake, self.models, self.outcomes)
+        self.housekeeping = Housekeeping(ctx, self.outcomes, self.intake.progress, self._drained)
+        self._ctx = ctx
         self.webhooks: WebhookDispatcher | None = None
         self._threads: list[threading.Thread] = []
         self._last_autoclaim = 0.0
@@ -135,11 +109,6 @@ class Worker:
     def pool_generation(self) -> int:
         """How many preprocessing pools were started (a new one after a process died)."""
         return self.intake.pool_generation
-
-    @property
-    def processed(self) -> int:
-        """Jobs this worker finished (succeeded or failed)."""
-        return self.outcomes.processed
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -160,7 +129,7 @@ class Worker:
         for target, name in (
             (self.inference.loop, "inference"),
             (self.housekeeping.loop, "housekeeping"),
-            (lambda: janitor_loop(self.storage, self.s, self.stop_event), "janitor"),
+            (lambda: janitor_loop(self._ctx), "janitor"),
         ):
             t = threading.Thread(target=target, name=f"s4ct-{name}", daemon=True)
             t.start()
@@ -198,7 +167,7 @@ class Worker:
         if self._own_db:
             self.db.close()
         self.metrics.close()
-        logger.info("worker {} stopped after {} job(s)", self.id, self.processed)
+        logger.info("worker {} stopped after {} job(s)", self.id, self.outcomes.processed)
 
     def run(self) -> None:
         """Take work until :attr:`stop_event` is set (call :meth:`start` first)."""

@@ -1,4 +1,7 @@
-"""The jobs a worker holds: one :class:`InFlight` per claimed attempt, in a thread-safe registry."""
+"""What the parts of one worker share: its connections and settings, and the jobs it holds.
+
+One :class:`InFlight` per claimed attempt, in the thread-safe :class:`HeldJobs`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.queue import JobMessage
+from app.config import Settings
+from app.db import Database
+from app.metrics import WorkerMetrics
+from app.queue import JobMessage, JobQueue
 from app.repository import Job
+from app.storage import Storage
 
-__all__ = ["HeldJobs", "InFlight", "JobRefusedError"]
+__all__ = ["HeldJobs", "InFlight", "JobRefusedError", "WorkerContext"]
 
 
 class JobRefusedError(Exception):
@@ -74,3 +81,17 @@ class HeldJobs:
             items = list(self._items.values())
             self._items.clear()
         return items
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """The settings, connections, held jobs, metrics and stop signal of one worker."""
+
+    settings: Settings
+    worker_id: str
+    db: Database
+    storage: Storage
+    jobs: JobQueue
+    held: HeldJobs
+    metrics: WorkerMetrics
+    stop_event: threading.Event
