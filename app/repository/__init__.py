@@ -55,7 +55,16 @@ from app.repository.outcomes import (
     reconcile_jobs,
     release_attempt,
 )
-from app.repository.records import BlobRef, Delivery, ExplanationRecord, Job, JobLinks, RecentStats, Row
+from app.repository.records import (
+    BlobRef,
+    Delivery,
+    ExplanationRecord,
+    Job,
+    JobKind,
+    JobLinks,
+    RecentStats,
+    Row,
+)
 from app.repository.results import get_explanations, get_result, insert_result, upsert_explanation
 from app.repository.studies import delete_study, get_study, insert_study, study_by_sha
 from app.repository.workers import last_worker_heartbeat_age, worker_gone, worker_seen
@@ -68,6 +77,7 @@ __all__ = [
     "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "Job",
+    "JobKind",
     "JobLinks",
     "RecentStats",
     "Reconciled",

@@ -13,7 +13,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from app.db import Conn
-from app.repository.records import Job, RecentStats, Row
+from app.repository.records import Job, JobKind, RecentStats, Row
 
 __all__ = [
     "claim_job",
@@ -56,7 +56,7 @@ def insert_job(
     explain_params: Mapping[str, Any],
     callback_url: str | None,
     max_attempts: int,
-    kind: str = "predict",
+    kind: JobKind = "predict",
     parent_job_id: uuid.UUID | None = None,
 ) -> Job:
     job_id = uuid.uuid4()

@@ -10,14 +10,16 @@ import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
-from app.schemas import Explanation, JobAccepted, JobResult
+from app.schemas import Explanation, JobAccepted, JobResult, JobState, Stage
 
-__all__ = ["BlobRef", "Delivery", "ExplanationRecord", "Job", "JobLinks", "RecentStats", "Row"]
+__all__ = ["BlobRef", "Delivery", "ExplanationRecord", "Job", "JobKind", "JobLinks", "RecentStats", "Row"]
 
 #: a row as psycopg returns it (column name → value), for queries without a record
 Row = dict[str, Any]
+#: a predict job computes a result (and an explanation); an explain job explains its predicted parent
+JobKind = Literal["predict", "explain"]
 
 _FINISHED = ("succeeded", "failed")
 
@@ -70,15 +72,15 @@ class Job:
     client: str
     study_id: uuid.UUID | None
     study_sha256: str
-    kind: str
+    kind: JobKind
     parent_job_id: uuid.UUID | None
     model: str
     series_uid: str | None
     explain: str
     explain_params: dict[str, Any]
     callback_url: str | None
-    state: str
-    stage: str | None
+    state: JobState
+    stage: Stage | None
     progress: float
     attempt: int
     max_attempts: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,42 +13,10 @@ import pytest
 from app.repository import BlobRef, Delivery, ExplanationRecord, Job, JobLinks, RecentStats
 from app.schemas import Explanation, JobAccepted, JobResult, JobStatus
 
-NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+JobRow = Callable[..., dict[str, Any]]
+
+NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)  # when the job_row fixture's rows were made
 STATS = RecentStats(run_s=4.0, samples=10, workers=2)
-
-
-def job_row(**over: Any) -> dict[str, Any]:
-    """A ``jobs`` row as psycopg returns it (every column of the table)."""
-    row: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "client": "site-a",
-        "study_id": uuid.uuid4(),
-        "study_sha256": "ab" * 32,
-        "kind": "predict",
-        "parent_job_id": None,
-        "model": "resnet10-demo",
-        "series_uid": None,
-        "explain": "gradcam",
-        "explain_params": {},
-        "callback_url": None,
-        "state": "queued",
-        "stage": None,
-        "progress": 0.0,
-        "attempt": 0,
-        "max_attempts": 3,
-        "worker_id": None,
-        "lease_until": None,
-        "heartbeat_at": None,
-        "enqueued_at": NOW,
-        "error_code": None,
-        "error_detail": None,
-        "stage_timings": {},
-        "created_at": NOW,
-        "started_at": None,
-        "finished_at": None,
-        "updated_at": NOW,
-    }
-    return row | over
 
 
 def result_of(job: Job) -> JobResult:
@@ -55,7 +24,7 @@ def result_of(job: Job) -> JobResult:
     return JobResult.model_validate({**example, "job_id": str(job.id), "attempt": job.attempt})
 
 
-def test_a_job_is_built_from_its_row_and_the_extra_columns_are_optional() -> None:
+def test_a_job_is_built_from_its_row_and_the_extra_columns_are_optional(job_row: JobRow) -> None:
     row = job_row()
     job = Job.from_row(row)
     assert job.id == row["id"] and job.model == "resnet10-demo" and job.enqueued_at == NOW
@@ -68,7 +37,7 @@ def test_a_job_is_built_from_its_row_and_the_extra_columns_are_optional() -> Non
         job.state = "running"  # type: ignore[misc]
 
 
-def test_links_are_built_in_one_place() -> None:
+def test_links_are_built_in_one_place(job_row: JobRow) -> None:
     jid = uuid.uuid4()
     links = JobLinks.of(jid)
     assert links.as_dict() == {
@@ -79,7 +48,7 @@ def test_links_are_built_in_one_place() -> None:
     assert JobLinks.of(str(jid)) == links and Job.from_row(job_row(id=jid)).links == links
 
 
-def test_accepted_view_is_the_202_body() -> None:
+def test_accepted_view_is_the_202_body(job_row: JobRow) -> None:
     job = Job.from_row(job_row())
     body = job.accepted_view()
     assert JobAccepted.model_validate(body).job_id == job.id
@@ -97,7 +66,7 @@ def test_accepted_view_is_the_202_body() -> None:
         {"kind": "explain", "parent_job_id": uuid.uuid4(), "explain": "saliency"},
     ],
 )
-def test_status_view_matches_the_job_status_schema(over: dict[str, Any]) -> None:
+def test_status_view_matches_the_job_status_schema(over: dict[str, Any], job_row: JobRow) -> None:
     job = Job.from_row(job_row(**over, stage_timings={"fetching": 0.2}))
     view = job.status_view(STATS)
     assert json.loads(json.dumps(view)) == view  # JSON as is (the route sends it without a model)
@@ -107,7 +76,7 @@ def test_status_view_matches_the_job_status_schema(over: dict[str, Any]) -> None
     assert (view["error"] is None) == (job.error_code is None)
 
 
-def test_eta() -> None:
+def test_eta(job_row: JobRow) -> None:
     queued = Job.from_row(job_row(state="queued", queue_position=4))
     assert queued.eta_s(STATS) == 4.0 * (1 + 4 / 2)
     assert queued.eta_s(RecentStats(run_s=None, samples=0, workers=0)) is None
@@ -122,7 +91,7 @@ def test_eta() -> None:
     assert late.eta_s(STATS) == round(4.0 * 0.5 * 0.1, 2)
 
 
-def test_event_view_of_a_predict_job() -> None:
+def test_event_view_of_a_predict_job(job_row: JobRow) -> None:
     job = Job.from_row(job_row(state="succeeded", attempt=1, finished_at=NOW))
     event = job.event_view(result_of(job))
     assert event["event"] == "job.succeeded" and event["job_id"] == str(job.id)
@@ -133,7 +102,7 @@ def test_event_view_of_a_predict_job() -> None:
     assert json.loads(json.dumps(event)) == event
 
 
-def test_event_view_of_a_failed_explain_job_points_at_its_parent() -> None:
+def test_event_view_of_a_failed_explain_job_points_at_its_parent(job_row: JobRow) -> None:
     parent = uuid.uuid4()
     job = Job.from_row(
         job_row(kind="explain", parent_job_id=parent, state="failed", error_code="worker_crashed")

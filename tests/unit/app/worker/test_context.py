@@ -2,54 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
-import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from app.queue import JobMessage
 from app.repository import Job
 from app.worker.context import HeldJobs, InFlight
 
-NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 
-
-def claimed(attempt: int) -> Job:
-    return Job(
-        id=uuid.uuid4(),
-        client="site-a",
-        study_id=uuid.uuid4(),
-        study_sha256="ab" * 32,
-        kind="predict",
-        parent_job_id=None,
-        model="resnet10-demo",
-        series_uid=None,
-        explain="none",
-        explain_params={},
-        callback_url=None,
-        state="running",
-        stage="fetching",
-        progress=0.0,
-        attempt=attempt,
-        max_attempts=3,
-        worker_id="w",
-        lease_until=NOW,
-        heartbeat_at=NOW,
-        enqueued_at=NOW,
-        error_code=None,
-        error_detail=None,
-        stage_timings={},
-        created_at=NOW,
-        started_at=NOW,
-        finished_at=None,
-        updated_at=NOW,
-        study_s3_key="studies/x/source.zip",
-    )
-
-
-def test_held_jobs_track_attempts_across_threads(tmp_path: Path) -> None:
+def test_held_jobs_track_attempts_across_threads(
+    tmp_path: Path, job_row: Callable[..., dict[str, Any]]
+) -> None:
     held = HeldJobs()
-    items = [InFlight(claimed(n % 3 + 1), JobMessage(f"{n}-0", None), tmp_path) for n in range(40)]
+    jobs = [Job.from_row(job_row(state="running", attempt=n % 3 + 1)) for n in range(40)]
+    items = [InFlight(job, JobMessage(f"{n}-0", None), tmp_path) for n, job in enumerate(jobs)]
     threads = [threading.Thread(target=held.add, args=(i,)) for i in items]
     for t in threads:
         t.start()
