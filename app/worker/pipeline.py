@@ -5,7 +5,8 @@ discovery → QC → selected series decoded → seed preprocessing. Stage chang
 go to the parent through the queue set up by :func:`init_pool_process`; the
 parent writes them to PostgreSQL. Only ids, stages and numbers cross that queue.
 
-:func:`build_result` turns a prediction into the result contract (DESIGN 3).
+:func:`build_result` turns a prediction into the result contract (DESIGN 3), the
+:class:`app.schemas.JobResult` the API serves.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from app.schemas import JobResult, ModelRef, OperatingPointOut, SeriesOut, SeriesRank
 from ml.geometry import CTVolume
 from ml.inference import Prediction
 from ml.model import ModelEntry
@@ -123,16 +126,16 @@ def prepare_study(
     )
 
 
-def _op_out(entry: ModelEntry) -> dict[str, Any]:
+def _operating_points(entry: ModelEntry) -> dict[str, OperatingPointOut]:
     out = {}
     for name, op in entry.operating_points.items():
         d = op.to_dict()
-        out[name] = {
-            "threshold": d["threshold"],
-            "sensitivity": d.get("sensitivity"),
-            "specificity": d.get("specificity"),
-            "ci95": {"sensitivity": d.get("sensitivity_ci95"), "specificity": d.get("specificity_ci95")},
-        }
+        out[name] = OperatingPointOut(
+            threshold=d["threshold"],
+            sensitivity=d.get("sensitivity"),
+            specificity=d.get("specificity"),
+            ci95={"sensitivity": d.get("sensitivity_ci95"), "specificity": d.get("specificity_ci95")},
+        )
     return out
 
 
@@ -141,44 +144,36 @@ def build_result(
     attempt: int,
     entry: ModelEntry,
     pred: Prediction,
-    prep: Prepared,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """The result contract of DESIGN 3 (JSON-ready)."""
-    qc = prep.qc
+    qc: Mapping[str, Any],
+    timings: Mapping[str, float],
+) -> JobResult:
+    """The result contract of DESIGN 3: the model the API serves, from the study's QC report ``qc``."""
     ranking = [
-        {
-            "series_uid": s["series_uid"],
-            "rank": s["rank"],
-            "usable": s["usable"],
-            "slices": s["summary"]["slices"],
-            "reasons": s["reasons"],
-        }
+        SeriesRank(
+            series_uid=s["series_uid"],
+            rank=s["rank"],
+            usable=s["usable"],
+            slices=s["summary"]["slices"],
+            reasons=s["reasons"],
+        )
         for s in qc["series"]
     ]
-    return {
-        "job_id": str(job_id),
-        "probability": pred.probability,
-        "label": pred.label,
-        "operating_point": entry.default_operating_point,
-        "operating_points": _op_out(entry),
-        "decision": {k: ("pathology" if v else "normal") for k, v in pred.decisions.items()},
-        "model": {
-            "name": entry.name,
-            "version": entry.version,
-            "sha256": entry.sha256 or "",
-            "clinical_use": entry.clinical_use,
-        },
-        "series": {
-            "selected_uid": qc["selected_series_uid"],
-            "selected_by": qc["selected_by"],
-            "ranking": ranking,
-        },
-        "qc": {"warnings": qc["warnings"], "skipped_files": qc["skipped_files"]},
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "attempt": attempt,
-        "not_for_clinical_use": not entry.clinical_use,
-    }
+    return JobResult(
+        job_id=job_id,
+        probability=pred.probability,
+        label=pred.label,
+        operating_point=entry.default_operating_point,
+        operating_points=_operating_points(entry),
+        decision={k: ("pathology" if v else "normal") for k, v in pred.decisions.items()},
+        model=ModelRef(
+            name=entry.name, version=entry.version, sha256=entry.sha256 or "", clinical_use=entry.clinical_use
+        ),
+        series=SeriesOut(selected_uid=qc["selected_series_uid"], ranking=ranking),
+        qc={"warnings": qc["warnings"], "skipped_files": qc["skipped_files"]},
+        timings={k: round(v, 4) for k, v in timings.items()},
+        attempt=attempt,
+        not_for_clinical_use=not entry.clinical_use,
+    )
 
 
 def mp_context() -> mp.context.SpawnContext:
