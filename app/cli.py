@@ -69,8 +69,7 @@ def inspect(
     log_level: LogOpt = "WARNING",
 ) -> None:
     """Discover the series of a study ZIP, run QC and print the ranking."""
-    from ml.dicom import open_study
-    from ml.qc import rank_series
+    from ml.io import open_study, rank_series
 
     setup_logging(log_level)
     t0 = time.perf_counter()
@@ -106,10 +105,9 @@ def preprocess(
     log_level: LogOpt = "WARNING",
 ) -> None:
     """Run the seed preprocessing on the selected series; write the tensor and a metadata JSON."""
-    from ml.dicom import load_volume, open_study
+    from ml.io import load_volume, open_study, rank_series
     from ml.preprocess import PreprocessConfig
     from ml.preprocess import preprocess as run_preprocess
-    from ml.qc import rank_series
 
     setup_logging(log_level)
     cfg = PreprocessConfig(target_size=(size, size, size))

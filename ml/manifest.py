@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from ml.errors import ModelUnavailable
-from ml.files import sha256_file
+from ml.io import sha256_file
 from ml.preprocess import PreprocessConfig
 
 __all__ = [

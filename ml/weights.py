@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ml.errors import ModelUnavailable
-from ml.files import sha256_file
+from ml.io import sha256_file
 from ml.manifest import SCHEMA_VERSION, Manifest, ModelEntry, OperatingPoint, StoredDtype, resolve_weights
 from ml.model import ResNet3D, build_model
 

@@ -72,8 +72,8 @@ from app.config import DEFAULT_MANIFEST, Settings
 from app.db import connect
 from app.worker.pipeline import Prepared, mp_context, prepare_study
 from app.worker.runner import Worker
-from ml.dicom import ZipLimits
 from ml.errors import ERROR_CODES, InputError
+from ml.io import ZipLimits
 from ml.phantom import make_study
 from ml.weights import Manifest
 

@@ -57,13 +57,12 @@ from torch import nn
 
 from app.config import Settings
 from app.worker.runner import Worker
-from ml.dicom import load_volume, open_study
 from ml.geometry import VolumeGeometry
 from ml.inference import Predictor
+from ml.io import load_volume, open_study, rank_series
 from ml.model import ModelSpec, ResNet3D
 from ml.phantom import StudyInfo, make_study
 from ml.preprocess import preprocess
-from ml.qc import rank_series
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.dicom import load_volume, open_study
 from ml.explain import explain
 from ml.geometry import CTVolume
 from ml.inference import Predictor
+from ml.io import load_volume, open_study, rank_series
 from ml.phantom import StudyInfo, make_study
-from ml.qc import rank_series
 from ml.weights import Manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parents[3]

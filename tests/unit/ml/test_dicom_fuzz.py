@@ -9,10 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ml.dicom import load_volume, open_study
 from ml.errors import ERROR_CODES, InputError
+from ml.io import load_volume, open_study, rank_series
 from ml.phantom import make_study
-from ml.qc import rank_series
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import pydicom
 import pytest
 from dicomcraft import edit_dicom, merge_zips, rezip
 
-from ml.dicom import load_volume, open_study
 from ml.errors import InputError
+from ml.io import assess_series, load_volume, open_study, rank_series
 from ml.phantom import StudyInfo, make_study
-from ml.qc import assess_series, rank_series
 
 MakeStudy = Callable[..., StudyInfo]
 
@@ -301,7 +300,7 @@ def test_varying_rescale_converts_to_hu(tmp_path: Path) -> None:
         tmp_path / "s",
         SeriesOptions(vary_intercept=True, rescale_slope=0.5, pixel_representation="int16"),
     )
-    from ml.dicom import discover_series
+    from ml.io import discover_series
 
     st = discover_series(files)
     vol = load_volume(st.series[0])

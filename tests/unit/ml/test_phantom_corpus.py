@@ -19,11 +19,10 @@ from ml.data import (
     phantom_records,
     read_labels_csv,
 )
-from ml.dicom import load_volume, open_study
+from ml.io import load_volume, open_study, rank_series
 from ml.model import ModelSpec, build_model, freeze_stages, set_frozen_bn_eval
 from ml.phantom import write_corpus
 from ml.preprocess import PreprocessConfig, preprocess
-from ml.qc import rank_series
 from ml.train import (
     LitClassifier,
     TrainConfig,
