@@ -59,10 +59,9 @@ from app.config import Settings
 from app.worker.runner import Worker
 from ml.geometry import VolumeGeometry
 from ml.inference import Predictor
-from ml.io import load_volume, open_study, rank_series
+from ml.io import read_study
 from ml.model import ModelSpec, ResNet3D
 from ml.phantom import StudyInfo, make_study
-from ml.preprocess import preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -501,9 +500,9 @@ def _lesion_in_model_space(study: StudyInfo, predictor: Predictor) -> torch.Tens
     Weighted 0.6 at the rim to 1.0 at the centre of the largest lesion, so that the
     saliency peak (and the page's first slice) falls in the middle of that lesion.
     """
-    with open_study(study.zip_path) as st:
-        vol = load_volume(rank_series(st).selected.series)
-    g = preprocess(vol, predictor.preprocess_config).geometry
+    prepared = read_study(study.zip_path, preprocess=predictor.preprocess_config).preprocessed
+    assert prepared is not None
+    g = prepared.geometry
     d, h, w = g.model_size_zyx
     zz, yy, xx = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
     model_zyx = np.stack([zz, yy, xx], axis=-1).reshape(-1, 3)

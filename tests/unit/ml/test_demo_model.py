@@ -10,7 +10,7 @@ import pytest
 from ml.explain import explain
 from ml.geometry import CTVolume
 from ml.inference import Predictor
-from ml.io import load_volume, open_study, rank_series
+from ml.io import read_study
 from ml.phantom import StudyInfo, make_study
 from ml.weights import Manifest, sha256_file
 
@@ -49,8 +49,9 @@ def _fresh_study(
         pixel_spacing_mm=3.0,
         slice_spacing_mm=2.5,
     )
-    with open_study(info.zip_path) as st:
-        return info, load_volume(rank_series(st).selected.series)
+    volume = read_study(info.zip_path).volume
+    assert volume is not None
+    return info, volume
 
 
 @pytest.mark.parametrize(("label", "kinds", "seed"), [(0, None, 424242), (1, ("consolidation",), 515151)])
