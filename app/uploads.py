@@ -30,8 +30,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.errors import ServiceError
 from app.storage import Storage
-from ml.io import ZipLimits, ZipSummary, precheck_zip
 from ml.errors import ZipError
+from ml.io import ZipLimits, ZipSummary, precheck_zip
 
 __all__ = ["RAW_TYPES", "ReceivedUpload", "UploadGate", "mmap_large_buffers", "receive_zip"]
 

@@ -87,7 +87,7 @@ def __getattr__(name: str) -> Any:
     if name in __all__:
         for sub in _SUBMODULES:
             module = importlib.import_module(f"{__name__}.{sub}")
-            if name in module.__all__:
+            if hasattr(module, name):
                 value = getattr(module, name)
                 globals()[name] = value
                 return value

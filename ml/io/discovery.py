@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -54,8 +53,12 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
     inst_n = header_int(ds, "InstanceNumber", None)
 
     def ref(
-        frame: int | None, pos_v: Any, ori_v: Any, ps_v: Any, slope: Any, icpt: Any, th: Any
+        frame: int | None, plane: Dataset, orientation: Dataset, measures: Dataset, values: Dataset
     ) -> SliceRef | None:
+        """The slice from the items holding its position, orientation, pixel measures and rescale."""
+        pos_v, ori_v = plane.get("ImagePositionPatient"), orientation.get("ImageOrientationPatient")
+        ps_v, slope = measures.get("PixelSpacing"), values.get("RescaleSlope", 1.0)
+        icpt, th = values.get("RescaleIntercept", 0.0), measures.get("SliceThickness")
         pos, ori, ps = to_floats(pos_v, 3), to_floats(ori_v, 6), to_floats(ps_v, 2)
         if pos is None or ori is None or ps is None:
             return None
@@ -75,32 +78,18 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
         )
 
     if "PerFrameFunctionalGroupsSequence" not in ds and nframes == 1:
-        r = ref(
-            None,
-            ds.get("ImagePositionPatient"),
-            ds.get("ImageOrientationPatient"),
-            ds.get("PixelSpacing"),
-            ds.get("RescaleSlope", 1.0),
-            ds.get("RescaleIntercept", 0.0),
-            ds.get("SliceThickness"),
-        )
+        r = ref(None, ds, ds, ds, ds)
         return [] if r is None else [r]  # no plane geometry: not part of a volume (e.g. a secondary capture)
     per = ds.get("PerFrameFunctionalGroupsSequence") or []
     out: list[SliceRef] = []
     for k in range(nframes):
         pf = per[k] if k < len(per) else None
-        pos_item = functional_item(ds, pf, "PlanePositionSequence") or Dataset()
-        ori_item = functional_item(ds, pf, "PlaneOrientationSequence") or Dataset()
-        meas = functional_item(ds, pf, "PixelMeasuresSequence") or Dataset()
-        pvt = functional_item(ds, pf, "PixelValueTransformationSequence") or ds
         r = ref(
             k,
-            pos_item.get("ImagePositionPatient"),
-            ori_item.get("ImageOrientationPatient"),
-            meas.get("PixelSpacing"),
-            pvt.get("RescaleSlope", 1.0),
-            pvt.get("RescaleIntercept", 0.0),
-            meas.get("SliceThickness"),
+            functional_item(ds, pf, "PlanePositionSequence") or Dataset(),
+            functional_item(ds, pf, "PlaneOrientationSequence") or Dataset(),
+            functional_item(ds, pf, "PixelMeasuresSequence") or Dataset(),
+            functional_item(ds, pf, "PixelValueTransformationSequence") or ds,
         )
         if r is None:
             raise DicomError("dicom_invalid", f"multi-frame image #{idx} frame {k} lacks plane geometry")

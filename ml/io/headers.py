@@ -19,22 +19,6 @@ import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-__all__ = [
-    "CT_IMAGE_STORAGE",
-    "CT_SOP_CLASSES",
-    "ENHANCED_CT_IMAGE_STORAGE",
-    "LEGACY_ENHANCED_CT_IMAGE_STORAGE",
-    "PHI_KEYWORDS",
-    "functional_item",
-    "header_int",
-    "header_str",
-    "header_value",
-    "phi_tokens",
-    "read_header",
-    "to_float",
-    "to_floats",
-]
-
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +48,7 @@ PHI_KEYWORDS = (
 
 
 def to_float(v: Any, default: float | None = None) -> float | None:
+    """``float(v)`` when it is a finite number, else ``default``."""
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -81,6 +66,7 @@ def header_int(ds: Dataset, kw: str, default: Any) -> Any:
 
 
 def to_floats(v: Any, n: int) -> tuple[float, ...] | None:
+    """``n`` finite floats from a multi-valued element, or None."""
     try:
         vals = tuple(float(x) for x in v)
     except (TypeError, ValueError):
