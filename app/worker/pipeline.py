@@ -92,37 +92,29 @@ def prepare_study(
 
     Raises :class:`ml.errors.InputError` subclasses with their stable codes.
     """
-    from ml.dicom import load_volume, open_study
-    from ml.preprocess import preprocess
-    from ml.qc import rank_series
+    from ml.io import read_study
 
-    timings: dict[str, float] = {}
-    _report(job_id, attempt, "reading", 0.05)
-    t0 = time.perf_counter()
-    with open_study(zip_path) as study:
-        tokens = sorted(study.phi_tokens)
-        timings["reading"] = time.perf_counter() - t0
-        _report(job_id, attempt, "qc", 0.15)
-        t1 = time.perf_counter()
-        report = rank_series(study, series_uid=series_uid)
-        timings["qc"] = time.perf_counter() - t1
-        _report(job_id, attempt, "preprocessing", 0.25)
-        t2 = time.perf_counter()
-        volume = load_volume(report.selected.series)
-        timings["decoding"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    result = preprocess(volume, config)
-    timings["preprocessing"] = time.perf_counter() - t3
-    tensor = result.tensor.numpy().astype(np.float32, copy=False)
+    # the job's stage and progress when a stage of read_study starts
+    progress = {"reading": ("reading", 0.05), "qc": ("qc", 0.15), "decoding": ("preprocessing", 0.25)}
+
+    def started(stage: str) -> None:
+        if stage in progress:
+            _report(job_id, attempt, *progress[stage])
+
+    read = read_study(
+        zip_path, series_uid=series_uid, preprocess=config, keep_volume=keep_volume, on_stage_start=started
+    )
+    assert read.preprocessed is not None
+    tensor = read.preprocessed.tensor.numpy().astype(np.float32, copy=False)
     return Prepared(
         job_id=job_id,
         attempt=attempt,
         tensor=tensor,
-        geometry=result.geometry,
-        qc=report.to_dict(),
-        timings=timings,
-        phi_tokens=tokens,
-        volume=volume if keep_volume else None,
+        geometry=read.preprocessed.geometry,
+        qc=read.qc.to_dict(),
+        timings={k: v for k, v in read.timings.items() if k != "cleanup"},  # a job times no cleanup
+        phi_tokens=sorted(read.phi_tokens),
+        volume=read.volume,
     )
 
 

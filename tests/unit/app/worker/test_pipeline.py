@@ -10,10 +10,9 @@ import pytest
 from app.config import DEFAULT_MANIFEST
 from app.schemas import JobResult
 from app.worker.pipeline import build_result
-from ml.dicom import open_study
 from ml.inference import Prediction
+from ml.io import open_study, rank_series
 from ml.model import Manifest
-from ml.qc import rank_series
 
 
 @pytest.fixture(scope="module")
