@@ -6,7 +6,7 @@ callback is never lost nor sent for an uncommitted result. A dispatcher thread
 (in the worker) takes due rows with ``FOR UPDATE SKIP LOCKED`` (several workers
 never send the same row at once), POSTs them, and records the outcome.
 
-Signature header (DESIGN 3)::
+Signature header (docs/architecture.md §3.8)::
 
     X-Service4CT-Signature: t=<unix seconds>,v1=<hex hmac_sha256(secret, f"{t}.{body}")>
 

@@ -14,7 +14,7 @@ or ``"method": "none"`` means ``T = 1``). A decision at an operating point is
 ``probability >= threshold``; the label is the decision at the manifest's
 default operating point.
 
-Preprocessing belongs to the manifest too (DESIGN rule 5):
+Preprocessing belongs to the manifest too (architecture rule 5):
 :attr:`Predictor.preprocess_config` is what the model was trained with.
 """
 

@@ -19,6 +19,7 @@ from app.logs import logger, scrubber, setup_logging
 from ml.errors import InputError, ModelUnavailable
 
 if TYPE_CHECKING:
+    from ml.io import StudyRead
     from ml.preprocess import PreprocessConfig
 
 __all__ = ["inspect", "preprocess"]
@@ -50,6 +51,16 @@ def _series_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _read(study: Path, series_uid: str | None, as_json: bool, **options: Any) -> StudyRead:
+    """:func:`ml.io.read_study` with the log scrubber fed; an input error exits with code 2."""
+    from ml.io import read_study
+
+    try:
+        return read_study(study, series_uid=series_uid, on_phi_tokens=scrubber.register, **options)
+    except InputError as e:
+        fail(e, as_json)
+
+
 def inspect(
     study: StudyArg,
     as_json: JsonOpt = False,
@@ -57,15 +68,9 @@ def inspect(
     log_level: LogOpt = "WARNING",
 ) -> None:
     """Discover the series of a study ZIP, run QC and print the ranking."""
-    from ml.io import read_study
-
     setup_logging(log_level)
     t0 = time.perf_counter()
-    try:
-        read = read_study(study, series_uid=series_uid, decode=False, on_phi_tokens=scrubber.register)
-    except InputError as e:
-        fail(e, as_json)
-        return
+    read = _read(study, series_uid, as_json, decode=False)
     logger.info("inspected study: {} series, {} files", len(read.study.series), read.study.files)
     report = read.qc.to_dict()
     report["elapsed_s"] = round(time.perf_counter() - t0, 3)
@@ -117,22 +122,15 @@ def preprocess(
     service feed that model; --model picks another manifest entry, --size overrides the
     input size.
     """
-    from ml.io import read_study
-
     setup_logging(log_level)
     try:
         cfg = _model_preprocess_config(manifest or DEFAULT_MANIFEST, model)
     except ModelUnavailable as e:
         fail(e, as_json)
-        return
     if size is not None:
         cfg = dataclasses.replace(cfg, target_size=(size, size, size))
     t0 = time.perf_counter()
-    try:
-        read = read_study(study, series_uid=series_uid, preprocess=cfg, on_phi_tokens=scrubber.register)
-    except InputError as e:
-        fail(e, as_json)
-        return
+    read = _read(study, series_uid, as_json, preprocess=cfg)
     result = read.preprocessed
     assert result is not None
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Job rows: create, read, claim for one attempt, leases, stages, finish, release, reconciler queries.
 
-Writes of a running job are guarded by ``attempt = <mine>`` (DESIGN rule 2): a stale
+Writes of a running job are guarded by ``attempt = <mine>`` (architecture rule 2): a stale
 worker's write changes nothing and the function says so (None or False).
 """
 
@@ -125,7 +125,7 @@ def recent_stats(conn: Conn, limit: int = 50) -> RecentStats:
 def claim_job(conn: Conn, job_id: uuid.UUID, worker_id: str, lease_s: float) -> Job | None:
     """Take a job for one attempt: queued, or running with an expired lease, and attempts left.
 
-    One conditional UPDATE (DESIGN rule 2); returns the job with its new ``attempt``
+    One conditional UPDATE (architecture rule 2); returns the job with its new ``attempt``
     or None if someone else holds it, it is finished, or it has no attempts left.
     """
     cur = conn.execute(

@@ -64,7 +64,7 @@ class Housekeeping:
                 set_stage(conn, uuid.UUID(job_id), attempt, stage, progress)
 
     def reconcile(self) -> dict[str, int]:
-        """Repair the queue from PostgreSQL (DESIGN rule 1); returns counts of what was done."""
+        """Repair the queue from PostgreSQL (architecture rule 1); returns counts of what was done."""
         with self.db.conn() as conn:
             done = reconcile_jobs(
                 conn,

@@ -1,6 +1,6 @@
 """The worker process: claim, lease, heartbeat, pipelined preprocessing, batched inference.
 
-Threads of one worker process (DESIGN rule 4: this process alone owns the model):
+Threads of one worker process (architecture rule 4: this process alone owns the model):
 
 - **main loop** (:meth:`Worker.run`): XREADGROUP new job ids (and XAUTOCLAIM
   entries of dead consumers) and hands each to :class:`~app.worker.claiming.Intake`,

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 # pydicom's validation warnings quote the offending value, which can be a patient
-# name or ID: never let them reach a log (DESIGN rule 7).
+# name or ID: never let them reach a log (architecture rule 7).
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 

@@ -1,6 +1,6 @@
 """Safe ZIP reading: vetting and extraction of hostile archives.
 
-Archives are treated as hostile (DESIGN rule 6): every limit is checked on the
+Archives are treated as hostile (architecture rule 6): every limit is checked on the
 central directory *before* anything is extracted, and again while streaming
 (declared sizes can lie). Members are extracted under generated names, never
 their own: archive member names often embed patient identifiers.
