@@ -1,4 +1,4 @@
-"""Service settings: one :class:`Settings` object per process, built at start (DESIGN rule 9).
+"""Service settings: one :class:`Settings` object per process, built at start (architecture rule 9).
 
 Values come from, in increasing priority: defaults, an optional YAML file
 (``S4CT_CONFIG_FILE`` or the ``config_file`` argument), and ``S4CT_*``
@@ -6,7 +6,7 @@ environment variables (e.g. ``S4CT_DATABASE_URL``). Nothing reads the
 environment at import time; call :func:`load_settings` once in ``main``.
 
 Preprocessing settings (input size, HU window, spacing) are *not* here: they
-travel with each model in the weights manifest (DESIGN rule 5).
+travel with each model in the weights manifest (architecture rule 5).
 """
 
 from __future__ import annotations

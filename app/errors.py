@@ -1,7 +1,7 @@
 """Service errors and their JSON bodies.
 
 Every error answer is ``{"error": "<stable_code>", "detail": "<text>", "request_id": "..."}``
-(DESIGN 3). Input refusals from ``ml/`` keep their codes (:data:`ml.errors.ERROR_CODES`);
+(docs/architecture.md §3.2). Input refusals from ``ml/`` keep their codes (:data:`ml.errors.ERROR_CODES`);
 the service adds its own below. Both tables feed the OpenAPI description.
 """
 

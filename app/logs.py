@@ -1,6 +1,6 @@
 """Logging: loguru with a JSON or text sink, std-logging interception, PHI scrubbing.
 
-Nothing should ever log a patient identifier in the first place (DESIGN rule 7);
+Nothing should ever log a patient identifier in the first place (architecture rule 7);
 the scrubber is the second line of defence. Identifier values read from a study's
 headers are registered with :data:`scrubber` and replaced by ``[redacted]`` in
 every log record (message and extra fields) from then on.

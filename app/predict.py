@@ -37,7 +37,7 @@ import typer
 
 from app.logs import logger, scrubber, setup_logging
 from ml.errors import InputError, ModelUnavailable
-from ml.files import sha256_file
+from ml.io import sha256_file
 
 if TYPE_CHECKING:
     from ml.inference import Predictor
@@ -323,21 +323,15 @@ def _error_row(code: str, detail: str) -> dict[str, Any]:
 
 def process_study(predictor: Predictor, path: Path, explain: bool) -> dict[str, Any]:
     """Row fields of one study (everything but study_key/path/model/processed_at)."""
-    from ml.dicom import load_volume, open_study
-    from ml.preprocess import preprocess
-    from ml.qc import rank_series
+    from ml.io import read_study
 
-    t0 = time.perf_counter()
-    row: dict[str, Any] = {}
-    with open_study(path) as study:
-        scrubber.register(study.phi_tokens)
-        report = rank_series(study)
-        volume = load_volume(report.selected.series)
-    row["selected_series_uid"] = volume.series_uid
-    row["qc_warnings"] = ",".join(report.selected.warning_codes)
-    t1 = time.perf_counter()
-    result = preprocess(volume, predictor.preprocess_config)
-    del volume
+    read = read_study(path, preprocess=predictor.preprocess_config, on_phi_tokens=scrubber.register)
+    result = read.preprocessed
+    assert result is not None
+    row: dict[str, Any] = {
+        "selected_series_uid": read.series.series_uid,
+        "qc_warnings": ",".join(read.qc.selected.warning_codes),
+    }
     t2 = time.perf_counter()
     pred = predictor.predict(result.tensor)[0]
     t3 = time.perf_counter()
@@ -346,7 +340,8 @@ def process_study(predictor: Predictor, path: Path, explain: bool) -> dict[str, 
     )
     for op, decision in pred.decisions.items():
         row[f"label_{op}"] = "pathology" if decision else "normal"
-    row.update(read_s=t1 - t0, preprocess_s=t2 - t1, inference_s=t3 - t2)
+    read_s = sum(s for stage, s in read.timings.items() if stage != "preprocessing")
+    row.update(read_s=read_s, preprocess_s=read.timings["preprocessing"], inference_s=t3 - t2)
     if explain:
         from ml.explain.methods import gradcam_peak
 

@@ -1,4 +1,4 @@
-"""Redis Streams job queue: ids only, PostgreSQL is the truth (DESIGN rule 1).
+"""Redis Streams job queue: ids only, PostgreSQL is the truth (architecture rule 1).
 
 The API adds a job id after the job row committed (:meth:`JobQueue.enqueue`).
 Workers read through one consumer group, claim the job in PostgreSQL, and

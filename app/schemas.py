@@ -40,7 +40,7 @@ def _example(**kw: Any) -> ConfigDict:
 
 
 class ErrorBody(BaseModel):
-    """Every error answer (DESIGN 3)."""
+    """Every error answer (docs/architecture.md §3.2)."""
 
     model_config = _example(error="zip_invalid", detail="not a readable ZIP archive", request_id="5f0c…")
     error: str = Field(description="stable snake_case code; see the error table in the API description")
@@ -220,7 +220,7 @@ class SeriesOut(BaseModel):
 
 
 class JobResult(BaseModel):
-    """The result contract (DESIGN 3)."""
+    """The result contract (docs/architecture.md §3.5)."""
 
     model_config = _example(
         job_id=_JOB_EX,

@@ -2,7 +2,7 @@
 
 Objects are written whole or not at all: a :class:`MultipartUpload` that fails or is left
 without :meth:`MultipartUpload.complete` is aborted, so no half-written object is ever
-visible (DESIGN rule 3). Error messages name the operation and the S3 error code only,
+visible (architecture rule 3). Error messages name the operation and the S3 error code only,
 never object content.
 """
 

@@ -3,7 +3,7 @@
 The body is never held whole in memory or written to local disk: chunks go
 into the object store's multipart upload as they arrive (at most a couple of
 parts buffered), the sha256 is updated per chunk, and only the last few MiB are
-kept to read the ZIP's central directory afterwards (:func:`ml.dicom.precheck_zip`;
+kept to read the ZIP's central directory afterwards (:func:`ml.io.precheck_zip`;
 a central directory larger than that is fetched back with a ranged GET).
 
 Two body encodings are accepted: the raw ZIP (``application/zip`` or
@@ -30,8 +30,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.errors import ServiceError
 from app.storage import Storage
-from ml.dicom import ZipLimits, ZipSummary, precheck_zip
 from ml.errors import ZipError
+from ml.io import ZipLimits, ZipSummary, precheck_zip
 
 __all__ = ["RAW_TYPES", "ReceivedUpload", "UploadGate", "mmap_large_buffers", "receive_zip"]
 

@@ -1,11 +1,12 @@
 """Webhooks: outbox rows delivered with an HMAC-SHA256 signature, retried with exponential backoff.
 
-The row is written in the same transaction that finishes the job, so a
+The row, with the job's event payload (:meth:`app.repository.Job.event_view`), is written in
+the same transaction that finishes the job (:mod:`app.repository.outcomes`), so a
 callback is never lost nor sent for an uncommitted result. A dispatcher thread
 (in the worker) takes due rows with ``FOR UPDATE SKIP LOCKED`` (several workers
 never send the same row at once), POSTs them, and records the outcome.
 
-Signature header (DESIGN 3)::
+Signature header (docs/architecture.md §3.8)::
 
     X-Service4CT-Signature: t=<unix seconds>,v1=<hex hmac_sha256(secret, f"{t}.{body}")>
 
@@ -24,18 +25,16 @@ import random
 import socket
 import threading
 import time
-import uuid
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from app.config import Settings
-from app.db import Conn, Database
+from app.db import Database
 from app.logs import logger
-from app.repository import get_job, get_result, outbox_done, outbox_retry, outbox_take_due, webhook_secret
+from app.repository import Delivery, outbox_done, outbox_retry, outbox_take_due, webhook_secret
 
-__all__ = ["SIGNATURE_HEADER", "WebhookDispatcher", "backoff_s", "job_event", "sign", "verify"]
+__all__ = ["SIGNATURE_HEADER", "WebhookDispatcher", "backoff_s", "sign", "verify"]
 
 SIGNATURE_HEADER = "X-Service4CT-Signature"
 _LEASE_S = 60.0
@@ -67,33 +66,6 @@ def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random | N
     """Delay before retry number ``attempts`` (1 = first retry): base·2^(n−1), capped, ±20 % jitter."""
     r = rng or random
     return float(min(max_s, base_s * 2 ** max(0, attempts - 1)) * r.uniform(0.8, 1.2))
-
-
-def job_event(conn: Conn, job_id: uuid.UUID) -> dict[str, Any]:
-    """The webhook payload of a finished job (ids, state, error, result summary; never PHI)."""
-    job = get_job(conn, job_id)
-    if job is None:
-        return {"job_id": str(job_id)}
-    base = f"/v1/jobs/{job_id}"
-    event: dict[str, Any] = {
-        "event": f"job.{job['state']}",
-        "job_id": str(job_id),
-        "kind": job["kind"],
-        "parent_job_id": str(job["parent_job_id"]) if job["parent_job_id"] else None,
-        "study_id": str(job["study_id"]) if job["study_id"] else None,
-        "state": job["state"],
-        "attempt": job["attempt"],
-        "error": {"code": job["error_code"], "detail": job["error_detail"]} if job["error_code"] else None,
-        "status_url": base,
-        "result_url": f"{base}/result" if job["kind"] == "predict" else None,
-        "explanation_url": f"/v1/jobs/{job['parent_job_id'] or job_id}/explanation",
-        "finished_at": job["finished_at"].isoformat() if job["finished_at"] else None,
-    }
-    result = get_result(conn, job_id) if job["state"] == "succeeded" else None
-    if result is not None:
-        event["probability"] = result["probability"]
-        event["label"] = result["label"]
-    return event
 
 
 def _address_allowed(url: str) -> str | None:
@@ -151,36 +123,36 @@ class WebhookDispatcher:
             self._deliver(row)
         return len(rows)
 
-    def _deliver(self, row: dict[str, Any]) -> None:
-        body = json.dumps(row["payload"], separators=(",", ":"), sort_keys=True).encode()
+    def _deliver(self, row: Delivery) -> None:
+        body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
         status: int | None = None
         error: str | None = None
-        refused = None if self.s.webhook_allow_private else _address_allowed(row["url"])
+        refused = None if self.s.webhook_allow_private else _address_allowed(row.url)
         if refused:
             error = refused
         else:
             with self.db.conn() as conn:
-                secret = webhook_secret(conn, row["client"]) or ""
+                secret = webhook_secret(conn, row.client) or ""
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "Service4CT-Webhook/1",
                 SIGNATURE_HEADER: sign(secret, body),
-                "X-Service4CT-Event": str(row["event"]),
-                "X-Service4CT-Delivery": str(row["id"]),
+                "X-Service4CT-Event": row.event,
+                "X-Service4CT-Delivery": str(row.id),
             }
             try:
-                resp = self.http.post(row["url"], content=body, headers=headers)
+                resp = self.http.post(row.url, content=body, headers=headers)
                 status = resp.status_code
                 if not 200 <= status < 300:
                     error = f"HTTP {status}"
             except httpx.HTTPError as e:
                 error = type(e).__name__
-        attempts = int(row["attempts"]) + 1
+        attempts = row.attempts + 1
         with self.db.conn() as conn:
             if error is None:
-                outbox_done(conn, row["id"], status)
+                outbox_done(conn, row.id, status)
                 self.delivered += 1
-                logger.info("webhook {} for job {} delivered", row["id"], row["job_id"])
+                logger.info("webhook {} for job {} delivered", row.id, row.job_id)
                 return
             give_up = refused is not None or attempts >= self.s.webhook_max_attempts
             delay = (
@@ -188,11 +160,11 @@ class WebhookDispatcher:
                 if give_up
                 else backoff_s(attempts, self.s.webhook_backoff_s, self.s.webhook_backoff_max_s)
             )
-            outbox_retry(conn, row["id"], status, error, delay)
+            outbox_retry(conn, row.id, status, error, delay)
         logger.warning(
             "webhook {} for job {} failed ({}); {}",
-            row["id"],
-            row["job_id"],
+            row.id,
+            row.job_id,
             error,
             "giving up" if delay is None else f"retry in {delay:.0f} s",
         )

@@ -13,8 +13,8 @@ Default (end-to-end) mode. The phantom ZIP is written once by :func:`ml.phantom.
 own fresh Python subprocess (this script with ``--worker``): imports, one untimed warm-up
 run, then ``--repeat`` timed runs; per-stage and total times are medians of the timed runs.
 
-* ``ours``: :func:`ml.dicom.open_study` (safe extract + header scan) → :func:`ml.qc.rank_series`
-  → :func:`ml.dicom.load_volume` → (temp dir removed) → :func:`ml.preprocess.preprocess`.
+* ``ours``: :func:`ml.io.read_study`: safe extract + header scan → QC and ranking → decode →
+  (temp dir removed) → :func:`ml.preprocess.preprocess`.
 * ``monai``: ``zipfile.extractall`` into a temp dir → ``LoadImage(image_only=True,
   reader="PydicomReader")`` on the directory holding the most files (ITK is not installed
   here; ``--reader ITKReader`` where it is) → temp dir removed → ``EnsureChannelFirst`` →
@@ -59,6 +59,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from ml.geometry import CTVolume, VolumeGeometry  # noqa: E402
+from ml.io import StudyRead, read_study  # noqa: E402
 from ml.preprocess import PreprocessConfig, preprocess  # noqa: E402
 
 GOAL_MONAI_RATIO = 3.0
@@ -138,32 +139,32 @@ def _hu_probe(hu_xyz_shape: tuple[int, ...], hu: Any) -> dict[str, Any]:
     }
 
 
-def _load_ours(zip_path: Path, st: dict[str, float]) -> tuple[CTVolume, Any]:
-    from ml.dicom import load_volume, open_study
-    from ml.qc import rank_series
+#: bench names of the stages of ml.io.read_study
+_STAGE_NAMES = {
+    "reading": "extract+scan",
+    "qc": "qc",
+    "decoding": "decode",
+    "cleanup": "cleanup",
+    "preprocessing": "preprocess",
+}
 
-    t0 = time.perf_counter()
-    with open_study(zip_path) as study:
-        t1 = time.perf_counter()
-        series = rank_series(study).selected.series
-        t2 = time.perf_counter()
-        vol = load_volume(series)
-        t3 = time.perf_counter()
-    t4 = time.perf_counter()
-    st["extract+scan"], st["qc"], st["decode"], st["cleanup"] = t1 - t0, t2 - t1, t3 - t2, t4 - t3
-    return vol, series
+
+def _read_ours(
+    zip_path: Path, cfg: PreprocessConfig | None = None, keep_volume: bool = True
+) -> tuple[StudyRead, dict[str, float]]:
+    """:func:`ml.io.read_study` of ``zip_path`` (preprocessed with ``cfg`` if given) and its stage times."""
+    read = read_study(zip_path, preprocess=cfg, keep_volume=keep_volume)
+    return read, {_STAGE_NAMES[k]: v for k, v in read.timings.items()}
 
 
 def run_ours(zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None) -> tuple[Any, dict]:
-    st: dict[str, float] = {}
-    vol, _ = _load_ours(zip_path, st)
-    t = time.perf_counter()
-    res = preprocess(vol, cfg)
-    st["preprocess"] = time.perf_counter() - t
+    read, st = _read_ours(zip_path, cfg, keep_volume=probe is not None)
+    res = read.preprocessed
     for k, v in res.timings_s.items():
         if k != "total":
             st[f"  {k}"] = v
     if probe is not None:
+        vol = read.volume
         probe["hu"] = _hu_probe(vol.geometry.size, vol.hu())
         probe["crop_box_zyx"] = [list(res.crop_box.start_zyx), list(res.crop_box.stop_zyx)]
         probe["exact_fallback"] = bool(res.exact_fallback)
@@ -173,10 +174,9 @@ def run_ours(zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None
 def run_reference(
     zip_path: Path, cfg: PreprocessConfig, probe: dict[str, Any] | None, ref: Any
 ) -> tuple[Any, dict]:
-    st: dict[str, float] = {}
-    vol, _ = _load_ours(zip_path, st)
+    read, st = _read_ours(zip_path)
     t = time.perf_counter()
-    out, box = ref.reference_from_config(vol, cfg)
+    out, box = ref.reference_from_config(read.volume, cfg)
     st["reference_preprocess"] = time.perf_counter() - t
     if probe is not None:
         probe["crop_box_zyx"] = [list(box[0]), list(box[1])]
@@ -274,8 +274,6 @@ def worker(args: argparse.Namespace) -> int:
     """One pipeline in this (fresh) process: warm-up + timed runs; writes <out>/<name>.json and .npy."""
     import pydicom  # noqa: F401  (imports are not part of the pipelines' memory)
     import SimpleITK  # noqa: F401
-
-    from ml import dicom, qc  # noqa: F401
 
     cfg = PreprocessConfig(target_size=(args.target,) * 3)
     name = args.worker
@@ -515,7 +513,7 @@ def load_input(args: argparse.Namespace) -> CTVolume:
     Kept separate so that the DICOM loading path can change without touching the timing code.
     """
     if args.zip:
-        from ml.dicom import load_volume, open_study
+        from ml.io import load_volume, open_study
 
         with open_study(args.zip) as study:
             if not study.series:

@@ -1,5 +1,5 @@
 -- Service4CT initial schema. Forward-only: later changes go in 0002_*.sql, ...
--- PostgreSQL is the single source of truth (DESIGN rule 1); Redis carries job ids only.
+-- PostgreSQL is the single source of truth (architecture rule 1); Redis carries job ids only.
 
 -- A client is one calling product (e.g. the Laravel backend of one site). Studies and
 -- jobs belong to a client; one client never sees another's. The webhook secret signs
@@ -76,7 +76,7 @@ CREATE INDEX jobs_running_lease ON jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_finished ON jobs (finished_at DESC) WHERE state = 'succeeded';
 CREATE INDEX jobs_study ON jobs (study_id);
 
--- The result of a predict job (DESIGN 3 result contract in body). Written once, by the
+-- The result of a predict job (the result contract of docs/architecture.md §3.5 in body). Written once, by the
 -- attempt that holds the job (the UPDATE of jobs and this INSERT share a transaction).
 CREATE TABLE results (
     job_id      uuid PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from ml.errors import InputError
-from ml.files import sha256_file
+from ml.io import read_study, sha256_file
 from ml.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -173,14 +173,9 @@ def preprocess_phantom(study: PhantomStudy, cfg: PreprocessConfig) -> tuple[torc
 
 def preprocess_study(zip_path: Path, cfg: PreprocessConfig, series_uid: str | None = None) -> torch.Tensor:
     """ZIP → selected series → preprocessing; returns float32 [1, D, H, W]."""
-    from ml.dicom import load_volume, open_study
-    from ml.preprocess import preprocess
-    from ml.qc import rank_series
-
-    with open_study(zip_path) as st:
-        series = rank_series(st, series_uid=series_uid).selected.series
-        volume = load_volume(series)
-    return preprocess(volume, cfg).tensor[0]
+    result = read_study(zip_path, series_uid=series_uid, preprocess=cfg).preprocessed
+    assert result is not None
+    return result.tensor[0]
 
 
 class TensorCache:

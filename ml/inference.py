@@ -22,7 +22,7 @@ of the pixels. A flagged study's label is ``"indeterminate"`` with stable
 ``indeterminate_reasons`` (``out_of_distribution``, ``no_lungs_found`` …); its
 probability is still reported.
 
-Preprocessing belongs to the manifest too (DESIGN rule 5):
+Preprocessing belongs to the manifest too (architecture rule 5):
 :attr:`Predictor.preprocess_config` is what the model was trained with.
 """
 

@@ -1,6 +1,6 @@
 """Session-wide PHI guard: no fake patient identifier in any log line or captured output of a test run.
 
-DESIGN rule 7 over the whole suite, not one test at a time:
+architecture rule 7 over the whole suite, not one test at a time:
 
 - every loguru record (DEBUG and up) and every std-logging record that reaches the root
   logger in the test process is appended to one session file; the sink is re-attached

@@ -1,4 +1,4 @@
-"""``Idempotency-Key`` handling shared by every POST route (DESIGN 3).
+"""``Idempotency-Key`` handling shared by every POST route (docs/architecture.md §3.4).
 
 The key is reserved inside the same transaction that creates the resource, so
 a retried request either waits for the first one to commit and then replays

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -21,7 +21,7 @@ SeriesOpt = Annotated[
 LogOpt = Annotated[str, typer.Option("--log-level", help="Log level (logs go to stderr).")]
 
 
-def fail(err: InputError | ModelUnavailable, as_json: bool) -> None:
+def fail(err: InputError | ModelUnavailable, as_json: bool) -> NoReturn:
     """Print ``err`` (JSON on stdout, else a line on stderr) and exit with code 2."""
     if as_json:
         typer.echo(json.dumps(err.to_dict()))

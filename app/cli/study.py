@@ -19,6 +19,7 @@ from app.logs import logger, scrubber, setup_logging
 from ml.errors import InputError, ModelUnavailable
 
 if TYPE_CHECKING:
+    from ml.io import StudyRead
     from ml.preprocess import PreprocessConfig
 
 __all__ = ["inspect", "preprocess"]
@@ -50,6 +51,16 @@ def _series_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _read(study: Path, series_uid: str | None, as_json: bool, **options: Any) -> StudyRead:
+    """:func:`ml.io.read_study` with the log scrubber fed; an input error exits with code 2."""
+    from ml.io import read_study
+
+    try:
+        return read_study(study, series_uid=series_uid, on_phi_tokens=scrubber.register, **options)
+    except InputError as e:
+        fail(e, as_json)
+
+
 def inspect(
     study: StudyArg,
     as_json: JsonOpt = False,
@@ -57,19 +68,11 @@ def inspect(
     log_level: LogOpt = "WARNING",
 ) -> None:
     """Discover the series of a study ZIP, run QC and print the ranking."""
-    from ml.dicom import open_study
-    from ml.qc import rank_series
-
     setup_logging(log_level)
     t0 = time.perf_counter()
-    try:
-        with open_study(study) as st:
-            scrubber.register(st.phi_tokens)
-            logger.info("inspected study: {} series, {} files", len(st.series), st.files)
-            report = rank_series(st, series_uid=series_uid).to_dict()
-    except InputError as e:
-        fail(e, as_json)
-        return
+    read = _read(study, series_uid, as_json, decode=False)
+    logger.info("inspected study: {} series, {} files", len(read.study.series), read.study.files)
+    report = read.qc.to_dict()
     report["elapsed_s"] = round(time.perf_counter() - t0, 3)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -119,43 +122,30 @@ def preprocess(
     service feed that model; --model picks another manifest entry, --size overrides the
     input size.
     """
-    from ml.dicom import load_volume, open_study
-    from ml.preprocess import preprocess as run_preprocess
-    from ml.qc import rank_series
-
     setup_logging(log_level)
     try:
         cfg = _model_preprocess_config(manifest or DEFAULT_MANIFEST, model)
     except ModelUnavailable as e:
         fail(e, as_json)
-        return
     if size is not None:
         cfg = dataclasses.replace(cfg, target_size=(size, size, size))
     t0 = time.perf_counter()
-    try:
-        with open_study(study) as st:
-            scrubber.register(st.phi_tokens)
-            t_read = time.perf_counter()
-            report = rank_series(st, series_uid=series_uid)
-            volume = load_volume(report.selected.series)
-            t_load = time.perf_counter()
-        result = run_preprocess(volume, cfg)
-    except InputError as e:
-        fail(e, as_json)
-        return
+    read = _read(study, series_uid, as_json, preprocess=cfg)
+    result = read.preprocessed
+    assert result is not None
     out.parent.mkdir(parents=True, exist_ok=True)
     result.save(out)
     meta = {
-        "series_uid": volume.series_uid,
-        "source_geometry": volume.geometry.to_dict(),
+        "series_uid": read.series.series_uid,
+        "source_geometry": result.geometry.source.to_dict(),
         "preprocess_config": cfg.to_dict(),
         "geometry": result.geometry.to_dict(),
         "crop_box_zyx": result.crop_box.to_dict(),
         "tensor_shape": list(result.tensor.shape),
-        "qc_warnings": [r.to_dict() for r in report.selected.reasons if r.severity == "warn"],
+        "qc_warnings": [r.to_dict() for r in read.qc.selected.reasons if r.severity == "warn"],
         "timings_s": {
-            "extract_and_scan": round(t_read - t0, 4),
-            "qc_and_decode": round(t_load - t_read, 4),
+            "extract_and_scan": round(read.timings["reading"], 4),
+            "qc_and_decode": round(read.timings["qc"] + read.timings["decoding"], 4),
             **{k: round(v, 4) for k, v in result.timings_s.items()},
             "total": round(time.perf_counter() - t0, 4),
         },
@@ -166,4 +156,4 @@ def preprocess(
         typer.echo(json.dumps(meta, indent=2))
     else:
         typer.echo(f"wrote {out} {tuple(result.tensor.shape)} and {meta_path}")
-        typer.echo(f"series {volume.series_uid}; timings: {meta['timings_s']}")
+        typer.echo(f"series {read.series.series_uid}; timings: {meta['timings_s']}")

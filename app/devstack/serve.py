@@ -1,7 +1,7 @@
 """``service4ct serve``: the whole service on one machine.
 
 Without ``S4CT_DATABASE_URL``/``S4CT_REDIS_URL``/``S4CT_S3_ENDPOINT`` it starts
-the embedded PostgreSQL, Redis and SeaweedFS S3 under ``var/`` (DESIGN 6);
+the embedded PostgreSQL, Redis and SeaweedFS S3 under ``var/`` (docs/architecture.md §6);
 then it applies migrations, creates the bucket and, the first time, a dev API
 key (printed once, also kept in ``var/dev-api-key`` with mode 0600 for
 ``make run``), and runs the API (uvicorn, this process) and one worker (a

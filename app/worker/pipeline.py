@@ -5,7 +5,8 @@ discovery → QC → selected series decoded → seed preprocessing. Stage chang
 go to the parent through the queue set up by :func:`init_pool_process`; the
 parent writes them to PostgreSQL. Only ids, stages and numbers cross that queue.
 
-:func:`build_result` turns a prediction into the result contract (DESIGN 3).
+:func:`build_result` turns a prediction into the result contract (docs/architecture.md §3.5), the
+:class:`app.schemas.JobResult` the API serves.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from app.schemas import JobResult, ModelRef, OperatingPointOut, SeriesOut, SeriesRank
 from ml.geometry import CTVolume
 from ml.inference import Prediction
 from ml.model import ModelEntry
@@ -89,50 +92,42 @@ def prepare_study(
 
     Raises :class:`ml.errors.InputError` subclasses with their stable codes.
     """
-    from ml.dicom import load_volume, open_study
-    from ml.preprocess import preprocess
-    from ml.qc import rank_series
+    from ml.io import read_study
 
-    timings: dict[str, float] = {}
-    _report(job_id, attempt, "reading", 0.05)
-    t0 = time.perf_counter()
-    with open_study(zip_path) as study:
-        tokens = sorted(study.phi_tokens)
-        timings["reading"] = time.perf_counter() - t0
-        _report(job_id, attempt, "qc", 0.15)
-        t1 = time.perf_counter()
-        report = rank_series(study, series_uid=series_uid)
-        timings["qc"] = time.perf_counter() - t1
-        _report(job_id, attempt, "preprocessing", 0.25)
-        t2 = time.perf_counter()
-        volume = load_volume(report.selected.series)
-        timings["decoding"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    result = preprocess(volume, config)
-    timings["preprocessing"] = time.perf_counter() - t3
-    tensor = result.tensor.numpy().astype(np.float32, copy=False)
+    # the job's stage and progress when a stage of read_study starts
+    progress = {"reading": ("reading", 0.05), "qc": ("qc", 0.15), "decoding": ("preprocessing", 0.25)}
+
+    def started(stage: str) -> None:
+        if stage in progress:
+            _report(job_id, attempt, *progress[stage])
+
+    read = read_study(
+        zip_path, series_uid=series_uid, preprocess=config, keep_volume=keep_volume, on_stage_start=started
+    )
+    assert read.preprocessed is not None
+    tensor = read.preprocessed.tensor.numpy().astype(np.float32, copy=False)
     return Prepared(
         job_id=job_id,
         attempt=attempt,
         tensor=tensor,
-        geometry=result.geometry,
-        qc=report.to_dict(),
-        timings=timings,
-        phi_tokens=tokens,
-        volume=volume if keep_volume else None,
+        geometry=read.preprocessed.geometry,
+        qc=read.qc.to_dict(),
+        timings={k: v for k, v in read.timings.items() if k != "cleanup"},  # a job times no cleanup
+        phi_tokens=sorted(read.phi_tokens),
+        volume=read.volume,
     )
 
 
-def _op_out(entry: ModelEntry) -> dict[str, Any]:
+def _operating_points(entry: ModelEntry) -> dict[str, OperatingPointOut]:
     out = {}
     for name, op in entry.operating_points.items():
         d = op.to_dict()
-        out[name] = {
-            "threshold": d["threshold"],
-            "sensitivity": d.get("sensitivity"),
-            "specificity": d.get("specificity"),
-            "ci95": {"sensitivity": d.get("sensitivity_ci95"), "specificity": d.get("specificity_ci95")},
-        }
+        out[name] = OperatingPointOut(
+            threshold=d["threshold"],
+            sensitivity=d.get("sensitivity"),
+            specificity=d.get("specificity"),
+            ci95={"sensitivity": d.get("sensitivity_ci95"), "specificity": d.get("specificity_ci95")},
+        )
     return out
 
 
@@ -141,44 +136,36 @@ def build_result(
     attempt: int,
     entry: ModelEntry,
     pred: Prediction,
-    prep: Prepared,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """The result contract of DESIGN 3 (JSON-ready)."""
-    qc = prep.qc
+    qc: Mapping[str, Any],
+    timings: Mapping[str, float],
+) -> JobResult:
+    """The result contract (docs/architecture.md §3.5): the model the API serves, from the study's QC report ``qc``."""
     ranking = [
-        {
-            "series_uid": s["series_uid"],
-            "rank": s["rank"],
-            "usable": s["usable"],
-            "slices": s["summary"]["slices"],
-            "reasons": s["reasons"],
-        }
+        SeriesRank(
+            series_uid=s["series_uid"],
+            rank=s["rank"],
+            usable=s["usable"],
+            slices=s["summary"]["slices"],
+            reasons=s["reasons"],
+        )
         for s in qc["series"]
     ]
-    return {
-        "job_id": str(job_id),
-        "probability": pred.probability,
-        "label": pred.label,
-        "operating_point": entry.default_operating_point,
-        "operating_points": _op_out(entry),
-        "decision": {k: ("pathology" if v else "normal") for k, v in pred.decisions.items()},
-        "model": {
-            "name": entry.name,
-            "version": entry.version,
-            "sha256": entry.sha256 or "",
-            "clinical_use": entry.clinical_use,
-        },
-        "series": {
-            "selected_uid": qc["selected_series_uid"],
-            "selected_by": qc["selected_by"],
-            "ranking": ranking,
-        },
-        "qc": {"warnings": qc["warnings"], "skipped_files": qc["skipped_files"]},
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "attempt": attempt,
-        "not_for_clinical_use": not entry.clinical_use,
-    }
+    return JobResult(
+        job_id=job_id,
+        probability=pred.probability,
+        label=pred.label,
+        operating_point=entry.default_operating_point,
+        operating_points=_operating_points(entry),
+        decision={k: ("pathology" if v else "normal") for k, v in pred.decisions.items()},
+        model=ModelRef(
+            name=entry.name, version=entry.version, sha256=entry.sha256 or "", clinical_use=entry.clinical_use
+        ),
+        series=SeriesOut(selected_uid=qc["selected_series_uid"], ranking=ranking),
+        qc={"warnings": qc["warnings"], "skipped_files": qc["skipped_files"]},
+        timings={k: round(v, 4) for k, v in timings.items()},
+        attempt=attempt,
+        not_for_clinical_use=not entry.clinical_use,
+    )
 
 
 def mp_context() -> mp.context.SpawnContext:

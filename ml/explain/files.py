@@ -218,7 +218,7 @@ def write_saliency(
     ``peak_tile``, ``source_shape_zyx`` and each layer's encoding. For a
     300-slice 512² series the three PNGs hold 100 tiles of 256² in a 10 × 10 grid
     (2560² px): the real chest CT sample (131 slices) gives 3.6 MB of CT, 0.2 MB
-    of saliency and 0.8 MB of heat (≈ +0.8 s on 2 cores); noise-free phantoms less.
+    of saliency and 0.8 MB of heat (≈ +0.8 s on a 2-core Intel Xeon VM); noise-free phantoms less.
     """
     if source_map.ndim != 3 or tuple(source_map.shape) != geometry.shape_zyx:
         raise ValueError(f"source_map shape {source_map.shape} != geometry {geometry.shape_zyx} (z, y, x)")

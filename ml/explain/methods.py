@@ -44,7 +44,7 @@ it); ``"pathology"`` explains the raw pathology logit (index 1, or 0 for a
 ``"positive"`` (default: evidence *for* pathology, like Grad-CAM's ReLU),
 ``"absolute"`` or ``"signed"``.
 
-DESIGN rule 8: the model stays in eval mode; gradients are enabled only inside
+architecture rule 8: the model stays in eval mode; gradients are enabled only inside
 the call (also under an outer ``torch.inference_mode()``), parameters are
 excluded from autograd meanwhile (only input/layer gradients are taken), and
 ``model.zero_grad(set_to_none=True)`` runs afterwards. Nothing refers to the
@@ -115,7 +115,7 @@ def _gradient_scope(model: nn.Module) -> Iterator[None]:
     """Gradients on (even under an outer ``inference_mode``), model in eval, parameters frozen.
 
     On exit the parameters get their ``requires_grad`` back, ``.grad`` is set to
-    None and the training flag is restored (DESIGN rule 8).
+    None and the training flag is restored (architecture rule 8).
     """
     was_training = model.training
     params = list(model.parameters())

@@ -115,7 +115,7 @@ def to_source(
     The seed pipeline keeps the source's origin and direction on the 1 mm grid,
     so the source → model map is a per-axis scaling and shift; then the map is
     interpolated separably, one model plane at a time, into the region of the
-    output that the crop covers (≈0.15 s for 300×512² from 256³ on 2 cores,
+    output that the crop covers (≈0.15 s for 300×512² from 256³ on a 2-core Intel Xeon VM,
     no full-volume temporaries). A geometry whose axes are not parallel falls
     back to a SimpleITK linear resample (same values).
     """

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ml.errors import ModelUnavailable
-from ml.files import sha256_file
+from ml.io import sha256_file
 from ml.model.manifest import ModelEntry, StoredDtype
 from ml.model.network import ResNet3D, build_model
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ml.errors import ModelUnavailable
-from ml.files import sha256_file
+from ml.io import sha256_file
 from ml.model.manifest import ModelEntry
 
 __all__ = ["resolve_ood_stats", "resolve_weights"]

@@ -17,6 +17,7 @@ records the file's sha256; :meth:`OODStats.load` checks it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -214,12 +215,4 @@ def fit_ood(
     held_scores = probe.scores(f[held_idx], z[held_idx])
     threshold = threshold_keeping(held_scores, keep)
     rate = float(np.mean(held_scores <= threshold))
-    return OODStats(
-        method=method,
-        threshold=threshold,
-        fitted_on=fitted_on,
-        n=len(f),
-        in_distribution_rate=rate,
-        temperature=temperature,
-        gaussian=gaussian,
-    )
+    return dataclasses.replace(probe, threshold=threshold, in_distribution_rate=rate)

@@ -17,7 +17,15 @@ import httpx
 from conftest import LiveApi, new_key, storage_of  # type: ignore[import-not-found]
 
 from app.db import connect
-from app.repository import claim_job, finish_job, insert_result, upsert_explanation, worker_seen
+from app.repository import (
+    BlobRef,
+    ExplanationRecord,
+    claim_job,
+    finish_job,
+    insert_result,
+    upsert_explanation,
+    worker_seen,
+)
 from app.schemas import JobResult
 
 __all__ = [
@@ -64,9 +72,9 @@ def create_job(c: httpx.Client, study_id: str, explain: str = "gradcam") -> str:
 
 
 def _claim(conn: Any, job_id: str) -> int:
-    row = claim_job(conn, uuid.UUID(job_id), "seed-worker", 60.0)
-    assert row is not None, f"job {job_id} could not be claimed"
-    return int(row["attempt"])
+    job = claim_job(conn, uuid.UUID(job_id), "seed-worker", 60.0)
+    assert job is not None, f"job {job_id} could not be claimed"
+    return job.attempt
 
 
 def finish_succeeded(api: LiveApi, job_id: str, method: str = "gradcam") -> list[str]:
@@ -86,9 +94,8 @@ def finish_succeeded(api: LiveApi, job_id: str, method: str = "gradcam") -> list
             storage.put_bytes(key, data, ctype)
         with conn.transaction():
             assert finish_job(conn, uuid.UUID(job_id), attempt, timings={"total": 0.5}) is not None
-            insert_result(conn, uuid.UUID(job_id), attempt, {**example, "job_id": job_id, "attempt": attempt})
-            upsert_explanation(
-                conn,
+            insert_result(conn, JobResult.model_validate({**example, "job_id": job_id, "attempt": attempt}))
+            explanation = ExplanationRecord(
                 job_id=uuid.UUID(job_id),
                 method=method,
                 produced_by=uuid.UUID(job_id),
@@ -96,10 +103,11 @@ def finish_succeeded(api: LiveApi, job_id: str, method: str = "gradcam") -> list
                 params={},
                 stats={"max": 1.0},
                 geometry={"shape_zyx": [4, 8, 8]},
-                blobs={name: {"key": key, "content_type": ctype} for name, (key, _, ctype) in blobs.items()},
+                blobs={name: BlobRef(key, ctype) for name, (key, _, ctype) in blobs.items()},
                 model_name=example["model"]["name"],
                 model_version=example["model"]["version"],
             )
+            upsert_explanation(conn, explanation)
     return [key for key, _, _ in blobs.values()]
 
 
@@ -107,10 +115,10 @@ def finish_failed(api: LiveApi, job_id: str, code: str = "no_dicom") -> None:
     assert api.settings.database_url
     with connect(api.settings.database_url) as conn:
         attempt = _claim(conn, job_id)
-        row = finish_job(
+        job = finish_job(
             conn, uuid.UUID(job_id), attempt, timings={"total": 0.1}, error_code=code, error_detail="seeded"
         )
-        assert row is not None
+        assert job is not None
 
 
 def heartbeat(api: LiveApi) -> None:

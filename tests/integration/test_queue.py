@@ -13,6 +13,7 @@ from app.config import Settings
 from app.db import Conn, connect
 from app.queue import JobQueue
 from app.repository import (
+    Job,
     claim_job,
     create_api_key,
     extend_leases,
@@ -26,7 +27,7 @@ from app.repository import (
 )
 
 
-def _job(conn: Conn, max_attempts: int = 3) -> dict[str, Any]:
+def _job(conn: Conn, max_attempts: int = 3) -> Job:
     create_api_key(conn, "q-client")
     sha = uuid.uuid4().hex * 2
     study, _ = insert_study(
@@ -72,58 +73,58 @@ def jq(settings: Settings) -> Any:
 
 def test_claim_is_exclusive_and_writes_are_guarded_by_attempt(conn: Conn) -> None:
     job = _job(conn)
-    first = claim_job(conn, job["id"], "w1", lease_s=30)
-    assert first is not None and first["attempt"] == 1 and first["state"] == "running"
-    assert claim_job(conn, job["id"], "w2", lease_s=30) is None  # lease still held
+    first = claim_job(conn, job.id, "w1", lease_s=30)
+    assert first is not None and first.attempt == 1 and first.state == "running"
+    assert claim_job(conn, job.id, "w2", lease_s=30) is None  # lease still held
     # the lease runs out (set, not slept: a stalled CI machine must not expire it early)
-    conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = %s", (job["id"],))
-    second = claim_job(conn, job["id"], "w2", lease_s=30)
-    assert second is not None and second["attempt"] == 2
+    conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = %s", (job.id,))
+    second = claim_job(conn, job.id, "w2", lease_s=30)
+    assert second is not None and second.attempt == 2
     # the stale attempt can neither report progress, extend its lease nor finish
-    assert not set_stage(conn, job["id"], 1, "inference", 0.5)
-    assert extend_leases(conn, [(job["id"], 1)], 30) == set()
-    assert finish_job(conn, job["id"], 1, timings={}) is None
-    assert release_job(conn, job["id"], 1, "x") is None
-    assert set_stage(conn, job["id"], 2, "inference", 0.5)
-    assert extend_leases(conn, [(job["id"], 2)], 30) == {job["id"]}
-    assert finish_job(conn, job["id"], 2, timings={"total": 1.0}) is not None
-    assert claim_job(conn, job["id"], "w3", lease_s=30) is None  # finished jobs are never claimed again
+    assert not set_stage(conn, job.id, 1, "inference", 0.5)
+    assert extend_leases(conn, [(job.id, 1)], 30) == set()
+    assert finish_job(conn, job.id, 1, timings={}) is None
+    assert release_job(conn, job.id, 1, "x") is None
+    assert set_stage(conn, job.id, 2, "inference", 0.5)
+    assert extend_leases(conn, [(job.id, 2)], 30) == {job.id}
+    assert finish_job(conn, job.id, 2, timings={"total": 1.0}) is not None
+    assert claim_job(conn, job.id, "w3", lease_s=30) is None  # finished jobs are never claimed again
 
 
 def test_attempts_run_out_into_worker_crashed(conn: Conn) -> None:
     job = _job(conn, max_attempts=2)
     for attempt in (1, 2):
-        got = claim_job(conn, job["id"], f"w{attempt}", lease_s=0.1)
-        assert got is not None and got["attempt"] == attempt
+        got = claim_job(conn, job.id, f"w{attempt}", lease_s=0.1)
+        assert got is not None and got.attempt == attempt
         time.sleep(0.15)
         if attempt == 1:
-            assert job["id"] in requeue_expired(conn)
-    assert claim_job(conn, job["id"], "w3", lease_s=30) is None
+            assert job.id in requeue_expired(conn)
+    assert claim_job(conn, job.id, "w3", lease_s=30) is None
     failed = fail_exhausted(conn)
-    assert [r["id"] for r in failed] == [job["id"]]
-    row = conn.execute("SELECT state, error_code FROM jobs WHERE id = %s", (job["id"],)).fetchone()
+    assert [j.id for j in failed] == [job.id]
+    row = conn.execute("SELECT state, error_code FROM jobs WHERE id = %s", (job.id,)).fetchone()
     assert row == {"state": "failed", "error_code": "worker_crashed"}
 
 
 def test_release_requeues_until_attempts_run_out(conn: Conn) -> None:
     job = _job(conn, max_attempts=2)
-    claim_job(conn, job["id"], "w", lease_s=30)
-    assert release_job(conn, job["id"], 1, "boom") == "queued"
-    claim_job(conn, job["id"], "w", lease_s=30)
-    assert release_job(conn, job["id"], 2, "boom") == "failed"
-    row = conn.execute("SELECT state, error_code FROM jobs WHERE id = %s", (job["id"],)).fetchone()
+    claim_job(conn, job.id, "w", lease_s=30)
+    assert release_job(conn, job.id, 1, "boom") == "queued"
+    claim_job(conn, job.id, "w", lease_s=30)
+    assert release_job(conn, job.id, 2, "boom") == "failed"
+    row = conn.execute("SELECT state, error_code FROM jobs WHERE id = %s", (job.id,)).fetchone()
     assert row == {"state": "failed", "error_code": "internal_error"}
 
 
 def test_graceful_release_is_not_charged(conn: Conn) -> None:
     job = _job(conn, max_attempts=1)
-    claim_job(conn, job["id"], "w", lease_s=30)
-    assert release_job(conn, job["id"], 1, "worker stopped", spend=False) == "queued"
-    row = conn.execute("SELECT state, attempt, max_attempts FROM jobs WHERE id = %s", (job["id"],)).fetchone()
+    claim_job(conn, job.id, "w", lease_s=30)
+    assert release_job(conn, job.id, 1, "worker stopped", spend=False) == "queued"
+    row = conn.execute("SELECT state, attempt, max_attempts FROM jobs WHERE id = %s", (job.id,)).fetchone()
     assert row == {"state": "queued", "attempt": 1, "max_attempts": 2}
-    claimed = claim_job(conn, job["id"], "w2", lease_s=30)
-    assert claimed is not None and claimed["attempt"] == 2  # attempts still only grow
-    assert release_job(conn, job["id"], 1, "late", spend=False) is None  # the old attempt is out
+    claimed = claim_job(conn, job.id, "w2", lease_s=30)
+    assert claimed is not None and claimed.attempt == 2  # attempts still only grow
+    assert release_job(conn, job.id, 1, "late", spend=False) is None  # the old attempt is out
 
 
 def test_stream_read_ack_autoclaim_reconcile(jq: JobQueue) -> None:

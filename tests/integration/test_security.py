@@ -36,12 +36,12 @@ from zipcraft import zip_of  # type: ignore[import-not-found]
 
 from app.config import Settings
 from app.db import Database, connect
-from app.repository import create_api_key, outbox_add, revoke_api_key, webhook_secret
+from app.repository import create_api_key, job_event, outbox_add, revoke_api_key, webhook_secret
 from app.storage import MAX_PRESIGN_SECONDS
-from app.webhooks import SIGNATURE_HEADER, WebhookDispatcher, job_event, sign, verify
+from app.webhooks import SIGNATURE_HEADER, WebhookDispatcher, sign, verify
 from ml.phantom import PHI_IDENTIFIERS, make_study
 
-#: routes open by design (DESIGN 3), and the static viewer: its page and two assets hold no data and
+#: routes open by design (docs/architecture.md §3.7), and the static viewer: its page and two assets hold no data and
 #: read the key from the URL fragment (never sent); the data comes from /v1 routes with the key
 OPEN = {
     ("GET", "/healthz"),

@@ -59,14 +59,12 @@ from viewer_browser import (
 
 from app.config import Settings
 from app.worker.runner import Worker
-from ml.dicom import load_volume, open_study
 from ml.geometry import VolumeGeometry
 from ml.inference import Predictor
+from ml.io import read_study
 from ml.model import ModelSpec
 from ml.model.network import ResNet3D
 from ml.phantom import StudyInfo, make_study
-from ml.preprocess import preprocess
-from ml.qc import rank_series
 
 #: the study: an obvious consolidation, on the demo model's training grid (128², 3 mm, 2.5 mm slices)
 STUDY = {
@@ -251,9 +249,9 @@ def _lesion_in_model_space(study: StudyInfo, predictor: Predictor) -> torch.Tens
     Weighted 0.6 at the rim to 1.0 at the centre of the largest lesion, so that the
     saliency peak (and the page's first slice) falls in the middle of that lesion.
     """
-    with open_study(study.zip_path) as st:
-        vol = load_volume(rank_series(st).selected.series)
-    g = preprocess(vol, predictor.preprocess_config).geometry
+    prepared = read_study(study.zip_path, preprocess=predictor.preprocess_config).preprocessed
+    assert prepared is not None
+    g = prepared.geometry
     d, h, w = g.model_size_zyx
     zz, yy, xx = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
     model_zyx = np.stack([zz, yy, xx], axis=-1).reshape(-1, 3)

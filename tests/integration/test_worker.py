@@ -215,9 +215,9 @@ def test_reconciler_requeues_lost_and_expired_jobs(
     assert settings.database_url
     with connect(settings.database_url) as conn:
         study = conn.execute("SELECT * FROM studies WHERE id = %s", (uuid.UUID(sid),)).fetchone()
-        from app.repository import claim_job, insert_job
+        from app.repository import Job, claim_job, insert_job
 
-        def job(max_attempts: int = 3) -> dict[str, Any]:
+        def job(max_attempts: int = 3) -> Job:
             return insert_job(
                 conn,
                 client="site-e2e",
@@ -232,14 +232,14 @@ def test_reconciler_requeues_lost_and_expired_jobs(
 
         lost = job()  # (1) a job committed in PostgreSQL whose id Redis never got
         dead = job()  # (2) a job claimed by a worker that died (lease expires, no heartbeat)
-        assert claim_job(conn, dead["id"], "dead-worker", lease_s=0.5) is not None
+        assert claim_job(conn, dead.id, "dead-worker", lease_s=0.5) is not None
         doomed = job(max_attempts=1)  # (3) a job whose attempts are used up by dead workers
-        assert claim_job(conn, doomed["id"], "dead-worker", lease_s=0.5) is not None
-        conn.execute("UPDATE jobs SET enqueued_at = now() - interval '1 hour' WHERE id = %s", (lost["id"],))
+        assert claim_job(conn, doomed.id, "dead-worker", lease_s=0.5) is not None
+        conn.execute("UPDATE jobs SET enqueued_at = now() - interval '1 hour' WHERE id = %s", (lost.id,))
     time.sleep(0.6)
-    st_lost = wait_job(client, str(lost["id"]))
-    st_dead = wait_job(client, str(dead["id"]))
-    st_doomed = wait_job(client, str(doomed["id"]))
+    st_lost = wait_job(client, str(lost.id))
+    st_dead = wait_job(client, str(dead.id))
+    st_doomed = wait_job(client, str(doomed.id))
     assert st_lost["state"] == "succeeded" and st_lost["attempt"] == 1
     assert st_dead["state"] == "succeeded" and st_dead["attempt"] == 2
     assert st_doomed["state"] == "failed" and st_doomed["error"]["code"] == "worker_crashed"

@@ -19,6 +19,8 @@ from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger
 from app.repository import (
+    Job,
+    RecentStats,
     get_explanations,
     get_job,
     get_result,
@@ -46,19 +48,8 @@ IdemKey = Annotated[
 ]
 
 _STATS_TTL_S = 5.0
-_stats_cache: dict[int, tuple[float, dict[str, Any]]] = {}
+_stats_cache: dict[int, tuple[float, RecentStats]] = {}
 _stats_lock = threading.Lock()
-
-
-def links(job_id: uuid.UUID | str) -> dict[str, str]:
-    base = f"/v1/jobs/{job_id}"
-    return {"status": base, "result": f"{base}/result", "explanation": f"{base}/explanation"}
-
-
-def _accepted(row: dict[str, Any]) -> dict[str, Any]:
-    return JobAccepted(
-        job_id=row["id"], state=row["state"], status_url=links(row["id"])["status"], links=links(row["id"])
-    ).model_dump(mode="json")
 
 
 def _enqueue(services: Services, job_id: uuid.UUID) -> None:
@@ -101,7 +92,7 @@ def _create_job(
         study = get_study(conn, client, study_id)
         if study is None:
             raise ServiceError("study_not_found")
-        row = insert_job(
+        job = insert_job(
             conn,
             client=client,
             study=study,
@@ -112,7 +103,7 @@ def _create_job(
             callback_url=str(req.callback_url) if req.callback_url else None,
             max_attempts=services.settings.max_attempts,
         )
-        return 202, _accepted(row)
+        return 202, job.accepted_view()
 
     status, body, replayed = run_idempotent(services.db, client, idem_key, route, body_hash(payload), create)
     if not replayed:
@@ -162,14 +153,14 @@ def predict_study(
     return _create_job(services, client, study_id, req or PredictRequest(), idempotency_key, "POST /v1/jobs")
 
 
-def _job_or_404(conn: Conn, job_id: uuid.UUID, client: str) -> dict[str, Any]:
-    row = get_job(conn, job_id, client)
-    if row is None:
+def _job_or_404(conn: Conn, job_id: uuid.UUID, client: str) -> Job:
+    job = get_job(conn, job_id, client)
+    if job is None:
         raise ServiceError("job_not_found")
-    return row
+    return job
 
 
-def _recent(conn: Conn) -> dict[str, Any]:
+def _recent(conn: Conn) -> RecentStats:
     now = time.monotonic()
     with _stats_lock:
         hit = _stats_cache.get(0)
@@ -181,55 +172,6 @@ def _recent(conn: Conn) -> dict[str, Any]:
     return stats
 
 
-def _eta(row: dict[str, Any], position: int | None, stats: dict[str, Any]) -> float | None:
-    run_s: float | None = stats["run_s"]
-    if run_s is None or row["state"] in ("succeeded", "failed"):
-        return 0.0 if row["state"] in ("succeeded", "failed") else None
-    workers = max(1, int(stats["workers"]))
-    if row["state"] == "queued":
-        return round(float(run_s) * (1 + (position or 0) / workers), 2)
-    started = row["started_at"]
-    elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
-    return round(max(run_s - elapsed, run_s * (1.0 - float(row["progress"])) * 0.1), 2)
-
-
-def _iso(v: dt.datetime | None) -> str | None:
-    return None if v is None else v.isoformat().replace("+00:00", "Z")
-
-
-def job_status(row: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
-    """The JobStatus body built directly (the hottest route: no model validation round trip).
-
-    ``row`` comes from :func:`app.repository.job_with_position`; the shape is
-    checked against :class:`app.schemas.JobStatus` by the tests.
-    """
-    position = row["queue_position"]
-    err = {"code": row["error_code"], "detail": row["error_detail"]} if row["error_code"] else None
-    jid = str(row["id"])
-    return {
-        "job_id": jid,
-        "study_id": str(row["study_id"]) if row["study_id"] else None,
-        "kind": row["kind"],
-        "parent_job_id": str(row["parent_job_id"]) if row["parent_job_id"] else None,
-        "state": row["state"],
-        "stage": row["stage"],
-        "progress": float(row["progress"]),
-        "attempt": row["attempt"],
-        "max_attempts": row["max_attempts"],
-        "queue_position": position,
-        "eta_s": _eta(row, position, stats),
-        "model": row["model"],
-        "explain": row["explain"],
-        "error": err,
-        "created_at": _iso(row["created_at"]),
-        "started_at": _iso(row["started_at"]),
-        "finished_at": _iso(row["finished_at"]),
-        "updated_at": _iso(row["updated_at"]),
-        "stage_timings": row["stage_timings"],
-        "links": links(jid),
-    }
-
-
 @router.get(
     "/jobs/{job_id}",
     response_model=JobStatus,
@@ -238,18 +180,18 @@ def job_status(row: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
 )
 def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
     with services.db.conn() as conn:
-        row = job_with_position(conn, job_id, client)
-        if row is None:
+        job = job_with_position(conn, job_id, client)
+        if job is None:
             raise ServiceError("job_not_found")
         stats = _recent(conn)
-    return Response(orjson.dumps(job_status(row, stats)), media_type="application/json")
+    return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
 
 
-def _require_succeeded(row: dict[str, Any]) -> None:
-    if row["state"] == "failed":
-        raise ServiceError("job_failed", f"the job failed with {row['error_code']}")
-    if row["state"] != "succeeded":
-        raise ServiceError("job_not_finished", f"the job is {row['state']}; poll GET /v1/jobs/{row['id']}")
+def _require_succeeded(job: Job) -> None:
+    if job.state == "failed":
+        raise ServiceError("job_failed", f"the job failed with {job.error_code}")
+    if job.state != "succeeded":
+        raise ServiceError("job_not_finished", f"the job is {job.state}; poll GET {job.links.status}")
 
 
 @router.get(
@@ -260,14 +202,14 @@ def _require_succeeded(row: dict[str, Any]) -> None:
 )
 def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
     with services.db.conn() as conn:
-        row = _job_or_404(conn, job_id, client)
-        if row["kind"] != "predict":
+        job = _job_or_404(conn, job_id, client)
+        if job.kind != "predict":
             raise ServiceError("job_not_found", "explain jobs have no result; see the parent's explanation")
-        _require_succeeded(row)
+        _require_succeeded(job)
         result = get_result(conn, job_id)
     if result is None:
         raise ServiceError("job_not_finished")
-    return result["body"]
+    return result
 
 
 @router.post(
@@ -298,18 +240,18 @@ def explain_job(
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
         parent = _job_or_404(conn, job_id, client)
-        if parent["kind"] != "predict":
+        if parent.kind != "predict":
             raise ServiceError("job_not_found", "explain a predict job")
         _require_succeeded(parent)
-        study = get_study(conn, client, parent["study_id"]) if parent["study_id"] else None
+        study = get_study(conn, client, parent.study_id) if parent.study_id else None
         if study is None:
             raise ServiceError("study_not_found", "the study of this job was deleted")
-        row = insert_job(
+        job = insert_job(
             conn,
             client=client,
             study=study,
-            model=parent["model"],
-            series_uid=(parent["series_uid"] or _selected_series(conn, job_id)),
+            model=parent.model,
+            series_uid=(parent.series_uid or _selected_series(conn, job_id)),
             explain=req.method,
             explain_params=params,
             callback_url=str(req.callback_url) if req.callback_url else None,
@@ -317,7 +259,7 @@ def explain_job(
             kind="explain",
             parent_job_id=job_id,
         )
-        return 202, _accepted(row)
+        return 202, job.accepted_view()
 
     payload = req.model_dump(mode="json") | {"job_id": str(job_id)}
     status, body, replayed = run_idempotent(
@@ -330,7 +272,7 @@ def explain_job(
 
 def _selected_series(conn: Conn, job_id: uuid.UUID) -> str | None:
     result = get_result(conn, job_id)
-    return None if result is None else result["body"].get("series", {}).get("selected_uid")
+    return None if result is None else result.series.selected_uid
 
 
 @router.get(
@@ -348,36 +290,18 @@ def read_explanation(
     method: Annotated[str | None, Query(description="default: the most recent explanation")] = None,
 ) -> Any:
     with services.db.conn() as conn:
-        row = _job_or_404(conn, job_id, client)
-        if row["kind"] == "explain" and row["parent_job_id"] is not None:
-            job_id, method = row["parent_job_id"], method or row["explain"]
-            if row["state"] != "succeeded":
-                _require_succeeded(row)
+        job = _job_or_404(conn, job_id, client)
+        if job.kind == "explain" and job.parent_job_id is not None:
+            job_id, method = job.parent_job_id, method or job.explain
+            if job.state != "succeeded":
+                _require_succeeded(job)
         else:
-            _require_succeeded(row)
+            _require_succeeded(job)
         found = get_explanations(conn, job_id)
     if method is not None:
-        found = [e for e in found if e["method"] == method]
+        found = [e for e in found if e.method == method]
     if not found:
         raise ServiceError("explanation_not_found")
-    e = found[0]
     ttl = services.settings.presign_ttl_s
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
-    files = {
-        name: {
-            "url": services.storage.presign_get(blob["key"], ttl),
-            "content_type": blob["content_type"],
-            "expires_at": expires,
-        }
-        for name, blob in e["blobs"].items()
-    }
-    return Explanation(
-        job_id=job_id,
-        method=e["method"],
-        params=e["params"],
-        stats=e["stats"],
-        geometry=e["geometry"],
-        model={"name": e["model_name"], "version": e["model_version"]},
-        files=files,
-        created_at=e["created_at"],
-    ).model_dump(mode="json")
+    return found[0].view(lambda key: services.storage.presign_get(key, ttl), expires)

@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.dicom import load_volume, open_study
 from ml.explain.methods import explain
-from ml.files import sha256_file
 from ml.geometry import CTVolume
 from ml.inference import Predictor
+from ml.io import read_study, sha256_file
 from ml.model import Manifest
 from ml.phantom import StudyInfo, make_study
-from ml.qc import rank_series
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFEST = ROOT / "weights" / "manifest.json"
@@ -51,8 +49,9 @@ def _fresh_study(
         pixel_spacing_mm=3.0,
         slice_spacing_mm=2.5,
     )
-    with open_study(info.zip_path) as st:
-        return info, load_volume(rank_series(st).selected.series)
+    volume = read_study(info.zip_path).volume
+    assert volume is not None
+    return info, volume
 
 
 @pytest.mark.parametrize(("label", "kinds", "seed"), [(0, None, 424242), (1, ("consolidation",), 515151)])

@@ -11,10 +11,9 @@ import pydicom
 import pytest
 from dicomcraft import edit_dicom, merge_zips, rezip
 
-from ml.dicom import load_volume, open_study
 from ml.errors import InputError
+from ml.io import assess_series, load_volume, open_study, rank_series, read_study
 from ml.phantom import StudyInfo, make_study
-from ml.qc import assess_series, rank_series
 
 MakeStudy = Callable[..., StudyInfo]
 
@@ -35,10 +34,9 @@ def study_factory(tmp_path_factory: pytest.TempPathFactory) -> MakeStudy:
     return make
 
 
-def _hu(info: StudyInfo, series_uid: str | None = None) -> np.ndarray:
-    with open_study(info.zip_path) as st:
-        rep = rank_series(st, series_uid=series_uid)
-        vol = load_volume(rep.selected.series)
+def _hu(zip_path: Path, series_uid: str | None = None) -> np.ndarray:
+    vol = read_study(zip_path, series_uid=series_uid).volume
+    assert vol is not None
     return vol.hu()
 
 
@@ -163,12 +161,7 @@ def test_nested_zip_one_level(study_factory: MakeStudy, tmp_path: Path) -> None:
     outer = tmp_path / "outer.zip"
     with zipfile.ZipFile(outer, "w") as zf:
         zf.write(info.zip_path, "inner/study.zip")
-    np.testing.assert_array_equal(_hu(info), _hu_from(outer))
-
-
-def _hu_from(zip_path: Path) -> np.ndarray:
-    with open_study(zip_path) as st:
-        return load_volume(rank_series(st).selected.series).hu()
+    np.testing.assert_array_equal(_hu(info.zip_path), _hu(outer))
 
 
 def test_truncated_slice_is_dicom_invalid(study_factory: MakeStudy, tmp_path: Path) -> None:
@@ -176,7 +169,7 @@ def test_truncated_slice_is_dicom_invalid(study_factory: MakeStudy, tmp_path: Pa
     bad = tmp_path / "trunc.zip"
     rezip(info.zip_path, bad, lambda i, d: d[: len(d) - 3000] if i == 7 else d)
     with pytest.raises(InputError) as ei:
-        _hu_from(bad)
+        _hu(bad)
     assert ei.value.code == "dicom_invalid"
 
 
@@ -189,7 +182,7 @@ def test_missing_pixel_data_is_dicom_invalid(study_factory: MakeStudy, tmp_path:
 
     rezip(info.zip_path, bad, lambda i, d: edit_dicom(d, strip) if i == 4 else d)
     with pytest.raises(InputError) as ei:
-        _hu_from(bad)
+        _hu(bad)
     assert ei.value.code == "dicom_invalid"
 
 
@@ -204,7 +197,7 @@ def test_unsupported_transfer_syntax(study_factory: MakeStudy, tmp_path: Path) -
 
     rezip(info.zip_path, bad, relabel)
     with pytest.raises(InputError) as ei:
-        _hu_from(bad)
+        _hu(bad)
     assert ei.value.code == "unsupported_transfer_syntax"
 
 
@@ -284,7 +277,7 @@ def test_absurd_header_values(study_factory: MakeStudy, tmp_path: Path, field: s
 
     rezip(info.zip_path, bad, lambda i, d: edit_dicom(d, poison))
     with pytest.raises(InputError) as ei:
-        _hu_from(bad)
+        _hu(bad)
     assert ei.value.code in {"too_few_slices", "no_usable_series", "dicom_invalid"}
 
 
@@ -301,7 +294,7 @@ def test_varying_rescale_converts_to_hu(tmp_path: Path) -> None:
         tmp_path / "s",
         SeriesOptions(vary_intercept=True, rescale_slope=0.5, pixel_representation="int16"),
     )
-    from ml.dicom import discover_series
+    from ml.io import discover_series
 
     st = discover_series(files)
     vol = load_volume(st.series[0])

@@ -19,12 +19,11 @@ from ml.data import (
     phantom_records,
     read_labels_csv,
 )
-from ml.dicom import load_volume, open_study
+from ml.io import read_study
 from ml.model import ModelSpec
 from ml.model.network import build_model, freeze_stages, set_frozen_bn_eval
 from ml.phantom import write_corpus
-from ml.preprocess import PreprocessConfig, preprocess
-from ml.qc import rank_series
+from ml.preprocess import PreprocessConfig
 from ml.train import (
     LitClassifier,
     TrainConfig,
@@ -66,8 +65,9 @@ def test_in_memory_corpus_is_the_written_corpus(written: Path, tmp_path: Path) -
         if not mem.label:
             continue
         assert disk.zip_path is not None
-        with open_study(disk.zip_path) as st:
-            geom = preprocess(load_volume(rank_series(st).selected.series), SMALL).geometry
+        prepared = read_study(disk.zip_path, preprocess=SMALL).preprocessed
+        assert prepared is not None
+        geom = prepared.geometry
         marked = np.argwhere(lesion_map[0].numpy())
         for les in lesions[disk.study_id]:
             if les["kind"] == "effusion":  # a crescent: its centre may lie outside it

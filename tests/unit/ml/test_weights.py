@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ml.errors import ModelUnavailable
-from ml.files import sha256_file
+from ml.io import sha256_file
 from ml.model import Manifest, ModelEntry, ModelSpec, OperatingPoint, resolve_weights
 from ml.model.checkpoint import load_checkpoint, load_model, save_weights
 from ml.model.network import ResNet3D, build_model

@@ -1,4 +1,4 @@
-"""Every refusal of ml.dicom.safe_extract, with generated archives."""
+"""Every refusal of ml.io.safe_extract, with generated archives."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from zipcraft import many_members, raw_zip, symlink_zip, wide_central_directory
 
-from ml.dicom import ZipLimits, discover_series, precheck_zip, safe_extract
 from ml.errors import InputError, ZipError
+from ml.io import ZipLimits, discover_series, precheck_zip, safe_extract
 
 
 def _zip(

@@ -14,8 +14,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ml.dicom import CT_SOP_CLASSES, SeriesInfo, Study
 from ml.errors import QCError
+from ml.io.headers import CT_SOP_CLASSES
+from ml.io.series import SeriesInfo, Study
+
+__all__ = [
+    "QC_CODES",
+    "QCConfig",
+    "QCReason",
+    "QCReport",
+    "SeriesQC",
+    "Severity",
+    "assess_series",
+    "rank_series",
+]
 
 Severity = Literal["reject", "warn"]
 

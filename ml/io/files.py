@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+__all__ = ["sha256_file"]
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Lowercase hex sha256 of a file, read in ``chunk``-byte blocks."""

@@ -1,4 +1,4 @@
-"""The seed preprocessing pipeline and the geometry record that inverts it.
+"""The seed preprocessing pipeline: a CT volume → the model's input tensor.
 
 The pipeline is fixed by the original research (do not change it without
 retraining)::
@@ -32,9 +32,7 @@ difference ~1e-6) but faster and with far less memory:
    to [-1, 1] (exact: the interpolation weights sum to 1; the clip stays before
    the resize).
 
-Conventions (see :mod:`ml.geometry`): size/index tuples of a
-:class:`~ml.geometry.VolumeGeometry` are (x, y, z); NumPy arrays and model
-tensors are (z, y, x) = (D, H, W); patient coordinates are LPS mm.
+The geometry record that inverts it is :class:`~ml.preprocess.geometry.PreprocessGeometry`.
 
 torch is imported lazily inside the functions that need it so that ``app/``
 can import this module without loading torch.
@@ -53,22 +51,14 @@ import numpy.typing as npt
 
 from ml.errors import InputError
 from ml.geometry import CTVolume, VolumeGeometry
+from ml.preprocess.config import PreprocessConfig, Size3
+from ml.preprocess.geometry import CropBox, PreprocessGeometry, output_grid
 
 if TYPE_CHECKING:
     import SimpleITK as sitk  # noqa: N813
     import torch
 
-__all__ = [
-    "CropBox",
-    "PreprocessConfig",
-    "PreprocessGeometry",
-    "PreprocessResult",
-    "output_grid",
-    "preprocess",
-]
-
-Size3 = tuple[int, int, int]
-FloatArray = npt.NDArray[np.float64]
+__all__ = ["MAX_GRID_VOXELS", "MAX_REGION_VOXELS", "PreprocessResult", "preprocess"]
 
 #: half-width (HU) of the band around the body threshold inside which the fast
 #: path's stored-unit comparison might disagree with the reference's float32 HU
@@ -81,267 +71,6 @@ MAX_REGION_VOXELS = 1 << 29
 #: whole 1 mm grid spanned by a series (before the body crop): beyond this, int64 index
 #: arithmetic could overflow; real series span < 1e10 mm³ (a 2 m × 0.7 m × 0.7 m field)
 MAX_GRID_VOXELS = 1 << 40
-
-_INTERPOLATIONS = ("linear", "nearest")
-_RESIZE_MODES = ("trilinear", "nearest-exact")
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Settings of the seed pipeline; they travel in the weights manifest.
-
-    Attributes:
-        target_size: model input size (D, H, W) = (z, y, x) in voxels.
-        spacing_mm: intermediate grid pitch in mm along (x, y, z).
-        hu_window: (low, high) HU clip window, mapped linearly to [-1, 1].
-        body_threshold_hu: voxels with HU strictly above this are "body" for the crop.
-        crop_margin_voxels: margin (voxels of the intermediate grid) added on each
-            side of the body box before clamping to the grid.
-        outside_value_hu: HU given to intermediate-grid points outside the source
-            (air; must not be 0 or a phantom slab of water survives the crop).
-        interpolation: resampling interpolator, "linear" (seed) or "nearest".
-        resize_mode: torch resize mode, "trilinear" (seed, align_corners=False)
-            or "nearest-exact".
-    """
-
-    target_size: Size3 = (256, 256, 256)
-    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    hu_window: tuple[float, float] = (-1000.0, 600.0)
-    body_threshold_hu: float = -1000.0
-    crop_margin_voxels: int = 5
-    outside_value_hu: float = -1024.0
-    interpolation: str = "linear"
-    resize_mode: str = "trilinear"
-
-    def __post_init__(self) -> None:
-        if len(self.target_size) != 3 or any(int(s) < 1 for s in self.target_size):
-            raise ValueError(f"target_size must be 3 positive ints (D, H, W), got {self.target_size}")
-        if len(self.spacing_mm) != 3 or any(not (s > 0 and math.isfinite(s)) for s in self.spacing_mm):
-            raise ValueError(f"spacing_mm must be 3 positive numbers, got {self.spacing_mm}")
-        if not self.hu_window[0] < self.hu_window[1]:
-            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
-        if self.crop_margin_voxels < 0:
-            raise ValueError("crop_margin_voxels must be >= 0")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
-        if self.resize_mode not in _RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {_RESIZE_MODES}, got {self.resize_mode!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (lists for tuples)."""
-        return {
-            "target_size": list(self.target_size),
-            "spacing_mm": list(self.spacing_mm),
-            "hu_window": list(self.hu_window),
-            "body_threshold_hu": self.body_threshold_hu,
-            "crop_margin_voxels": self.crop_margin_voxels,
-            "outside_value_hu": self.outside_value_hu,
-            "interpolation": self.interpolation,
-            "resize_mode": self.resize_mode,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; missing keys take the seed defaults, unknown keys are refused."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
-        kw: dict[str, Any] = {}
-        if "target_size" in d:
-            ts = d["target_size"]
-            kw["target_size"] = (int(ts[0]), int(ts[1]), int(ts[2]))
-        if "spacing_mm" in d:
-            sp = d["spacing_mm"]
-            kw["spacing_mm"] = (float(sp[0]), float(sp[1]), float(sp[2]))
-        if "hu_window" in d:
-            kw["hu_window"] = (float(d["hu_window"][0]), float(d["hu_window"][1]))
-        for key in ("body_threshold_hu", "outside_value_hu"):
-            if key in d:
-                kw[key] = float(d[key])
-        if "crop_margin_voxels" in d:
-            kw["crop_margin_voxels"] = int(d["crop_margin_voxels"])
-        for key in ("interpolation", "resize_mode"):
-            if key in d:
-                kw[key] = str(d[key])
-        return cls(**kw)
-
-
-def output_grid(source: VolumeGeometry, spacing_mm: tuple[float, float, float]) -> VolumeGeometry:
-    """The intermediate (1 mm) grid of the seed pipeline for ``source``.
-
-    Same origin and direction as the source; size round(size_k · spacing_k / out_k)
-    per (x, y, z) axis (Python's round: halves to even), at least 1.
-    """
-    size = tuple(
-        max(1, round(n * s / o)) for n, s, o in zip(source.size, source.spacing_mm, spacing_mm, strict=True)
-    )
-    return VolumeGeometry(
-        size=(int(size[0]), int(size[1]), int(size[2])),
-        spacing_mm=(float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2])),
-        origin_mm=source.origin_mm,
-        direction=source.direction,
-    )
-
-
-# --------------------------------------------------------------------------- geometry record
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """Crop box on the intermediate (1 mm) grid, NumPy (z, y, x) order.
-
-    ``start_zyx`` is inclusive and ``stop_zyx`` exclusive, like Python slices:
-    the crop is ``array[z0:z1, y0:y1, x0:x1]``.
-    """
-
-    start_zyx: Size3
-    stop_zyx: Size3
-
-    @property
-    def shape_zyx(self) -> Size3:
-        """Crop size (z, y, x) in voxels."""
-        a, b = self.start_zyx, self.stop_zyx
-        return (b[0] - a[0], b[1] - a[1], b[2] - a[2])
-
-    def slices(self) -> tuple[slice, slice, slice]:
-        """NumPy slices (z, y, x) selecting the crop."""
-        return tuple(slice(a, b) for a, b in zip(self.start_zyx, self.stop_zyx, strict=True))  # type: ignore[return-value]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"start_zyx": list(self.start_zyx), "stop_zyx": list(self.stop_zyx)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CropBox:
-        a, b = d["start_zyx"], d["stop_zyx"]
-        return cls(start_zyx=(int(a[0]), int(a[1]), int(a[2])), stop_zyx=(int(b[0]), int(b[1]), int(b[2])))
-
-
-def _as_points(pts: npt.ArrayLike) -> tuple[FloatArray, tuple[int, ...]]:
-    p = np.asarray(pts, dtype=np.float64)
-    if p.shape[-1:] != (3,):
-        raise ValueError(f"points must have a last axis of length 3, got shape {p.shape}")
-    return p.reshape(-1, 3), p.shape
-
-
-@dataclass(frozen=True)
-class PreprocessGeometry:
-    """Everything needed to map model voxels back to the source series and to LPS.
-
-    Attributes:
-        source: grid of the source series (the CTVolume's geometry).
-        resampled: the full intermediate grid (1 mm), same origin/direction as ``source``.
-        crop: crop box on ``resampled`` in (z, y, x) order, stop exclusive.
-        model_size_zyx: model input size (D, H, W).
-
-    Point conventions of the mapping methods: every *index* array is (N, 3) in
-    NumPy (z, y, x) order (continuous: 0.0 is the centre of voxel 0); LPS points
-    are (N, 3) in (x, y, z) mm. Any leading shape (..., 3) is accepted and kept.
-    The resize uses the align_corners=False convention: model index m along an
-    axis ↔ crop index (m + 0.5) · n_crop / n_model − 0.5.
-    """
-
-    source: VolumeGeometry
-    resampled: VolumeGeometry
-    crop: CropBox
-    model_size_zyx: Size3
-
-    # -- model ↔ intermediate grid
-    def _scale_zyx(self) -> FloatArray:
-        return np.asarray(self.crop.shape_zyx, dtype=np.float64) / np.asarray(self.model_size_zyx, np.float64)
-
-    def model_to_resampled_index(self, pts_zyx: npt.ArrayLike) -> FloatArray:
-        """Model voxel indices (z, y, x) → continuous indices (z, y, x) on the 1 mm grid."""
-        p, shape = _as_points(pts_zyx)
-        out = (p + 0.5) * self._scale_zyx() - 0.5 + np.asarray(self.crop.start_zyx, np.float64)
-        return out.reshape(shape)
-
-    def resampled_index_to_model(self, pts_zyx: npt.ArrayLike) -> FloatArray:
-        """Continuous 1 mm-grid indices (z, y, x) → model voxel indices (z, y, x)."""
-        p, shape = _as_points(pts_zyx)
-        out = (p - np.asarray(self.crop.start_zyx, np.float64) + 0.5) / self._scale_zyx() - 0.5
-        return out.reshape(shape)
-
-    # -- model ↔ LPS
-    def model_to_lps(self, pts_zyx: npt.ArrayLike) -> FloatArray:
-        """Model voxel indices (z, y, x) → LPS mm (x, y, z)."""
-        r = self.model_to_resampled_index(pts_zyx)
-        return self.resampled.index_to_lps(r[..., ::-1])
-
-    def lps_to_model(self, lps_xyz: npt.ArrayLike) -> FloatArray:
-        """LPS mm (x, y, z) → continuous model voxel indices (z, y, x)."""
-        r_xyz = self.resampled.lps_to_index(np.asarray(lps_xyz, dtype=np.float64))
-        return self.resampled_index_to_model(r_xyz[..., ::-1])
-
-    # -- model ↔ source series
-    def model_to_source_index(self, pts_zyx: npt.ArrayLike) -> FloatArray:
-        """Model voxel indices (z, y, x) → continuous source-series indices (z, y, x)."""
-        lps = self.model_to_lps(pts_zyx)
-        return self.source.lps_to_index(lps)[..., ::-1].copy()
-
-    def source_index_to_model(self, pts_zyx: npt.ArrayLike) -> FloatArray:
-        """Continuous source-series indices (z, y, x) → model voxel indices (z, y, x)."""
-        p, shape = _as_points(pts_zyx)
-        lps = self.source.index_to_lps(p[:, ::-1])
-        return self.lps_to_model(lps).reshape(shape)
-
-    def mask_to_model(self, mask_zyx: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-        """Boolean map on the model grid (D, H, W): True where a nonzero voxel of ``mask_zyx``
-        (a label map on the source grid) has its centre (nearest model voxel).
-
-        Every labelled source voxel that lands inside the model's field of view marks one
-        model voxel, so a lesion smaller than a model voxel (e.g. a 4 mm nodule at 3 mm
-        model voxels) is never lost.
-        """
-        if tuple(mask_zyx.shape) != self.source.shape_zyx:
-            raise ValueError(f"mask shape {mask_zyx.shape} != source grid {self.source.shape_zyx}")
-        out = np.zeros(self.model_size_zyx, dtype=np.bool_)
-        idx = np.argwhere(mask_zyx != 0)
-        if len(idx):
-            m = np.rint(self.source_index_to_model(idx.astype(np.float64))).astype(np.int64)
-            inside = np.all((m >= 0) & (m < np.asarray(self.model_size_zyx)), axis=1)
-            m = m[inside]
-            out[m[:, 0], m[:, 1], m[:, 2]] = True
-        return out
-
-    def model_grid(self) -> VolumeGeometry:
-        """The model tensor's voxel grid as a VolumeGeometry (size/spacing in x, y, z order).
-
-        Useful to write a model-space volume (e.g. a saliency map) as NIfTI or to
-        resample it onto the source grid with SimpleITK.
-        """
-        scale_xyz = self._scale_zyx()[::-1]
-        spacing = tuple(float(v) for v in scale_xyz * np.asarray(self.resampled.spacing_mm))
-        origin = self.model_to_lps(np.zeros((1, 3)))[0]
-        d, h, w = self.model_size_zyx
-        return VolumeGeometry(
-            size=(w, h, d),
-            spacing_mm=(spacing[0], spacing[1], spacing[2]),
-            origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
-            direction=self.resampled.direction,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "source": self.source.to_dict(),
-            "resampled": self.resampled.to_dict(),
-            "crop": self.crop.to_dict(),
-            "model_size_zyx": list(self.model_size_zyx),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessGeometry:
-        m = d["model_size_zyx"]
-        return cls(
-            source=VolumeGeometry.from_dict(d["source"]),
-            resampled=VolumeGeometry.from_dict(d["resampled"]),
-            crop=CropBox.from_dict(d["crop"]),
-            model_size_zyx=(int(m[0]), int(m[1]), int(m[2])),
-        )
 
 
 @dataclass

@@ -1,0 +1,140 @@
+"""What becomes of a job's attempt, each outcome one transaction with its webhook.
+
+A finished job's callback is queued in the outbox inside the transaction that finishes
+it, so it is never lost nor sent for an uncommitted result. Every function opens its own
+transaction on ``conn`` (a savepoint when the caller already holds one). Writes are
+guarded by the attempt: a stale attempt changes nothing and is told so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from app.db import Conn
+from app.repository.idempotency import purge_idempotency
+from app.repository.jobs import (
+    claim_job,
+    fail_exhausted,
+    finish_job,
+    get_job,
+    queued_before,
+    release_job,
+    requeue_expired,
+)
+from app.repository.outbox import outbox_add
+from app.repository.records import ExplanationRecord, Job
+from app.repository.results import get_result, insert_result, upsert_explanation
+from app.schemas import JobResult
+
+__all__ = [
+    "Reconciled",
+    "claim_attempt",
+    "job_event",
+    "mark_failed",
+    "mark_succeeded",
+    "reconcile_jobs",
+    "release_attempt",
+]
+
+
+def job_event(conn: Conn, job_id: uuid.UUID) -> dict[str, Any]:
+    """The webhook payload of a finished job (:meth:`Job.event_view`)."""
+    job = get_job(conn, job_id)
+    if job is None:
+        return {"job_id": str(job_id)}
+    return job.event_view(get_result(conn, job_id) if job.state == "succeeded" else None)
+
+
+def _notify(conn: Conn, job: Job) -> None:
+    """Queue the ``job.<state>`` callback of a job that just finished (when it has a callback URL)."""
+    if job.callback_url:
+        outbox_add(conn, job.id, job.client, job.callback_url, f"job.{job.state}", job_event(conn, job.id))
+
+
+def claim_attempt(conn: Conn, job_id: uuid.UUID, worker_id: str, lease_s: float) -> Job | None:
+    """The job claimed for a new attempt (:func:`claim_job`), or None.
+
+    A job that cannot be claimed because its lease expired with no attempts left fails
+    with ``worker_crashed`` here (and its callback is queued).
+    """
+    with conn.transaction():
+        job = claim_job(conn, job_id, worker_id, lease_s)
+        if job is None:
+            for failed in fail_exhausted(conn, job_id):
+                _notify(conn, failed)
+    return job
+
+
+def mark_succeeded(
+    conn: Conn,
+    claimed: Job,
+    timings: Mapping[str, float],
+    result: JobResult | None,
+    explanation: ExplanationRecord | None,
+) -> bool:
+    """Finish the attempt ``claimed`` holds with its result and explanation rows; False if no longer held."""
+    with conn.transaction():
+        job = finish_job(conn, claimed.id, claimed.attempt, timings=timings)
+        if job is None:
+            return False
+        if result is not None:
+            insert_result(conn, result)
+        if explanation is not None:
+            upsert_explanation(conn, explanation)
+        _notify(conn, job)
+    return True
+
+
+def mark_failed(conn: Conn, claimed: Job, timings: Mapping[str, float], code: str, detail: str) -> bool:
+    """Fail the attempt ``claimed`` holds with a stable error code; False if no longer held."""
+    with conn.transaction():
+        job = finish_job(
+            conn, claimed.id, claimed.attempt, timings=timings, error_code=code, error_detail=detail
+        )
+        if job is not None:
+            _notify(conn, job)
+    return job is not None
+
+
+def release_attempt(conn: Conn, claimed: Job, detail: str, *, spend: bool = True) -> str | None:
+    """Give the attempt ``claimed`` holds back (:func:`release_job`): ``"queued"``, ``"failed"`` or None.
+
+    None: the attempt was no longer held. A job failed because its attempts ran out
+    (``internal_error``) gets its callback.
+    """
+    with conn.transaction():
+        state = release_job(conn, claimed.id, claimed.attempt, detail, spend=spend)
+        if state == "failed":
+            job = get_job(conn, claimed.id)
+            if job is not None:
+                _notify(conn, job)
+    return state
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What :func:`reconcile_jobs` did: jobs failed and requeued, and queued jobs to check in Redis."""
+
+    failed: int
+    requeued: list[uuid.UUID]
+    stale: list[uuid.UUID]
+
+
+def reconcile_jobs(conn: Conn, *, stale_after_s: float, idempotency_ttl_s: float) -> Reconciled:
+    """The reconciler's transaction.
+
+    Fails expired jobs without attempts left (``worker_crashed``), requeues expired ones
+    with attempts left, lists jobs queued for more than ``stale_after_s`` (their ids may be
+    missing from Redis) and purges idempotency keys older than ``idempotency_ttl_s``.
+    """
+    with conn.transaction():
+        failed = fail_exhausted(conn)
+        for job in failed:
+            _notify(conn, job)
+        requeued = requeue_expired(conn)
+        stale = queued_before(conn, stale_after_s)
+        purge_idempotency(conn, idempotency_ttl_s)
+    return Reconciled(failed=len(failed), requeued=requeued, stale=stale)

@@ -1,0 +1,56 @@
+"""Studies: one row per uploaded ZIP (hashes, sizes and counts; never file names or header values)."""
+
+from __future__ import annotations
+
+import uuid
+
+from app.db import Conn
+from app.repository.records import Row
+
+__all__ = ["delete_study", "get_study", "insert_study", "study_by_sha"]
+
+_STUDY_COLS = "id, client, sha256, size_bytes, s3_key, members, uncompressed_bytes, created_at"
+
+
+def insert_study(
+    conn: Conn,
+    *,
+    study_id: uuid.UUID,
+    client: str,
+    sha256: str,
+    size_bytes: int,
+    s3_key: str,
+    members: int,
+    uncompressed_bytes: int,
+) -> tuple[Row, bool]:
+    """Insert a study; if the client already has one with this sha256, return that one (created False)."""
+    row = conn.execute(
+        f"INSERT INTO studies ({_STUDY_COLS.replace(', created_at', '')}) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (client, sha256) DO NOTHING "
+        f"RETURNING {_STUDY_COLS}",
+        (study_id, client, sha256, size_bytes, s3_key, members, uncompressed_bytes),
+    ).fetchone()
+    if row is not None:
+        return row, True
+    existing = study_by_sha(conn, client, sha256)
+    assert existing is not None
+    return existing, False
+
+
+def study_by_sha(conn: Conn, client: str, sha256: str) -> Row | None:
+    return conn.execute(
+        f"SELECT {_STUDY_COLS} FROM studies WHERE client = %s AND sha256 = %s", (client, sha256)
+    ).fetchone()
+
+
+def get_study(conn: Conn, client: str, study_id: uuid.UUID) -> Row | None:
+    return conn.execute(
+        f"SELECT {_STUDY_COLS} FROM studies WHERE id = %s AND client = %s", (study_id, client)
+    ).fetchone()
+
+
+def delete_study(conn: Conn, client: str, study_id: uuid.UUID) -> Row | None:
+    """Delete the study row (jobs keep their results: their study_id becomes NULL)."""
+    return conn.execute(
+        f"DELETE FROM studies WHERE id = %s AND client = %s RETURNING {_STUDY_COLS}", (study_id, client)
+    ).fetchone()

@@ -1,0 +1,146 @@
+"""The inference thread: prepared studies in batches through the model, then saliency and saving.
+
+Batches hold up to ``max_batch`` studies of one model (waiting at most ``max_wait_ms``
+for more). Each job of a batch then gets its saliency (when asked for), its files
+uploaded, and its result row written guarded by its attempt.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.logs import logger, scrubber
+from app.worker.claiming import Intake
+from app.worker.context import InFlight, WorkerContext
+from app.worker.explaining import Saliency, compute_saliency, upload
+from app.worker.models import ModelCache
+from app.worker.persisting import Outcomes
+from app.worker.pipeline import Prepared, build_result
+from ml.inference import Predictor
+
+__all__ = ["Inference"]
+
+Ready = tuple[InFlight, Prepared | BaseException]
+
+
+class Inference:
+    """Takes what :class:`Intake` prepared, runs the model in batches and finishes each job."""
+
+    def __init__(self, ctx: WorkerContext, intake: Intake, models: ModelCache, outcomes: Outcomes) -> None:
+        self.ctx = ctx
+        self.s = ctx.settings
+        self.intake = intake
+        self.models = models
+        self.outcomes = outcomes
+
+    def loop(self) -> None:
+        """Run until the worker stops and holds nothing."""
+        ctx = self.ctx
+        while not (ctx.stop_event.is_set() and not ctx.held):
+            try:
+                self.step()
+            except Exception:  # e.g. PostgreSQL down: this thread must outlive the outage
+                logger.exception("inference loop error; going on")
+                ctx.stop_event.wait(0.5)
+
+    def _next_batch(self) -> list[Ready]:
+        ready = self.intake.ready
+        try:
+            first = ready.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        if isinstance(first[1], BaseException):
+            return batch
+        deadline = time.monotonic() + self.s.max_wait_ms / 1000.0
+        while len(batch) < self.s.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                nxt = ready.get(timeout=remaining)
+            except queue.Empty:
+                break
+            batch.append(nxt)
+            if isinstance(nxt[1], BaseException):
+                break
+        return batch
+
+    def step(self) -> None:
+        batch = self._next_batch()
+        if not batch:
+            return
+        good: list[tuple[InFlight, Prepared]] = []
+        for item, prep in batch:
+            if isinstance(prep, BaseException):
+                if (
+                    isinstance(prep, BrokenProcessPool)
+                    and item.pool_generation == self.intake.pool_generation
+                ):
+                    logger.error("a preprocessing process died; starting a new pool")
+                    self.intake.new_pool()
+                self.outcomes.fail_or_release(item, prep)
+            else:
+                scrubber.register(prep.phi_tokens)
+                prep.phi_tokens = []
+                item.timings.update(prep.timings)
+                good.append((item, prep))
+        by_model: dict[str, list[tuple[InFlight, Prepared]]] = {}
+        for item, prep in good:
+            by_model.setdefault(item.job.model, []).append((item, prep))
+        for model, group in by_model.items():
+            try:
+                self._run_group(model, group)
+            except Exception as e:
+                for item, _ in group:
+                    if item.job_id in self.ctx.held:
+                        self.outcomes.fail_or_release(item, e)
+
+    def _run_group(self, model: str, group: list[tuple[InFlight, Prepared]]) -> None:
+        predictor = self.models.get(model)
+        predict = [(i, p) for i, p in group if i.job.kind == "predict"]
+        preds: list[Any] = []
+        if predict:
+            for item, _ in predict:
+                self.outcomes.stage(item, "inference", 0.6)
+            self.ctx.metrics.batch_size.observe(len(predict))
+            t0 = time.perf_counter()
+            batch = torch.from_numpy(np.concatenate([p.tensor for _, p in predict], axis=0))
+            with torch.inference_mode():
+                preds = predictor.predict(batch)
+            dt = (time.perf_counter() - t0) / len(predict)
+            for item, _ in predict:
+                item.timings["inference"] = dt
+        by_job = {i.job_id: pred for (i, _), pred in zip(predict, preds, strict=True)}
+        for item, prep in group:
+            with logger.contextualize(job_id=str(item.job_id), attempt=item.attempt):
+                try:
+                    self._finish_one(predictor, item, prep, by_job.get(item.job_id))
+                except Exception as e:
+                    self.outcomes.fail_or_release(item, e)
+
+    def _finish_one(self, predictor: Predictor, item: InFlight, prep: Prepared, pred: Any) -> None:
+        saliency: Saliency | None = None
+        if item.job.explain != "none":
+            self.outcomes.stage(item, "explaining", 0.7)
+            t0 = time.perf_counter()
+            saliency = compute_saliency(predictor, item, prep)
+            item.timings["explaining"] = time.perf_counter() - t0
+        self.outcomes.stage(item, "saving", 0.9)
+        t0 = time.perf_counter()
+        if saliency is not None:
+            upload(saliency, self.ctx.storage, retry_s=self.s.storage_retry_s, stop=self.ctx.stop_event)
+        item.timings["saving"] = time.perf_counter() - t0
+        item.timings["total"] = time.perf_counter() - item.t_claimed
+        result = (
+            build_result(item.job_id, item.attempt, predictor.entry, pred, prep.qc, item.timings)
+            if pred is not None
+            else None
+        )
+        self.outcomes.succeeded(item, result, saliency.record if saliency is not None else None)

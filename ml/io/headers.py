@@ -1,0 +1,192 @@
+"""DICOM header vocabulary and guarded access to hostile headers.
+
+pydicom decodes header values lazily, so a corrupted element raises only when it
+is read, with assorted exception types: every value is read through the guarded
+accessors here. :func:`phi_tokens` collects the identifier values that log
+scrubbing must remove.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pydicom.config
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+log = logging.getLogger(__name__)
+
+
+# pydicom's validation warnings quote the offending value, which can be a patient
+# name or ID: never let them reach a log (architecture rule 7).
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_ENHANCED_CT_IMAGE_STORAGE})
+
+#: tags whose values are direct identifiers; collected so that log scrubbing can redact them
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "AccessionNumber",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "ReferringPhysicianName",
+    "InstitutionName",
+)
+
+
+def to_float(v: Any, default: float | None = None) -> float | None:
+    """``float(v)`` when it is a finite number, else ``default``."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+def header_int(ds: Dataset, kw: str, default: Any) -> Any:
+    """An integer header value, or ``default`` when absent, empty or unparseable (hostile input)."""
+    v = header_value(ds, kw)
+    try:
+        return default if v in (None, "") else int(v)
+    except Exception:
+        return default
+
+
+def to_floats(v: Any, n: int) -> tuple[float, ...] | None:
+    """``n`` finite floats from a multi-valued element, or None."""
+    try:
+        vals = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        return None
+    if len(vals) != n or not all(math.isfinite(x) for x in vals):
+        return None
+    return vals
+
+
+def _first_item(ds: Dataset, seq_kw: str) -> Dataset | None:
+    seq = header_value(ds, seq_kw)
+    if seq is None:
+        return None
+    try:
+        return seq[0] if len(seq) else None
+    except (TypeError, IndexError):
+        return None
+
+
+def functional_item(ds: Dataset, per_frame: Dataset | None, seq_kw: str) -> Dataset | None:
+    """An item of a functional group macro: per-frame first, then shared."""
+    if per_frame is not None:
+        item = _first_item(per_frame, seq_kw)
+        if item is not None:
+            return item
+    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+    return _first_item(shared, seq_kw) if shared is not None else None
+
+
+def header_value(ds: Dataset, kw: str) -> Any:
+    """``ds.get(kw)``, or None when the element cannot be decoded.
+
+    pydicom decodes header values lazily, so a corrupted element (an unknown VR,
+    bytes that do not parse as its VR) raises only when it is read, and with
+    assorted exception types (NotImplementedError, ValueError, …).
+    """
+    try:
+        return ds.get(kw)
+    except Exception:
+        return None
+
+
+def _raw_text(ds: Dataset, kw: str) -> list[str]:
+    """The undecoded bytes of element ``kw`` as latin-1 text values (backslash-separated)."""
+    try:
+        raw = ds.get_item(kw)
+    except Exception:
+        return []
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes | bytearray):
+        return []
+    return bytes(value).decode("latin-1").split("\\")
+
+
+def phi_tokens(ds: Dataset) -> set[str]:
+    """Identifier strings of ``ds`` (names, IDs, dates) that log scrubbing must remove.
+
+    An element that does not decode (hostile or corrupted VR) contributes its raw
+    bytes as text, so a mangled PatientName is still known to the scrubber.
+    """
+    out: set[str] = set()
+    for kw in PHI_KEYWORDS:
+        try:
+            v = ds.get(kw)
+        except Exception:
+            v = _raw_text(ds, kw) or None
+        if v is None:
+            continue
+        values = v if isinstance(v, list | tuple | pydicom.multival.MultiValue) else [v]
+        for item in values:
+            try:
+                s = str(item).strip()
+            except Exception:  # a PersonName decodes its components lazily too
+                continue
+            if len(s) >= 3:
+                out.add(s)
+                out.update(p for p in s.replace("^", " ").split() if len(p) >= 3)
+    return out
+
+
+def read_header(path: Path) -> Dataset | None:
+    """Read a DICOM header without pixel data, or None when the file is not DICOM.
+
+    Files without the 128-byte preamble are accepted only if they parse to a
+    dataset with an SOP Class UID. pydicom's RecursionError (deeply nested
+    sequences) and any parse failure count as 'not DICOM'.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+        has_magic = len(head) == 132 and head[128:132] == b"DICM"
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=not has_magic, defer_size="64 KB")
+        if not has_magic and "SOPClassUID" not in ds:
+            return None
+        _ = ds.get("SOPClassUID")  # force parsing of the top level
+        return ds
+    except (
+        InvalidDicomError,
+        RecursionError,
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        struct.error,
+        NotImplementedError,
+        OverflowError,
+    ):
+        return None
+    except Exception:  # pydicom raises assorted errors on hostile input
+        log.debug("unparseable DICOM header skipped", exc_info=False)
+        return None
+
+
+def header_str(ds: Dataset, kw: str) -> str:
+    v = header_value(ds, kw)
+    if v is None:
+        return ""
+    if isinstance(v, pydicom.multival.MultiValue | list | tuple):
+        return "\\".join(str(x) for x in v)
+    return str(v).strip()

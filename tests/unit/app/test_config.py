@@ -1,0 +1,32 @@
+"""Settings: precedence of YAML, environment and overrides; secrets kept out of reprs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import load_settings
+
+
+def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("max_batch: 8\nport: 9000\ns3_bucket: from-yaml\n")
+    monkeypatch.setenv("S4CT_PORT", "9100")
+    s = load_settings(cfg, s3_bucket="from-override")
+    assert (s.max_batch, s.port, s.s3_bucket) == (8, 9100, "from-override")
+    assert s.embedded and s.work_path == Path("var/work")
+    with pytest.raises(ValueError, match="S4CT_DATABASE_URL"):
+        s.require_services()
+    cfg.write_text("no_such_setting: 1\n")
+    with pytest.raises(ValueError):
+        load_settings(cfg)
+    monkeypatch.setenv("S4CT_MAX_BATCH", "0")
+    with pytest.raises(ValueError):
+        load_settings(None)
+
+
+def test_secrets_are_not_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S4CT_S3_SECRET_KEY", "very-secret-value")
+    s = load_settings(None)
+    assert "very-secret-value" not in repr(s) and "very-secret-value" not in str(s.model_dump())

@@ -1,0 +1,27 @@
+"""Webhook signatures and the delivery backoff."""
+
+from __future__ import annotations
+
+import random
+
+from app.webhooks import backoff_s, sign, verify
+
+
+def test_webhook_signature_roundtrip_and_tamper() -> None:
+    body = b'{"job_id":"x","state":"succeeded"}'
+    header = sign("s3cret", body, timestamp=1_700_000_000)
+    t, v1 = header.split(",")
+    assert t == "t=1700000000" and v1.startswith("v1=") and len(v1) == 3 + 64
+    assert verify("s3cret", body, header, now=1_700_000_100)
+    assert not verify("other", body, header, now=1_700_000_100)
+    assert not verify("s3cret", body + b" ", header, now=1_700_000_100)
+    assert not verify("s3cret", body, header, now=1_700_001_000)  # too old: replay refused
+    assert not verify("s3cret", body, "garbage", now=1_700_000_100)
+
+
+def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
+    rng = random.Random(0)
+    delays = [backoff_s(n, 2.0, 60.0, rng) for n in range(1, 9)]
+    for n, d in enumerate(delays, start=1):
+        nominal = min(60.0, 2.0 * 2 ** (n - 1))
+        assert 0.8 * nominal <= d <= 1.2 * nominal
