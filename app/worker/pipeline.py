@@ -5,8 +5,8 @@ discovery → QC → selected series decoded → seed preprocessing. Stage chang
 go to the parent through the queue set up by :func:`init_pool_process`; the
 parent writes them to PostgreSQL. Only ids, stages and numbers cross that queue.
 
-:func:`build_result` turns a prediction into the result contract (docs/architecture.md §3.5), the
-:class:`app.schemas.JobResult` the API serves.
+:func:`build_result` turns a prediction into the result contract
+(docs/architecture.md §3.5), the :class:`app.schemas.JobResult` the API serves.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def build_result(
     qc: Mapping[str, Any],
     timings: Mapping[str, float],
 ) -> JobResult:
-    """The result contract (docs/architecture.md §3.5): the model the API serves, from the study's QC report ``qc``."""
+    """The result contract (docs/architecture.md §3.5), the model the API serves; ``qc`` is the QC report."""
     ranking = [
         SeriesRank(
             series_uid=s["series_uid"],
