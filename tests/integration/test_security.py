@@ -42,7 +42,8 @@ from app.webhooks import SIGNATURE_HEADER, WebhookDispatcher, sign, verify
 from ml.phantom import PHI_IDENTIFIERS, make_study
 
 #: routes open by design (docs/architecture.md §3.7), and the static viewer: its page and two assets
-#: hold no data and read the key from the URL fragment (never sent); the data comes from /v1 routes with the key
+#: hold no data and read the key from the URL fragment (never sent); the data comes from /v1 routes
+#: with the key
 OPEN = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
