@@ -62,6 +62,9 @@ KEY_LEN = 16
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 
 _BASE_COLUMNS = ("study_key", "path", "status", "error_code", "error_detail", "probability", "label")
+#: whether the model can judge the study: its OOD score and why the label is "indeterminate"
+_TRUST_COLUMNS = ("ood_score", "ood_flagged", "indeterminate_reasons")
+_LABEL_STYLES = ("pathology", "indeterminate")  # label cells highlighted in the XLSX report
 _TAIL_COLUMNS = (
     "selected_series_uid",
     "qc_warnings",
@@ -116,8 +119,14 @@ def collect_studies(paths: Iterable[Path]) -> list[Path]:
 
 
 def report_columns(operating_points: Sequence[str], explain: bool) -> list[str]:
-    """Column order of a report: one ``label_<op>`` column per operating point."""
+    """Column order of a report: one ``label_<op>`` column per operating point.
+
+    ``label`` and every ``label_<op>`` are ``indeterminate`` when the model cannot judge the
+    study; ``indeterminate_reasons`` then lists the codes (comma-separated) and ``ood_score``
+    / ``ood_flagged`` give the out-of-distribution check (empty without OOD statistics).
+    """
     cols = list(_BASE_COLUMNS) + [f"label_{op}" for op in operating_points]
+    cols += list(_TRUST_COLUMNS)
     cols += list(_TAIL_COLUMNS[:2])
     if explain:
         cols += list(_EXPLAIN_COLUMNS[:4])
@@ -236,7 +245,13 @@ def _write_xlsx(
     from openpyxl.utils import get_column_letter  # type: ignore[import-untyped,unused-ignore]
 
     red = PatternFill(start_color="FFC7CE", end_color="FFC7CE", fill_type="solid")
-    red_font = Font(color="9C0006")
+    styles = {
+        "pathology": (red, Font(color="9C0006")),
+        "indeterminate": (
+            PatternFill(start_color="FFEB9C", end_color="FFEB9C", fill_type="solid"),
+            Font(color="9C5700"),
+        ),
+    }
     bold = Font(bold=True)
     wb = Workbook()
     ws = wb.active
@@ -256,10 +271,9 @@ def _write_xlsx(
                 ws.cell(row=row_no, column=i).fill = red
             continue
         for c in columns:
-            if (c == "label" or c.startswith("label_")) and r.get(c) == "pathology":
+            if (c == "label" or c.startswith("label_")) and r.get(c) in _LABEL_STYLES:
                 cell = ws.cell(row=row_no, column=col_idx[c])
-                cell.fill = red
-                cell.font = red_font
+                cell.fill, cell.font = styles[str(r.get(c))]
     if "probability" in col_idx:
         letter = get_column_letter(col_idx["probability"])
         for cell in ws[letter][1:]:
@@ -333,13 +347,20 @@ def process_study(predictor: Predictor, path: Path, explain: bool) -> dict[str, 
         "qc_warnings": ",".join(read.qc.selected.warning_codes),
     }
     t2 = time.perf_counter()
-    pred = predictor.predict(result.tensor)[0]
+    pred = predictor.predict(result.tensor, [result.geometry.model_voxel_mm()])[0]
     t3 = time.perf_counter()
     row.update(
-        status="ok", error_code=None, error_detail=None, probability=pred.probability, label=pred.label
+        status="ok",
+        error_code=None,
+        error_detail=None,
+        probability=pred.probability,
+        label=pred.label,
+        ood_score=None if pred.ood is None else pred.ood.score,
+        ood_flagged=None if pred.ood is None else pred.ood.flagged,
+        indeterminate_reasons=",".join(pred.indeterminate_reasons),
     )
     for op, decision in pred.decisions.items():
-        row[f"label_{op}"] = "pathology" if decision else "normal"
+        row[f"label_{op}"] = pred.label if pred.indeterminate else "pathology" if decision else "normal"
     read_s = sum(s for stage, s in read.timings.items() if stage != "preprocessing")
     row.update(read_s=read_s, preprocess_s=read.timings["preprocessing"], inference_s=t3 - t2)
     if explain:

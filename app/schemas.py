@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from ml.explain import ExplainMethod, MethodName, check_params
+from ml.ood.reasons import INDETERMINATE_REASONS
 
 __all__ = [
     "ErrorBody",
@@ -219,6 +220,28 @@ class SeriesOut(BaseModel):
     ranking: list[SeriesRank]
 
 
+Label = Literal["normal", "pathology", "indeterminate"]
+IndeterminateReason = Literal[
+    "out_of_distribution", "implausible_hu", "no_lungs_found", "incomplete_chest_coverage"
+]
+if set(IndeterminateReason.__args__) != set(INDETERMINATE_REASONS):  # type: ignore[attr-defined]
+    raise RuntimeError("IndeterminateReason and ml.ood.reasons.INDETERMINATE_REASONS disagree")
+_REASONS_DOC = "; ".join(f"`{k}`: {v}" for k, v in INDETERMINATE_REASONS.items())
+
+
+class OODOut(BaseModel):
+    """The model's out-of-distribution check of this study (same forward pass as the prediction)."""
+
+    method: str = Field(description="the score: `mahalanobis`, `energy` or `msp`")
+    score: float = Field(
+        description="higher = less like the studies the model's OOD statistics were fitted on"
+    )
+    threshold: float = Field(
+        description="flagged above this (keeps 95 % of held-out in-distribution studies)"
+    )
+    flagged: bool
+
+
 class JobResult(BaseModel):
     """The result contract (docs/architecture.md §3.5)."""
 
@@ -236,6 +259,8 @@ class JobResult(BaseModel):
             }
         },
         decision={"balanced": "pathology", "high_sensitivity": "pathology", "high_specificity": "pathology"},
+        indeterminate_reasons=[],
+        ood={"method": "mahalanobis", "score": 212.4, "threshold": 402.0, "flagged": False},
         model={"name": "resnet10-demo", "version": "0.1.0", "sha256": "dd2f…", "clinical_use": False},
         series={"selected_uid": "1.2.826.0.1.3680043.8.498.1", "ranking": []},
         qc={"warnings": []},
@@ -245,10 +270,22 @@ class JobResult(BaseModel):
     )
     job_id: uuid.UUID
     probability: float = Field(ge=0, le=1, description="calibrated probability of pathology")
-    label: Literal["normal", "pathology"] = Field(description="decision at the default operating point")
+    label: Label = Field(
+        description="decision at the default operating point, or `indeterminate` when the model cannot judge "
+        "this study (see `indeterminate_reasons`; the probability is still reported but is not a decision)"
+    )
     operating_point: str = Field(description="name of the default operating point")
     operating_points: dict[str, OperatingPointOut]
-    decision: dict[str, Literal["normal", "pathology"]]
+    decision: dict[str, Label] = Field(
+        description="decision per operating point; every one is `indeterminate` when the label is"
+    )
+    indeterminate_reasons: list[IndeterminateReason] = Field(
+        default_factory=list,
+        description=f"why the label is `indeterminate` (empty otherwise): {_REASONS_DOC}",
+    )
+    ood: OODOut | None = Field(
+        default=None, description="the out-of-distribution check; null when the model has no OOD statistics"
+    )
     model: ModelRef
     series: SeriesOut
     qc: dict[str, Any]

@@ -40,6 +40,7 @@ import torch
 from ml.errors import ModelUnavailable
 from ml.model.network import ResNet3D
 from ml.ood.features import logits_and_features
+from ml.ood.reasons import REASON_OUT_OF_DISTRIBUTION
 from ml.ood.stats import OODStats
 from ml.preprocess import PreprocessConfig, PreprocessResult, preprocess
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from ml.geometry import CTVolume
     from ml.model import ModelEntry
     from ml.ood.plausibility import PlausibilityReport
-    from ml.preprocess import PreprocessGeometry
 
 __all__ = [
     "LABEL_INDETERMINATE",
@@ -58,7 +58,6 @@ __all__ = [
     "Prediction",
     "Predictor",
     "load_ood_stats",
-    "model_voxel_mm",
     "resolve_device",
 ]
 
@@ -67,7 +66,6 @@ log = logging.getLogger(__name__)
 LABEL_PATHOLOGY = "pathology"
 LABEL_NORMAL = "normal"
 LABEL_INDETERMINATE = "indeterminate"
-REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
 _DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
@@ -300,9 +298,9 @@ class Predictor:
         Args:
             batch: preprocessed volumes.
             voxel_mm: per volume, the size (z, y, x) in mm of one model voxel
-                (:func:`model_voxel_mm`); when given, each volume is also checked for
-                chest-CT plausibility. Without it only the OOD score (if the model has
-                OOD statistics) can make a prediction indeterminate.
+                (:meth:`ml.preprocess.PreprocessGeometry.model_voxel_mm`); when given, each
+                volume is also checked for chest-CT plausibility. Without it only the OOD
+                score (if the model has OOD statistics) can make a prediction indeterminate.
         """
         if voxel_mm is not None and len(voxel_mm) != batch.shape[0]:
             raise ValueError(f"voxel_mm has {len(voxel_mm)} entries for a batch of {batch.shape[0]}")
@@ -360,15 +358,7 @@ class Predictor:
     def predict_volume(self, volume: CTVolume) -> tuple[Prediction, PreprocessResult]:
         """Preprocess ``volume`` with the manifest's settings and predict it (with the plausibility check)."""
         result = preprocess(volume, self.preprocess_config)
-        return self.predict(result.tensor, [model_voxel_mm(result.geometry)])[0], result
-
-
-def model_voxel_mm(geometry: PreprocessGeometry) -> tuple[float, float, float]:
-    """Size (z, y, x) in mm of one model voxel: the body crop's extent over the model input size."""
-    sx, sy, sz = geometry.resampled.spacing_mm
-    cz, cy, cx = geometry.crop.shape_zyx
-    mz, my, mx = geometry.model_size_zyx
-    return (cz * sz / mz, cy * sy / my, cx * sx / mx)
+        return self.predict(result.tensor, [result.geometry.model_voxel_mm()])[0], result
 
 
 def load_ood_stats(

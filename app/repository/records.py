@@ -190,6 +190,7 @@ class Job:
         if result is not None:
             event["probability"] = result.probability
             event["label"] = result.label
+            event["indeterminate_reasons"] = list(result.indeterminate_reasons)
         return event
 
 

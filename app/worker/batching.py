@@ -113,7 +113,7 @@ class Inference:
             t0 = time.perf_counter()
             batch = torch.from_numpy(np.concatenate([p.tensor for _, p in predict], axis=0))
             with torch.inference_mode():
-                preds = predictor.predict(batch)
+                preds = predictor.predict(batch, [p.geometry.model_voxel_mm() for _, p in predict])
             dt = (time.perf_counter() - t0) / len(predict)
             for item, _ in predict:
                 item.timings["inference"] = dt

@@ -11,6 +11,7 @@ parent writes them to PostgreSQL. Only ids, stages and numbers cross that queue.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.schemas import JobResult, ModelRef, OperatingPointOut, SeriesOut, SeriesRank
+from app.schemas import JobResult, ModelRef, OODOut, OperatingPointOut, SeriesOut, SeriesRank
 from ml.geometry import CTVolume
 from ml.inference import Prediction
 from ml.model import ModelEntry
@@ -150,18 +151,25 @@ def build_result(
         )
         for s in qc["series"]
     ]
+    if pred.indeterminate:
+        decision = dict.fromkeys(pred.decisions, "indeterminate")
+    else:
+        decision = {k: ("pathology" if v else "normal") for k, v in pred.decisions.items()}
+    checks = {"plausibility": pred.plausibility} if pred.plausibility is not None else {}
     return JobResult(
         job_id=job_id,
         probability=pred.probability,
         label=pred.label,
         operating_point=entry.default_operating_point,
         operating_points=_operating_points(entry),
-        decision={k: ("pathology" if v else "normal") for k, v in pred.decisions.items()},
+        decision=decision,
+        indeterminate_reasons=list(pred.indeterminate_reasons),
+        ood=None if pred.ood is None else OODOut(**dataclasses.asdict(pred.ood)),
         model=ModelRef(
             name=entry.name, version=entry.version, sha256=entry.sha256 or "", clinical_use=entry.clinical_use
         ),
         series=SeriesOut(selected_uid=qc["selected_series_uid"], ranking=ranking),
-        qc={"warnings": qc["warnings"], "skipped_files": qc["skipped_files"]},
+        qc={"warnings": qc["warnings"], "skipped_files": qc["skipped_files"], **checks},
         timings={k: round(v, 4) for k, v in timings.items()},
         attempt=attempt,
         not_for_clinical_use=not entry.clinical_use,

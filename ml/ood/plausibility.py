@@ -34,6 +34,8 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk  # noqa: N813
 
+from ml.ood.reasons import INDETERMINATE_REASONS, REASON_OUT_OF_DISTRIBUTION
+
 __all__ = [
     "PLAUSIBILITY_REASONS",
     "PlausibilityConfig",
@@ -43,10 +45,9 @@ __all__ = [
 ]
 
 PLAUSIBILITY_REASONS: dict[str, str] = {
-    "implausible_hu": "no air anywhere in the volume: the pixel values are probably not Hounsfield units",
-    "no_lungs_found": "no lungs found: the study does not look like a chest CT",
-    "incomplete_chest_coverage": "the lungs are only partly covered by the scan",
+    k: v for k, v in INDETERMINATE_REASONS.items() if k != REASON_OUT_OF_DISTRIBUTION
 }
+"""The reasons this check can give (a subset of :data:`ml.ood.reasons.INDETERMINATE_REASONS`)."""
 
 
 @dataclass(frozen=True)

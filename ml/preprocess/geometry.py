@@ -101,6 +101,12 @@ class PreprocessGeometry:
     def _scale_zyx(self) -> FloatArray:
         return np.asarray(self.crop.shape_zyx, dtype=np.float64) / np.asarray(self.model_size_zyx, np.float64)
 
+    def model_voxel_mm(self) -> tuple[float, float, float]:
+        """Size (z, y, x) in mm of one model voxel: the body crop's extent over the model input size."""
+        sx, sy, sz = self.resampled.spacing_mm
+        kz, ky, kx = (float(v) for v in self._scale_zyx())
+        return (kz * sz, ky * sy, kx * sx)
+
     def model_to_resampled_index(self, pts_zyx: npt.ArrayLike) -> FloatArray:
         """Model voxel indices (z, y, x) → continuous indices (z, y, x) on the 1 mm grid."""
         p, shape = _as_points(pts_zyx)

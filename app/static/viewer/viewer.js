@@ -142,10 +142,18 @@
       b.textContent = "NOT FOR CLINICAL USE — research/demo model, not validated for diagnosis or triage";
       b.hidden = false;
     }
-    $("probability").textContent = `${(100 * result.probability).toFixed(1)} %`;
+    const indeterminate = result.label === "indeterminate";
+    const prob = $("probability");
+    // an indeterminate study's probability is not a decision: shown muted, never as a red percentage
+    prob.textContent = `${(100 * result.probability).toFixed(1)} %${indeterminate ? " (not a decision)" : ""}`;
+    prob.className = indeterminate ? "muted" : "";
     const label = $("label");
-    label.textContent = result.label;
+    label.textContent = indeterminate ? "indeterminate: the model cannot judge this study" : result.label;
     label.className = result.label;
+    const reasons = result.indeterminate_reasons || [];
+    const why = $("reasons");
+    why.textContent = reasons.length ? `Reasons: ${reasons.join(", ")}` : "";
+    why.hidden = !reasons.length;
     $("op-name").textContent = `(${result.operating_point})`;
     const m = result.model || {};
     $("model").textContent = `${m.name} ${m.version}${m.sha256 ? ` (sha256 ${m.sha256.slice(0, 12)}…)` : ""}`;

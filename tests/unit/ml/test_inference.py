@@ -14,7 +14,7 @@ import torch
 from ml.errors import ModelUnavailable
 from ml.explain.methods import gradcam_peak
 from ml.geometry import CTVolume, VolumeGeometry
-from ml.inference import Predictor, model_voxel_mm
+from ml.inference import Predictor
 from ml.model import Manifest, ModelEntry, ModelSpec, OperatingPoint
 from ml.model.checkpoint import save_weights
 from ml.model.network import ResNet3D, build_model
@@ -178,7 +178,7 @@ def test_predict_volume_uses_the_manifest_preprocessing(predictor: Predictor) ->
     pred, res = predictor.predict_volume(CTVolume.from_hu(hu, geom))
     assert tuple(res.tensor.shape) == (1, 1, SIZE, SIZE, SIZE)
     assert res.geometry.model_size_zyx == (SIZE, SIZE, SIZE)
-    assert pred == predictor.predict(res.tensor, [model_voxel_mm(res.geometry)])[0]
+    assert pred == predictor.predict(res.tensor, [res.geometry.model_voxel_mm()])[0]
 
 
 def test_gradcam_peak_finds_planted_layer4_hot_spot_and_leaves_no_gradients() -> None:

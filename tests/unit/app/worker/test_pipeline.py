@@ -10,7 +10,7 @@ import pytest
 from app.config import DEFAULT_MANIFEST
 from app.schemas import JobResult
 from app.worker.pipeline import build_result
-from ml.inference import Prediction
+from ml.inference import OODResult, Prediction
 from ml.io import open_study, rank_series
 from ml.model import Manifest
 
@@ -67,3 +67,55 @@ def test_build_result_refuses_what_the_contract_refuses(qc: dict[str, Any]) -> N
         build_result(uuid.uuid4(), 1, entry, Prediction(1.5, 9.0, "pathology"), qc, {})
     with pytest.raises(ValueError):
         build_result(uuid.uuid4(), 1, entry, Prediction(0.5, 0.0, "maybe"), qc, {})
+
+
+def test_an_indeterminate_prediction_decides_nothing(qc: dict[str, Any]) -> None:
+    manifest = Manifest.load(DEFAULT_MANIFEST)
+    entry = manifest.entries[manifest.default]
+    plausibility = {"lung_volume_ml": 0.0, "reasons": ["no_lungs_found"]}
+    pred = Prediction(
+        probability=0.999,
+        logit=9.0,
+        label="indeterminate",
+        decisions=dict.fromkeys(entry.operating_points, True),
+        ood=OODResult(method="mahalanobis", score=950.0, threshold=400.0, flagged=True),
+        plausibility=plausibility,
+        indeterminate_reasons=("out_of_distribution", "no_lungs_found"),
+    )
+    stored = build_result(uuid.uuid4(), 1, entry, pred, qc, {}).model_dump(mode="json")
+    assert stored["label"] == "indeterminate"
+    assert stored["probability"] == 0.999  # still reported
+    assert stored["decision"] == dict.fromkeys(entry.operating_points, "indeterminate")
+    assert stored["indeterminate_reasons"] == ["out_of_distribution", "no_lungs_found"]
+    assert stored["ood"] == {"method": "mahalanobis", "score": 950.0, "threshold": 400.0, "flagged": True}
+    assert stored["qc"]["plausibility"] == plausibility
+
+
+def test_a_judged_prediction_reports_its_ood_check(qc: dict[str, Any]) -> None:
+    manifest = Manifest.load(DEFAULT_MANIFEST)
+    entry = manifest.entries[manifest.default]
+    ood = OODResult(method="energy", score=-7.5, threshold=-2.0, flagged=False)
+    pred = Prediction(0.2, -1.4, "normal", dict.fromkeys(entry.operating_points, False), ood=ood)
+    stored = build_result(uuid.uuid4(), 1, entry, pred, qc, {}).model_dump(mode="json")
+    assert stored["label"] == "normal" and stored["indeterminate_reasons"] == []
+    assert set(stored["decision"].values()) == {"normal"}
+    assert stored["ood"]["flagged"] is False
+
+
+def test_unknown_reason_codes_are_refused(qc: dict[str, Any]) -> None:
+    manifest = Manifest.load(DEFAULT_MANIFEST)
+    entry = manifest.entries[manifest.default]
+    pred = Prediction(0.5, 0.0, "indeterminate", indeterminate_reasons=("feels_odd",))
+    with pytest.raises(ValueError):
+        build_result(uuid.uuid4(), 1, entry, pred, qc, {})
+
+
+def test_the_reason_codes_are_one_table() -> None:
+    from typing import get_args
+
+    from app.schemas import IndeterminateReason
+    from ml.ood.plausibility import PLAUSIBILITY_REASONS
+    from ml.ood.reasons import INDETERMINATE_REASONS, REASON_OUT_OF_DISTRIBUTION
+
+    assert set(get_args(IndeterminateReason)) == set(INDETERMINATE_REASONS)
+    assert set(INDETERMINATE_REASONS) == {REASON_OUT_OF_DISTRIBUTION, *PLAUSIBILITY_REASONS}
