@@ -89,6 +89,14 @@ def retune(
             dir_okay=False,
         ),
     ],
+    keep_calibration: Annotated[
+        bool,
+        typer.Option(
+            "--keep-calibration",
+            help="Keep the published calibration temperature (and validation metrics) instead of "
+            "refitting it with calibrate_on: tuning.",
+        ),
+    ] = False,
     log_level: LogOpt = "INFO",
 ) -> None:
     """Re-choose a published model's operating points on its tuning corpus; weights untouched.
@@ -96,7 +104,9 @@ def retune(
     Thresholds are picked on the config's ``tune_labels_csv`` and measured on its
     ``test_labels_csv``; the manifest entry, ROC/calibration plots and model card are rewritten.
     With ``calibrate_on: tuning`` in the config the calibration temperature is refitted on the
-    tuning corpus first (and the validation split re-scored with it).
+    tuning corpus first (and the validation split re-scored with it), unless --keep-calibration.
+    The out-of-distribution statistics (the config's ood_method) are refitted on the tuning
+    corpus and published beside the weights.
     """
     from ml.train import TrainConfig
     from ml.train import retune as run_retune
@@ -104,14 +114,14 @@ def retune(
     setup_logging(log_level)
     cfg = TrainConfig.from_yaml(config)
     try:
-        summary = run_retune(cfg)
+        summary = run_retune(cfg, keep_calibration=keep_calibration)
     except ModelUnavailable as e:
         fail(e, as_json=False)
         return
     except ValueError as e:  # a config that does not match the published model
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
-    keys = ("tuning", "test", "operating_points", "operating_points_selected_on", "published")
+    keys = ("tuning", "test", "operating_points", "operating_points_selected_on", "ood", "published")
     typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2, default=float))
 
 

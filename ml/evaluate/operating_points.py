@@ -23,8 +23,8 @@ _EPS: Final[float] = 1e-12  # tolerance when comparing a rate with a target (19/
 def select_operating_points(
     y_val: npt.ArrayLike,
     s_val: npt.ArrayLike,
-    sens_target: float = 0.95,
-    spec_target: float = 0.95,
+    sens_target: float = 0.98,
+    spec_target: float = 0.98,
 ) -> dict[str, float]:
     """Choose named thresholds on validation scores.
 
@@ -32,14 +32,16 @@ def select_operating_points(
       thresholds tie (common on a balanced set: passing one more positive and one more
       negative leaves J unchanged), the lowest of them, the most sensitive: a triage
       service ranks a missed pathology worse than a false alarm;
-    * ``high_sensitivity``: the highest threshold with sensitivity >= ``sens_target``,
-      but never above ``balanced``;
-    * ``high_specificity``: the lowest threshold with specificity >= ``spec_target``,
-      but never below ``balanced``.
+    * ``high_sensitivity``: the highest threshold with sensitivity >= ``sens_target``
+      (a rule-out point: the fewest false alarms that still meets the target);
+    * ``high_specificity``: the lowest threshold with specificity >= ``spec_target``
+      (a rule-in point: the most sensitive that still meets the target).
 
-    The bounds keep the names true: where ``balanced`` already meets a target (a strong
-    model: sensitivity and specificity both above 0.95), the "high" point would
-    otherwise be the *less* sensitive (or specific) of the two; it is then ``balanced``.
+    The two targeted points are chosen for their targets alone, not bounded by
+    ``balanced``, so each gives the product what its name promises: the sensitivity
+    (specificity) target, met on the selection split. For a strong model whose
+    ``balanced`` point already beats a target, the targeted point trades the surplus
+    for the other rate.
 
     Thresholds are observed scores, except that ``high_specificity`` may have to
     call nothing positive, in which case it is the next float above the largest
@@ -53,11 +55,7 @@ def select_operating_points(
     high_sens = float(thr[int(np.flatnonzero(tpr >= sens_target - _EPS)[0])])
     i_spec = int(np.flatnonzero((1.0 - fpr) >= spec_target - _EPS)[-1])
     high_spec = float(thr[i_spec]) if i_spec > 0 else float(np.nextafter(thr[1], np.inf))
-    return {
-        "balanced": balanced,
-        "high_sensitivity": min(high_sens, balanced),
-        "high_specificity": max(high_spec, balanced),
-    }
+    return {"balanced": balanced, "high_sensitivity": high_sens, "high_specificity": high_spec}
 
 
 def evaluate_operating_points(

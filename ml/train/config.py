@@ -13,6 +13,7 @@ import yaml
 
 from ml.data import PhantomCorpus
 from ml.model import ModelSpec
+from ml.ood.scores import OOD_METHODS
 from ml.preprocess import PreprocessConfig
 
 #: the metrics a run may select epochs on, and which way is better
@@ -97,9 +98,16 @@ class TrainConfig:
     #: learnt, not new ones.
     #: :func:`retune` refits the temperature only with ``tuning``.
     calibrate_on: str = "validation"
-    sens_target: float = 0.95
-    spec_target: float = 0.95
+    #: the ``high_sensitivity`` / ``high_specificity`` operating points meet these on the
+    #: split they are chosen on (``balanced`` maximises Youden's J)
+    sens_target: float = 0.98
+    spec_target: float = 0.98
     n_bootstrap: int = 1000
+    #: the out-of-distribution statistics published with the weights (:mod:`ml.ood`), fitted
+    #: on the tuning corpus (else the validation split) with a threshold that keeps
+    #: ``ood_keep`` of its held-out part; ``none`` publishes none
+    ood_method: str = "mahalanobis"
+    ood_keep: float = 0.95
     #: a progress line in the log (logger ``ml.train``, INFO) every this many training
     #: steps (0 = none), besides the one after each validation
     log_every_n_steps: int = 20
@@ -126,6 +134,12 @@ class TrainConfig:
             raise ValueError("ig_weight must be >= 0, ig_studies >= 1 and ig_temperature > 0")
         if self.log_every_n_steps < 0:
             raise ValueError("log_every_n_steps must be >= 0")
+        if self.ood_method not in (*OOD_METHODS, "none"):
+            raise ValueError(f"ood_method must be one of {[*OOD_METHODS, 'none']}, not {self.ood_method!r}")
+        if not 0.5 <= self.ood_keep < 1.0:
+            raise ValueError("ood_keep must be in [0.5, 1)")
+        if not (0.0 < self.sens_target <= 1.0 and 0.0 < self.spec_target <= 1.0):
+            raise ValueError("sens_target and spec_target must be in (0, 1]")
         if self.calibrate_on not in CALIBRATION_SPLITS:
             raise ValueError(
                 f"calibrate_on must be one of {list(CALIBRATION_SPLITS)}, not {self.calibrate_on!r}"

@@ -77,7 +77,7 @@ def publish_entry(cfg: TrainConfig, summary: dict[str, Any], sha256: str) -> dic
     """
     import shutil
 
-    from ml.model import Manifest, ModelEntry, OperatingPoint
+    from ml.model import Manifest, ModelEntry, OODRef, OperatingPoint
 
     assert cfg.weights_path is not None
     wpath = Path(cfg.weights_path)
@@ -92,6 +92,10 @@ def publish_entry(cfg: TrainConfig, summary: dict[str, Any], sha256: str) -> dic
     }
     for k in ("operating_points_selected_on", "operating_points_evaluated_on", "data"):
         metrics[k] = summary[k]
+    ood = summary.get("ood")
+    ood_dst = wpath.parent / f"{stem}.ood.npz"
+    if ood is not None:
+        shutil.copyfile(ood["file"], ood_dst)
     write_card(cfg, summary, card, roc_dst.name, cal_dst.name)
     if cfg.manifest_path:
         mpath = Path(cfg.manifest_path)
@@ -126,6 +130,11 @@ def publish_entry(cfg: TrainConfig, summary: dict[str, Any], sha256: str) -> dic
             uri=rel(wpath),
             stored_dtype="float16",
             model_card=rel(card),
+            ood=None
+            if ood is None
+            else OODRef.from_dict(
+                {**{k: v for k, v in ood.items() if k != "file"}, "uri": rel(ood_dst), "n": int(ood["n"])}
+            ),
         )
         manifest.upsert(entry)
         if cfg.make_default:

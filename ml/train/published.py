@@ -13,6 +13,7 @@ from ml import evaluate as ev
 from ml.data import StudyRecord, TensorCache, describe, read_labels_csv, split_train_val
 from ml.train.config import TrainConfig
 from ml.train.corpora import fill_cache_with_progress, refuse_repeated_studies, training_records
+from ml.train.ood import fit_run_ood
 from ml.train.publish import publish_entry
 from ml.train.scoring import (
     calibration_record,
@@ -23,7 +24,7 @@ from ml.train.scoring import (
 )
 
 
-def retune(cfg: TrainConfig) -> dict[str, Any]:
+def retune(cfg: TrainConfig, *, keep_calibration: bool = False) -> dict[str, Any]:
     """Re-choose the operating points of an already published model on ``cfg.tune_labels_csv``.
 
     Loads the manifest entry ``cfg.name`` (its weights are verified and left as they are),
@@ -33,7 +34,10 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     plots and model card. The training-time validation metrics are kept from the entry.
     With ``cfg.calibrate_on == "tuning"`` the temperature is refitted on the tuning corpus
     first, and the run's validation split (re-drawn from the config's training corpora and
-    seed) is re-scored with it instead.
+    seed) is re-scored with it instead, unless ``keep_calibration`` (the published
+    temperature is kept, and the validation metrics with it).
+    The OOD statistics (``cfg.ood_method``) are refitted on the tuning corpus and published
+    beside the weights.
     Writes ``output_dir/retune.json`` and returns it.
     """
     from ml.model import Manifest, resolve_weights
@@ -50,7 +54,7 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     if not entry.sha256:
         raise ValueError(f"manifest entry {cfg.name!r} has no sha256")
     model = load_model(entry, resolve_weights(entry, mpath.parent), scoring_device(cfg.accelerator))
-    refit = cfg.calibrate_on == "tuning"
+    refit = cfg.calibrate_on == "tuning" and not keep_calibration
     tune = read_labels_csv(cfg.tune_labels_csv)
     test = read_labels_csv(cfg.test_labels_csv) if cfg.test_labels_csv else []
     # a new temperature changes the validation metrics at p >= 0.5 too: re-score the run's
@@ -80,6 +84,9 @@ def retune(cfg: TrainConfig) -> dict[str, Any]:
     summary.update(data=data)
     summary["calibration"] = calibration_record(temperature, "tuning") if refit else dict(entry.calibration)
     summary.update(choose_operating_points(cfg, scored, out_dir))
+    ood = fit_run_ood(cfg, model, splits, cache, out_dir)
+    if ood is not None:
+        summary["ood"] = ood
     summary["published"] = publish_entry(cfg, summary, entry.sha256)
     (out_dir / "retune.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

@@ -20,6 +20,7 @@ from ml.data import TensorCache, describe, read_labels_csv, split_train_val
 from ml.train.config import TrainConfig
 from ml.train.corpora import fill_cache_with_progress, refuse_repeated_studies, training_records
 from ml.train.fit import cross_validate, fit_once
+from ml.train.ood import fit_run_ood
 from ml.train.publish import publish
 from ml.train.scoring import calibration_record, choose_operating_points, score_splits, scoring_device
 
@@ -63,6 +64,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     temperature, scored = score_splits(lit.model, splits, cache, fit_on=cfg.calibrate_on)
     summary["calibration"] = calibration_record(temperature, cfg.calibrate_on)
     summary.update(choose_operating_points(cfg, scored, out_dir))
+    ood = fit_run_ood(cfg, lit.model, splits, cache, out_dir)
+    if ood is not None:
+        summary["ood"] = ood
     if cfg.weights_path:
         summary["published"] = publish(cfg, lit.model, summary)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 
 from ml import evaluate as ev
 from ml.data import CTDataset, StudyRecord, TensorCache
+from ml.model.network import ResNet3D
+from ml.ood.features import logits_and_features
 from ml.train.config import TrainConfig
 from ml.train.losses import logit_diff
 
@@ -32,16 +34,34 @@ def scoring_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if cuda else "cpu")
 
 
-def predict_logodds(model: nn.Module, ds: CTDataset, batch_size: int = 4) -> npt.NDArray[np.float64]:
-    """Log-odds of pathology for every item of ``ds`` (eval mode, no augmentation)."""
+def predict_outputs(
+    model: ResNet3D, ds: CTDataset, batch_size: int = 4
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(logits [N, K], pooled penultimate features [N, C]) of every item of ``ds``.
+
+    Eval mode, no augmentation, one forward per batch (:func:`ml.ood.features.logits_and_features`).
+    """
     dev = next(model.parameters()).device
     model.eval()
-    out: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    feats: list[torch.Tensor] = []
     plain = CTDataset(ds.records, ds.cache, augment=False)
     with torch.inference_mode():
         for x, _ in DataLoader(plain, batch_size=batch_size, shuffle=False):
-            out.append(logit_diff(model(x.to(dev))).cpu())
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+            lg, ft = logits_and_features(model, x.to(dev))
+            logits.append(lg.float().cpu())
+            feats.append(ft.float().cpu())
+    if not logits:
+        return np.zeros((0, 2)), np.zeros((0, 0))
+    return torch.cat(logits).double().numpy(), torch.cat(feats).double().numpy()
+
+
+def predict_logodds(model: nn.Module, ds: CTDataset, batch_size: int = 4) -> npt.NDArray[np.float64]:
+    """Log-odds of pathology for every item of ``ds`` (eval mode, no augmentation)."""
+    logits, _ = predict_outputs(model, ds, batch_size)  # type: ignore[arg-type]
+    if logits.size == 0:
+        return np.zeros(0)
+    return logit_diff(torch.from_numpy(logits)).double().numpy()
 
 
 def labelled_logodds(

@@ -217,11 +217,11 @@ class _FlakyPredictor(Predictor):
 
     calls = 0
 
-    def predict(self, batch: torch.Tensor) -> Any:
+    def predict(self, batch: torch.Tensor, voxel_mm: Any = None) -> Any:
         type(self).calls += 1
         if type(self).calls == 2:
             raise RuntimeError(f"boom in {PHI_IDENTIFIERS.patient_id}_0001.dcm")
-        return super().predict(batch)
+        return super().predict(batch, voxel_mm)
 
 
 def test_unexpected_error_is_a_row_and_the_batch_goes_on(

@@ -209,10 +209,10 @@ def test_youden_and_targets_hand_example() -> None:
     assert set(ops) == set(OPERATING_POINT_NAMES)
     assert ops["balanced"] == pytest.approx(0.6)
     assert ops["high_sensitivity"] == pytest.approx(0.6)  # highest thr with tpr >= .75
-    # the lowest thr with fpr <= .2 is 0.55, less specific than balanced (fpr 0): balanced
-    assert ops["high_specificity"] == pytest.approx(0.6)
-    # the highest thr with tpr >= .5 is 0.7, less sensitive than balanced (tpr .75): balanced
-    assert select_operating_points(Y_OP, S_OP, sens_target=0.5)["high_sensitivity"] == pytest.approx(0.6)
+    # chosen for the target alone: the lowest thr with fpr <= .2 is 0.55 (more sensitive than
+    # balanced, specificity .8 as asked), the highest with tpr >= .5 is 0.7
+    assert ops["high_specificity"] == pytest.approx(0.55)
+    assert select_operating_points(Y_OP, S_OP, sens_target=0.5)["high_sensitivity"] == pytest.approx(0.7)
     strict = select_operating_points(Y_OP, S_OP, sens_target=1.0, spec_target=1.0)
     assert strict["high_sensitivity"] == pytest.approx(0.4)
     assert strict["high_specificity"] == pytest.approx(0.6)
@@ -245,6 +245,14 @@ def test_fixed_sensitivity_threshold_meets_target() -> None:
     assert specificity(y, s, float(lower[-1])) < 0.9
 
 
+def test_targeted_points_are_distinct_from_balanced_on_a_strong_model() -> None:
+    y, s = _synthetic(400, seed=7)
+    ops = select_operating_points(y, s)  # default targets 0.98 / 0.98
+    assert ops["high_sensitivity"] < ops["balanced"] < ops["high_specificity"]
+    assert sensitivity(y, s, ops["high_sensitivity"]) >= 0.98
+    assert specificity(y, s, ops["high_specificity"]) >= 0.98
+
+
 def test_operating_points_nan_without_both_classes() -> None:
     ops = select_operating_points([0, 0, 0], [0.1, 0.2, 0.3])
     assert all(math.isnan(v) for v in ops.values())
@@ -252,7 +260,7 @@ def test_operating_points_nan_without_both_classes() -> None:
 
 def test_evaluate_operating_points() -> None:
     y, s = _synthetic(300, seed=5)
-    ops = select_operating_points(y, s)
+    ops = select_operating_points(y, s, sens_target=0.95, spec_target=0.95)
     res = evaluate_operating_points(y, s, ops, n_boot=100, seed=0)
     assert set(res) == set(OPERATING_POINT_NAMES)
     keys = {"threshold", "sensitivity", "specificity", "sensitivity_ci95", "specificity_ci95"}

@@ -147,6 +147,7 @@ def test_end_to_end_train_publishes_weights_manifest_and_card(corpus: Path, tmp_
     m = Manifest.load(manifest)
     entry = m.get("tiny-test")
     assert entry.input_size == (32, 32, 32) and entry.sha256 and not entry.clinical_use
+    assert entry.ood is None and "ood" not in summary  # a 4-study validation split fits no OOD statistics
     model = load_model(entry, resolve_weights(entry, manifest.parent), "cpu")
     assert model(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 2)
     card = (manifest.parent / "tiny.md").read_text()
@@ -285,7 +286,9 @@ def test_retune_refits_the_temperature_on_the_tuning_corpus(corpus: Path, tmp_pa
     t = fit_temperature(logodds(tune), y)
     assert after.calibration == {"method": "temperature", "temperature": t, "fitted_on": "tuning corpus"}
     assert t != before.calibration["temperature"]
-    expected = select_operating_points(y, apply_temperature(logodds(tune), t), 0.95, 0.95)
+    expected = select_operating_points(
+        y, apply_temperature(logodds(tune), t), cfg.sens_target, cfg.spec_target
+    )
     for name, thr in expected.items():
         assert after.operating_points[name].threshold == pytest.approx(thr, rel=1e-9)
     val = split_train_val(read_labels_csv(corpus), cfg.val_fraction, cfg.seed)[1]
@@ -339,11 +342,22 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
         rows = list(csv.DictReader(f))
     assert len(rows) == 8
     expected = select_operating_points(
-        [int(r["label"]) for r in rows], [float(r["probability"]) for r in rows], 0.95, 0.95
+        [int(r["label"]) for r in rows],
+        [float(r["probability"]) for r in rows],
+        cfg.sens_target,
+        cfg.spec_target,
     )
     for name, thr in expected.items():
         assert after.operating_points[name].threshold == pytest.approx(thr, rel=1e-5)
         assert summary["operating_points"][name]["n"] == 12
+    # the OOD statistics are fitted on the tuning corpus and travel with the weights
+    assert after.ood is not None and summary["ood"]["sha256"] == after.ood.sha256
+    assert (after.ood.method, after.ood.fitted_on, after.ood.n) == ("mahalanobis", "tuning corpus", 8)
+    assert after.ood.uri == "tiny.ood.npz" and (manifest.parent / "tiny.ood.npz").is_file()
+    from ml.inference import Predictor
+
+    p = Predictor.from_manifest(manifest, "tiny-tune", device="cpu")
+    assert p.ood is not None and p.ood.threshold == after.ood.threshold
     card = (manifest.parent / "tiny.md").read_text()
     assert "| operating points selected on | tuning corpus |" in card and "tuning auc" in card
     assert card.index("## Reproduce") < card.index("By hand, on a Tuesday.")  # the notes survive a retune
