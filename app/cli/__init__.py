@@ -1,8 +1,8 @@
 """The ``service4ct`` command.
 
 Offline operator commands work on files and need no running service: ``inspect`` and
-``preprocess`` (one study: :mod:`app.cli.study`), ``phantom``, ``train``, ``retune`` and
-``evaluate`` (corpora and models: :mod:`app.cli.training`), ``predict`` (a batch report:
+``preprocess`` (one study: :mod:`app.cli.study`), ``phantom``, ``train``, ``retune``,
+``evaluate`` and ``fit-ood`` (corpora and models: :mod:`app.cli.training`), ``predict`` (a batch report:
 :mod:`app.predict`). Service commands run or administer the service: ``serve``, ``api``,
 ``worker``, ``migrate`` and ``apikey`` (:mod:`app.cli.service`).
 
@@ -32,6 +32,7 @@ OFFLINE_COMMANDS: tuple[Callable[..., None], ...] = (
     training.train,
     training.retune,
     training.evaluate,
+    training.fit_ood,
 )
 SERVICE_COMMANDS: tuple[Callable[..., None], ...] = (
     service.serve,

@@ -1,4 +1,5 @@
-"""Offline commands that build and measure models: ``phantom``, ``train``, ``retune``, ``evaluate``."""
+"""Offline commands that build and measure models: ``phantom``, ``train``, ``retune``, ``evaluate``,
+``fit-ood``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from app.cli.common import DEFAULT_MANIFEST, LogOpt, fail
 from app.logs import setup_logging
 from ml.errors import ModelUnavailable
 
-__all__ = ["evaluate", "phantom", "retune", "train"]
+__all__ = ["evaluate", "fit_ood", "phantom", "retune", "train"]
 
 
 def phantom(
@@ -159,3 +160,58 @@ def evaluate(
             {k: result[k] for k in ("model", "data", "summary", "operating_points")}, indent=2, default=float
         )
     )
+
+
+def fit_ood(
+    model: Annotated[str, typer.Argument(help="Manifest entry whose OOD statistics are fitted.")],
+    corpus: Annotated[
+        Path,
+        typer.Argument(
+            help="The operator's in-distribution studies: a folder of study ZIPs (unlabelled) or a "
+            "labels.csv (study_id,label,zip).",
+            exists=True,
+        ),
+    ],
+    manifest: Annotated[Path | None, typer.Option(help="Weights manifest.")] = None,
+    method: Annotated[str, typer.Option(help="OOD score: mahalanobis, energy or msp.")] = "mahalanobis",
+    keep: Annotated[
+        float, typer.Option(help="Share of held-out in-distribution studies the threshold keeps.")
+    ] = 0.95,
+    fitted_on: Annotated[str | None, typer.Option(help="Name of the corpus in the manifest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Fit out-of-distribution statistics for a model on your own studies and publish them.
+
+    Reads each study with the model's preprocessing and runs the model once on it; studies
+    that cannot be read are skipped (counted by error code). The statistics file is written
+    beside the weights and the manifest entry's ``ood`` block (method, threshold, sha256, n,
+    in-distribution rate) is replaced: from then on the service answers ``indeterminate`` for
+    studies unlike these.
+    """
+    from ml.data import read_labels_csv
+    from ml.ood.corpus import fit_model_ood
+
+    setup_logging(log_level)
+    if corpus.is_dir():
+        studies, labels = sorted(corpus.glob("*.zip")), None
+    else:
+        records = [r for r in read_labels_csv(corpus) if r.zip_path is not None]
+        studies, labels = [r.zip_path for r in records if r.zip_path], [r.label for r in records]
+    try:
+        fitted = fit_model_ood(
+            manifest or DEFAULT_MANIFEST,
+            model,
+            studies,
+            labels,
+            method=method,
+            keep=keep,
+            fitted_on=fitted_on or corpus.name,
+            device=device,
+        )
+    except ModelUnavailable as e:
+        fail(e, as_json=False)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps(fitted.to_dict(), indent=2))

@@ -34,6 +34,14 @@ def write_card(cfg: TrainConfig, summary: dict[str, Any], card: Path, roc_name: 
     card_metrics["calibration fitted on"] = summary["calibration"].get("fitted_on", "validation")
     card_metrics["operating points selected on"] = summary.get("operating_points_selected_on", "validation")
     card_metrics["operating points evaluated on"] = summary["operating_points_evaluated_on"]
+    ood = summary.get("ood")
+    if ood is None:
+        card_metrics["out-of-distribution check"] = "none published: the service cannot say 'indeterminate'"
+    else:
+        card_metrics["out-of-distribution check"] = (
+            f"{ood['method']}, threshold {ood['threshold']:.4g}, fitted on the {ood['fitted_on']} "
+            f"(n = {ood['n']}); held-out in-distribution studies kept: {ood['in_distribution_rate']:.3f}"
+        )
     ev.write_model_card(
         card,
         name=cfg.name,

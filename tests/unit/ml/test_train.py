@@ -360,6 +360,7 @@ def test_retune_rechooses_operating_points_on_a_tuning_corpus(corpus: Path, tmp_
     assert p.ood is not None and p.ood.threshold == after.ood.threshold
     card = (manifest.parent / "tiny.md").read_text()
     assert "| operating points selected on | tuning corpus |" in card and "tuning auc" in card
+    assert "| out-of-distribution check | mahalanobis, threshold" in card
     assert card.index("## Reproduce") < card.index("By hand, on a Tuesday.")  # the notes survive a retune
     # a config that does not describe the published model is refused, by the CLI too
     with pytest.raises(ValueError, match="does not describe"):

@@ -13,6 +13,7 @@ COMMANDS = [
     "train",
     "retune",
     "evaluate",
+    "fit-ood",
     "predict",
     "serve",
     "api",
@@ -25,7 +26,7 @@ COMMANDS = [
 def test_help_lists_every_command_in_order() -> None:
     r = run_cli("--help")
     assert r.returncode == 0, r.stderr
-    listed = re.findall(r"^│ (\w+) ", r.stdout, flags=re.MULTILINE)
+    listed = re.findall(r"^│ (\w[\w-]*) ", r.stdout, flags=re.MULTILINE)
     assert listed == COMMANDS
     r = run_cli("apikey", "--help")
     assert r.returncode == 0 and re.findall(r"^│ (\w+) ", r.stdout, flags=re.MULTILINE) == [
