@@ -30,7 +30,7 @@ Typical use::
 
 from ml.phantom.archive import write_study_zip
 from ml.phantom.corpus import corpus_plan, write_corpus
-from ml.phantom.families import OOD_FAMILIES, FamilyCase, make_family, write_family_study
+from ml.phantom.families import CHEST_FAMILIES, OOD_FAMILIES, FamilyCase, make_family, write_family_study
 from ml.phantom.generate import Phantom, generate_phantom
 from ml.phantom.options import PHI_IDENTIFIERS, TRANSFER_SYNTAX_UIDS, FakeIdentifiers, SeriesOptions
 from ml.phantom.spec import LESION_KINDS, Lesion, PhantomSpec
@@ -38,6 +38,7 @@ from ml.phantom.study import STUDY_VARIANTS, SeriesInfo, StudyInfo, make_study
 from ml.phantom.writer import phantom_volume, write_localizer, write_series
 
 __all__ = [
+    "CHEST_FAMILIES",
     "LESION_KINDS",
     "OOD_FAMILIES",
     "PHI_IDENTIFIERS",
