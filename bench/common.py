@@ -1,16 +1,37 @@
-"""Helpers shared by the benchmarks: the machine a run measured on, JSON files, percentiles."""
+"""Helpers shared by the benchmarks: the machine a run measured on, JSON files, percentiles, and
+the phantoms of the demo corpus that its model never saw (held-out seeds)."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import importlib.metadata
 import json
 import os
 import platform
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["machine_info", "machine_label", "percentiles", "write_json"]
+if TYPE_CHECKING:
+    from ml.phantom import PhantomSpec
+
+__all__ = [
+    "CORPUS_STRIDE",
+    "heldout_seeds",
+    "machine_info",
+    "machine_label",
+    "percentiles",
+    "phantom_spec",
+    "used_seeds",
+    "write_json",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_YAML = ROOT / "weights" / "resnet10-demo.train.yaml"
+DEMO_DATA = ROOT / "var" / "demo-data"
+#: ``ml.phantom.write_corpus``: study i of a corpus with seed s has phantom seed s * 10007 + i
+CORPUS_STRIDE = 10007
 
 
 def _cpu_model() -> str:
@@ -84,3 +105,65 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def used_seeds(train_yaml: Path = TRAIN_YAML, demo_data: Path = DEMO_DATA) -> set[int]:
+    """Phantom seeds of the demo model's corpora: from the config's phantom commands, its
+    ``phantom_corpora`` and any labels.csv."""
+    import yaml
+
+    from ml.phantom import corpus_plan
+
+    used: set[int] = set()
+    text = train_yaml.read_text()
+    cfg = yaml.safe_load(text)  # the comment header and reproduce_command both hold the phantom commands
+    text += " " + str(cfg.get("reproduce_command", ""))
+    for m in re.finditer(r"phantom\s+\S+\s+--n\s+(\d+)\s+--seed\s+(\d+)", text):
+        n, seed = int(m.group(1)), int(m.group(2))
+        used.update(seed * CORPUS_STRIDE + i for i in range(n))
+    for c in cfg.get("phantom_corpora") or ():  # corpora generated in memory
+        used.update(seed for _, seed, _ in corpus_plan(int(c["n"]), int(c["seed"])))
+    if not used:
+        raise SystemExit(f"no corpus found in {train_yaml}: cannot check that the seeds are held out")
+    for path in sorted(demo_data.glob("*/labels.csv")) if demo_data.is_dir() else []:
+        with path.open() as fh:
+            used.update(int(row["seed"]) for row in csv.DictReader(fh) if row.get("seed"))
+    return used
+
+
+def heldout_seeds(corpus_seed: int, n: int, used: set[int]) -> list[int]:
+    """The phantom seeds of corpus ``corpus_seed`` (``corpus_seed · 10007 + i``, i < n); exits
+    when one of them is in ``used``."""
+    seeds = [corpus_seed * CORPUS_STRIDE + i for i in range(n)]
+    clash = sorted(set(seeds) & used)
+    if clash:
+        raise SystemExit(
+            f"corpus seed {corpus_seed} reuses {len(clash)} training/test seeds, e.g. {clash[:3]}"
+        )
+    return seeds
+
+
+def phantom_spec(
+    seed: int,
+    label: int = 1,
+    *,
+    rows: int = 128,
+    pixel_spacing_mm: float = 3.0,
+    slice_spacing_mm: float = 2.5,
+) -> PhantomSpec:
+    """A phantom like the demo corpus (``--rows 128 --pixel-spacing 3 --slice-spacing 2.5``).
+
+    ``label=0`` with the same seed is the *same* patient (anatomy, grid and noise come
+    from separate streams) without the lesions.
+    """
+    from ml.phantom import PhantomSpec
+
+    return PhantomSpec(
+        seed=seed,
+        label=label,
+        difficulty=(0.3, 1.0),
+        rows=rows,
+        cols=rows,
+        pixel_spacing_mm=pixel_spacing_mm,
+        slice_spacing_mm=slice_spacing_mm,
+    )

@@ -80,12 +80,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -102,20 +100,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.common import heldout_seeds, phantom_spec, used_seeds  # noqa: E402
 from ml.explain.methods import explain  # noqa: E402
 from ml.geometry import CTVolume  # noqa: E402
 from ml.inference import Predictor  # noqa: E402
-from ml.phantom import Phantom, PhantomSpec, corpus_plan, generate_phantom  # noqa: E402
+from ml.phantom import Phantom, generate_phantom  # noqa: E402
 from ml.preprocess import PreprocessResult, preprocess  # noqa: E402
 
 MANIFEST = ROOT / "weights" / "manifest.json"
-TRAIN_YAML = ROOT / "weights" / "resnet10-demo.train.yaml"
-DEMO_DATA = ROOT / "var" / "demo-data"
-#: ``ml.phantom.write_corpus``: study i of a corpus with seed s has phantom seed s * 10007 + i
-CORPUS_STRIDE = 10007
 #: air after the seed pipeline's scaling ([-1000, 600] HU → [-1, 1]); body = voxels above it
 AIR = -1.0
 GOAL_POINTING = {"gradcam": 0.90, "integrated_gradients": 0.80}
@@ -142,39 +136,6 @@ GRADCAM_VARIANTS: tuple[tuple[str, dict[str, str]], ...] = (
 
 BoolArray = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
-
-
-# --------------------------------------------------------------------------- held-out seeds
-
-
-def used_seeds(train_yaml: Path = TRAIN_YAML, demo_data: Path = DEMO_DATA) -> set[int]:
-    """Phantom seeds of the demo model's corpora: from the config's phantom commands, its
-    ``phantom_corpora`` and any labels.csv."""
-    used: set[int] = set()
-    text = train_yaml.read_text()
-    cfg = yaml.safe_load(text)  # the comment header and reproduce_command both hold the phantom commands
-    text += " " + str(cfg.get("reproduce_command", ""))
-    for m in re.finditer(r"phantom\s+\S+\s+--n\s+(\d+)\s+--seed\s+(\d+)", text):
-        n, seed = int(m.group(1)), int(m.group(2))
-        used.update(seed * CORPUS_STRIDE + i for i in range(n))
-    for c in cfg.get("phantom_corpora") or ():  # corpora generated in memory
-        used.update(seed for _, seed, _ in corpus_plan(int(c["n"]), int(c["seed"])))
-    if not used:
-        raise SystemExit(f"no corpus found in {train_yaml}: cannot check that the seeds are held out")
-    for path in sorted(demo_data.glob("*/labels.csv")) if demo_data.is_dir() else []:
-        with path.open() as fh:
-            used.update(int(row["seed"]) for row in csv.DictReader(fh) if row.get("seed"))
-    return used
-
-
-def heldout_seeds(corpus_seed: int, n: int, used: set[int]) -> list[int]:
-    seeds = [corpus_seed * CORPUS_STRIDE + i for i in range(n)]
-    clash = sorted(set(seeds) & used)
-    if clash:
-        raise SystemExit(
-            f"--corpus-seed {corpus_seed} reuses {len(clash)} training/test seeds, e.g. {clash[:3]}"
-        )
-    return seeds
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -283,23 +244,6 @@ class Study:
             "baselines": {k: round(v, 4) for k, v in self.baselines.items()},
             "methods": self.records,
         }
-
-
-def phantom_spec(seed: int, label: int = 1) -> PhantomSpec:
-    """A phantom like the demo corpus (``--rows 128 --pixel-spacing 3 --slice-spacing 2.5``).
-
-    ``label=0`` with the same seed is the *same* patient (anatomy, grid and noise come
-    from separate streams) without the lesions.
-    """
-    return PhantomSpec(
-        seed=seed,
-        label=label,
-        difficulty=(0.3, 1.0),
-        rows=128,
-        cols=128,
-        pixel_spacing_mm=3.0,
-        slice_spacing_mm=2.5,
-    )
 
 
 def model_to_phantom_mask(result: PreprocessResult, ph: Phantom, mask: BoolArray) -> torch.Tensor:

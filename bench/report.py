@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/report.py                  # every bench at full size, then the report (~55 min)
-    python bench/report.py --quick          # tiny parameters everywhere (smoke run, ~6 min)
+    python bench/report.py                  # every bench at full size, then the report (~70 min)
+    python bench/report.py --quick          # tiny parameters everywhere (smoke run, ~7 min)
     python bench/report.py --reuse          # take var/bench/<bench>.json where it exists, run the rest
     python bench/report.py --reuse --no-run # only render what is in var/bench
     python bench/report.py --benches load,service --reuse
@@ -85,6 +85,15 @@ BENCHES = (
         est_full_min=1.0,
     ),
     Bench("explain", "bench/explain.py", "", "--quick", est_full_min=26.0),
+    Bench(
+        "ood",
+        "bench/ood.py",
+        "",
+        "--fit-n 8 --n-id 4 --n-ood 4 --rows 48 --pixel-mm 8 --slice-mm 5 --input-size 32 --no-real "
+        "--bootstrap 50",
+        cache_dir=True,
+        est_full_min=13.0,
+    ),
     Bench(
         "service",
         "bench/service.py",
@@ -363,6 +372,42 @@ def _explain_time(d: dict[str, Any]) -> Cells:
     return {"ours": f"{g:.3f} s", "peer": f"{f:.3f} s (forward)", "ratio": _x(g, f)}
 
 
+# ---- ood
+
+#: the families whose AUROC has a goal: body regions other than the chest, the QA phantom, the HU fault
+OOD_GOAL_FAMILIES = ("abdomen", "head", "water_cylinder", "unit_fault")
+
+
+def _ood_id(d: dict[str, Any]) -> Cells:
+    t, best = d["table"]["id"], d["best"]
+    g = _goal_entry(d, "ID flag rate ≤")
+    return {
+        "ours": f"{t[best]['flagged']:.1%} ({best}, n = {t['n']})",
+        "peer": f"{t['msp']['flagged']:.1%} (msp)",
+        "met": yes(bool(g["pass"])) if g else "—",
+    }
+
+
+def _ood_auroc(d: dict[str, Any]) -> Cells:
+    best, table = d["best"], d["table"]
+    fams = [f for f in OOD_GOAL_FAMILIES if f in table]
+    worst, peer = (min(table[f][m]["auroc"] for f in fams) for m in (best, "msp"))
+    return {
+        "ours": f"{worst:.3f} ({best}, {len(fams)} families × n = {table[fams[0]]['n']})",
+        "peer": f"{peer:.3f} (msp)",
+        "ratio": _x(worst, peer),
+        "met": yes(worst >= 0.95),
+    }
+
+
+def _ood_real(d: dict[str, Any]) -> Cells:
+    real = [g for g in d["goals"] if str(g["goal"]).startswith("real ")]
+    if not real:
+        raise KeyError("no real series in this run")
+    n = sum(bool(g["pass"]) for g in real)
+    return {"ours": f"{n} of {len(real)} ({d['best']} or plausibility)", "met": yes(n == len(real))}
+
+
 # ---- service
 
 
@@ -526,6 +571,14 @@ SPECS = (
     ),
     Spec("explain", "explain: Grad-CAM after randomising all weights, Spearman ρ", "< 0.3", _explain_rand),
     Spec("explain", "explain: Grad-CAM s/study; peer: one forward pass", "—", _explain_time),
+    Spec("ood", "ood: in-distribution flag rate, held-out phantoms; peer: msp", "≤ 5 %", _ood_id),
+    Spec(
+        "ood",
+        "ood: lowest AUROC of abdomen, head, water cylinder, unit fault vs held-out phantoms; peer: msp",
+        "≥ 0.95",
+        _ood_auroc,
+    ),
+    Spec("ood", "ood: real chest CTs flagged out of distribution", "all", _ood_real),
     Spec(
         "service",
         "service: one large upload, MB/s; peer: Storage.multipart straight to S3",

@@ -17,7 +17,9 @@ patient), ``lesions`` (drawing, placing and measuring lesions), ``generate`` (sp
 sampled :class:`Phantom`), ``options`` (series options, fake identifiers, UIDs),
 ``encode`` (DICOM attributes, stored values, transfer syntaxes), ``writer`` (series,
 multi-frame, localizer), ``archive`` (ZIP packing), ``study`` (hostile/realistic ZIP
-study variants), ``corpus`` (labelled corpora on disk).
+study variants), ``corpus`` (labelled corpora on disk), ``families`` (out-of-distribution
+studies: abdomen, head, water cylinder, unit fault, noisy/sharp, partial chest) and
+``regions`` (the analytic bodies other than the chest they use).
 
 Typical use::
 
@@ -28,6 +30,7 @@ Typical use::
 
 from ml.phantom.archive import write_study_zip
 from ml.phantom.corpus import corpus_plan, write_corpus
+from ml.phantom.families import CHEST_FAMILIES, OOD_FAMILIES, FamilyCase, make_family, write_family_study
 from ml.phantom.generate import Phantom, generate_phantom
 from ml.phantom.options import PHI_IDENTIFIERS, TRANSFER_SYNTAX_UIDS, FakeIdentifiers, SeriesOptions
 from ml.phantom.spec import LESION_KINDS, Lesion, PhantomSpec
@@ -35,11 +38,14 @@ from ml.phantom.study import STUDY_VARIANTS, SeriesInfo, StudyInfo, make_study
 from ml.phantom.writer import phantom_volume, write_localizer, write_series
 
 __all__ = [
+    "CHEST_FAMILIES",
     "LESION_KINDS",
+    "OOD_FAMILIES",
     "PHI_IDENTIFIERS",
     "STUDY_VARIANTS",
     "TRANSFER_SYNTAX_UIDS",
     "FakeIdentifiers",
+    "FamilyCase",
     "Lesion",
     "Phantom",
     "PhantomSpec",
@@ -48,9 +54,11 @@ __all__ = [
     "StudyInfo",
     "corpus_plan",
     "generate_phantom",
+    "make_family",
     "make_study",
     "phantom_volume",
     "write_corpus",
+    "write_family_study",
     "write_localizer",
     "write_series",
     "write_study_zip",

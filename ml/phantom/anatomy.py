@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,37 @@ import numpy.typing as npt
 from ml.phantom.spec import HU_MIN
 
 F32 = npt.NDArray[np.float32]
+
+
+class Region(Protocol):
+    """An analytic object that a grid is laid over and sampled from (LPS mm, HU).
+
+    The chest :class:`Anatomy`, or a region of :mod:`ml.phantom.families`. ``centre`` is the
+    LPS position (mm) of its own origin, ``scan_z_range`` the z range (mm, relative to that
+    origin) a default axial scan covers the middle of, ``body_ay`` its half depth (mm) and
+    the table lies ``table_gap_mm`` behind it, ``table_thick_mm`` thick.
+    """
+
+    @property
+    def centre(self) -> tuple[float, float, float]: ...
+
+    @property
+    def body_ay(self) -> float: ...
+
+    @property
+    def table_gap_mm(self) -> float: ...
+
+    @property
+    def table_thick_mm(self) -> float: ...
+
+    @property
+    def scan_z_range(self) -> tuple[float, float]: ...
+
+    def sample(
+        self, x: F32, y: F32, z: F32, noise: F32 | None = None, noise_hu: float = 12.0
+    ) -> tuple[F32, npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+        """(HU, lesion mask, lung mask) at LPS points (mm), as :meth:`Anatomy.sample`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +146,11 @@ class Anatomy:
         hi = max(lg.cz + lg.c for lg in self.lungs) + 20.0
         return lo, hi
 
+    @property
+    def scan_z_range(self) -> tuple[float, float]:
+        """The z range a default scan covers the middle of: :attr:`chest_z_range`."""
+        return self.chest_z_range
+
     # -- pieces --------------------------------------------------------------
 
     def _body(self, X: F32, Y: F32, Z: F32) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
@@ -200,8 +236,7 @@ class Anatomy:
         X2 = X * X
 
         # table (separate object below the patient, with an air gap)
-        ty0 = self.body_ay + self.table_gap_mm
-        table = ((ty0 <= Y) & (ty0 + self.table_thick_mm >= Y)) & (np.abs(X) <= 230.0)
+        table = table_mask(X, Y, self.body_ay + self.table_gap_mm, self.table_thick_mm)
         hu[np.broadcast_to(table, shape)] = self.table_hu
         # body: fat rim, muscle/soft tissue inside
         body, inner = self._body(X, Y, Z)
@@ -297,9 +332,7 @@ class Anatomy:
 
         # noise (before lesions so lesion HU means stay close to nominal)
         if noise is not None:
-            air = hu < -1000.5
-            hu += noise * np.float32(noise_hu)
-            hu[air] = np.clip(-1017.0 + 4.0 * noise[air], HU_MIN, -1001.0)
+            add_noise(hu, noise, noise_hu)
 
         # lesions (replace lung, inside the pre-lesion lung only)
         for value, les in enumerate(self.lesion_models, start=1):
@@ -320,6 +353,20 @@ class Anatomy:
             flat[sel] = flat[sel] * (1.0 - w) + tv * w
             mask.ravel()[sel[w >= 0.5]] = value
         return hu, mask, lung
+
+
+def add_noise(hu: F32, noise: F32, noise_hu: float) -> None:
+    """Add voxel noise in place: ``noise · noise_hu`` HU to everything denser than air, and a
+    small clipped fraction of it to air (below -1000.5 HU), which stays in [-1024, -1001] HU."""
+    air = hu < -1000.5
+    hu += noise * np.float32(noise_hu)
+    hu[air] = np.clip(-1017.0 + 4.0 * noise[air], HU_MIN, -1001.0)
+
+
+def table_mask(X: F32, Y: F32, top_y_mm: float, thick_mm: float) -> npt.NDArray[np.bool_]:
+    """The patient table: a slab ``thick_mm`` thick from ``top_y_mm`` down (posterior), 460 mm wide."""
+    out: npt.NDArray[np.bool_] = ((top_y_mm <= Y) & (top_y_mm + thick_mm >= Y)) & (np.abs(X) <= 230.0)
+    return out
 
 
 def _fmod(a: F32, p: float) -> F32:

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ml.geometry import VolumeGeometry
-from ml.phantom.anatomy import F32, Anatomy, Lung, SmoothField
+from ml.phantom.anatomy import F32, Anatomy, Lung, Region, SmoothField
 from ml.phantom.lesions import describe_lesions, draw_lesions
 from ml.phantom.spec import HU_MAX, HU_MIN, SLICE_SPACING_CHOICES_MM, Lesion, PhantomSpec
 
@@ -102,7 +102,8 @@ class Phantom:
         lesions: ground truth, one record per mask value.
         spec: the spec it was generated from.
         slice_thickness_mm: nominal slice thickness (mm) for the DICOM header.
-        anatomy: the analytic model (to resample, e.g. for a localizer).
+        anatomy: the analytic model (to resample, e.g. for a localizer): the chest
+            :class:`Anatomy`, or the region of an out-of-distribution family.
     """
 
     hu: npt.NDArray[np.int16]
@@ -113,10 +114,10 @@ class Phantom:
     lesions: list[Lesion]
     spec: PhantomSpec
     slice_thickness_mm: float
-    anatomy: Anatomy
+    anatomy: Region
 
 
-def phantom_geometry(spec: PhantomSpec, anat: Anatomy) -> tuple[VolumeGeometry, float]:
+def phantom_geometry(spec: PhantomSpec, anat: Region) -> tuple[VolumeGeometry, float]:
     """Sampling grid of ``spec`` (defaults from stream ``[seed, 1]``) and slice thickness (mm)."""
     rng = np.random.default_rng([spec.seed, 1])
     ps = spec.pixel_spacing_mm if spec.pixel_spacing_mm else round(float(rng.uniform(0.6, 0.9)), 4)
@@ -128,7 +129,7 @@ def phantom_geometry(spec: PhantomSpec, anat: Anatomy) -> tuple[VolumeGeometry, 
     cov_draw = float(rng.uniform(280.0, 320.0))
     jitter = rng.uniform(-3.0, 3.0, size=3)
     cx, cy, cz = anat.centre
-    zlo, zhi = anat.chest_z_range
+    zlo, zhi = anat.scan_z_range
     zmid = cz + (zlo + zhi) / 2.0 + float(jitter[2])
     fx = cx + spec.fov_offset_mm[0] + float(jitter[0])
     fy = cy + 12.0 + spec.fov_offset_mm[1] + float(jitter[1])
@@ -161,7 +162,7 @@ def phantom_geometry(spec: PhantomSpec, anat: Anatomy) -> tuple[VolumeGeometry, 
 
 
 def sample_grid(
-    anat: Anatomy, geom: VolumeGeometry, *, noise_seed: Sequence[int] | None = None, noise_hu: float = 12.0
+    anat: Region, geom: VolumeGeometry, *, noise_seed: Sequence[int] | None = None, noise_hu: float = 12.0
 ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
     """Sample ``anat`` at the voxel centres of ``geom``: (HU int16, lesion mask, lung mask), (z, y, x).
 

@@ -193,17 +193,17 @@ def make_study(
         )
         files = write_series(ph, Path(td) / folder, opts)
         sources.append(Path(td) / folder)
-        series.append(_series_info(ph, opts, "primary", len(files)))
+        series.append(series_info(ph, opts, "primary", len(files)))
         for role, sp, so in extra:
             ph2 = generate_phantom(sp)
             f2 = write_series(ph2, Path(td) / f"SER{so.series_number:03d}", so)
             sources.append(Path(td) / f"SER{so.series_number:03d}")
-            series.append(_series_info(ph2, so, role, len(f2)))
+            series.append(series_info(ph2, so, role, len(f2)))
         if scout:
             so = replace(opts, series_number=1, series_description="TOPOGRAM", image_type=None)
             write_localizer(ph, Path(td) / "SER001", so)
             # same seed and options as write_series used, so the UID matches the file's
-            series.append(replace(_series_info(ph, so, "scout", 1), geometry=None))
+            series.append(replace(series_info(ph, so, "scout", 1), geometry=None))
             sources.append(Path(td) / "SER001")
         write_study_zip(
             zp,
@@ -227,7 +227,8 @@ def make_study(
     )
 
 
-def _series_info(ph: Phantom | None, o: SeriesOptions, role: str, n_files: int) -> SeriesInfo:
+def series_info(ph: Phantom | None, o: SeriesOptions, role: str, n_files: int) -> SeriesInfo:
+    """The :class:`SeriesInfo` of ``ph`` written with ``o`` in ``n_files`` files, in ``role``."""
     seed = ph.spec.seed if ph is not None else 0
     return SeriesInfo(
         series_uid=series_uid_for(seed, o) if ph is not None else "",

@@ -71,7 +71,16 @@ def test_report_without_results_has_every_row(tmp_path: Path) -> None:
     md, rep = _report(tmp_path, "--no-run", timeout=120)
     rows = _check_every_row(md, rep)
     benches = {r["bench"] for r in rows.values()}
-    assert benches == {"preprocess", "inference", "inference_cuda", "explain", "service", "load", "e2e_gpu"}
+    assert benches == {
+        "preprocess",
+        "inference",
+        "inference_cuda",
+        "explain",
+        "ood",
+        "service",
+        "load",
+        "e2e_gpu",
+    }
     for r in rows.values():
         assert r["ours"].startswith("not measured"), r
         assert r["met"] == "n/a" and r["goal"]
@@ -146,7 +155,7 @@ def test_load_tiny_then_report(tmp_path: Path) -> None:
     r34 = next(r for m, r in rows.items() if m.startswith("forward ResNet-34"))
     assert r34["ours"].startswith("not measured in this run")  # --quick leaves ResNet-34 out
     for r in rows.values():
-        if r["bench"] in ("preprocess", "explain", "service"):
+        if r["bench"] in ("preprocess", "explain", "ood", "service"):
             assert r["ours"] == "not measured: left out of this report", r
     if not torch.cuda.is_available():
         assert all(r["ours"] == NO_GPU for r in _h100_rows(rows))
