@@ -378,9 +378,14 @@ def _explain_time(d: dict[str, Any]) -> Cells:
 OOD_GOAL_FAMILIES = ("abdomen", "head", "water_cylinder", "unit_fault")
 
 
+def _ood_method(d: dict[str, Any]) -> str:
+    """The statistics a row reports: those published with the model if the run had them, else the best."""
+    return "shipped" if "shipped" in d["table"]["id"] else str(d["best"])
+
+
 def _ood_id(d: dict[str, Any]) -> Cells:
-    t, best = d["table"]["id"], d["best"]
-    g = _goal_entry(d, "ID flag rate ≤")
+    t, best = d["table"]["id"], _ood_method(d)
+    g = _goal_entry(d, f"ID flag rate ≤ 5% ({best})") or _goal_entry(d, "ID flag rate ≤")
     return {
         "ours": f"{t[best]['flagged']:.1%} ({best}, n = {t['n']})",
         "peer": f"{t['msp']['flagged']:.1%} (msp)",
@@ -389,7 +394,7 @@ def _ood_id(d: dict[str, Any]) -> Cells:
 
 
 def _ood_auroc(d: dict[str, Any]) -> Cells:
-    best, table = d["best"], d["table"]
+    best, table = _ood_method(d), d["table"]
     fams = [f for f in OOD_GOAL_FAMILIES if f in table]
     worst, peer = (min(table[f][m]["auroc"] for f in fams) for m in (best, "msp"))
     return {
@@ -401,11 +406,12 @@ def _ood_auroc(d: dict[str, Any]) -> Cells:
 
 
 def _ood_real(d: dict[str, Any]) -> Cells:
-    real = [g for g in d["goals"] if str(g["goal"]).startswith("real ")]
+    best = _ood_method(d)
+    real = [g for g in d["goals"] if str(g["goal"]).startswith("real ") and f"({best}" in str(g["goal"])]
     if not real:
         raise KeyError("no real series in this run")
     n = sum(bool(g["pass"]) for g in real)
-    return {"ours": f"{n} of {len(real)} ({d['best']} or plausibility)", "met": yes(n == len(real))}
+    return {"ours": f"{n} of {len(real)} ({best} or plausibility)", "met": yes(n == len(real))}
 
 
 # ---- service

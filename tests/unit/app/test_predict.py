@@ -69,13 +69,17 @@ def _entry(sha: str) -> ModelEntry:
     )
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("weights")
+def tiny_manifest(d: Path) -> Path:
+    """A manifest in ``d`` with one seeded, untrained 32³ model ``tiny``."""
     torch.manual_seed(0)
     sha = save_weights(build_model(ModelSpec(arch="resnet10")), d / "tiny.pt", dtype="float32")
     Manifest(entries={"tiny": _entry(sha)}, default="tiny").save(d / "manifest.json")
     return d / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_manifest(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")

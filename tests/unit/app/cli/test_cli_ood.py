@@ -12,11 +12,9 @@ import torch
 from cli import run_cli
 
 from ml.inference import Predictor
-from ml.model import Manifest, ModelSpec
-from ml.model.checkpoint import save_weights
-from ml.model.network import build_model
+from ml.model import Manifest
 from ml.phantom import write_corpus
-from tests.unit.app.test_predict import _entry
+from tests.unit.app.test_predict import tiny_manifest
 
 N = 21
 
@@ -25,10 +23,7 @@ N = 21
 def manifest(tmp_path: Path) -> Path:
     d = tmp_path / "weights"
     d.mkdir()
-    torch.manual_seed(0)
-    sha = save_weights(build_model(ModelSpec(arch="resnet10")), d / "tiny.pt", dtype="float32")
-    Manifest(entries={"tiny": _entry(sha)}, default="tiny").save(d / "manifest.json")
-    return d / "manifest.json"
+    return tiny_manifest(d)
 
 
 @pytest.fixture(scope="module")
