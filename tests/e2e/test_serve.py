@@ -19,6 +19,7 @@ import httpx
 import pytest
 from phi_guard import watch_log  # type: ignore[import-not-found]
 
+from ml.model import Manifest
 from ml.phantom import make_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,16 +137,43 @@ def test_serve_runs_the_whole_flow(served: Served, tmp_path: Path) -> None:
         assert httpx.get(expl["files"]["sprite_png"]["url"]).status_code == 200
 
 
-@pytest.mark.realdata
-def test_real_ct_through_the_service(served: Served, real_ct_zip: Path) -> None:
+@pytest.fixture(scope="module")
+def real_run(served: Served, real_ct_zip: Path) -> dict[str, Any]:
+    """The real study through the service, once: job status, result and explanation."""
     with served.client() as c:
         st = _predict(c, real_ct_zip)
         assert st["state"] == "succeeded", st
         res = c.get(f"/v1/jobs/{st['job_id']}/result").json()
-        assert 0 <= res["probability"] <= 1 and res["series"]["selected_uid"]
         expl = c.get(f"/v1/jobs/{st['job_id']}/explanation").json()
-        shape = expl["geometry"]["shape_zyx"]
-        assert shape[1] == 512 and shape[2] == 512 and shape[0] > 50
+    return {"status": st, "result": res, "explanation": expl}
+
+
+@pytest.mark.realdata
+def test_real_ct_through_the_service(real_run: dict[str, Any]) -> None:
+    res, expl = real_run["result"], real_run["explanation"]
+    assert 0 <= res["probability"] <= 1 and res["series"]["selected_uid"]
+    assert res["qc"]["plausibility"]["reasons"] == []  # a real chest CT: lungs, full coverage
+    shape = expl["geometry"]["shape_zyx"]
+    assert shape[1] == 512 and shape[2] == 512 and shape[0] > 50
+
+
+@pytest.mark.realdata
+def test_real_ct_is_out_of_distribution_for_the_demo_model(real_run: dict[str, Any]) -> None:
+    """The demo model, trained on phantoms, says it cannot judge a real patient's CT (issue: p = 1.000)."""
+    res = real_run["result"]
+    ref = Manifest.load(ROOT / "weights" / "manifest.json").get(res["model"]["name"]).ood
+    if ref is None:
+        assert res["ood"] is None and "out_of_distribution" not in res["indeterminate_reasons"]
+        pytest.skip(
+            "weights/manifest.json has no `ood` block for the demo model: without OOD statistics "
+            "the service cannot flag cap002 out_of_distribution"
+        )
+    ood = res["ood"]
+    assert ood["method"] == ref.method and ood["threshold"] == pytest.approx(ref.threshold)
+    assert ood["flagged"] is True and ood["score"] > ood["threshold"], ood
+    assert res["label"] == "indeterminate" and "out_of_distribution" in res["indeterminate_reasons"], res
+    assert set(res["decision"].values()) == {"indeterminate"}
+    assert 0 <= res["probability"] <= 1  # still reported, not a decision
 
 
 def test_ctrl_c_stops_everything(served: Served) -> None:

@@ -22,6 +22,9 @@ package). On the screenshot, in screen pixels of the canvas:
   on a lesion's box ± 10 mm and most of the lesion is coloured. That is the
   heat-on-lesion criterion for the whole chain (worker mapping → layers → S3 →
   page → canvas), independent of what the demo model learnt.
+* an indeterminate study (a head phantom: no lungs): the label says the model cannot judge
+  it, with the reasons; the probability is muted with "(not a decision)" and no label,
+  probability or decision cell is in the red of a pathology (computed styles of the page).
 * error states: no key, a wrong key, a failed job (its error code on the page).
 
 The tests skip when Debian's ``chromium`` is absent (``apt-get install chromium``);
@@ -64,7 +67,7 @@ from ml.inference import Predictor
 from ml.io import read_study
 from ml.model import ModelSpec
 from ml.model.network import ResNet3D
-from ml.phantom import StudyInfo, make_study
+from ml.phantom import StudyInfo, make_family, make_study, write_family_study
 
 #: the study: an obvious consolidation, on the demo model's training grid (128², 3 mm, 2.5 mm slices)
 STUDY = {
@@ -130,6 +133,7 @@ def _check_page_text(page: dict[str, Any], result: dict[str, Any]) -> None:
         assert name in text and decision in text
     assert page["banner"] is result["not_for_clinical_use"] is True and "NOT FOR CLINICAL USE" in text
     assert page["hash"] == ""  # the key left the address bar
+    assert ("Reasons:" in text) is bool(result["indeterminate_reasons"])
 
 
 @needs_chromium
@@ -228,19 +232,23 @@ class _LesionOracle(ResNet3D):
     """Logit margin = mean of ``layer4``'s output, and ``layer4`` outputs the ground-truth lesion map.
 
     Grad-CAM of ``layer4`` is then (up to a positive factor) that map, so the saliency
-    the worker writes is the lesion itself, in model space.
+    the worker writes is the lesion itself, in model space. The network's own path
+    (``features`` → average pool → ``fc``) computes it, as the predictor runs a model
+    (logits and pooled features from one pass, :func:`ml.ood.features.logits_and_features`).
     """
 
     def __init__(self, lesion_zyx: torch.Tensor) -> None:
         super().__init__(ModelSpec(arch="resnet10"))
         self.register_buffer("lesion", lesion_zyx[None, None].float())
         self.layer4 = nn.Identity()  # type: ignore[assignment]
+        self.fc = nn.Linear(1, 2, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[-100.0], [100.0]]))  # logits (-s, s), s = 100 · mean
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         lesion: torch.Tensor = self.lesion  # type: ignore[assignment]
-        a = self.layer4(lesion.expand(x.shape[0], -1, -1, -1, -1) + 0.0 * x)
-        s = 100.0 * a.mean(dim=(1, 2, 3, 4))
-        return torch.stack([-s, s], dim=1)
+        out: torch.Tensor = self.layer4(lesion.expand(x.shape[0], -1, -1, -1, -1) + 0.0 * x)
+        return out
 
 
 def _lesion_in_model_space(study: StudyInfo, predictor: Predictor) -> torch.Tensor:
@@ -301,6 +309,59 @@ def test_viewer_puts_the_heat_on_the_lesion_for_a_lesion_oracle(
     assert n_hot > 200
     assert inside >= 0.9, f"only {inside:.3f} of the hot pixels lie on the lesion"
     assert covered >= 0.6, f"only {covered:.3f} of the lesion is hot"
+
+
+# --------------------------------------------------------------------------- an indeterminate study
+
+#: what the result panel shows and in which colours (computed styles), and the page's own colours
+#: of a pathology, a muted text and an indeterminate label (probe elements with those classes)
+_RESULT_STYLES = """(() => {
+  const probe = (cls) => { const e = document.createElement('span'); e.className = cls;
+    document.body.appendChild(e); const c = getComputedStyle(e).color; e.remove(); return c; };
+  const look = (e) => ({text: e.textContent, cls: e.className, color: getComputedStyle(e).color,
+    hidden: e.hidden});
+  const el = (id) => document.getElementById(id);
+  return {red: probe('pathology'), muted: probe('muted'), amber: probe('indeterminate'),
+    label: look(el('label')), probability: look(el('probability')), reasons: look(el('reasons')),
+    cells: [...el('decisions').tBodies[0].rows].map((r) => ({op: r.dataset.op, ...look(r.cells[2])})),
+    red_elements: document.querySelectorAll('.pathology').length}; })()"""
+
+
+@needs_chromium
+def test_viewer_shows_an_indeterminate_study_as_such(
+    api: LiveApi, worker: Worker, key: str, browser: Chromium, tmp_path: Path
+) -> None:
+    zp = tmp_path / "head.zip"
+    write_family_study(zp, make_family("head", 1))  # not a chest CT: no lungs
+    with api.client(key) as c:
+        job = _run_job(c, zp)
+        result = c.get(f"/v1/jobs/{job}/result").json()
+    reasons = result["indeterminate_reasons"]
+    assert result["label"] == "indeterminate" and "no_lungs_found" in reasons, result
+
+    page = open_viewer(browser, api, job, key)
+    assert page["state"] == "ready", page
+    _check_page_text(page, result)
+    v = browser.eval(_RESULT_STYLES)
+    red, muted, amber = v["red"], v["muted"], v["amber"]
+    assert len({red, muted, amber}) == 3, (red, muted, amber)
+
+    label = v["label"]
+    assert label["text"] == "indeterminate: the model cannot judge this study", label
+    assert label["cls"] == "indeterminate" and label["color"] == amber, label
+    prob = v["probability"]
+    assert prob["text"] == f"{100 * result['probability']:.1f} % (not a decision)", prob
+    assert prob["cls"] == "muted" and prob["color"] == muted, prob  # a grey number, not a red percentage
+    why = v["reasons"]
+    assert not why["hidden"] and why["text"] == f"Reasons: {', '.join(reasons)}", why
+    cells = {c["op"]: c for c in v["cells"]}
+    assert set(cells) == set(result["operating_points"])
+    for op, cell in cells.items():
+        assert cell["text"] == "indeterminate" and cell["cls"] == "indeterminate", (op, cell)
+        assert cell["color"] == amber, (op, cell)
+    assert v["red_elements"] == 0  # nothing on the page is styled as a pathology
+    for shown in (label, prob, why, *cells.values()):
+        assert shown["color"] != red, shown
 
 
 # --------------------------------------------------------------------------- error states

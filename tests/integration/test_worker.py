@@ -60,7 +60,9 @@ def test_end_to_end_with_saliency_and_webhook(
     client: httpx.Client, worker: Worker, settings: Settings, tmp_path: Path
 ) -> None:
     zp = tmp_path / "s.zip"
-    info = make_study(zp, seed=21, label=1, difficulty=(0.9, 1.0))
+    # on the demo model's training grid: a study its OOD statistics know (others may be indeterminate)
+    grid: dict[str, Any] = {"rows": 128, "cols": 128, "pixel_spacing_mm": 3.0, "slice_spacing_mm": 2.5}
+    info = make_study(zp, seed=21, label=1, difficulty=(0.9, 1.0), **grid)
     sid = _upload_file(client, zp)
     with Receiver() as hook:
         r = client.post(
@@ -107,6 +109,7 @@ def test_end_to_end_with_saliency_and_webhook(
         payload = hook.payloads()[0]
         assert payload["event"] == "job.succeeded" and payload["job_id"] == job
         assert payload["probability"] == pytest.approx(result["probability"])
+        assert payload["label"] == result["label"] and payload["indeterminate_reasons"] == []
     # saliency blobs live under attempt-scoped keys
     keys = list(list_keys(storage_of(settings), f"jobs/{job}/"))
     assert keys and all(k.startswith(f"jobs/{job}/attempt-1/saliency/") for k in keys)

@@ -6,7 +6,9 @@ Tiny ResNet-10 at 32³ in a temporary manifest; phantom studies at their default
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -24,10 +26,11 @@ from app.logs import setup_logging
 from app.predict import ReportError, predict_command, read_report, run_batch
 from ml.errors import ModelUnavailable
 from ml.inference import Predictor
-from ml.model import Manifest, ModelEntry, ModelSpec, OperatingPoint
+from ml.model import Manifest, ModelEntry, ModelSpec, OODRef, OperatingPoint
 from ml.model.checkpoint import save_weights
 from ml.model.network import build_model
-from ml.phantom import PHI_IDENTIFIERS, make_study
+from ml.ood import fit_ood
+from ml.phantom import PHI_IDENTIFIERS, make_family, make_study, write_family_study
 from ml.preprocess import PreprocessConfig
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -214,6 +217,123 @@ def test_xlsx_formatting(corpus: Path, manifest: Path, tmp_path: Path) -> None:
     values = [c.value for row in ms.iter_rows() for c in row if c.value is not None]
     assert values[0] == "NOT FOR CLINICAL USE"
     assert "tiny" in values and "balanced" in values and "high_sensitivity" in values
+
+
+# --------------------------------------------------------------------------- indeterminate studies
+
+AMBER = "FFEB9C"  # the XLSX fill of an indeterminate label
+
+
+@pytest.fixture(scope="module")
+def head_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study that is not a chest CT (a head: no lungs), on a small grid."""
+    zp = tmp_path_factory.mktemp("head") / "head.zip"
+    case = make_family("head", 1, rows=64, cols=64, pixel_spacing_mm=6.0, slice_spacing_mm=5.0)
+    write_family_study(zp, case)
+    return zp
+
+
+@pytest.fixture(scope="module")
+def ood_manifests(manifest: Path) -> dict[str, Path]:
+    """The tiny model with OOD statistics (energy, fitted on noise): thresholds flagging nothing / all."""
+    predictor = Predictor.from_manifest(manifest, device="cpu")
+    torch.manual_seed(1)
+    logits, feats = predictor.logits_and_features(torch.rand(12, 1, SIZE, SIZE, SIZE) * 2 - 1)
+    fitted = fit_ood(feats.double().numpy(), logits.double().numpy(), method="energy", fitted_on="noise")
+    entry = Manifest.load(manifest).get("tiny")
+    out = {}
+    for name, threshold in (("lenient", 1e6), ("strict", -1e6)):
+        stats = dataclasses.replace(fitted, threshold=threshold)
+        sha = stats.save(manifest.parent / f"tiny.{name}.ood.npz")
+        ref = OODRef(
+            method=stats.method,
+            uri=f"tiny.{name}.ood.npz",
+            sha256=sha,
+            threshold=stats.threshold,
+            fitted_on=stats.fitted_on,
+            n=stats.n,
+            in_distribution_rate=stats.in_distribution_rate,
+        )
+        path = manifest.parent / f"manifest-{name}.json"
+        Manifest(entries={"tiny": dataclasses.replace(entry, ood=ref)}, default="tiny").save(path)
+        out[name] = path
+    return out
+
+
+def _flag(v: Any) -> bool | None:
+    """``ood_flagged`` read back: a bool (JSON, XLSX), "True"/"False" (CSV), empty without OOD statistics."""
+    if v in (None, ""):
+        return None
+    return v is True or v == "True"
+
+
+def _trust(row: dict[str, Any]) -> tuple[str, list[str], float | None, bool | None]:
+    """(label, indeterminate_reasons, ood_score, ood_flagged) of a report row."""
+    reasons = [r for r in str(row["indeterminate_reasons"] or "").split(",") if r]
+    score = None if row["ood_score"] in (None, "") else float(row["ood_score"])
+    return str(row["label"]), reasons, score, _flag(row["ood_flagged"])
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".json", ".xlsx"])
+def test_a_non_chest_study_is_indeterminate_in_every_format(
+    corpus: Path, head_zip: Path, ood_manifests: dict[str, Path], tmp_path: Path, fmt: str
+) -> None:
+    out = tmp_path / f"report{fmt}"
+    s = run_batch(
+        [corpus / "a.zip", head_zip], out, manifest=ood_manifests["lenient"], device="cpu", progress=False
+    )
+    assert (s.ok, s.errors) == (2, 0)  # an indeterminate study is a processed study, not an error
+    columns, rows, _ = read_report(out)
+    assert {"label", "ood_score", "ood_flagged", "indeterminate_reasons"} <= set(columns)
+    ops = [c for c in columns if c.startswith("label_")]
+    assert ops == ["label_balanced", "label_high_sensitivity"]
+    chest, head = (next(r for r in rows if Path(r["path"]).name == n) for n in ("a.zip", "head.zip"))
+
+    label, reasons, score, flagged = _trust(head)
+    assert label == "indeterminate" and reasons == ["no_lungs_found"], head
+    assert all(head[c] == "indeterminate" for c in ops), head
+    assert 0.0 <= float(head["probability"]) <= 1.0  # still reported
+    assert score is not None and math.isfinite(score) and flagged is False
+
+    label, reasons, score, flagged = _trust(chest)
+    assert label in ("normal", "pathology") and reasons == [], chest
+    assert chest["label_balanced"] == label and chest["label_high_sensitivity"] == "pathology"
+    assert score is not None and math.isfinite(score) and flagged is False
+
+    if fmt == ".json":
+        doc = json.loads(out.read_text())
+        raw = next(r for r in doc["studies"] if Path(r["path"]).name == "head.zip")
+        assert raw["ood_flagged"] is False and isinstance(raw["ood_score"], float)
+        assert raw["indeterminate_reasons"] == "no_lungs_found" and raw["label_balanced"] == "indeterminate"
+    if fmt == ".xlsx":
+        ws = load_workbook(out)["studies"]
+        col = {c.value: c.column_letter for c in ws[1]}
+        row_of = {Path(str(ws[f"{col['path']}{r}"].value)).name: r for r in range(2, ws.max_row + 1)}
+        for c in ("label", *ops):  # every label cell of the indeterminate study is amber, not red
+            cell = ws[f"{col[c]}{row_of['head.zip']}"]
+            assert cell.value == "indeterminate" and cell.fill.start_color.rgb.endswith(AMBER), c
+            assert cell.font.color.rgb.endswith("9C5700"), c
+        chest_label = ws[f"{col['label']}{row_of['a.zip']}"]
+        assert not str(chest_label.fill.start_color.rgb).endswith(AMBER)
+
+
+@pytest.mark.parametrize("which", ["strict", "none"])
+def test_ood_columns_follow_the_models_statistics(
+    corpus: Path, manifest: Path, head_zip: Path, ood_manifests: dict[str, Path], tmp_path: Path, which: str
+) -> None:
+    model = ood_manifests.get(which, manifest)  # "none": the tiny model without OOD statistics
+    out = tmp_path / "report.csv"
+    run_batch([corpus / "a.zip", head_zip], out, manifest=model, device="cpu", progress=False)
+    _, rows, _ = read_report(out)
+    chest, head = (next(r for r in rows if Path(r["path"]).name == n) for n in ("a.zip", "head.zip"))
+    if which == "strict":  # every study flagged: the OOD reason comes first
+        assert _trust(chest)[:2] == ("indeterminate", ["out_of_distribution"]), chest
+        assert _trust(head)[:2] == ("indeterminate", ["out_of_distribution", "no_lungs_found"]), head
+        assert _trust(chest)[3] is _trust(head)[3] is True
+        assert chest["label_balanced"] == chest["label_high_sensitivity"] == "indeterminate"
+    else:  # no statistics: empty OOD columns, the pixel check alone
+        assert _trust(chest) == (chest["label"], [], None, None) and chest["label"] != "indeterminate"
+        assert _trust(head) == ("indeterminate", ["no_lungs_found"], None, None)
 
 
 class _FlakyPredictor(Predictor):
