@@ -344,6 +344,12 @@ class ModelCard(BaseModel):
     sha256: str | None
     license: str | None
     notes: str | None
+    ood: dict[str, Any] | None = Field(
+        default=None,
+        description="the out-of-distribution statistics published with the weights (method, threshold, "
+        "fitted_on, n, in_distribution_rate); null: the model cannot answer `indeterminate` for "
+        "out-of-distribution studies (the pixel plausibility check still runs)",
+    )
 
 
 class ModelsOut(BaseModel):

@@ -68,8 +68,8 @@ def fit_model_ood(
     """Fit and publish the OOD statistics of manifest model ``name`` (None: the default).
 
     Studies that cannot be read are skipped and counted by error code. The file goes to
-    ``out_path``, by default ``<weights stem>.ood.npz`` beside a local weight file (beside
-    the manifest for ``s3://`` weights); the manifest entry's ``ood`` is replaced.
+    ``out_path``, by default ``<weights stem>.ood.npz`` beside the weight file, which must be
+    local (fit on a local copy of ``s3://`` weights); the manifest entry's ``ood`` is replaced.
 
     Raises:
         ModelUnavailable: the model cannot be loaded.
@@ -112,9 +112,8 @@ def fit_model_ood(
     stats = fit_ood(
         np.stack(feats), np.stack(logits), y, method=method, fitted_on=fitted_on, keep=keep, seed=seed
     )
-    if out_path is None:
-        base = mpath.parent if entry.uri.startswith("s3://") else weights.parent
-        out_path = base / f"{Path(entry.uri).name.split('.')[0]}.ood.npz"
+    if out_path is None:  # beside the (local: resolve_weights has no fetcher here) weight file
+        out_path = weights.parent / f"{weights.name.split('.')[0]}.ood.npz"
     out = Path(out_path)
     sha = stats.save(out)
     try:

@@ -16,11 +16,12 @@ import httpx
 import pytest
 from conftest import LiveApi, list_keys, new_key, storage_of, wait_for  # type: ignore[import-not-found]
 
-from app.config import Settings
+from app.config import DEFAULT_MANIFEST, Settings
 from app.db import connect
 from app.main import build_services
 from app.migrate import NotMigratedError
 from app.schemas import JobStatus
+from ml.model import Manifest
 from ml.phantom import make_study
 
 
@@ -112,6 +113,12 @@ def test_models_card(api: LiveApi, key_a: str) -> None:
     assert demo["clinical_use"] is False
     assert set(demo["operating_points"]) >= {"balanced", "high_sensitivity", "high_specificity"}
     assert demo["preprocess"]["hu_window"] == [-1000.0, 600.0]
+    # the OOD statistics the manifest publishes, without where the file lives
+    entry = Manifest.load(DEFAULT_MANIFEST).get(body["default"])
+    if entry.ood is None:
+        assert demo["ood"] is None
+    else:
+        assert demo["ood"] == {k: v for k, v in entry.ood.to_dict().items() if k not in ("uri", "sha256")}
 
 
 def test_upload_raw_and_multipart_dedup(

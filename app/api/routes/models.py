@@ -42,6 +42,9 @@ def list_models(services: ServicesDep, client: Client) -> Any:
                 sha256=e.sha256,
                 license=e.license,
                 notes=e.notes,
+                ood=None
+                if e.ood is None
+                else {k: v for k, v in e.ood.to_dict().items() if k not in ("uri", "sha256")},
             )
         )
     return ModelsOut(default=m.default, models=cards).model_dump(mode="json")
