@@ -436,7 +436,7 @@ def run_batch(
             (``retry_errors`` re-runs rows with status ``error``).
         model: manifest model name (default: the manifest's default).
         manifest: weights manifest (default: the repository's ``weights/manifest.json``).
-        explain: add the Grad-CAM peak (LPS mm) of each study.
+        explain: add the Grad-CAM peak (LPS mm) of each study, taken inside the patient's body.
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: show a tqdm progress bar on stderr.
         predictor_factory: builds the predictor instead of loading it from the
@@ -567,7 +567,9 @@ def predict_command(
     manifest: Annotated[
         Path | None, typer.Option("--manifest", help="Weights manifest (default: weights/manifest.json).")
     ] = None,
-    explain: Annotated[bool, typer.Option("--explain", help="Add the Grad-CAM peak (LPS mm).")] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Add the Grad-CAM peak inside the body (LPS mm).")
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     retry_errors: Annotated[
         bool, typer.Option("--retry-errors", help="Re-run studies whose row in the report is an error.")

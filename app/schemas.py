@@ -305,7 +305,7 @@ class Explanation(BaseModel):
         job_id=_JOB_EX,
         method="gradcam",
         params={},
-        stats={"max": 0.98, "peak_lps_mm": [-61.0, 20.5, -140.0]},
+        stats={"max": 0.98, "peak": {"lps_mm": [-61.0, 20.5, -140.0]}, "outside_body_fraction": 0.12},
         geometry={"shape_zyx": [120, 512, 512], "spacing_mm_xyz": [0.7, 0.7, 2.5]},
         model={"name": "resnet10-demo", "version": "0.1.0"},
         files={
@@ -320,7 +320,13 @@ class Explanation(BaseModel):
     job_id: uuid.UUID
     method: str
     params: dict[str, Any]
-    stats: dict[str, Any]
+    stats: dict[str, Any] = Field(
+        description=(
+            "stats.json: max, peak, regions, layers, timings, and outside_body_fraction (share of the "
+            "positive attribution outside the patient's body before the map was masked to the body; "
+            "null when no body was found and the map is unmasked)"
+        )
+    )
     geometry: dict[str, Any]
     model: dict[str, str]
     files: dict[str, BlobLink]

@@ -15,8 +15,9 @@ the training/validation and test corpora (parsed from the training config, plus 
 ``labels.csv`` under ``var/demo-data``) are refused, so every study is held out.
 Each study is preprocessed with the manifest's configuration of the model.
 
-1. Pointing game. The peak of the model-space map (first maximum in C order, as the
-   product's ``stats.json`` reports it) is mapped to LPS mm with
+1. Pointing game. The peak of the model-space map (masked to the patient's body and
+   first maximum in C order, as the product's ``stats.json`` reports it; ``out`` is the
+   map's ``outside_body_fraction``) is mapped to LPS mm with
    :meth:`ml.preprocess.PreprocessGeometry.model_to_lps`; a *hit* is a peak within
    ``--tol-mm`` (5 mm) of the centre of a ground-truth lesion voxel of the phantom
    (the lesion mask on the phantom grid, 3 × 3 × 2.5 mm voxels; a point inside a
@@ -401,6 +402,7 @@ def run_method(
             "on_border": any(v in (0, s - 1) for v, s in zip(peak, m.shape, strict=True)),
             "body_peak": {k: rec_b[k] for k in ("lps_mm", "dist_mm", "hit", "where")},
             "mass_near_lesion": round(mass, 5),
+            "outside_body_fraction": ex.outside_body_fraction,
             "lesion_percentile": round(pct, 5),
             "seconds": round(ex.seconds, 4),
         }
@@ -526,11 +528,12 @@ def pointing_table(
         "  inside: peak in a lesion voxel; body pk: hit of the peak taken over body voxels only; "
         "mass: share of the map's mass\n  within the tolerance of a lesion (body voxels), ×unif: that share "
         "÷ a uniform map's; pct: median percentile of\n  the best lesion voxel among body voxels; "
-        "×rnd lung/body: hit ÷ a uniform random point's in the lungs/body"
+        "×rnd lung/body: hit ÷ a uniform random point's in the lungs/body; out: median share of the\n"
+        "  map's positive mass outside the body mask before the product masked it (stats.json)"
     )
     header = (
         f"{'method':<22} {'n':>3} {'hit (95% CI)':>22} {'inside':>6} {'body pk':>7} {'mass':>6} {'×unif':>5} "
-        f"{'pct':>5} {'×rnd lung':>9} {'×rnd body':>9} {'med mm':>6} {'s/study':>7}"
+        f"{'pct':>5} {'×rnd lung':>9} {'×rnd body':>9} {'med mm':>6} {'out':>5} {'s/study':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -551,11 +554,13 @@ def pointing_table(
         enrich = ratio(mass["mean"], peers["uniform_mass_near_lesion"])
         med_dist = statistics.median(r["dist_mm"] for _, r in recs)
         secs = statistics.median(r["seconds"] for _, r in recs)
+        outs = [r["outside_body_fraction"] for _, r in recs if r["outside_body_fraction"] is not None]
+        out_body = statistics.median(outs) if outs else math.nan
         print(
             f"{name:<22} {s['n']:>3} {fmt_ci(s):>22} {inside:>6.2f} {body_pk['mean']:>7.2f} "
             f"{mass['mean']:>6.3f} {enrich or 0.0:>5.2f} {pct:>5.2f} "
             f"{fmt_ratio(ratios['random_lung']):>9} {fmt_ratio(ratios['random_body']):>9} "
-            f"{med_dist:>6.0f} {secs:>7.2f}"
+            f"{med_dist:>6.0f} {out_body:>5.2f} {secs:>7.2f}"
         )
         out[name] = {
             "hit": s,
@@ -567,6 +572,7 @@ def pointing_table(
             "empty_maps": sum(bool(r["empty"]) for _, r in recs),
             "peak_on_border": sum(bool(r["on_border"]) for _, r in recs),
             "median_dist_mm": med_dist,
+            "median_outside_body_fraction": out_body if outs else None,
             "median_seconds": secs,
             "params": recs[0][1]["params"],
             "peers_same_studies": peers,

@@ -4,7 +4,9 @@ Three steps, usable on their own or together
 (:func:`ml.explain.save.save_explanation`):
 
 1. :func:`ml.explain.methods.explain` computes a model-space map, float32
-   [D, H, W], for one preprocessed volume with one of :data:`METHODS`;
+   [D, H, W], for one preprocessed volume with one of :data:`METHODS`, masked
+   to the patient's body (:mod:`ml.body`; the share of attribution outside it
+   goes to ``stats.json`` as ``outside_body_fraction``);
 2. :func:`ml.explain.source_grid.to_source` maps it onto the source series grid;
 3. :func:`ml.explain.files.write_saliency` writes ``saliency.nii.gz``, PNG
    overlays (:mod:`ml.explain.render`), the viewer layers and ``stats.json``

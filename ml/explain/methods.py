@@ -56,8 +56,23 @@ backward), integrated_gradients ≈ ``steps`` × 0.6 s (≈ 20 s at 32 steps),
 occlusion ≈ evaluations × one forward (≈ 100 s for the default 8³ patches);
 see :func:`ml.explain.params.occlusion_evaluations` and the ``max_evaluations`` guard.
 
-:func:`gradcam_map` / :func:`gradcam_peak` (the batch report's ``--explain``)
-keep their original behaviour: Grad-CAM of the raw pathology logit.
+Body mask. Every map of :func:`explain` is masked to the patient's body before
+anything downstream sees it (source grid, peak, regions, PNG layers, NIfTI):
+voxels outside :func:`body_mask` are set to 0. The body is derived from the
+pixels the model saw (:mod:`ml.body`): HU recovered from the input with the
+model's HU window, the largest 3-D connected component denser than −500 HU,
+with the holes of each axial slice filled, so the lungs and airways stay inside
+and the air around the patient and the table drop out. Grad-CAM's coarse
+cells (layer4: 8 model voxels a side at 128³) otherwise spread heat into that
+air, and the peak of a real normal study landed above the patient. Before masking,
+:func:`mask_to_body` measures the share of the positive attribution mass that
+lay outside the body (``outside_body_fraction`` in ``stats.json``); a study
+with no body above −500 HU is left unmasked (share None). Cost: one connected
+component and a hole filling of the axial slices, ≈ 0.1–0.2 s at 128³ on 2 CPU cores.
+
+:func:`gradcam_map` keeps its original behaviour (Grad-CAM of the raw pathology
+logit, unmasked); :func:`gradcam_peak` (the batch report's ``--explain``) takes
+its peak over the body voxels.
 """
 
 from __future__ import annotations
@@ -74,13 +89,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.body import input_body_mask
 from ml.explain.params import AIR, METHOD_NAMES, resolve_params
 
 if TYPE_CHECKING:
     from ml.inference import Predictor
     from ml.model.network import ResNet3D
 
-__all__ = ["RUNNERS", "ExplainOutput", "explain", "gaussian_smooth", "gradcam_map", "gradcam_peak"]
+__all__ = [
+    "RUNNERS",
+    "ExplainOutput",
+    "body_mask",
+    "explain",
+    "gaussian_smooth",
+    "gradcam_map",
+    "gradcam_peak",
+    "mask_to_body",
+]
 
 #: model-space voxels above AIR + this count as body for the ``body_mean`` baseline
 _BODY_EPS = 1e-3
@@ -291,6 +316,37 @@ if tuple(RUNNERS) != METHOD_NAMES:
     raise RuntimeError(f"RUNNERS {list(RUNNERS)} != the table's methods {list(METHOD_NAMES)}")
 
 
+# --------------------------------------------------------------------------- body mask
+
+
+def body_mask(predictor: Predictor, tensor: torch.Tensor) -> torch.Tensor:
+    """The patient's body in one preprocessed volume [1, 1, D, H, W]: bool CPU [D, H, W].
+
+    :func:`ml.body.input_body_mask` with the model's HU window: the largest
+    connected component denser than :data:`ml.body.BODY_HU` with the holes of
+    each axial slice (the lungs, airways) filled. Empty when nothing is that dense.
+    """
+    x = tensor.detach()[0, 0].float().cpu().numpy()
+    lo, hi = predictor.preprocess_config.hu_window
+    return torch.from_numpy(input_body_mask(x, (float(lo), float(hi))))
+
+
+def mask_to_body(attr: torch.Tensor, body: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+    """(``attr`` with 0 outside ``body``, share of its positive mass outside ``body`` before masking).
+
+    ``attr`` and ``body`` are [D, H, W] on the CPU. The share is that of
+    ``attr.clamp_min(0)`` (what the peak is taken over), 0.0 for a map without
+    positive values. An empty ``body`` leaves ``attr`` unmasked, share None.
+    """
+    if not bool(body.any()):
+        return attr, None
+    pos = attr.clamp_min(0.0).double()
+    total = float(pos.sum())
+    outside = float(pos[~body].sum()) / total if total > 0 else 0.0
+    masked = torch.where(body, attr, torch.zeros((), dtype=attr.dtype))
+    return masked.contiguous(), outside
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -299,16 +355,25 @@ class ExplainOutput:
     """A model-space saliency map.
 
     Attributes:
-        map: float32 CPU tensor [D, H, W] (model voxels, z, y, x).
+        map: float32 CPU tensor [D, H, W] (model voxels, z, y, x), 0 outside the
+            body (:func:`mask_to_body`) unless ``explain(mask_body=False)``.
         method: the method name.
         params: resolved parameters (JSON-able).
-        seconds: wall time of the attribution.
+        seconds: wall time of the attribution and the body mask.
+        outside_body_fraction: share of the positive attribution that lay outside
+            the body before masking (``stats.json``'s ``outside_body_fraction``);
+            None when not masked (no body found, or ``mask_body=False``).
     """
 
     map: torch.Tensor
     method: str
     params: dict[str, Any]
     seconds: float
+    outside_body_fraction: float | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """What the explanation's ``stats.json`` records of the model-space map."""
+        return {"outside_body_fraction": self.outside_body_fraction}
 
 
 def explain(
@@ -316,10 +381,15 @@ def explain(
     tensor: torch.Tensor,
     method: str = "gradcam",
     params: Mapping[str, Any] | None = None,
+    *,
+    mask_body: bool = True,
 ) -> ExplainOutput:
     """Saliency of one preprocessed volume ``tensor`` [1, 1, D, H, W] with ``method``.
 
-    ``method`` and ``params``: see :data:`ml.explain.METHODS`.
+    ``method`` and ``params``: see :data:`ml.explain.METHODS`. The map is masked
+    to the patient's body (:func:`body_mask`, :func:`mask_to_body`) and the
+    share of positive attribution that fell outside it is recorded;
+    ``mask_body=False`` returns the method's raw map (benches, tests).
 
     Raises:
         ValueError: wrong tensor shape, unknown method or parameter, value out of bounds
@@ -331,7 +401,16 @@ def explain(
     x = _input(predictor, tensor)
     t0 = time.perf_counter()
     out = RUNNERS[method](predictor, x, params_resolved)
-    return ExplainOutput(map=out, method=method, params=params_resolved, seconds=time.perf_counter() - t0)
+    outside: float | None = None
+    if mask_body:
+        out, outside = mask_to_body(out, body_mask(predictor, tensor))
+    return ExplainOutput(
+        map=out,
+        method=method,
+        params=params_resolved,
+        seconds=time.perf_counter() - t0,
+        outside_body_fraction=outside,
+    )
 
 
 def gradcam_map(predictor: Predictor, tensor: torch.Tensor, target: int | None = None) -> torch.Tensor:
@@ -351,15 +430,20 @@ def gradcam_map(predictor: Predictor, tensor: torch.Tensor, target: int | None =
 
 
 def gradcam_peak(predictor: Predictor, tensor: torch.Tensor) -> tuple[tuple[int, int, int], float]:
-    """Voxel (z, y, x) of the model input with the highest Grad-CAM value, and that value.
+    """Voxel (z, y, x) of the model input with the highest Grad-CAM value in the body, and that value.
 
-    ``tensor`` is one preprocessed volume [1, 1, D, H, W]. Map the voxel to LPS
-    mm with :meth:`ml.preprocess.PreprocessGeometry.model_to_lps`. A map that is
-    zero everywhere (no positive evidence) gives voxel (0, 0, 0) and 0.0.
+    ``tensor`` is one preprocessed volume [1, 1, D, H, W]. The peak is the first
+    maximum (C order) of :func:`gradcam_map` over the voxels of :func:`body_mask`
+    (over all voxels when no body is found). Map the voxel to LPS mm with
+    :meth:`ml.preprocess.PreprocessGeometry.model_to_lps`. A map that is zero
+    over the body (no positive evidence there) gives its first body voxel and 0.0.
     """
     if tensor.shape[0] != 1:
         raise ValueError(f"gradcam_peak takes one volume [1, 1, D, H, W], got {list(tensor.shape)}")
     cam = gradcam_map(predictor, tensor)[0]
+    body = body_mask(predictor, tensor)
+    if bool(body.any()):
+        cam = torch.where(body, cam, torch.full((), -math.inf))
     flat = int(torch.argmax(cam).item())
     _, h, w = cam.shape
     z, rem = divmod(flat, h * w)

@@ -1,5 +1,6 @@
-"""One preprocessed volume to explanation files: :func:`~ml.explain.methods.explain` →
-:func:`~ml.explain.source_grid.to_source` → :func:`~ml.explain.files.write_saliency`."""
+"""One preprocessed volume to explanation files: :func:`~ml.explain.methods.explain` (the map,
+masked to the body) → :func:`~ml.explain.source_grid.to_source` →
+:func:`~ml.explain.files.write_saliency`."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def save_explanation(
 ) -> SaliencyFiles:
     """:func:`explain` → :func:`to_source` → :func:`write_saliency` for one preprocessed volume.
 
-    ``render`` goes to :func:`write_saliency` (window, colormap, ...). Timings in
-    seconds land in ``stats["seconds"]`` (explain, to_source, write).
+    ``render`` goes to :func:`write_saliency` (window, colormap, ...). The map is
+    masked to the body by :func:`explain`; ``stats`` gets its
+    ``outside_body_fraction`` (:meth:`~ml.explain.methods.ExplainOutput.stats`)
+    and timings in seconds in ``stats["seconds"]`` (explain, to_source, write).
     """
     ex = explain(predictor, result.tensor, method, params)
     t0 = time.perf_counter()
@@ -49,7 +52,7 @@ def save_explanation(
         out_dir,
         method=ex.method,
         params=ex.params,
-        extra_stats={**extra, "seconds": {"explain": ex.seconds, "to_source": t1 - t0}},
+        extra_stats={**ex.stats(), **extra, "seconds": {"explain": ex.seconds, "to_source": t1 - t0}},
         **render,
     )
     files.stats["seconds"]["write"] = time.perf_counter() - t1

@@ -10,7 +10,9 @@ Computed on the model input the worker already has (the preprocessed volume in
    lacks: the stored values are almost certainly not in HU (a missing or wrong
    RescaleSlope/Intercept) → ``implausible_hu``.
 3. **Body**: the largest 3-D connected component of voxels denser than
-   ``body_hu`` (soft tissue, fat, bone; lung parenchyma is below it).
+   ``body_hu`` (soft tissue, fat, bone; lung parenchyma is below it), and the
+   body with the holes of each axial slice filled (:func:`ml.body.body_masks`,
+   the body that saliency maps are masked to as well).
 4. **Lungs**: air-density voxels (``< air_hu``) enclosed by the body *within
    their axial slice* (2-D hole filling per slice, so the trachea that leaves
    the scan does not connect the lungs to outside air). Lungs are present when
@@ -32,8 +34,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk  # noqa: N813
 
+from ml.body import body_masks, input_to_hu
 from ml.ood.reasons import INDETERMINATE_REASONS, REASON_OUT_OF_DISTRIBUTION
 
 __all__ = [
@@ -96,23 +98,6 @@ class PlausibilityReport:
         return d
 
 
-def _largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    if not mask.any():
-        return mask
-    cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8))))
-    out: npt.NDArray[np.bool_] = sitk.GetArrayFromImage(cc) == 1
-    return out
-
-
-def _fill_slices(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Per axial slice (first axis), the mask with every hole not connected to the border filled."""
-    out = np.zeros_like(mask)
-    for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        img = sitk.GetImageFromArray(mask[k].astype(np.uint8))
-        out[k] = sitk.GetArrayFromImage(sitk.BinaryFillhole(img, fullyConnected=False, foregroundValue=1)) > 0
-    return out
-
-
 def check_plausibility_hu(
     hu: npt.NDArray[Any],
     voxel_mm_zyx: tuple[float, float, float],
@@ -132,8 +117,7 @@ def check_plausibility_hu(
     reasons: list[str] = []
     if float(np.percentile(hu, cfg.air_percentile)) >= cfg.air_hu:
         reasons.append("implausible_hu")
-    body = _largest_component(hu > cfg.body_hu)
-    filled = _fill_slices(body)
+    body, filled = body_masks(hu > cfg.body_hu)
     lungs = filled & ~body & (hu < cfg.air_hu)
     lung_area = lungs.sum(axis=(1, 2)) * pixel_mm2
     filled_area = filled.sum(axis=(1, 2)) * pixel_mm2
@@ -174,6 +158,4 @@ def check_plausibility(
     x = np.asarray(model_input, dtype=np.float32)
     while x.ndim > 3 and x.shape[0] == 1:
         x = x[0]
-    lo, hi = float(hu_window[0]), float(hu_window[1])
-    hu = (x + 1.0) * np.float32((hi - lo) / 2.0) + np.float32(lo)
-    return check_plausibility_hu(hu, voxel_mm_zyx, config)
+    return check_plausibility_hu(input_to_hu(x, hu_window), voxel_mm_zyx, config)

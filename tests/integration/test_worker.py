@@ -101,6 +101,8 @@ def test_end_to_end_with_saliency_and_webhook(
         )
         assert np.isfinite(np.asarray(img.dataobj)).all()
         assert "max" in expl["stats"]
+        # masked to the body in the worker: the share of attribution outside it is recorded
+        assert 0.0 <= expl["stats"]["outside_body_fraction"] <= 1.0
 
         # the signed webhook arrives once, for the finished job
         wait_for(lambda: hook.requests, timeout=30, what="webhook")

@@ -25,7 +25,9 @@ from typer.testing import CliRunner
 from app.logs import setup_logging
 from app.predict import ReportError, predict_command, read_report, run_batch
 from ml.errors import ModelUnavailable
+from ml.explain.methods import body_mask
 from ml.inference import Predictor
+from ml.io import read_study
 from ml.model import Manifest, ModelEntry, ModelSpec, OODRef, OperatingPoint
 from ml.model.checkpoint import save_weights
 from ml.model.network import build_model
@@ -188,6 +190,14 @@ def test_json_with_explain_and_other_model_refused(corpus: Path, manifest: Path,
     assert all(isinstance(ok[f"saliency_peak_{a}_mm"], float) for a in "xyz")
     assert ok["saliency_peak_value"] >= 0 and ok["explain_s"] > 0
     assert list(ok) == doc["columns"]
+    # the peak lies inside the patient's body (the model input's, as the worker masks its maps)
+    pr = Predictor.from_manifest(manifest, device="cpu")
+    res = read_study(corpus / "a.zip", preprocess=pr.preprocess_config).preprocessed
+    assert res is not None
+    body = body_mask(pr, res.tensor)
+    peak_lps = [ok[f"saliency_peak_{a}_mm"] for a in "xyz"]
+    z, y, x = (round(float(v)) for v in res.geometry.lps_to_model([peak_lps])[0])
+    assert 0.05 < float(body.float().mean()) < 0.95 and bool(body[z, y, x])
     # resuming the report without --explain (other columns) is refused
     with pytest.raises(ReportError, match="columns"):
         run_batch([corpus], out, manifest=manifest, progress=False)

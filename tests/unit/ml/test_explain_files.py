@@ -241,6 +241,8 @@ def test_save_explanation_end_to_end(tmp_path: Path) -> None:
     data = np.asarray(nib.load(str(files.nifti)).dataobj)
     assert data.shape == geom.size and np.isfinite(data).all() and data.max() > 0
     ex = explain(predictor, res.tensor, "gradcam")
+    assert ex.outside_body_fraction is not None and 0.0 <= ex.outside_body_fraction <= 1.0
+    assert st["outside_body_fraction"] == pytest.approx(ex.outside_body_fraction)
     assert 0 < st["max"] <= float(ex.map.max()) * (1 + 1e-6)  # interpolation never overshoots
     np.testing.assert_array_equal(to_source(ex, res.geometry), data.transpose(2, 1, 0))
     assert all(p.grad is None for p in predictor.model.parameters()) and not predictor.model.training

@@ -16,7 +16,7 @@ import torch
 from test_inference import tiny_entry, tiny_model
 
 from ml.explain import METHOD_NAMES
-from ml.explain.methods import explain, gaussian_smooth, gradcam_map
+from ml.explain.methods import body_mask, explain, gaussian_smooth, gradcam_map
 from ml.inference import Predictor
 from ml.model import ModelSpec
 from ml.model.network import ResNet3D
@@ -117,10 +117,15 @@ def test_gradcam_explain_matches_legacy_gradcam_map() -> None:
     pr = Predictor(tiny_entry(size=64), model, device="cpu")
     x = _volume(seed=4, size=64)
     legacy = gradcam_map(pr, x)[0]
-    via = explain(pr, x, "gradcam", {"target": "pathology"}).map
-    margin = explain(pr, x, "gradcam").map  # logit1 - logit0 = logit1 + const here
+    via = explain(pr, x, "gradcam", {"target": "pathology"}, mask_body=False).map
+    margin = explain(pr, x, "gradcam", mask_body=False).map  # logit1 - logit0 = logit1 + const here
     assert float(legacy.max()) > 0 and float(legacy.std()) > 0
     assert torch.allclose(legacy, via, atol=1e-6) and torch.allclose(legacy, margin, rtol=1e-5, atol=1e-7)
+    # by default the map is the same, masked to the body (here a random input's dense voxels)
+    masked = explain(pr, x, "gradcam", {"target": "pathology"})
+    body = body_mask(pr, x)
+    assert 0 < int(body.sum()) < body.numel() and masked.outside_body_fraction is not None
+    torch.testing.assert_close(masked.map, torch.where(body, legacy, torch.zeros(())), atol=1e-6, rtol=0)
     l3 = explain(pr, x, "gradcam", {"layer": "layer3"}).map
     assert l3.shape == legacy.shape and bool(torch.isfinite(l3).all())
 
@@ -184,19 +189,22 @@ def test_gradient_maps_are_smoothed_before_the_sign(region_predictor: Predictor)
     """IG/saliency with ``smooth_voxels`` equal the raw signed map, blurred, then signed."""
     x = _region_input()
     ig = {"steps": 3, "smooth_voxels": 0, "sign": "signed"}
-    raw = explain(region_predictor, x, "integrated_gradients", ig).map
+    raw = explain(region_predictor, x, "integrated_gradients", ig, mask_body=False).map
     smoothed = explain(
-        region_predictor, x, "integrated_gradients", {**ig, "smooth_voxels": 2, "sign": "positive"}
+        region_predictor,
+        x,
+        "integrated_gradients",
+        {**ig, "smooth_voxels": 2, "sign": "positive"},
+        mask_body=False,
     )
     expected = gaussian_smooth(raw[None, None], 2.0)[0, 0].clamp_min(0.0)
     torch.testing.assert_close(smoothed.map, expected, rtol=1e-5, atol=1e-9)
     assert smoothed.params["smooth_voxels"] == 2.0
     # the default smooths too: the box's mass spreads past its edge
-    assert (
-        explain(region_predictor, x, "integrated_gradients", {"steps": 3}).map[tuple(s.stop for s in BOX)] > 0
-    )
-    sal_raw = explain(region_predictor, x, "saliency", {"smooth_voxels": 0}).map
-    sal = explain(region_predictor, x, "saliency", {"smooth_voxels": 3.5}).map
+    corner = tuple(s.stop for s in BOX)
+    assert explain(region_predictor, x, "integrated_gradients", {"steps": 3}, mask_body=False).map[corner] > 0
+    sal_raw = explain(region_predictor, x, "saliency", {"smooth_voxels": 0}, mask_body=False).map
+    sal = explain(region_predictor, x, "saliency", {"smooth_voxels": 3.5}, mask_body=False).map
     torch.testing.assert_close(sal, gaussian_smooth(sal_raw[None, None], 3.5)[0, 0], rtol=1e-5, atol=1e-9)
 
 
@@ -207,6 +215,7 @@ def test_integrated_gradients_completeness_on_a_resnet(predictor: Predictor) -> 
         x,
         "integrated_gradients",
         {"steps": 48, "internal_batch_size": 16, "sign": "signed", "smooth_voxels": 0},
+        mask_body=False,  # completeness holds for the method's map, not for its body-masked part
     )
     margins = predictor.margins(predictor.logits(torch.cat([x, torch.full_like(x, -1.0)])))
     delta = float(margins[0] - margins[1])

@@ -200,12 +200,13 @@ def test_gradcam_peak_finds_planted_layer4_hot_spot_and_leaves_no_gradients() ->
         (z, y, x), value = gradcam_peak(pr, _batch(1, size=64))
         assert torch.is_grad_enabled()
         with torch.no_grad():
-            (z2, y2, x2), _ = gradcam_peak(pr, _batch(1, seed=2, size=64))
+            (z2, y2, x2), value2 = gradcam_peak(pr, _batch(1, seed=2, size=64))
             assert not torch.is_grad_enabled()  # restored, not forced on
     finally:
         handle.remove()
     assert z >= 32 and y < 32 and x >= 32 and value > 0
-    assert (z2, y2, x2) == (z, y, x)
+    # the same plateau for another input; its first voxel inside the body (dense voxels) may differ
+    assert z2 >= 32 and y2 < 32 and x2 >= 32 and value2 == pytest.approx(value)
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
 
