@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from ml.errors import InputError, ModelUnavailable
 
-__all__ = ["DEFAULT_MANIFEST", "JsonOpt", "LogOpt", "SeriesOpt", "fail"]
+__all__ = ["JsonOpt", "LogOpt", "SeriesOpt", "fail"]
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 SeriesOpt = Annotated[

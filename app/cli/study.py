@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.cli.common import DEFAULT_MANIFEST, JsonOpt, LogOpt, SeriesOpt, fail
+from app.cli.common import JsonOpt, LogOpt, SeriesOpt, fail
+from app.config import DEFAULT_MANIFEST
 from app.logs import logger, scrubber, setup_logging
 from ml.errors import InputError, ModelUnavailable
 

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import DEFAULT_MANIFEST, LogOpt, fail
+from app.cli.common import LogOpt, fail
+from app.config import DEFAULT_MANIFEST
 from app.logs import setup_logging
 from ml.errors import ModelUnavailable
 

@@ -23,7 +23,8 @@ from openpyxl import load_workbook
 from typer.testing import CliRunner
 
 from app.logs import setup_logging
-from app.predict import ReportError, predict_command, read_report, run_batch
+from app.predict import predict_command, run_batch
+from app.report_files import ReportError, read_report
 from ml.errors import ModelUnavailable
 from ml.explain.methods import body_mask
 from ml.inference import Predictor

@@ -36,7 +36,7 @@ NOT_IN_API = {
 NOT_IN_WORKER = {k: v for k, v in NOT_IN_API.items() if "embedded" in v}
 GPU_STACK = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*|captum|lightning.*|monai)$")
 #: modules of app/ that the API process never imports (worker, offline batch, embedded stack)
-NOT_API_MODULES = ("worker", "predict.py", "devstack")
+NOT_API_MODULES = ("worker", "predict.py", "report_files.py", "devstack")
 
 
 def locked(target: str) -> dict[str, str]:
