@@ -224,8 +224,6 @@ Label = Literal["normal", "pathology", "indeterminate"]
 IndeterminateReason = Literal[
     "out_of_distribution", "implausible_hu", "no_lungs_found", "incomplete_chest_coverage"
 ]
-if set(IndeterminateReason.__args__) != set(INDETERMINATE_REASONS):  # type: ignore[attr-defined]
-    raise RuntimeError("IndeterminateReason and ml.ood.reasons.INDETERMINATE_REASONS disagree")
 _REASONS_DOC = "; ".join(f"`{k}`: {v}" for k, v in INDETERMINATE_REASONS.items())
 
 

@@ -317,7 +317,8 @@ class Predictor:
                 report = self._plausibility(batch[i], voxel_mm[i])
                 plaus = report.to_dict()
                 reasons.extend(report.reasons)
-            if oods[i] is not None and oods[i].flagged:  # type: ignore[union-attr]
+            ood = oods[i]
+            if ood is not None and ood.flagged:
                 reasons.insert(0, REASON_OUT_OF_DISTRIBUTION)
             out.append(
                 Prediction(
@@ -328,7 +329,7 @@ class Predictor:
                     model_name=self.entry.name,
                     model_version=self.entry.version,
                     model_sha256=self.entry.sha256 or "",
-                    ood=oods[i],
+                    ood=ood,
                     plausibility=plaus,
                     indeterminate_reasons=tuple(reasons),
                 )

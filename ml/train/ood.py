@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ml.data import CTDataset, StudyRecord, TensorCache
-from ml.model.network import ResNet3D
+from ml.data import StudyRecord
 from ml.ood import OODStats, fit_ood
 from ml.train.config import TrainConfig
-from ml.train.scoring import SPLIT_TITLES, predict_outputs
+from ml.train.scoring import SPLIT_TITLES, SplitOutputs
 
 __all__ = ["MIN_OOD_STUDIES", "fit_run_ood", "ood_split"]
 
@@ -37,12 +36,14 @@ def ood_split(splits: Mapping[str, Sequence[StudyRecord]]) -> str:
 
 def fit_run_ood(
     cfg: TrainConfig,
-    model: ResNet3D,
     splits: Mapping[str, Sequence[StudyRecord]],
-    cache: TensorCache,
+    outputs: SplitOutputs,
     out_dir: Path,
 ) -> dict[str, Any] | None:
     """Fit ``cfg.ood_method`` and write ``ood.npz`` in ``out_dir``; None when ``ood_method`` is ``none``.
+
+    ``outputs`` are the split's logits and features from :func:`ml.train.scoring.score_splits`
+    (the forward passes that scored it), so fitting runs no model.
 
     With fewer than :data:`MIN_OOD_STUDIES` studies it logs a warning and returns None.
     Returns the summary block ``{"method", "threshold", "fitted_on", "n",
@@ -61,7 +62,7 @@ def fit_run_ood(
             MIN_OOD_STUDIES,
         )
         return None
-    logits, feats = predict_outputs(model, CTDataset(records, cache))
+    logits, feats = outputs[split]
     labels = np.asarray([r.label for r in records])
     stats: OODStats = fit_ood(
         feats,

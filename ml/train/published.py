@@ -70,7 +70,7 @@ def retune(cfg: TrainConfig, *, keep_calibration: bool = False) -> dict[str, Any
         k: [r for r in v if r.study_id not in failed]
         for k, v in (("validation", val), ("tuning", tune), ("test", test))
     }
-    temperature, scored = score_splits(
+    temperature, scored, outputs = score_splits(
         model, splits, cache, None if refit else float(entry.calibration.get("temperature", 1.0)), "tuning"
     )
     data = dict(entry.metrics.get("data", {}))
@@ -84,7 +84,7 @@ def retune(cfg: TrainConfig, *, keep_calibration: bool = False) -> dict[str, Any
     summary.update(data=data)
     summary["calibration"] = calibration_record(temperature, "tuning") if refit else dict(entry.calibration)
     summary.update(choose_operating_points(cfg, scored, out_dir))
-    ood = fit_run_ood(cfg, model, splits, cache, out_dir)
+    ood = fit_run_ood(cfg, splits, outputs, out_dir)
     if ood is not None:
         summary["ood"] = ood
     summary["published"] = publish_entry(cfg, summary, entry.sha256)

@@ -61,10 +61,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     summary["fit"] = info
     lit.model.to(scoring_device(cfg.accelerator))
     splits = {"validation": val_recs, "tuning": tune, "test": test}
-    temperature, scored = score_splits(lit.model, splits, cache, fit_on=cfg.calibrate_on)
+    temperature, scored, outputs = score_splits(lit.model, splits, cache, fit_on=cfg.calibrate_on)
     summary["calibration"] = calibration_record(temperature, cfg.calibrate_on)
     summary.update(choose_operating_points(cfg, scored, out_dir))
-    ood = fit_run_ood(cfg, lit.model, splits, cache, out_dir)
+    ood = fit_run_ood(cfg, splits, outputs, out_dir)
     if ood is not None:
         summary["ood"] = ood
     if cfg.weights_path:

@@ -56,12 +56,17 @@ def predict_outputs(
     return torch.cat(logits).double().numpy(), torch.cat(feats).double().numpy()
 
 
-def predict_logodds(model: nn.Module, ds: CTDataset, batch_size: int = 4) -> npt.NDArray[np.float64]:
-    """Log-odds of pathology for every item of ``ds`` (eval mode, no augmentation)."""
-    logits, _ = predict_outputs(model, ds, batch_size)  # type: ignore[arg-type]
+def logodds_of(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Log-odds of pathology of 2-class logits [N, 2] (empty for no rows)."""
     if logits.size == 0:
         return np.zeros(0)
-    return logit_diff(torch.from_numpy(logits)).double().numpy()
+    out: npt.NDArray[np.float64] = logit_diff(torch.from_numpy(logits)).double().numpy()
+    return out
+
+
+def predict_logodds(model: nn.Module, ds: CTDataset, batch_size: int = 4) -> npt.NDArray[np.float64]:
+    """Log-odds of pathology for every item of ``ds`` (eval mode, no augmentation)."""
+    return logodds_of(predict_outputs(model, ds, batch_size)[0])  # type: ignore[arg-type]
 
 
 def labelled_logodds(
@@ -79,26 +84,36 @@ def score_records(
     return y, ev.apply_temperature(z, temperature)
 
 
+#: per split, (logits [N, K], pooled penultimate features [N, C]) of its studies
+SplitOutputs = dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]
+
+
 def score_splits(
     model: nn.Module,
     splits: Mapping[str, Sequence[StudyRecord]],
     cache: TensorCache,
     temperature: float | None = None,
     fit_on: str = "validation",
-) -> tuple[float, dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]]:
-    """Score each non-empty split (keys of :data:`SPLIT_TITLES`) of cached studies.
+) -> tuple[float, dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]], SplitOutputs]:
+    """Score each non-empty split (keys of :data:`SPLIT_TITLES`) of cached studies, one forward each.
 
-    Returns the temperature and, per split, (labels, calibrated probabilities of
-    pathology). ``temperature`` None: fitted (:func:`ml.evaluate.fit_temperature`) on the
+    Returns the temperature, per split (labels, calibrated probabilities of pathology),
+    and per split the raw outputs (logits, pooled features) that the OOD statistics are
+    fitted on. ``temperature`` None: fitted (:func:`ml.evaluate.fit_temperature`) on the
     log-odds of the split ``fit_on``, which must hold studies.
     """
-    raw = {k: labelled_logodds(model, recs, cache) for k, recs in splits.items() if recs}
+    outputs: SplitOutputs = {
+        k: predict_outputs(model, CTDataset(recs, cache))  # type: ignore[arg-type]
+        for k, recs in splits.items()
+        if recs
+    }
+    raw = {k: (np.asarray([r.label for r in splits[k]]), logodds_of(lg)) for k, (lg, _) in outputs.items()}
     if temperature is None:
         if fit_on not in raw:
             raise ValueError(f"no {SPLIT_TITLES[fit_on]} studies to fit the calibration temperature on")
         temperature = ev.fit_temperature(raw[fit_on][1], raw[fit_on][0])
     t = float(temperature)
-    return t, {k: (y, ev.apply_temperature(z, t)) for k, (y, z) in raw.items()}
+    return t, {k: (y, ev.apply_temperature(z, t)) for k, (y, z) in raw.items()}, outputs
 
 
 def calibration_record(temperature: float, fitted_on: str) -> dict[str, Any]:
