@@ -77,7 +77,12 @@ class ScrubbedError(Exception):
 
 
 def _patch(record: Record) -> None:
-    record["message"] = scrubber.scrub(record["message"])
+    # every top-level text field: the message, and any raw copy of it a loguru version
+    # adds (loguru 0.8 serialises the unformatted ``template`` beside the message)
+    fields: dict[str, Any] = record  # type: ignore[assignment]
+    for key, value in list(fields.items()):
+        if isinstance(value, str):
+            fields[key] = scrubber.scrub(value)
     for k, v in list(record["extra"].items()):
         record["extra"][k] = scrubber.scrub_value(v)
     exc = record["exception"]
