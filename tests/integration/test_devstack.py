@@ -92,6 +92,8 @@ def test_postgres_restart_keeps_data_and_survives_a_crash(tmp_path_factory: pyte
     try:
         with psycopg.connect(pg.url) as conn:
             assert conn.execute("select x from t").fetchall() == [(42,)]
+            conn.execute("insert into t values (43)")
+            conn.commit()  # answered: it must survive the crash below (synchronous commit)
         # crash: the postmaster dies by SIGKILL and leaves postmaster.pid behind
         pid = pg.pid
         assert pid is not None
@@ -102,13 +104,13 @@ def test_postgres_restart_keeps_data_and_survives_a_crash(tmp_path_factory: pyte
     assert (data_dir / "pgdata" / "postmaster.pid").exists()
 
     with EmbeddedPostgres(data_dir, fsync=False) as pg, psycopg.connect(pg.url) as conn:
-        assert conn.execute("select x from t").fetchall() == [(42,)]
+        assert conn.execute("select x from t order by x").fetchall() == [(42,), (43,)]
 
     # a stale postmaster.pid naming a live, unrelated process (pid reuse) is removed
     pidfile = data_dir / "pgdata" / "postmaster.pid"
     pidfile.write_text(f"{os.getpid()}\n{data_dir / 'pgdata'}\n0\n5432\n\n127.0.0.1\n0 0\nready\n")
     with EmbeddedPostgres(data_dir, fsync=False) as pg, psycopg.connect(pg.url) as conn:
-        assert conn.execute("select count(*) from t").fetchone() == (1,)
+        assert conn.execute("select count(*) from t").fetchone() == (2,)
 
 
 # ---------------------------------------------------------------- Redis
