@@ -152,7 +152,7 @@ final class Service4CTClient
         return Http::baseUrl(rtrim($this->baseUrl, '/'))
             ->withToken($this->apiKey)
             ->acceptJson()
-            ->connectTimeout(10)
+            ->withOptions(['connect_timeout' => 10])
             ->timeout($timeoutSeconds ?? $this->timeoutSeconds);
     }
 
