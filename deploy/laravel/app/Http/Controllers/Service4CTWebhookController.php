@@ -35,12 +35,12 @@ final class Service4CTWebhookController extends Controller
         if ($secret === '' || ! self::verify($secret, $body, $header, time(), $tolerance)) {
             Log::warning('service4ct webhook refused: bad signature');
 
-            return response()->json(['error' => 'invalid_signature'], 401);
+            return new JsonResponse(['error' => 'invalid_signature'], 401);
         }
 
         $payload = json_decode($body, true);
         if (! is_array($payload) || ! isset($payload['job_id'], $payload['state'])) {
-            return response()->json(['error' => 'invalid_payload'], 422);
+            return new JsonResponse(['error' => 'invalid_payload'], 422);
         }
 
         // at-least-once delivery: the same delivery id may arrive again (Cache::add is atomic)
@@ -49,17 +49,17 @@ final class Service4CTWebhookController extends Controller
         if ($delivery !== '' && ! Cache::add($seenKey, true, now()->addDays(2))) {
             Log::info('service4ct webhook duplicate ignored', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
 
-            return response()->json(['status' => 'duplicate']);
+            return new JsonResponse(['status' => 'duplicate']);
         }
         try {
             Service4CTJobFinished::dispatch($payload);
+            Log::info('service4ct webhook accepted', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
+
+            return new JsonResponse(['status' => 'accepted']);
         } catch (Throwable $e) {
             Cache::forget($seenKey); // not handled: let the redelivery in
             throw $e;
         }
-        Log::info('service4ct webhook accepted', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
-
-        return response()->json(['status' => 'accepted']);
     }
 
     /**
