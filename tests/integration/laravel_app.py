@@ -34,9 +34,9 @@ def missing() -> str | None:
         return "php not installed (apt-get install php-cli)"
     probe = (
         "foreach (['" + "','".join(REQUIRED_FILES) + "'] as $f) "
-        "{ if (stream_resolve_include_path($f) === false) echo \"$f \"; }"
+        '{ if (stream_resolve_include_path($f) === false) echo "$f "; }'
         "foreach (['" + "','".join(REQUIRED_EXTENSIONS) + "'] as $e) "
-        "{ if (!extension_loaded($e)) echo \"ext-$e \"; }"
+        '{ if (!extension_loaded($e)) echo "ext-$e "; }'
     )
     out = subprocess.run([PHP, "-r", probe], capture_output=True, text=True, timeout=60, check=False)
     absent = (out.stdout + out.stderr).split()
