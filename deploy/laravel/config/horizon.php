@@ -8,7 +8,6 @@ declare(strict_types=1);
 return [
     'use' => 'default', // the Redis connection of config/database.php
     'prefix' => env('HORIZON_PREFIX', 'service4ct_laravel_horizon:'),
-    'middleware' => ['web'],
     'waits' => ['redis:default' => 60],
     'trim' => ['recent' => 60, 'pending' => 60, 'completed' => 60, 'recent_failed' => 10080, 'failed' => 10080],
     'fast_termination' => false,

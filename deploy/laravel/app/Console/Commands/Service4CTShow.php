@@ -45,7 +45,7 @@ final class Service4CTShow extends Command
                 $e->requestId ?? '-',
                 $e->retryable() ? 'yes' : 'no',
                 $e->retryAfter !== null ? ", retry after {$e->retryAfter} s" : '',
-                $e->getMessage(),
+                $e->detail,
             ));
 
             return 1;

@@ -11,7 +11,8 @@ use RuntimeException;
  * An error answer of the Service4CT API: {"error": "<stable code>", "detail": "...", "request_id": "..."}.
  *
  * $errorCode is the stable code (unauthorized, study_not_found, idempotency_conflict,
- * payload_too_large, zip_invalid, server_busy, ...), $status the HTTP status, $requestId the id
+ * payload_too_large, zip_invalid, server_busy, ...), $status the HTTP status, $detail the
+ * human-readable reason, $requestId the id
  * to quote when reporting a problem (also in the service's logs), $retryAfter the seconds of the
  * answer's Retry-After header (429 and 503), if any.
  *
@@ -23,7 +24,7 @@ final class Service4CTException extends RuntimeException
     public function __construct(
         public readonly string $errorCode,
         public readonly int $status,
-        string $detail = '',
+        public readonly string $detail = '',
         public readonly ?string $requestId = null,
         public readonly ?int $retryAfter = null,
     ) {
