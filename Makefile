@@ -71,7 +71,7 @@ test-all: lint
 
 ## test-laravel: deploy/laravel end to end (PHP, Debian's php-laravel-framework, real service; slow)
 test-laravel: venv
-	$(call run_pytest,-m slow tests/integration/test_laravel.py -p no:randomly)
+	$(call run_pytest,-m slow tests/integration/test_laravel.py -p no:randomly -rP --show-capture=stdout)
 
 ## bench: every benchmark (preprocess, inference, explain, service, load) → docs/performance.md (~35 min)
 bench: venv
