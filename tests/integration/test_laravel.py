@@ -94,10 +94,10 @@ def _service_process(settings: Settings, log: Path, command: str) -> Iterator[st
             time.sleep(0.5)
         yield base
     finally:
-        proc.terminate()
-        try:
+        proc.terminate()  # serve stops its worker and the API; SIGKILL only if that hangs
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 
@@ -124,12 +124,26 @@ def service(
         yield Service(settings, base, key.group(1), secret.group(1))
 
 
+def _redis_env(stack: EmbeddedStack) -> dict[str, str]:
+    """REDIS_* of the app: the stack's Redis server (its password, if any), the app's own databases."""
+    url = httpx.URL(stack.redis_url)
+    env = {"REDIS_HOST": url.host, "REDIS_PORT": str(url.port or 6379)}
+    if url.password:
+        env["REDIS_PASSWORD"] = url.password
+    return {**env, "REDIS_DB": str(LARAVEL_DB), "REDIS_CACHE_DB": str(LARAVEL_CACHE_DB)}
+
+
 @pytest.fixture(scope="module")
 def app_redis(stack: EmbeddedStack) -> redis.Redis:
-    url = httpx.URL(stack.redis_url)
-    r = redis.Redis(host=url.host, port=url.port or 6379, db=LARAVEL_DB, decode_responses=True)
+    env = _redis_env(stack)
+    server = {
+        "host": env["REDIS_HOST"],
+        "port": int(env["REDIS_PORT"]),
+        "password": env.get("REDIS_PASSWORD"),
+    }
+    redis.Redis(**server, db=LARAVEL_CACHE_DB).flushdb()
+    r = redis.Redis(**server, db=LARAVEL_DB, decode_responses=True)
     r.flushdb()
-    redis.Redis(host=url.host, port=url.port or 6379, db=LARAVEL_CACHE_DB).flushdb()
     return r
 
 
@@ -137,7 +151,6 @@ def app_redis(stack: EmbeddedStack) -> redis.Redis:
 def laravel(
     service: Service, stack: EmbeddedStack, app_redis: redis.Redis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LaravelApp]:
-    url = httpx.URL(stack.redis_url)
     app = LaravelApp(
         tmp_path_factory.mktemp("laravel-app"),
         {
@@ -145,11 +158,8 @@ def laravel(
             "SERVICE4CT_API_KEY": service.key,
             "SERVICE4CT_WEBHOOK_SECRET": service.secret,
             "SERVICE4CT_POLL_TIMEOUT": "20",
-            "REDIS_HOST": str(url.host),
-            "REDIS_PORT": str(url.port),
-            "REDIS_DB": str(LARAVEL_DB),
-            "REDIS_CACHE_DB": str(LARAVEL_CACHE_DB),
             "QUEUE_RETRY_AFTER": str(RETRY_AFTER_S),
+            **_redis_env(stack),
         },
     )
     watch_log(app.log)
@@ -277,6 +287,19 @@ def _upload_key(job_uuid: str, ref: str) -> str:
     return "laravel:" + hashlib.sha256(f"{job_uuid}|{ref}|upload".encode()).hexdigest()
 
 
+def _earlier_attempt_uploaded(service: Service, r: redis.Redis, queue: str, zip_path: Path) -> str:
+    """Upload ``zip_path`` under the Idempotency-Key of the job queued on ``queue`` (ref = queue)."""
+    key = _upload_key(_queued_uuid(r, queue), queue)
+    with service.client() as c:
+        up = c.post(
+            "/v1/studies",
+            content=zip_path.read_bytes(),
+            headers={"Content-Type": "application/zip", "Idempotency-Key": key},
+        )
+    assert up.status_code in (200, 201), up.text
+    return str(up.json()["study_id"])
+
+
 def _work_once(app: LaravelApp) -> None:
     out = app.artisan("queue:work", "redis", "--once", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -309,15 +332,9 @@ def test_404_a_study_deleted_meanwhile_fails_the_job_at_once(
     """An earlier attempt uploaded the study (same key), then the study was deleted: 404 on predict."""
     app = laravel.with_env(REDIS_QUEUE="e404")
     _submit(app, small_study, "e404")
-    key = _upload_key(_queued_uuid(app_redis, "e404"), "e404")
+    study_id = _earlier_attempt_uploaded(service, app_redis, "e404", small_study)
     with service.client() as c:
-        up = c.post(
-            "/v1/studies",
-            content=small_study.read_bytes(),
-            headers={"Content-Type": "application/zip", "Idempotency-Key": key},
-        )
-        assert up.status_code in (200, 201), up.text
-        assert c.delete(f"/v1/studies/{up.json()['study_id']}").status_code == 204
+        assert c.delete(f"/v1/studies/{study_id}").status_code == 204
     _work_once(app)
     _failed_at_once(app, app_redis, "e404", "e404", "study_not_found", 404)
 
@@ -330,14 +347,7 @@ def test_409_the_file_changed_under_the_same_key_fails_the_job_at_once(
     _submit(app, small_study, "e409")
     other = tmp_path / "other.zip"
     make_study(other, seed=32, label=0)
-    key = _upload_key(_queued_uuid(app_redis, "e409"), "e409")
-    with service.client() as c:
-        up = c.post(
-            "/v1/studies",
-            content=other.read_bytes(),
-            headers={"Content-Type": "application/zip", "Idempotency-Key": key},
-        )
-        assert up.status_code in (200, 201), up.text
+    _earlier_attempt_uploaded(service, app_redis, "e409", other)
     _work_once(app)
     _failed_at_once(app, app_redis, "e409", "e409", "idempotency_conflict", 409)
 
