@@ -153,14 +153,18 @@ class LaravelApp:
                     found.append(rec)
         return found
 
+    def crashes(self) -> list[dict[str, Any]]:
+        """Records of exceptions that reached Laravel's handler (a job or a request that crashed)."""
+        return [r for r in self.records() if "exception" in (r.get("context") or {})]
+
     def wait_record(self, message: str, timeout: float = 300, **context: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
+        crashes = len(self.crashes())
         while True:
             recs = self.records(message, **context)
             if recs:
                 return recs[0]
-            crashed = [r for r in self.records() if "exception" in (r.get("context") or {})]
-            if crashed or time.monotonic() > deadline:
+            if len(self.crashes()) > crashes or time.monotonic() > deadline:
                 tail = self.log.read_text(errors="replace")[-4000:] if self.log.is_file() else "(no log)"
                 raise AssertionError(f"no log record {message!r} {context} (or an exception):\n{tail}")
             time.sleep(0.1)

@@ -430,3 +430,26 @@ def test_503_server_busy_is_released_after_retry_after_then_succeeds(
     _work_once(app)
     uploaded = app.records("service4ct study uploaded", study_ref="e503")
     assert [u["context"]["attempt"] for u in uploaded] == [2], uploaded
+
+
+def test_connection_refused_is_retried_after_backoff(
+    stack: EmbeddedStack, app_redis: redis.Redis, small_study: Path, tmp_path: Path
+) -> None:
+    """No service listening: Laravel's ConnectionException, the job released after backoff()[0] = 10 s."""
+    app = LaravelApp(
+        tmp_path / "app",
+        {
+            "SERVICE4CT_URL": f"http://127.0.0.1:{free_port()}",
+            "SERVICE4CT_API_KEY": "s4ct_unused",
+            "REDIS_QUEUE": "refused",
+            **_redis_env(stack),
+        },
+    )
+    _submit(app, small_study, "refused")
+    before = time.time()
+    _work_once(app)
+    (crash,) = app.crashes()
+    assert crash["context"]["exception"]["class"].endswith("ConnectionException"), crash
+    ((_, available_at),) = app_redis.zrange(f"{PREFIX}queues:refused:delayed", 0, -1, withscores=True)
+    assert before + 9 <= available_at <= time.time() + 11, (before, available_at)
+    assert not app.records("service4ct submission failed")
