@@ -77,7 +77,12 @@ def _service_process(settings: Settings, log: Path, command: str) -> Iterator[st
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", command, "--port", str(port)],
             cwd=ROOT,
-            env=worker_env(settings),
+            # callbacks go to the app's php -S on loopback (a development set-up, allowed explicitly)
+            env={
+                **worker_env(settings),
+                "S4CT_WEBHOOK_ALLOW_PRIVATE": "true",
+                "S4CT_WEBHOOK_ALLOW_LOOPBACK": "true",
+            },
             stdout=out,
             stderr=subprocess.STDOUT,
         )
