@@ -13,7 +13,7 @@ DEMO_DIR ?= var/demo
 DEMO_STUDY := $(DEMO_DIR)/corpus/studies/ph0000-0000.zip
 PORT ?= 8000
 
-.PHONY: venv run demo test test-all lint fmt bench clean
+.PHONY: venv run demo test test-all lint fmt bench clean test-laravel
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -68,6 +68,10 @@ test: lint
 
 test-all: lint
 	$(call run_pytest,-m "slow or not slow")
+
+## test-laravel: deploy/laravel end to end (PHP, Debian's php-laravel-framework, real service; slow)
+test-laravel: venv
+	$(call run_pytest,-m slow tests/integration/test_laravel.py -p no:randomly -rP --show-capture=stdout)
 
 ## bench: every benchmark (preprocess, inference, explain, service, load) → docs/performance.md (~35 min)
 bench: venv

@@ -1,16 +1,21 @@
-"""deploy/laravel: PHP syntax (when php is installed) and the webhook signature against Python's.
+"""deploy/laravel: PHP syntax (when php is installed), the webhook signature against Python's, the app boots.
 
-``php`` comes from Debian's php-cli; without it these tests skip.
+``php`` comes from Debian's php-cli, the framework from php-laravel-framework (with
+php-guzzlehttp-guzzle, php-redis, php-curl); without them these tests skip. The app against the
+real service: tests/integration/test_laravel.py (``make test-laravel``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from integration.laravel_app import LaravelApp, missing  # type: ignore[import-not-found, unused-ignore]
 from s4ct_deploy import ROOT
 
 from app.webhooks import sign
@@ -18,6 +23,8 @@ from app.webhooks import sign
 LARAVEL = ROOT / "deploy" / "laravel"
 PHP = shutil.which("php")
 needs_php = pytest.mark.skipif(PHP is None, reason="php not installed (apt-get install php-cli)")
+WHY_NO_LARAVEL = missing()
+needs_laravel = pytest.mark.skipif(WHY_NO_LARAVEL is not None, reason=WHY_NO_LARAVEL or "")
 
 VERIFY = r"""<?php
 namespace App\Http\Controllers { abstract class Controller {} }
@@ -32,7 +39,7 @@ namespace {
 
 
 def php_files() -> list[Path]:
-    return sorted(LARAVEL.rglob("*.php"))
+    return [*sorted(LARAVEL.rglob("*.php")), LARAVEL / "artisan"]
 
 
 def test_the_example_is_complete() -> None:
@@ -42,9 +49,17 @@ def test_the_example_is_complete() -> None:
         "app/Services/Service4CT/Service4CTException.php",
         "app/Http/Controllers/Service4CTWebhookController.php",
         "app/Jobs/SubmitStudyToService4CT.php",
+        "app/Listeners/ReadService4CTResult.php",
+        "bootstrap/app.php",
+        "bootstrap/autoload.php",
+        "public/index.php",
+        "config/app.php",
+        "config/queue.php",
+        "config/horizon.php",
         "config/service4ct.php",
         "routes/api.php",
     } <= names
+    assert (LARAVEL / "artisan").is_file() and (LARAVEL / "composer.json").is_file()
     client = (LARAVEL / "app/Services/Service4CT/Service4CTClient.php").read_text()
     for needle in (
         "Idempotency-Key",
@@ -59,6 +74,7 @@ def test_the_example_is_complete() -> None:
     assert "implements ShouldQueue" in job and "->uuid()" in job and "function backoff" in job
     readme = (LARAVEL / "README.md").read_text()
     assert readme.startswith("## Laravel integration")
+    assert "make run" in readme and "horizon" in readme.lower()
 
 
 @needs_php
@@ -97,3 +113,68 @@ def test_php_verifies_what_python_signs(tmp_path: Path) -> None:
     assert php_verify("s3cret", body, sign("s3cret", body, now - 200), now) == "valid"
     assert php_verify("s3cret", body, "v1=" + header.split("v1=")[1]) == "invalid"  # no timestamp
     assert php_verify("s3cret", body, "garbage") == "invalid"
+
+
+@needs_laravel
+def test_the_app_boots_with_its_route_and_listener(tmp_path: Path) -> None:
+    """artisan boots the app: the webhook route, the queued listener, the commands, queue:work."""
+    app = LaravelApp(tmp_path, {"SERVICE4CT_API_KEY": "unused"})
+    routes = app.artisan("route:list")
+    assert routes.returncode == 0, routes.stderr
+    assert "api/service4ct/webhook" in routes.stdout and "service4ct.webhook" in routes.stdout
+    events = app.artisan("event:list")
+    assert "App\\Listeners\\ReadService4CTResult" in events.stdout, events.stdout + events.stderr
+    commands = app.artisan("list", "--raw").stdout
+    assert {"queue:work", "service4ct:submit", "service4ct:show"} <= {
+        c.split()[0] for c in commands.splitlines()
+    }
+
+
+EXCEPTION = r"""<?php
+require $argv[1] . '/bootstrap/autoload.php';
+use App\Services\Service4CT\Service4CTException;
+$out = [];
+foreach (json_decode(stream_get_contents(STDIN), true) as [$status, $headers, $body]) {
+    $response = new Illuminate\Http\Client\Response(new GuzzleHttp\Psr7\Response($status, $headers, $body));
+    $e = Service4CTException::fromResponse($response);
+    $out[] = [$e->errorCode, $e->status, $e->requestId, $e->retryAfter, $e->retryable()];
+}
+echo json_encode($out);
+"""
+
+
+@needs_laravel
+def test_error_answers_become_service4ct_exceptions(tmp_path: Path) -> None:
+    """Stable code, request id (body, else header), Retry-After (seconds or HTTP date), retryable()."""
+    assert PHP is not None
+    script = tmp_path / "exception.php"
+    script.write_text(EXCEPTION)
+
+    def body(code: str) -> str:
+        return json.dumps({"error": code, "detail": "d", "request_id": f"req-{code}"})
+
+    cases = [
+        (401, {}, body("unauthorized")),
+        (409, {}, body("idempotency_conflict")),
+        (409, {}, body("idempotency_in_progress")),
+        (422, {}, body("zip_invalid")),
+        (429, {"Retry-After": "7"}, body("rate_limited")),
+        (503, {"Retry-After": formatdate(time.time() + 60, usegmt=True)}, body("server_busy")),
+        (502, {"X-Request-ID": "gw-1"}, "<html>Bad Gateway</html>"),
+    ]
+    out = subprocess.run(
+        [PHP, str(script), str(LARAVEL)],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = json.loads(out.stdout)
+    assert got[0] == ["unauthorized", 401, "req-unauthorized", None, False]
+    assert got[1][4] is False and got[2][4] is True  # a conflict is final, "in progress" is not
+    assert got[3] == ["zip_invalid", 422, "req-zip_invalid", None, False]
+    assert got[4] == ["rate_limited", 429, "req-rate_limited", 7, True]
+    assert got[5][0] == "server_busy" and 55 <= got[5][3] <= 60 and got[5][4] is True
+    assert got[6] == ["http_502", 502, "gw-1", None, True]

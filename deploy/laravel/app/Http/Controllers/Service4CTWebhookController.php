@@ -8,6 +8,8 @@ use App\Events\Service4CTJobFinished;
 use Illuminate\Http\JsonResponse;
 use Illuminate\Http\Request;
 use Illuminate\Support\Facades\Cache;
+use Illuminate\Support\Facades\Log;
+use Throwable;
 
 /**
  * Receives Service4CT webhooks:
@@ -18,7 +20,8 @@ use Illuminate\Support\Facades\Cache;
  *
  * The signature is checked over the raw body (never over re-encoded JSON), in constant time,
  * and the timestamp must lie within the tolerance (replays of old deliveries are refused).
- * Deliveries are retried with backoff until a 2xx: answer fast and do the work in a queue.
+ * Deliveries are at-least-once and retried with backoff until a 2xx: a delivery id seen before
+ * is acknowledged and ignored, and the work is left to queued listeners (answer fast).
  */
 final class Service4CTWebhookController extends Controller
 {
@@ -30,27 +33,38 @@ final class Service4CTWebhookController extends Controller
         $tolerance = (int) config('service4ct.webhook_tolerance', 300);
 
         if ($secret === '' || ! self::verify($secret, $body, $header, time(), $tolerance)) {
-            return response()->json(['error' => 'invalid_signature'], 401);
+            Log::warning('service4ct webhook refused: bad signature');
+
+            return new JsonResponse(['error' => 'invalid_signature'], 401);
         }
 
         $payload = json_decode($body, true);
-        if (! is_array($payload) || ! isset($payload['job_id'])) {
-            return response()->json(['error' => 'invalid_payload'], 422);
+        if (! is_array($payload) || ! isset($payload['job_id'], $payload['state'])) {
+            return new JsonResponse(['error' => 'invalid_payload'], 422);
         }
 
-        // at-least-once delivery: the same delivery id may arrive twice
+        // at-least-once delivery: the same delivery id may arrive again (Cache::add is atomic)
         $delivery = (string) $request->header('X-Service4CT-Delivery', '');
-        if ($delivery !== '' && ! Cache::add('service4ct:webhook:' . $delivery, true, now()->addDays(2))) {
-            return response()->json(['status' => 'duplicate']);
+        $seenKey = 'service4ct:webhook:' . $delivery;
+        if ($delivery !== '' && ! Cache::add($seenKey, true, now()->addDays(2))) {
+            Log::info('service4ct webhook duplicate ignored', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
+
+            return new JsonResponse(['status' => 'duplicate']);
         }
+        try {
+            Service4CTJobFinished::dispatch($payload);
+            Log::info('service4ct webhook accepted', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
 
-        Service4CTJobFinished::dispatch($payload);
-
-        return response()->json(['status' => 'accepted']);
+            return new JsonResponse(['status' => 'accepted']);
+        } catch (Throwable $e) {
+            Cache::forget($seenKey); // not handled: let the redelivery in
+            throw $e;
+        }
     }
 
     /**
-     * The receiver side of the signature (same as app.webhooks.verify in Python).
+     * The receiver side of the signature (same as app.webhooks.verify in Python): every check of
+     * the signature header lives here, so that a new scheme is one more branch of this function.
      */
     public static function verify(string $secret, string $body, string $header, int $now, int $toleranceSeconds = 300): bool
     {

@@ -50,10 +50,12 @@ final class Service4CTClient
             throw new RuntimeException("cannot open {$zipPath}");
         }
         try {
+            // Guzzle's `body` option takes the stream as it is (Laravel 8's withBody() wants a string)
             $response = $this->http($this->uploadTimeoutSeconds)
                 ->withHeaders(['Idempotency-Key' => $idempotencyKey])
-                ->withBody(Utils::streamFor($handle), 'application/zip')
-                ->post('/v1/studies');
+                ->contentType('application/zip')
+                ->withOptions(['body' => Utils::streamFor($handle)])
+                ->send('POST', '/v1/studies');
         } finally {
             if (is_resource($handle)) {
                 fclose($handle);
@@ -152,7 +154,7 @@ final class Service4CTClient
         return Http::baseUrl(rtrim($this->baseUrl, '/'))
             ->withToken($this->apiKey)
             ->acceptJson()
-            ->connectTimeout(10)
+            ->withOptions(['connect_timeout' => 10])
             ->timeout($timeoutSeconds ?? $this->timeoutSeconds);
     }
 

@@ -1,0 +1,57 @@
+<?php
+
+declare(strict_types=1);
+
+namespace App\Console\Commands;
+
+use App\Services\Service4CT\Service4CTClient;
+use App\Services\Service4CT\Service4CTException;
+use Illuminate\Console\Command;
+
+/**
+ * php artisan service4ct:show JOB_ID [--result] [--explanation]
+ *
+ * Prints a job's status (and its result and explanation links) as JSON; an error answer of the
+ * service is printed with its stable code and request id, and the command exits 1.
+ */
+final class Service4CTShow extends Command
+{
+    /** @var string */
+    protected $signature = 'service4ct:show
+        {job : the Service4CT job id}
+        {--result : also read the result}
+        {--explanation : also read the explanation (presigned links, valid 15 minutes)}';
+
+    /** @var string */
+    protected $description = 'Show a Service4CT job, its result and its explanation links';
+
+    public function handle(): int
+    {
+        $client = Service4CTClient::fromConfig();
+        $job = (string) $this->argument('job');
+        try {
+            $out = ['job' => $client->job($job)];
+            if ($this->option('result')) {
+                $out['result'] = $client->result($job);
+            }
+            if ($this->option('explanation')) {
+                $out['explanation'] = $client->explanation($job);
+            }
+        } catch (Service4CTException $e) {
+            $this->error(sprintf(
+                'service4ct error %s (HTTP %d, request id %s, retryable: %s%s): %s',
+                $e->errorCode,
+                $e->status,
+                $e->requestId ?? '-',
+                $e->retryable() ? 'yes' : 'no',
+                $e->retryAfter !== null ? ", retry after {$e->retryAfter} s" : '',
+                $e->detail,
+            ));
+
+            return 1;
+        }
+        $this->line((string) json_encode($out, JSON_PRETTY_PRINT | JSON_UNESCAPED_SLASHES));
+
+        return 0;
+    }
+}
