@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the api and worker images (`make images`) with docker or podman, whichever answers, and
+# Builds the api and worker images (`make images`) with docker or podman, whichever answers, tags
+# each also with the project's version (service4ct-api:0.1.0: the names deploy/k8s uses), and
 # prints one line per image: "built <target> <image> <image id>".
 #
 # Environment (all optional):
@@ -18,6 +19,7 @@ ENGINE=${S4CT_ENGINE:-$("$root/deploy/docker/engine.sh")} || {
   exit 3
 }
 context=${BUILD_CONTEXT:-$root}
+version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/pyproject.toml" | head -n 1)
 args=()
 [ -z "${PYTHON_IMAGE:-}" ] || args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
 # podman/buildah write OCI images by default, which have no HEALTHCHECK
@@ -31,6 +33,7 @@ for target in ${TARGETS:-api worker}; do
   esac
   start=$(date +%s)
   "$ENGINE" build "${args[@]}" "${extra[@]}" --target "$target" -t "$image" -f "$context/Dockerfile" "$context"
+  "$ENGINE" tag "$image" "${image%:*}:$version"
   id=$("$ENGINE" image inspect --format '{{.Id}}' "$image")
   echo "built $target $image $id ($(( $(date +%s) - start )) s)"
 done
