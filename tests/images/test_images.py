@@ -14,23 +14,27 @@ packages: deploy/docker/offline/base.sh (mmdebstrap) makes the Python base, and
 deploy/docker/offline/Dockerfile PostgreSQL, Redis and a SeaweedFS S3 store
 (deploy/docker/offline/compose.yml swaps them in). The CPU torch wheel is taken from pip's
 find-links when it lies there (else PyTorch's CPU index), extra CAs from
-/usr/local/share/ca-certificates (``S4CT_EXTRA_CA_DIR`` overrides).
+/usr/local/share/ca-certificates (``S4CT_EXTRA_CA_DIR`` overrides). ``S4CT_IMAGES_STUDY`` names
+another study ZIP; ``S4CT_ENGINE`` picks the engine (``none``: skip).
 """
 
 from __future__ import annotations
 
 import configparser
+import contextlib
+import gzip
+import io
 import os
 import re
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,12 +318,17 @@ def run_study(stack: Stack, key: str, study: Path) -> None:
         log(f"result read back through the api: p={result['probability']:.4f} label={result['label']}")
         expl = c.get(f"/v1/jobs/{job}/explanation").json()
         assert expl["method"] == "gradcam", expl
-        urls = [v for v in _flat(expl) if isinstance(v, str) and v.startswith("http://minio:9000/")]
-        nifti = [u for u in urls if ".nii.gz" in u]
-        assert nifti, expl
-        data = fetch_presigned(nifti[0], stack.s3_port)
-        assert data[:2] == b"\x1f\x8b" and len(data) > 1000  # a gzipped NIfTI
-        log(f"explanation: gradcam, {len(urls)} presigned URLs, NIfTI {len(data)} bytes")
+        urls = [f["url"] for f in expl["files"].values()]
+        assert urls and all(u.startswith("http://minio:9000/") for u in urls), expl
+        data = fetch_presigned(expl["files"]["nifti"]["url"], stack.s3_port)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as nii:
+            header = nii.read(348)
+        assert struct.unpack_from("<i", header, 0)[0] == 348, "not a NIfTI-1 header"
+        dims = struct.unpack_from("<8h", header, 40)
+        shape_zyx = expl["geometry"]["shape_zyx"]
+        assert dims[0] == 3 and list(dims[1:4]) == shape_zyx[::-1], (dims, shape_zyx)  # source geometry
+        assert expl["stats"]["peak"], expl["stats"]
+        log(f"explanation: gradcam, {len(urls)} presigned URLs, NIfTI {len(data)} bytes, {dims[1:4]} voxels")
 
         # the worker container restarts with jobs queued: each finishes, exactly once
         body = {"study_id": sid, "explain": "none"}
@@ -347,17 +356,6 @@ def run_study(stack: Stack, key: str, study: Path) -> None:
     log("3 jobs queued across a worker restart: each succeeded exactly once (one success, one result row)")
 
 
-def _flat(obj: Any) -> Iterator[Any]:
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _flat(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _flat(v)
-    else:
-        yield obj
-
-
 def test_images_build_and_run_a_study_through_the_compose_stack() -> None:
     engine = engine_or_skip()
     offline = not registry_reachable(engine)
@@ -380,6 +378,11 @@ def test_images_build_and_run_a_study_through_the_compose_stack() -> None:
             key = re.search(r"^api key:\s+(\S+)", out, re.M)
             assert key, out
             run_study(stack, key[1], study)
+        except BaseException:
+            for service in ("migrate", "api", "worker-cpu"):
+                with contextlib.suppress(Exception):
+                    sh(stack.engine, "logs", "--tail", "40", stack.container(service), check=False)
+            raise
         finally:
             stack.stack("purge")
             left = stack.leftovers()
