@@ -1,28 +1,37 @@
 # syntax=docker/dockerfile:1
 #
-# Service4CT images (docs/operations.md):
+# Service4CT images (docs/operations.md, "Container images"):
 #
-#   docker build --target api    -t service4ct-api .      # python:3.11-slim, no torch, no CUDA
-#   docker build --target worker -t service4ct-worker .   # CUDA base + torch (CUDA wheel)
+#   make images                                   # both targets, docker or podman, whichever runs
+#   docker build --target api    -t service4ct-api .      # no torch, no CUDA
+#   docker build --target worker -t service4ct-worker .   # torch (locked CUDA build, or TORCH_SPEC)
 #
-# Both run as a non-root user under tini; the command is `service4ct <api|worker|migrate|apikey ...>`.
-# Dependencies come from the hash-locked requirements/{api,worker,build}.txt (deploy/lock-requirements.sh).
+# Both targets start from the same Python base and run as a non-root user (uid 10001) under tini;
+# the command is `service4ct <api|worker|migrate|apikey ...>`. Everything is installed from package
+# registries (Debian packages, PyPI wheels checked against requirements/{api,worker}.txt hashes):
+# nothing is downloaded from anywhere else at build time.
+# HEALTHCHECK is part of the Docker image format only: with podman/buildah build `--format docker`
+# (make images does); compose and the k8s manifests state the same probes themselves.
 #
 # Build arguments:
-#   PYTHON_IMAGE  base of the api target and of the build stages
-#   CUDA_IMAGE    base of the worker target. torch's wheels carry their own CUDA user-space
-#                 libraries (cuBLAS, cuDNN, NCCL ...); the host only supplies the driver, so the
-#                 small `base` flavour is enough. The locked torch is built for CUDA 13.0
-#                 (driver >= 580); use a matching CUDA_IMAGE when TORCH_SPEC picks another build.
-#   TORCH_SPEC    empty: the locked torch. Else pip arguments installing another build over it, e.g.
-#                 "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-#   PYTHON_VERSION  CPython installed by uv in the worker image (the CUDA image has no 3.11)
+#   PYTHON_IMAGE  base of every stage: Debian 12 with CPython 3.11. Pinned by digest (update it with
+#                 `docker buildx imagetools inspect python:3.11-slim-bookworm` or
+#                 `skopeo inspect docker://python:3.11-slim-bookworm`, then replace the sha256 below).
+#                 Without a registry, deploy/docker/offline/base.sh builds a stand-in from Debian packages.
+#   TORCH_SPEC    empty: the locked torch (the PyPI build for CUDA 13.0 with its nvidia-* wheels, which
+#                 carry the CUDA user-space libraries: the host supplies only the NVIDIA driver >= 580 and
+#                 the container toolkit). Else pip arguments replacing torch and its CUDA wheels, e.g.
+#                 "torch==2.13.0+cpu" (CPU build, from a wheel in WHEELS_DIR or the index below) or
+#                 "torch==2.13.0+cpu --index-url https://download.pytorch.org/whl/cpu"
+#   WHEELS_DIR    folder of the build context offered to pip as --find-links in the worker build
+#                 (deploy/docker/wheels: drop e.g. the CPU torch wheel there on an offline network)
+#   CA_CERTS_DIR  folder of the build context with extra CA certificates (*.crt, PEM) trusted by apt
+#                 and pip, for networks whose proxy re-signs HTTPS (deploy/docker/certs)
 #   WEIGHTS_DIR   folder of the build context copied to /app/weights (manifest.json and the weight
 #                 files it references by relative path: baked weights, verified by sha256 at build).
 #                 Entries at s3:// URIs are fetched by the worker at start into S4CT_WEIGHTS_CACHE_DIR.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 # ---------------------------------------------------------------- source tree (shared by both targets)
 FROM ${PYTHON_IMAGE} AS src
@@ -33,29 +42,39 @@ COPY app ./app
 COPY ml ./ml
 COPY migrations ./migrations
 COPY ${WEIGHTS_DIR} ./weights
-COPY deploy/docker ./deploy/docker
+COPY deploy/docker/service4ct deploy/docker/healthcheck.py deploy/docker/verify_weights.py ./deploy/docker/
 # the api reads the manifest only: its tree carries no weight files
 RUN mkdir -p /src-api \
  && cp -a /app/. /src-api/ \
  && find /src-api/weights -type f ! -name '*.json' ! -name '*.md' -delete
 
+# ---------------------------------------------------------------- runtime: base + extra CAs + tini + user
+FROM ${PYTHON_IMAGE} AS runtime
+ARG CA_CERTS_DIR=deploy/docker/certs
+COPY ${CA_CERTS_DIR}/ /usr/local/share/ca-certificates/service4ct/
+# hadolint ignore=DL3008
+RUN update-ca-certificates >/dev/null \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 service4ct \
+ && useradd --system --uid 10001 --gid service4ct --home-dir /var/lib/service4ct --create-home \
+      --shell /usr/sbin/nologin service4ct
+# pip (certifi) and Python's ssl otherwise ignore the system store and its extra CAs
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
 # ---------------------------------------------------------------- api: locked dependencies
-FROM ${PYTHON_IMAGE} AS api-deps
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM runtime AS api-deps
 COPY requirements/api.txt /tmp/api.txt
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/api.txt \
  && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
 # ---------------------------------------------------------------- api
-FROM ${PYTHON_IMAGE} AS api
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 service4ct \
- && useradd --system --uid 10001 --gid service4ct --home-dir /var/lib/service4ct --create-home \
-      --shell /usr/sbin/nologin service4ct
+FROM runtime AS api
 COPY --from=api-deps /opt/venv /opt/venv
 COPY --from=src /src-api /app
 COPY --chmod=0755 deploy/docker/service4ct /usr/local/bin/service4ct
@@ -77,45 +96,33 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["service4ct", "api"]
 
-# ---------------------------------------------------------------- uv (from its locked PyPI wheel)
-FROM ${PYTHON_IMAGE} AS uv
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY requirements/build.txt /tmp/build.txt
-RUN pip install --no-deps --require-hashes --target /opt/uv -r /tmp/build.txt
-
-# ---------------------------------------------------------------- worker: Python 3.11 + locked dependencies
-FROM ${CUDA_IMAGE} AS worker-deps
-ARG PYTHON_VERSION=3.11
+# ---------------------------------------------------------------- worker: locked dependencies + torch
+FROM runtime AS worker-deps
 ARG TORCH_SPEC=""
-ENV UV_PYTHON_INSTALL_DIR=/opt/python \
-    UV_PYTHON_PREFERENCE=only-managed \
-    UV_NO_CACHE=1 \
-    UV_LINK_MODE=copy
-COPY --from=uv /opt/uv/bin/uv /usr/local/bin/uv
+ARG WHEELS_DIR=deploy/docker/wheels
 COPY requirements/worker.txt /tmp/worker.txt
+COPY deploy/docker/lock_without.py /tmp/lock_without.py
+COPY ${WHEELS_DIR}/ /tmp/wheels/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# With TORCH_SPEC the locked torch and its CUDA wheels are left out and TORCH_SPEC installs torch
+# over the rest of the locked set (its other dependencies are already there).
 # TORCH_SPEC holds several pip arguments: split on purpose
 # hadolint ignore=SC2086
-RUN uv python install "${PYTHON_VERSION}" \
- && uv venv --python "${PYTHON_VERSION}" /opt/venv \
- && uv pip install --python /opt/venv/bin/python --require-hashes --no-deps -r /tmp/worker.txt \
+RUN python -m venv /opt/venv \
  && if [ -n "${TORCH_SPEC}" ]; then \
-      uv pip install --python /opt/venv/bin/python --reinstall-package torch ${TORCH_SPEC}; \
+      python /tmp/lock_without.py torch triton 'nvidia-*' 'cuda-*' </tmp/worker.txt >/tmp/locked.txt; \
+    else cp /tmp/worker.txt /tmp/locked.txt; fi \
+ && /opt/venv/bin/pip install --no-deps --require-hashes --find-links /tmp/wheels -r /tmp/locked.txt \
+ && if [ -n "${TORCH_SPEC}" ]; then \
+      /opt/venv/bin/pip install --find-links /tmp/wheels ${TORCH_SPEC}; \
     fi \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/python -c "import torch, captum; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # ---------------------------------------------------------------- worker
-FROM ${CUDA_IMAGE} AS worker
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends tini ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 service4ct \
- && useradd --system --uid 10001 --gid service4ct --home-dir /var/lib/service4ct --create-home \
-      --shell /usr/sbin/nologin service4ct \
- && mkdir -p /var/cache/service4ct/weights \
+FROM runtime AS worker
+RUN mkdir -p /var/cache/service4ct/weights \
  && chown -R 10001:10001 /var/cache/service4ct
-COPY --from=worker-deps /opt/python /opt/python
 COPY --from=worker-deps /opt/venv /opt/venv
 COPY --from=src /app /app
 COPY --chmod=0755 deploy/docker/service4ct /usr/local/bin/service4ct

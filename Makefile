@@ -77,5 +77,15 @@ test-laravel: venv
 bench: venv
 	$(BIN)/python bench/report.py
 
+## images: build the api and worker images with docker or podman (deploy/docker/build.sh: API_IMAGE,
+## WORKER_IMAGE, PYTHON_IMAGE, WORKER_TORCH_SPEC; extra CAs in deploy/docker/certs, wheels in deploy/docker/wheels)
+.PHONY: images test-images
+images:
+	deploy/docker/build.sh
+
+## test-images: build both images and run a study through the compose stack (slow; skipped without an engine)
+test-images: venv
+	$(call run_pytest,-m slow -s -p no:randomly tests/images)
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

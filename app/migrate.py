@@ -6,6 +6,12 @@ transaction together with its row in ``schema_migrations`` (name + sha256), so a
 failing file leaves nothing half-applied. :func:`check` is what the API and the
 worker call at start: they refuse to run on a database that lacks a migration
 or whose applied file differs from the one shipped.
+
+Both first check the database's encoding (:func:`check_encoding`): on a database that is not
+UTF8 (``SQL_ASCII`` most often, what ``initdb`` without a locale makes) PostgreSQL neither
+validates nor converts text, and psycopg hands text back as bytes; the runner would not
+recognise its own ledger. Such a database is refused with :class:`DatabaseEncodingError`
+(code ``database_encoding_unsupported``) before anything is read or written.
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ from pathlib import Path
 
 from app.db import Conn
 
-__all__ = ["MIGRATIONS_DIR", "Migration", "NotMigratedError", "check", "migrate", "pending"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "DatabaseEncodingError",
+    "Migration",
+    "NotMigratedError",
+    "check",
+    "check_encoding",
+    "migrate",
+    "pending",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 _LOCK_KEY = 0x53344354  # "S4CT"
@@ -24,6 +39,23 @@ _LOCK_KEY = 0x53344354  # "S4CT"
 
 class NotMigratedError(RuntimeError):
     """The database schema is behind (or differs from) the shipped migrations."""
+
+
+class DatabaseEncodingError(RuntimeError):
+    """The database is not UTF8: the service refuses it (its message starts with :attr:`code`)."""
+
+    code = "database_encoding_unsupported"
+
+
+def check_encoding(conn: Conn) -> None:
+    """Raise :class:`DatabaseEncodingError` unless the database's server encoding is UTF8."""
+    encoding = conn.info.parameter_status("server_encoding") or "unknown"
+    if encoding.upper().replace("-", "") != "UTF8":
+        raise DatabaseEncodingError(
+            f"{DatabaseEncodingError.code}: database {conn.info.dbname!r} uses encoding {encoding}; "
+            "Service4CT needs UTF8. Create it with `CREATE DATABASE ... ENCODING 'UTF8' "
+            "TEMPLATE template0` (or `initdb -E UTF8`) and run `service4ct migrate` on it"
+        )
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,7 @@ def migrate(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
 
     ``conn`` must be in autocommit mode (each migration gets its own transaction).
     """
+    check_encoding(conn)
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
         _ensure_table(conn)
@@ -91,7 +124,9 @@ def migrate(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
 
 
 def check(conn: Conn, directory: Path = MIGRATIONS_DIR) -> None:
-    """Raise :class:`NotMigratedError` unless every shipped migration is applied unchanged."""
+    """Raise :class:`NotMigratedError` unless every shipped migration is applied unchanged
+    (:class:`DatabaseEncodingError` on a database that is not UTF8)."""
+    check_encoding(conn)
     todo = pending(conn, directory)
     if todo:
         raise NotMigratedError(

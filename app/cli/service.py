@@ -61,12 +61,12 @@ def api(
     import uvicorn
 
     from app.main import build_services, create_app
-    from app.migrate import NotMigratedError
+    from app.migrate import DatabaseEncodingError, NotMigratedError
 
     settings = _settings(config, host=host, port=port)
     try:  # connect and check the schema before serving: refuse clearly, not with a traceback
         services = build_services(settings)
-    except (ValueError, NotMigratedError) as e:
+    except (ValueError, NotMigratedError, DatabaseEncodingError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     try:
@@ -78,13 +78,13 @@ def api(
 
 def worker(config: ConfigOpt = None) -> None:
     """Run one worker process (loads the model once; GPU if present, else CPU)."""
-    from app.migrate import NotMigratedError
+    from app.migrate import DatabaseEncodingError, NotMigratedError
     from app.worker.runner import run_worker
 
     settings = _settings(config)
     try:
         run_worker(settings)
-    except (ValueError, NotMigratedError, ModelUnavailable) as e:
+    except (ValueError, NotMigratedError, DatabaseEncodingError, ModelUnavailable) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
@@ -92,11 +92,16 @@ def worker(config: ConfigOpt = None) -> None:
 def migrate(config: ConfigOpt = None) -> None:
     """Apply pending database migrations (under an advisory lock; safe to run concurrently)."""
     from app.db import connect
+    from app.migrate import DatabaseEncodingError, NotMigratedError
     from app.migrate import migrate as run_migrate
 
     settings = _settings(config)
-    with connect(_database_url(settings)) as conn:
-        applied = run_migrate(conn)
+    try:
+        with connect(_database_url(settings)) as conn:
+            applied = run_migrate(conn)
+    except (NotMigratedError, DatabaseEncodingError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
 
 

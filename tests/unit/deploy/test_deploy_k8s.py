@@ -336,3 +336,21 @@ def test_every_s4ct_variable_is_a_setting_and_each_container_gets_the_required_o
             assert all(getattr(settings, f) is not None for f in REQUIRED)
             assert settings.webhook_allow_private is False  # production
             assert settings.log_json is True
+
+
+def test_manifests_name_the_images_make_images_builds() -> None:
+    """deploy/docker/build.sh tags service4ct-{api,worker}:<project version>: the names used here."""
+    import tomllib
+
+    version = tomllib.loads((K8S.parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    build = (K8S.parents[1] / "deploy" / "docker" / "build.sh").read_text()
+    assert '"$ENGINE" tag "$image" "${image%:*}:$version"' in build
+    assert "service4ct-api:local" in build and "service4ct-worker:local" in build
+    roles = {"service4ct-api": "api", "service4ct-worker": "worker"}
+    for _, d in manifests():
+        if d["kind"] in ("Deployment", "Job"):
+            for c in pod_spec(d)["containers"]:
+                name, _, tag = c["image"].partition(":")
+                assert name in roles and tag == version, c["image"]
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert {i["newTag"] for i in kust["images"]} == {version}
