@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
 from app.api.responses import error_responses
+from app.callbacks import CallbackURLError, check_callback_url, policy_of
 from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger
@@ -73,6 +74,17 @@ def _check_model(services: Services, name: str | None) -> str:
     return model
 
 
+def _callback_url(services: Services, url: object | None) -> str | None:
+    """The callback URL as stored, checked like the dispatcher will (422 callback_url_invalid)."""
+    if url is None:
+        return None
+    try:
+        check_callback_url(str(url), policy_of(services.settings), services.callback_resolver)
+    except CallbackURLError as e:
+        raise ServiceError("callback_url_invalid", str(e)) from None
+    return str(url)
+
+
 def _create_job(
     services: Services,
     client: str,
@@ -86,6 +98,7 @@ def _create_job(
         params = check_explain_params(req.explain, req.explain_params)
     except ValueError as e:
         raise ServiceError("validation_error", str(e)) from None
+    callback_url = _callback_url(services, req.callback_url)
     payload = req.model_dump(mode="json") | {"study_id": str(study_id)}
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
@@ -100,7 +113,7 @@ def _create_job(
             series_uid=req.series_uid,
             explain=req.explain,
             explain_params=params,
-            callback_url=str(req.callback_url) if req.callback_url else None,
+            callback_url=callback_url,
             max_attempts=services.settings.max_attempts,
         )
         return 202, job.accepted_view()
@@ -113,7 +126,12 @@ def _create_job(
 
 
 _CREATE_ERRORS = error_responses(
-    "unauthorized", "study_not_found", "model_unavailable", "idempotency_conflict", "idempotency_in_progress"
+    "unauthorized",
+    "study_not_found",
+    "model_unavailable",
+    "callback_url_invalid",
+    "idempotency_conflict",
+    "idempotency_in_progress",
 )
 
 
@@ -223,6 +241,7 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
         "job_not_finished",
         "job_failed",
         "study_not_found",
+        "callback_url_invalid",
         "idempotency_conflict",
     ),
 )
@@ -237,6 +256,7 @@ def explain_job(
         params = check_explain_params(req.method, req.params)
     except ValueError as e:
         raise ServiceError("validation_error", str(e)) from None
+    callback_url = _callback_url(services, req.callback_url)
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
         parent = _job_or_404(conn, job_id, client)
@@ -254,7 +274,7 @@ def explain_job(
             series_uid=(parent.series_uid or _selected_series(conn, job_id)),
             explain=req.method,
             explain_params=params,
-            callback_url=str(req.callback_url) if req.callback_url else None,
+            callback_url=callback_url,
             max_attempts=services.settings.max_attempts,
             kind="explain",
             parent_job_id=job_id,
