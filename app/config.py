@@ -134,6 +134,19 @@ class Settings(BaseSettings):
         description="deliveries in flight per worker and client (a hanging endpoint holds these only)",
     )
 
+    # --- explanation budget (the API refuses, the worker fails the job with explain_too_costly)
+    explain_max_passes: int = Field(
+        1024,
+        ge=1,
+        description="most forward-pass equivalents per explanation (a backward pass counts 2; "
+        "occlusion: one per window position)",
+    )
+    explain_max_bytes: int = Field(
+        2 * GiB,
+        ge=1,
+        description="most estimated activation memory of one explanation (IG: internal_batch_size volumes)",
+    )
+
     # --- logging
     log_level: str = "INFO"
     log_json: bool = False

@@ -273,3 +273,39 @@ def test_webhook_retries_with_backoff_until_delivered(
         rows = outbox_rows(conn, uuid.UUID(job))
     assert len(rows) == 1 and rows[0]["attempts"] == 3 and rows[0]["delivered_at"] is not None
     assert rows[0]["last_status"] == 200
+
+
+def test_explain_parameters_the_worker_refuses_fail_the_job_once_with_their_code(
+    client: httpx.Client, worker: Worker, settings: Settings, tmp_path: Path
+) -> None:
+    """Jobs written past the API's check (older rules, a lowered budget) fail once, never retried."""
+    from app.repository import insert_job
+
+    zp = tmp_path / "x.zip"
+    make_study(zp, seed=44)
+    sid = _upload_file(client, zp)
+    assert settings.database_url
+    refused = {
+        "explain_params_invalid": ("occlusion", {"window": 2, "stride": 1}),  # 2 million positions
+        "explain_too_costly": ("integrated_gradients", {"internal_batch_size": 64, "steps": 64}),
+    }
+    ids = {}
+    with connect(settings.database_url) as conn:
+        study = conn.execute("SELECT * FROM studies WHERE id = %s", (uuid.UUID(sid),)).fetchone()
+        for code, (method, params) in refused.items():
+            ids[code] = insert_job(
+                conn,
+                client="site-e2e",
+                study=study,
+                model="resnet10-demo",
+                series_uid=None,
+                explain=method,
+                explain_params=params,
+                callback_url=None,
+                max_attempts=3,
+            ).id
+    worker.jobs.enqueue(list(ids.values()))
+    for code, job_id in ids.items():
+        st = wait_job(client, str(job_id))
+        assert st["state"] == "failed" and st["error"]["code"] == code, st
+        assert st["attempt"] == 1  # refused at once, not retried as an unexpected error

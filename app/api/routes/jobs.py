@@ -12,10 +12,10 @@ import orjson
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 
+from app.api.checks import check_explain_cost, checked_callback_url, existing_explanation
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
 from app.api.responses import error_responses
-from app.callbacks import CallbackURLError, check_callback_url, policy_of
 from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger
@@ -74,17 +74,6 @@ def _check_model(services: Services, name: str | None) -> str:
     return model
 
 
-def _callback_url(services: Services, url: object | None) -> str | None:
-    """The callback URL as stored, checked like the dispatcher will (422 callback_url_invalid)."""
-    if url is None:
-        return None
-    try:
-        check_callback_url(str(url), policy_of(services.settings), services.callback_resolver)
-    except CallbackURLError as e:
-        raise ServiceError("callback_url_invalid", str(e)) from None
-    return str(url)
-
-
 def _create_job(
     services: Services,
     client: str,
@@ -98,7 +87,8 @@ def _create_job(
         params = check_explain_params(req.explain, req.explain_params)
     except ValueError as e:
         raise ServiceError("validation_error", str(e)) from None
-    callback_url = _callback_url(services, req.callback_url)
+    check_explain_cost(services, model, req.explain, params)
+    callback_url = checked_callback_url(services, req.callback_url)
     payload = req.model_dump(mode="json") | {"study_id": str(study_id)}
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
@@ -130,6 +120,7 @@ _CREATE_ERRORS = error_responses(
     "study_not_found",
     "model_unavailable",
     "callback_url_invalid",
+    "explain_too_costly",
     "idempotency_conflict",
     "idempotency_in_progress",
 )
@@ -235,15 +226,21 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
     status_code=202,
     response_model=JobAccepted,
     summary="Explain an already predicted job with another method (queues an explain job)",
-    responses=error_responses(
-        "unauthorized",
-        "job_not_found",
-        "job_not_finished",
-        "job_failed",
-        "study_not_found",
-        "callback_url_invalid",
-        "idempotency_conflict",
-    ),
+    description="200 with the existing job when the same method and parameters were already "
+    "explained or are being explained (no new job).",
+    responses={
+        200: {"model": JobAccepted, "description": "the job that explained (or is explaining) the same"},
+        **error_responses(
+            "unauthorized",
+            "job_not_found",
+            "job_not_finished",
+            "job_failed",
+            "study_not_found",
+            "callback_url_invalid",
+            "explain_too_costly",
+            "idempotency_conflict",
+        ),
+    },
 )
 def explain_job(
     job_id: uuid.UUID,
@@ -256,13 +253,17 @@ def explain_job(
         params = check_explain_params(req.method, req.params)
     except ValueError as e:
         raise ServiceError("validation_error", str(e)) from None
-    callback_url = _callback_url(services, req.callback_url)
+    callback_url = checked_callback_url(services, req.callback_url)
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
         parent = _job_or_404(conn, job_id, client)
         if parent.kind != "predict":
             raise ServiceError("job_not_found", "explain a predict job")
         _require_succeeded(parent)
+        check_explain_cost(services, parent.model, req.method, params)
+        same = existing_explanation(conn, services, parent, req.method, params)
+        if same is not None:  # already explained, or being explained: that job
+            return 200, same.accepted_view()
         study = get_study(conn, client, parent.study_id) if parent.study_id else None
         if study is None:
             raise ServiceError("study_not_found", "the study of this job was deleted")
@@ -285,7 +286,7 @@ def explain_job(
     status, body, replayed = run_idempotent(
         services.db, client, idempotency_key, f"POST /v1/jobs/{job_id}/explain", body_hash(payload), create
     )
-    if not replayed:
+    if not replayed and status == 202:
         _enqueue(services, uuid.UUID(body["job_id"]))
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
 
