@@ -97,6 +97,8 @@ USES: dict[str, tuple[str, str]] = {
     "webhook_connect_timeout_s": ("worker", ""),
     "webhook_concurrency": ("worker", ""),
     "webhook_per_client": ("worker", ""),
+    "explain_max_passes": ("both", "the API refuses over it (422), the worker fails such a job once"),
+    "explain_max_bytes": ("both", "give the API and the workers the same budget"),
     "log_level": ("both", ""),
     "log_json": ("both", "JSON lines with request_id / job_id; the images set true"),
     "var_dir": ("both", "`service4ct serve`'s embedded stack; default parent of work_dir, weights_cache_dir"),

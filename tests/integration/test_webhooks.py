@@ -6,6 +6,7 @@ refused addresses are refused before a connection, and the receivers listen on 1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -95,13 +96,22 @@ def test_poisoned_callback_urls_are_refused_at_post(strict: LiveApi, strict_owne
     assert stored is not None and stored["n"] == 1  # only the public one was stored
 
 
-def _dispatcher(
-    settings: Settings, resolver: Callable[[str, int], list[str]]
-) -> tuple[Database, WebhookDispatcher]:
+@contextlib.contextmanager
+def _dispatching(
+    settings: Settings, resolver: Callable[[str, int], list[str]], *, thread: bool = False
+) -> Iterator[WebhookDispatcher]:
+    """A dispatcher on its own pool (its loop running when ``thread``), stopped on exit."""
     assert settings.database_url
     db = Database(settings.database_url, min_size=1, max_size=4, name="webhook-test")
     db.open()
-    return db, WebhookDispatcher(db, settings, resolver=resolver)
+    d = WebhookDispatcher(db, settings, resolver=resolver)
+    if thread:
+        d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        db.close()
 
 
 def _outbox(settings: Settings, owner: Seeded, url: str, n: int = 1) -> uuid.UUID:
@@ -127,14 +137,10 @@ def test_rebinding_at_delivery_is_refused_and_a_pinned_delivery_keeps_the_name(
         port = rx.server.server_address[1]
         url = f"http://rebind.example:{port}/hook"  # checked at POST while it pointed elsewhere
         job = _outbox(settings, strict_owner, url)
-        db, d = _dispatcher(settings, _stub_dns({"rebind.example": "127.0.0.1"}))
-        try:
+        with _dispatching(settings, _stub_dns({"rebind.example": "127.0.0.1"})) as d:
             wait_for(
                 lambda: d.deliver_due() >= 0 and d.wait_idle(5) and _rows(settings, job, url)[0]["dead_at"]
             )
-        finally:
-            d.stop()
-            db.close()
         (row,) = _rows(settings, job, url)
         assert row["attempts"] == 1 and "loopback" in row["last_error"]  # refused once, not retried
         assert rx.requests == []  # nothing reached the address
@@ -143,12 +149,8 @@ def test_rebinding_at_delivery_is_refused_and_a_pinned_delivery_keeps_the_name(
         dev = settings.model_copy(update={"webhook_allow_loopback": True})
         url2 = f"http://pinned.example:{port}/hook?token=secret"
         job = _outbox(dev, strict_owner, url2)
-        db, d = _dispatcher(dev, _stub_dns({"pinned.example": "127.0.0.1"}))
-        try:
+        with _dispatching(dev, _stub_dns({"pinned.example": "127.0.0.1"})) as d:
             wait_for(lambda: d.deliver_due() >= 0 and rx.requests, timeout=30, what="the pinned delivery")
-        finally:
-            d.stop()
-            db.close()
     (delivery,) = rx.requests
     headers = {k.lower(): v for k, v in delivery["headers"].items()}
     assert headers["host"] == f"pinned.example:{port}" and delivery["path"] == "/hook?token=secret"
@@ -174,16 +176,12 @@ def test_any_error_is_an_attempt_with_backoff_and_an_end(strict: LiveApi, strict
 
     url = "https://broken.example/hook"
     job = _outbox(settings, strict_owner, url)
-    db, d = _dispatcher(settings, broken)
-    try:
+    with _dispatching(settings, broken) as d:
         wait_for(
             lambda: d.deliver_due() >= 0 and _rows(settings, job, url)[0]["dead_at"],
             timeout=30,
             what="the row to be given up",
         )
-    finally:
-        d.stop()
-        db.close()
     (row,) = _rows(settings, job, url)
     assert row["attempts"] == 3 and row["last_error"] == "RuntimeError" and row["delivered_at"] is None
 
@@ -222,18 +220,15 @@ def test_a_hanging_endpoint_holds_only_its_clients_slots(api: LiveApi, settings:
             _outbox(s, slow_owner, slow_url, n=5)  # the slow client's rows come first
             time.sleep(0.05)
             _outbox(s, fast_owner, rx.url)
-            db, d = _dispatcher(s, _stub_dns({}))
-            d.start()
-            try:
-                # well inside the hanging deliveries' 60 s read timeout
-                wait_for(lambda: rx.requests, timeout=20, what="the other client's webhook")
-                time.sleep(0.3)
-                assert len(hang.conns) == 2  # its per-client share, not the pool
-                assert d.in_flight() == 2
-            finally:
-                hang.close()  # the held deliveries fail now: recorded as attempts
-                d.stop()
-                db.close()
+            with _dispatching(s, _stub_dns({}), thread=True) as d:
+                try:
+                    # well inside the hanging deliveries' 60 s read timeout
+                    wait_for(lambda: rx.requests, timeout=20, what="the other client's webhook")
+                    time.sleep(0.3)
+                    assert len(hang.conns) == 2  # its per-client share, not the pool
+                    assert d.in_flight() == 2
+                finally:
+                    hang.close()  # the held deliveries fail now (recorded as attempts) before the stop
     finally:
         hang.close()
     assert json.loads(rx.requests[0]["body"])["job_id"] == fast_owner.jobs["succeeded"]
