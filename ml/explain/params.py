@@ -254,13 +254,14 @@ def resolve_params(method: str, params: Mapping[str, Any] | None, input_size: Si
     return _resolve_occlusion(p, input_size) if method == "occlusion" else p
 
 
-#: activation memory of a pass with gradients (forward kept for the backward), bytes per input
-#: voxel and volume: ≈ 204 MiB per volume at 128³ for the demo ResNet-10 (Integrated Gradients,
-#: CPU, float32), i.e. ≈ 102 B per voxel; deeper or wider models need more
-GRAD_BYTES_PER_VOXEL = 102
-#: a forward pass without gradients frees each activation after the next layer: an estimate of
-#: a quarter of the above
-FORWARD_BYTES_PER_VOXEL = 26
+#: activation memory of a pass with gradients (the forward kept for the backward), bytes per
+#: input voxel and volume: Integrated Gradients of the demo ResNet-10 at 128³ grew the peak RSS
+#: by 345, 728 and 1400 MiB for 1, 2 and 4 volumes at once (float32, CPU: Intel Xeon, 2 cores),
+#: ≈ 352 MiB per volume; deeper or wider models need more
+GRAD_BYTES_PER_VOXEL = 176
+#: a forward pass without gradients: 128 and 544 MiB for 1 and 4 volumes (same model and
+#: machine), ≈ 136 MiB per volume
+FORWARD_BYTES_PER_VOXEL = 68
 
 
 class BudgetError(ValueError):

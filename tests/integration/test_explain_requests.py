@@ -22,7 +22,7 @@ def owner(api: LiveApi) -> Seeded:
 
 
 COSTLY: list[tuple[str, dict[str, Any], str]] = [
-    ("integrated_gradients", {"internal_batch_size": 64, "steps": 64}, "explain_too_costly"),  # ≈ 13 GiB
+    ("integrated_gradients", {"internal_batch_size": 64, "steps": 64}, "explain_too_costly"),  # ≈ 22 GiB
     ("occlusion", {"window": 8}, "explain_too_costly"),  # 4097 forward passes
     ("occlusion", {"window": 2, "stride": 1}, "validation_error"),  # what the worker always refused
     ("occlusion", {"window": 16, "stride": 32}, "validation_error"),

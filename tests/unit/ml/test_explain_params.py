@@ -139,7 +139,7 @@ def test_cost_of_each_method_at_the_demo_input_size() -> None:
 
     voxels = 128**3
     one = GRAD_BYTES_PER_VOXEL * voxels
-    assert 200 * MiB <= one <= 210 * MiB  # the measured ≈ 204 MiB per volume
+    assert 350 * MiB <= one <= 355 * MiB  # the measured ≈ 352 MiB per volume
     for m in ("gradcam", "saliency"):
         c = explain_cost(m, resolve_params(m, {}, DEMO), DEMO)
         assert (c.forward_passes, c.backward_passes, c.passes, c.peak_bytes) == (1, 1, 3, one)
@@ -155,9 +155,10 @@ def test_cost_of_each_method_at_the_demo_input_size() -> None:
 @pytest.mark.parametrize(
     ("method", "params", "error", "match"),
     [
-        # ≈ 13 GiB of activations at once (the review's finding)
+        # ≈ 22 GiB of activations at once (the review's finding)
         ("integrated_gradients", {"internal_batch_size": 64, "steps": 64}, "budget", "MiB of activations"),
-        ("integrated_gradients", {"internal_batch_size": 11, "steps": 32}, "budget", "internal_batch_size"),
+        ("integrated_gradients", {"internal_batch_size": 6, "steps": 32}, "budget", "internal_batch_size"),
+        ("integrated_gradients", {"internal_batch_size": 5, "steps": 32}, "ok", ""),
         ("integrated_gradients", {"steps": 256, "internal_batch_size": 1}, "ok", ""),  # 768 passes
         ("occlusion", {"window": 8}, "budget", "4097 forward"),  # 16³ positions: ≈ 20 CPU-minutes
         ("occlusion", {"window": 2, "stride": 1}, "invalid", "max_evaluations"),  # the worker's own limit
