@@ -118,7 +118,33 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(2.0, gt=0)
     webhook_backoff_max_s: float = Field(3600.0, gt=0)
     webhook_allow_private: bool = Field(
-        True, description="allow callbacks to loopback/private addresses (set false in production)"
+        False,
+        description="allow callbacks to non-global addresses (RFC 1918, ULA, …); link-local, metadata, "
+        "CGNAT, 6to4 and Teredo addresses are refused whatever this says",
+    )
+    webhook_allow_loopback: bool = Field(
+        False, description="allow callbacks to loopback addresses (service4ct serve sets it for development)"
+    )
+    webhook_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout of a delivery")
+    webhook_concurrency: int = Field(8, ge=1, le=256, description="deliveries in flight per worker")
+    webhook_per_client: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="deliveries in flight per worker and client (a hanging endpoint holds these only)",
+    )
+
+    # --- explanation budget (the API refuses, the worker fails the job with explain_too_costly)
+    explain_max_passes: int = Field(
+        1024,
+        ge=1,
+        description="most forward-pass equivalents per explanation (a backward pass counts 2; "
+        "occlusion: one per window position)",
+    )
+    explain_max_bytes: int = Field(
+        2 * GiB,
+        ge=1,
+        description="most estimated activation memory of one explanation (IG: internal_batch_size volumes)",
     )
 
     # --- logging

@@ -34,12 +34,21 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "service_unavailable": (503, "A backing service (database, queue, object store) is unreachable."),
     "upload_failed": (502, "The object store refused the upload; retry."),
     "internal_error": (500, "Unexpected server error (reported with the request id)."),
+    "callback_url_invalid": (
+        422,
+        "The callback_url is not an http(s) URL with a valid host, or its address is not allowed.",
+    ),
+    "explain_too_costly": (
+        422,
+        "The explanation's model passes or estimated memory exceed the service's budget.",
+    ),
     # job error codes (in GET /v1/jobs/{id}, never an HTTP answer)
     "worker_crashed": (500, "The job exceeded its attempts: workers died or timed out while running it."),
     "storage_unavailable": (
         503,
         "The object store stayed unreachable for the worker's retry budget; resubmit.",
     ),
+    "explain_params_invalid": (422, "The worker refused the explanation parameters for this model."),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from app.callbacks import redact_urls
+
 if TYPE_CHECKING:
     from loguru import Record
 
@@ -82,7 +84,7 @@ def _patch(record: Record) -> None:
     fields: dict[str, Any] = record  # type: ignore[assignment]
     for key, value in list(fields.items()):
         if isinstance(value, str):
-            fields[key] = scrubber.scrub(value)
+            fields[key] = redact_urls(scrubber.scrub(value))
     for k, v in list(record["extra"].items()):
         record["extra"][k] = scrubber.scrub_value(v)
     exc = record["exception"]

@@ -4,53 +4,99 @@ The row, with the job's event payload (:meth:`app.repository.Job.event_view`), i
 the same transaction that finishes the job (:mod:`app.repository.outcomes`), so a
 callback is never lost nor sent for an uncommitted result. A dispatcher thread
 (in the worker) takes due rows with ``FOR UPDATE SKIP LOCKED`` (several workers
-never send the same row at once), POSTs them, and records the outcome.
+never send the same row at once) and hands them to a pool of delivery threads:
+at most ``webhook_concurrency`` at once, at most ``webhook_per_client`` per client, so
+that one client's hanging endpoint holds only its own share.
 
-Signature header (docs/architecture.md §3.8)::
+Each delivery resolves the callback host once, checks every address against the policy
+(:mod:`app.callbacks`) and connects to the checked address (:class:`PinnedTransport`: the
+``Host`` header, TLS SNI and certificate check keep the name), so DNS rebinding
+between the check and the connection is impossible. Every error is an attempt: retried
+with backoff until ``webhook_max_attempts``; an address the policy refuses ends the row.
 
-    X-Service4CT-Signature: t=<unix seconds>,v1=<hex hmac_sha256(secret, f"{t}.{body}")>
+Signature header (docs/api.md, Webhooks)::
 
-The receiver recomputes the HMAC over the raw body with its client's webhook
-secret (printed by ``service4ct apikey create``) and rejects old timestamps
-(:func:`verify`).
+    X-Service4CT-Signature: t=<unix seconds>,v1=<hex hmac_sha256(secret, f"{t}.{body}")>,
+                            v2=<hex hmac_sha256(secret, f"{t}.{delivery}.{event}.{body}")>
+
+``v2`` also covers the delivery id and the event (receivers deduplicate on the id);
+``v1`` stays for receivers written before it. :func:`verify` is the receiver side.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
-import ipaddress
 import json
 import random
-import socket
 import threading
 import time
-from urllib.parse import urlsplit
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 
+from app.callbacks import (
+    AddressPolicy,
+    CallbackURLError,
+    Resolver,
+    check_callback_url,
+    policy_of,
+    system_resolver,
+)
 from app.config import Settings
 from app.db import Database
 from app.logs import logger
 from app.repository import Delivery, outbox_done, outbox_retry, outbox_take_due, webhook_secret
 
-__all__ = ["SIGNATURE_HEADER", "WebhookDispatcher", "backoff_s", "sign", "verify"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "PinnedTransport",
+    "WebhookDispatcher",
+    "backoff_s",
+    "sign",
+    "verify",
+]
 
 SIGNATURE_HEADER = "X-Service4CT-Signature"
 _LEASE_S = 60.0
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The signature header value for ``body``."""
+def _mac(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign(
+    secret: str,
+    body: bytes,
+    timestamp: int | None = None,
+    *,
+    delivery: str | None = None,
+    event: str | None = None,
+) -> str:
+    """The signature header for ``body``: ``t``, ``v1``, and ``v2`` when delivery and event are given."""
     t = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
+    header = f"t={t},v1={_mac(secret, f'{t}.'.encode() + body)}"
+    if delivery is not None and event is not None:
+        header += f",v2={_mac(secret, f'{t}.{delivery}.{event}.'.encode() + body)}"
+    return header
 
 
 def verify(
-    secret: str, body: bytes, header: str, tolerance_s: float = 300.0, now: float | None = None
+    secret: str,
+    body: bytes,
+    header: str,
+    tolerance_s: float = 300.0,
+    now: float | None = None,
+    *,
+    delivery: str | None = None,
+    event: str | None = None,
 ) -> bool:
-    """Check a signature header (what a receiver does); False if wrong or older than ``tolerance_s``."""
+    """Check a signature header (what a receiver does); False if wrong or older than ``tolerance_s``.
+
+    With ``delivery`` and ``event`` (the ``X-Service4CT-Delivery`` and ``-Event`` headers) the
+    ``v2`` MAC is required and checked, so neither can be swapped; without them, ``v1``.
+    """
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
         t = int(parts["t"])
@@ -58,8 +104,10 @@ def verify(
         return False
     if abs((now if now is not None else time.time()) - t) > tolerance_s:
         return False
-    expected = sign(secret, body, t).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    if delivery is not None and event is not None:
+        expected = _mac(secret, f"{t}.{delivery}.{event}.".encode() + body)
+        return hmac.compare_digest(expected, parts.get("v2", ""))
+    return hmac.compare_digest(_mac(secret, f"{t}.".encode() + body), parts.get("v1", ""))
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -68,31 +116,77 @@ def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random | N
     return float(min(max_s, base_s * 2 ** max(0, attempts - 1)) * r.uniform(0.8, 1.2))
 
 
-def _address_allowed(url: str) -> str | None:
-    """None if ``url``'s host resolves only to public addresses, else the reason."""
-    host = urlsplit(url).hostname
-    if not host:
-        return "callback URL without host"
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return "callback host does not resolve"
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved:
-            return "callback address is not public (S4CT_WEBHOOK_ALLOW_PRIVATE is false)"
-    return None
+class PinnedTransport(httpx.BaseTransport):
+    """Checks each request's host with :func:`check_callback_url` and connects to the checked address.
+
+    The host is resolved once; the request goes to that IP address with the original
+    ``Host`` header and, for https, the original name as TLS SNI and for the certificate
+    check. A refused address raises :class:`CallbackURLError` before any connection.
+    """
+
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        resolver: Resolver = system_resolver,
+        inner: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.policy = policy
+        self.resolver = resolver
+        self.inner = inner or httpx.HTTPTransport(retries=0)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        target = check_callback_url(str(request.url), self.policy, self.resolver)
+        extensions = dict(request.extensions)
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host
+        last: httpx.ConnectError | None = None
+        for address in target.addresses:
+            pinned = httpx.Request(
+                request.method,
+                request.url.copy_with(host=address),
+                headers=request.headers,  # Host: the name, as built from the original URL
+                stream=request.stream,
+                extensions=extensions,
+            )
+            try:
+                return self.inner.handle_request(pinned)
+            except httpx.ConnectError as e:  # nothing was sent: the next checked address
+                last = e
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class WebhookDispatcher:
-    """Delivers due outbox rows in a background thread (or call :meth:`deliver_due` directly)."""
+    """Delivers due outbox rows from a background thread through a pool of delivery threads.
 
-    def __init__(self, db: Database, settings: Settings, client: httpx.Client | None = None) -> None:
+    :meth:`deliver_due` takes as many due rows as there are free slots and starts them;
+    :meth:`wait_idle` waits until none is in flight (tests, shutdown).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        client: httpx.Client | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.db = db
         self.s = settings
-        self.http = client or httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        timeout = httpx.Timeout(settings.webhook_timeout_s, connect=settings.webhook_connect_timeout_s)
+        self.http = client or httpx.Client(
+            transport=PinnedTransport(policy_of(settings), resolver),
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,  # no proxy from the environment: the pinned address is the one reached
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="s4ct-webhook")
+        self._busy: dict[str, int] = {}
+        self._changed = threading.Condition()
         self.delivered = 0
 
     def start(self) -> None:
@@ -102,8 +196,19 @@ class WebhookDispatcher:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.s.webhook_timeout_s + 2)
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.wait_idle(self.s.webhook_timeout_s + 2)
         self.http.close()
+
+    def in_flight(self) -> int:
+        with self._changed:
+            return sum(self._busy.values())
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no delivery is in flight (False after ``timeout`` seconds)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._busy, timeout=timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -113,48 +218,88 @@ class WebhookDispatcher:
                 logger.exception("webhook dispatcher error")
                 n = 0
             if n == 0:
-                self._stop.wait(0.5)
+                with self._changed:  # a finished delivery frees a slot: look again at once
+                    self._changed.wait(0.5)
 
-    def deliver_due(self, limit: int = 20) -> int:
-        """Send every due row (up to ``limit``); returns how many were attempted."""
+    def deliver_due(self) -> int:
+        """Start every due row that fits the free slots; returns how many were started."""
+        with self._changed:
+            free = self.s.webhook_concurrency - sum(self._busy.values())
+            busy = dict(self._busy)
+        if free <= 0 or self._stop.is_set():
+            return 0
         with self.db.tx() as conn:
-            rows = outbox_take_due(conn, limit, _LEASE_S)
+            rows = outbox_take_due(conn, free, _LEASE_S, per_client=self.s.webhook_per_client, busy=busy)
         for row in rows:
-            self._deliver(row)
+            with self._changed:
+                self._busy[row.client] = self._busy.get(row.client, 0) + 1
+            try:
+                future = self._pool.submit(self._run, row)
+            except RuntimeError:  # stopping: the lease expires and another dispatcher takes it
+                self._done(row)
+                continue
+            future.add_done_callback(functools.partial(self._cancelled, row))
         return len(rows)
 
-    def _deliver(self, row: Delivery) -> None:
-        body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
+    def _cancelled(self, row: Delivery, future: Future[None]) -> None:
+        if future.cancelled():  # never ran: its slot is free again
+            self._done(row)
+
+    def _run(self, row: Delivery) -> None:
+        try:
+            self._deliver(row)
+        finally:
+            self._done(row)
+
+    def _done(self, row: Delivery) -> None:
+        with self._changed:
+            left = self._busy.get(row.client, 0) - 1
+            if left > 0:
+                self._busy[row.client] = left
+            else:
+                self._busy.pop(row.client, None)
+            self._changed.notify_all()
+
+    def _deliver(self, row: Delivery) -> bool:
+        """One attempt, recorded whatever happens; True if delivered."""
         status: int | None = None
-        error: str | None = None
-        refused = None if self.s.webhook_allow_private else _address_allowed(row.url)
-        if refused:
-            error = refused
-        else:
-            with self.db.conn() as conn:
-                secret = webhook_secret(conn, row.client) or ""
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "Service4CT-Webhook/1",
-                SIGNATURE_HEADER: sign(secret, body),
-                "X-Service4CT-Event": row.event,
-                "X-Service4CT-Delivery": str(row.id),
-            }
-            try:
-                resp = self.http.post(row.url, content=body, headers=headers)
-                status = resp.status_code
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}"
-            except httpx.HTTPError as e:
-                error = type(e).__name__
+        final = False
+        try:
+            status = self._send(row)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except CallbackURLError as e:
+            error, final = str(e), True
+        except Exception as e:  # any error is an attempt, with its backoff and its end
+            error = type(e).__name__
+        try:
+            self._record(row, status, error, final)
+        except Exception:  # the lease expires and the row is taken again
+            logger.exception("webhook {}: recording the attempt failed", row.id)
+        return error is None
+
+    def _send(self, row: Delivery) -> int:
+        body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
+        with self.db.conn() as conn:
+            secret = webhook_secret(conn, row.client) or ""
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Service4CT-Webhook/1",
+            SIGNATURE_HEADER: sign(secret, body, delivery=str(row.id), event=row.event),
+            "X-Service4CT-Event": row.event,
+            "X-Service4CT-Delivery": str(row.id),
+        }
+        return self.http.post(row.url, content=body, headers=headers).status_code
+
+    def _record(self, row: Delivery, status: int | None, error: str | None, final: bool) -> None:
         attempts = row.attempts + 1
         with self.db.conn() as conn:
             if error is None:
                 outbox_done(conn, row.id, status)
-                self.delivered += 1
+                with self._changed:
+                    self.delivered += 1
                 logger.info("webhook {} for job {} delivered", row.id, row.job_id)
                 return
-            give_up = refused is not None or attempts >= self.s.webhook_max_attempts
+            give_up = final or attempts >= self.s.webhook_max_attempts
             delay = (
                 None
                 if give_up

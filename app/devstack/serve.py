@@ -127,6 +127,8 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
     from app.main import create_app
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    if "webhook_allow_loopback" not in settings.model_fields_set:  # development: a receiver on this machine
+        settings = settings.model_copy(update={"webhook_allow_loopback": True})
     with embedded_or_external(settings) as live:
         prepare_services(live)
         key, created = ensure_dev_key(live)
@@ -140,7 +142,7 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
                 "",
                 f"Service4CT API on {base}   (OpenAPI docs: {base}/docs)",
                 f"dev API key: {key}" if created else f"dev API key: in {live.var_dir / 'dev-api-key'}",
-                f"services: postgres {_redact(live.database_url)}, redis {live.redis_url}, "
+                f"services: postgres {_redact(live.database_url)}, redis {_redact(live.redis_url)}, "
                 f"s3 {live.s3_endpoint}",
                 "the demo model is NOT FOR CLINICAL USE",
                 "",

@@ -6,14 +6,13 @@ test fixtures.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import string
 import time
 from pathlib import Path
 from typing import Self
 
+from app.devstack.credentials import load_or_create_json
 from app.devstack.postgres import EmbeddedPostgres
 from app.devstack.processes import EmbeddedError
 from app.devstack.redis import EmbeddedRedis
@@ -26,30 +25,26 @@ __all__ = ["EmbeddedStack"]
 
 def _load_or_create_credentials(path: Path) -> tuple[str, str]:
     """S3 keys from ``path`` (JSON, 0600), generated on first use."""
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
-        data = json.loads(path.read_text())
-        return str(data["access_key"]), str(data["secret_key"])
     alphabet = string.ascii_uppercase + string.digits
-    access = "S4CT" + "".join(secrets.choice(alphabet) for _ in range(16))
-    secret = secrets.token_urlsafe(30)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"access_key": access, "secret_key": secret}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return access, secret
+
+    def make() -> dict[str, str]:
+        return {
+            "access_key": "S4CT" + "".join(secrets.choice(alphabet) for _ in range(16)),
+            "secret_key": secrets.token_urlsafe(30),
+        }
+
+    data = load_or_create_json(path, make)
+    return data["access_key"], data["secret_key"]
 
 
 class EmbeddedStack(StartStop):
     """PostgreSQL, Redis and S3 under ``root/pg``, ``root/redis``, ``root/s3``.
 
     The three start in parallel (children are still forked by the calling thread) and stop in
-    reverse order; ``stop()`` stops all even if one fails. The S3 keys are generated once and
-    kept in ``root/s3/credentials.json`` (0600).
+    reverse order; ``stop()`` stops all even if one fails. Every service needs credentials
+    (PostgreSQL a password, scram-sha-256; Redis a password; SeaweedFS S3 keys, and JWT
+    signing keys for its master, volume and filer HTTP): generated once, kept 0600 in each
+    service's 0700 directory (``root/s3/credentials.json`` for the S3 keys).
     """
 
     def __init__(self, root: Path, *, fsync: bool = True, persist: bool = True) -> None:
@@ -119,7 +114,7 @@ class EmbeddedStack(StartStop):
 
     @property
     def redis_url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
+        """``redis://:PASSWORD@127.0.0.1:PORT/0``."""
         return self.redis.url
 
     @property

@@ -76,11 +76,16 @@ def user_kwargs(run_as: RunAs | None) -> dict[str, Any]:
 
 
 def run_as_user(
-    run_as: RunAs | None, cmd: Sequence[str], env: Mapping[str, str], timeout: float | None = None
+    run_as: RunAs | None,
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` to completion in ``/`` as ``run_as`` (None: as this user), output captured as text."""
     return subprocess.run(
         list(cmd),
+        input=stdin,
         capture_output=True,
         text=True,
         cwd="/",

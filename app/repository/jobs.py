@@ -276,3 +276,18 @@ def oldest_queued_age_s(conn: Conn) -> float:
         "FROM jobs WHERE state = 'queued'"
     ).fetchone()
     return max(0.0, float(row["age"])) if row is not None else 0.0
+
+
+def explain_jobs_of(conn: Conn, parent_id: uuid.UUID, method: str) -> list[Job]:
+    """Explain jobs of ``parent_id`` with ``method`` that are queued or running, the oldest first."""
+    rows = conn.execute(
+        f"SELECT {_JOB_COLS} FROM jobs j WHERE j.parent_job_id = %s AND j.kind = 'explain' "
+        "AND j.explain = %s AND j.state IN ('queued', 'running') ORDER BY j.created_at",
+        (parent_id, method),
+    ).fetchall()
+    return [Job.from_row(r) for r in rows]
+
+
+def lock_job(conn: Conn, job_id: uuid.UUID) -> None:
+    """Hold ``job_id``'s row until the transaction ends (serialises requests about one job)."""
+    conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,))

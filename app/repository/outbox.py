@@ -23,17 +23,42 @@ def outbox_add(
     )
 
 
-def outbox_take_due(conn: Conn, limit: int, lease_s: float) -> list[Delivery]:
-    """Due deliveries, leased for ``lease_s`` so that concurrent dispatchers skip them."""
+def outbox_take_due(
+    conn: Conn,
+    limit: int,
+    lease_s: float,
+    *,
+    per_client: int = 1_000_000,
+    busy: Mapping[str, int] | None = None,
+) -> list[Delivery]:
+    """Due deliveries, leased for ``lease_s`` so that concurrent dispatchers skip them.
+
+    At most ``limit`` rows, oldest due first, and at most ``per_client`` minus ``busy[client]``
+    (the caller's deliveries in flight) of any one client.
+    """
     rows = conn.execute(
-        "UPDATE webhook_outbox o SET next_attempt_at = now() + make_interval(secs => %s) "
-        "FROM (SELECT id FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL "
-        "      AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) due "
-        "WHERE o.id = due.id "
+        "WITH clients AS (SELECT client, min(next_attempt_at) AS first FROM webhook_outbox "
+        "      WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now() "
+        "      AND coalesce((%(busy)s::jsonb ->> client)::int, 0) < %(per_client)s "
+        "      GROUP BY client ORDER BY first LIMIT %(limit)s), "
+        "due AS (SELECT w.id, w.next_attempt_at FROM clients c CROSS JOIN LATERAL ("
+        "      SELECT id, next_attempt_at FROM webhook_outbox "
+        "      WHERE client = c.client AND delivered_at IS NULL AND dead_at IS NULL "
+        "      AND next_attempt_at <= now() "
+        "      ORDER BY next_attempt_at, id "
+        "      LIMIT %(per_client)s - coalesce((%(busy)s::jsonb ->> c.client)::int, 0) "
+        "      FOR UPDATE SKIP LOCKED) w ORDER BY w.next_attempt_at, w.id LIMIT %(limit)s) "
+        "UPDATE webhook_outbox o SET next_attempt_at = now() + make_interval(secs => %(lease)s) "
+        "FROM due WHERE o.id = due.id "
         "RETURNING o.id, o.job_id, o.client, o.url, o.event, o.payload, o.attempts, o.created_at",
-        (lease_s, limit),
+        {
+            "per_client": per_client,
+            "busy": Jsonb(dict(busy or {})),
+            "limit": limit,
+            "lease": lease_s,
+        },
     ).fetchall()
-    return [Delivery.from_row(r) for r in rows]
+    return sorted((Delivery.from_row(r) for r in rows), key=lambda d: d.id)
 
 
 def outbox_done(conn: Conn, outbox_id: int, status: int | None) -> None:

@@ -18,7 +18,7 @@ import torch
 from app.logs import logger, scrubber
 from app.worker.claiming import Intake
 from app.worker.context import InFlight, WorkerContext
-from app.worker.explaining import Saliency, compute_saliency, upload
+from app.worker.explaining import Saliency, check_explain_budget, compute_saliency, upload
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
 from app.worker.pipeline import Prepared, build_result
@@ -128,6 +128,9 @@ class Inference:
     def _finish_one(self, predictor: Predictor, item: InFlight, prep: Prepared, pred: Any) -> None:
         saliency: Saliency | None = None
         if item.job.explain != "none":
+            check_explain_budget(
+                predictor, item, max_passes=self.s.explain_max_passes, max_bytes=self.s.explain_max_bytes
+            )
             self.outcomes.stage(item, "explaining", 0.7)
             t0 = time.perf_counter()
             saliency = compute_saliency(predictor, item, prep)

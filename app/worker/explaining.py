@@ -17,12 +17,13 @@ import torch
 
 from app.repository import BlobRef, ExplanationRecord
 from app.storage import Storage
-from app.worker.context import InFlight
+from app.worker.context import InFlight, JobRefusedError
 from app.worker.pipeline import Prepared
 from app.worker.retry import storage_retry
+from ml.explain import BudgetError, check_budget
 from ml.inference import Predictor
 
-__all__ = ["Saliency", "compute_saliency", "upload"]
+__all__ = ["Saliency", "check_explain_budget", "compute_saliency", "upload"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,24 @@ class Saliency:
 
     record: ExplanationRecord
     files: dict[str, tuple[str, Path, str]]
+
+
+def check_explain_budget(predictor: Predictor, item: InFlight, *, max_passes: int, max_bytes: int) -> None:
+    """The API's check again (settings or the model may have changed since): a refusal fails the job once.
+
+    Raises:
+        JobRefusedError: ``explain_too_costly`` over the budget, ``explain_params_invalid`` for
+            parameters that do not fit the model (never retried: another attempt would fail alike).
+    """
+    job = item.job
+    try:
+        check_budget(
+            job.explain, job.explain_params, predictor.input_size, max_passes=max_passes, max_bytes=max_bytes
+        )
+    except BudgetError as e:
+        raise JobRefusedError("explain_too_costly", str(e)) from None
+    except ValueError as e:
+        raise JobRefusedError("explain_params_invalid", str(e)) from None
 
 
 def compute_saliency(predictor: Predictor, item: InFlight, prep: Prepared) -> Saliency:

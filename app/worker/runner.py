@@ -203,13 +203,11 @@ class _MeteredDispatcher(WebhookDispatcher):
         super().__init__(db, settings)
         self.metrics = metrics
 
-    def _deliver(self, row: Delivery) -> None:
-        before = self.delivered
-        try:
-            super()._deliver(row)
-        finally:
-            if self.delivered == before:
-                self.metrics.webhook_failures.inc()
+    def _deliver(self, row: Delivery) -> bool:
+        delivered = super()._deliver(row)
+        if not delivered:
+            self.metrics.webhook_failures.inc()
+        return delivered
 
 
 def _gpu_memory() -> dict[str, dict[str, int]]:

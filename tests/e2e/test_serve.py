@@ -127,6 +127,10 @@ def test_serve_runs_the_whole_flow(served: Served, tmp_path: Path) -> None:
     make_study(zp, seed=3, label=1)
     banner = (served.var / "serve.log").read_text()
     assert "/docs" in banner and "NOT FOR CLINICAL USE" in banner
+    stack = served.var / "stack"
+    pg_password = (stack / "pg" / "password").read_text().strip()
+    redis_password = (stack / "redis" / "redis.conf").read_text().split()[1]
+    assert pg_password not in banner and redis_password not in banner  # URLs printed without them
     with served.client() as c:
         assert httpx.get(f"{served.base}/docs").status_code == 200
         st = _predict(c, zp)

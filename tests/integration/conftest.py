@@ -67,6 +67,7 @@ def _fresh_settings(stack: EmbeddedStack, tmp: Path, **overrides: Any) -> Settin
         max_wait_ms=50,
         webhook_backoff_s=0.2,
         webhook_backoff_max_s=1.0,
+        webhook_allow_loopback=True,  # the test receivers listen on 127.0.0.1
         device="cpu",
     ).with_services(
         database_url=db_url,

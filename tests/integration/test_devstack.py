@@ -68,7 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
 
 
 def test_postgres_answers_and_creates_databases(stack: EmbeddedStack) -> None:
-    assert stack.database_url.startswith("postgresql://postgres@127.0.0.1:")
+    assert stack.database_url.startswith(f"postgresql://postgres:{stack.postgres.password}@127.0.0.1:")
     with psycopg.connect(stack.database_url) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
     url = stack.create_database("s4ct_it")
@@ -117,7 +117,7 @@ def test_postgres_restart_keeps_data_and_survives_a_crash(tmp_path_factory: pyte
 
 
 def test_redis_ping_and_streams(stack: EmbeddedStack) -> None:
-    assert stack.redis_url.startswith("redis://127.0.0.1:")
+    assert stack.redis_url.startswith(f"redis://:{stack.redis.password}@127.0.0.1:")
     r = redis.Redis.from_url(stack.redis_url)
     try:
         assert r.ping() is True
@@ -126,6 +126,80 @@ def test_redis_ping_and_streams(stack: EmbeddedStack) -> None:
         assert r.xlen("s4ct:test") == 1
     finally:
         r.close()
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def test_postgres_refuses_connections_without_the_password(stack: EmbeddedStack) -> None:
+    pg = stack.postgres
+    assert len(pg.password) >= 40
+    for url in (
+        f"postgresql://postgres@127.0.0.1:{pg.port}/postgres",  # no password (was `trust`)
+        f"postgresql://postgres:wrong@127.0.0.1:{pg.port}/postgres",
+        f"postgresql://postgres@/postgres?host={pg.data_dir}&port={pg.port}",  # the unix socket
+    ):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(url, connect_timeout=5).close()
+    hba = (pg.pgdata / "pg_hba.conf").read_text()
+    assert "trust" not in hba and "scram-sha-256" in hba
+    with psycopg.connect(stack.database_url) as conn:
+        stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'").fetchone()
+    assert stored is not None and stored[0].startswith("SCRAM-SHA-256$")
+
+
+def test_redis_refuses_clients_without_the_password(stack: EmbeddedStack) -> None:
+    r = redis.Redis(host="127.0.0.1", port=stack.redis.port)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            r.ping()
+        with pytest.raises(redis.AuthenticationError):
+            r.xadd("s4ct:jobs", {"job_id": "injected"})
+    finally:
+        r.close()
+    assert str(stack.redis.password) not in Path(f"/proc/{stack.redis.pid}/cmdline").read_text()
+
+
+def test_seaweedfs_internals_refuse_requests_without_a_token(stack: EmbeddedStack) -> None:
+    """Only the S3 gateway (with the S3 keys) serves data; filer and volume HTTP answer 401."""
+    import boto3
+    import httpx
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id=stack.s3_access_key,
+        aws_secret_access_key=stack.s3_secret_key,
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket="locked")
+    s3.put_object(Bucket="locked", Key="studies/x/source.zip", Body=b"PK" + b"\0" * 100)
+    assert len(s3.get_object(Bucket="locked", Key="studies/x/source.zip")["Body"].read()) == 102
+    assert stack.s3 is not None
+    ports = stack.s3.ports
+    filer = f"http://127.0.0.1:{ports['filer']}"
+    assert httpx.get(f"{filer}/buckets/locked/studies/x/source.zip").status_code == 401  # read
+    assert httpx.get(f"{filer}/buckets/locked/", headers={"Accept": "application/json"}).status_code == 401
+    written = httpx.post(f"{filer}/buckets/locked/evil.txt", files={"file": ("evil.txt", b"evil")})
+    assert written.status_code == 401  # write
+    assert httpx.delete(f"{filer}/buckets/locked/studies/x/source.zip").status_code == 401
+    assigned = httpx.get(f"http://127.0.0.1:{ports['master']}/dir/assign").json()
+    assert "auth" not in assigned  # the master hands out no write token
+    volume = f"http://{assigned['url']}/{assigned['fid']}"
+    assert httpx.post(volume, files={"file": ("x", b"evil")}).status_code == 401
+    # nothing was written around the gateway
+    listed = s3.list_objects_v2(Bucket="locked")["Contents"]
+    assert [o["Key"] for o in listed] == ["studies/x/source.zip"]
+
+
+def test_secrets_are_private_files_in_private_directories(stack: EmbeddedStack) -> None:
+    root = stack.root
+    for d in ("pg", "redis", "s3"):
+        assert (root / d).stat().st_mode & 0o777 == 0o700, d
+    for f in ("pg/password", "redis/redis.conf", "s3/credentials.json", "s3/jwt.json", "s3/security.toml"):
+        assert (root / f).stat().st_mode & 0o777 == 0o600, f
+    assert stack.redis.password in (root / "redis/redis.conf").read_text()
+    assert stack.postgres.password == (root / "pg/password").read_text().strip()
 
 
 # ---------------------------------------------------------------- children and locks

@@ -257,7 +257,7 @@ def test_presigned_urls_expire_on_the_real_s3_server(tight: LiveApi) -> None:
 
 def test_webhook_signature_from_the_outbox_verifies_and_replays_do_not(api: LiveApi, owner: Seeded) -> None:
     s = api.settings
-    assert s.database_url and s.webhook_allow_private
+    assert s.database_url and s.webhook_allow_loopback
     job = uuid.UUID(owner.jobs["succeeded"])
     with Receiver() as rx:
         with connect(s.database_url) as conn:

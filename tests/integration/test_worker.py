@@ -48,6 +48,40 @@ def _upload_file(c: httpx.Client, path: Path) -> str:
     return sid
 
 
+def _study_row(client: httpx.Client, settings: Settings, tmp_path: Path, seed: int) -> Any:
+    """A phantom study uploaded through the API, as its ``studies`` row."""
+    zp = tmp_path / f"s{seed}.zip"
+    make_study(zp, seed=seed)
+    sid = _upload_file(client, zp)
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        return conn.execute("SELECT * FROM studies WHERE id = %s", (uuid.UUID(sid),)).fetchone()
+
+
+def _insert_job(
+    conn: Any,
+    study: Any,
+    *,
+    explain: str = "none",
+    explain_params: dict[str, Any] | None = None,
+    max_attempts: int = 3,
+) -> Any:
+    """A job of client site-e2e written straight to PostgreSQL (past the API's checks)."""
+    from app.repository import insert_job
+
+    return insert_job(
+        conn,
+        client="site-e2e",
+        study=study,
+        model="resnet10-demo",
+        series_uid=None,
+        explain=explain,
+        explain_params=explain_params or {},
+        callback_url=None,
+        max_attempts=max_attempts,
+    )
+
+
 def _zip_bytes(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", method) as z:
@@ -214,26 +248,13 @@ def test_readyz_sees_the_worker(api: LiveApi, worker: Worker) -> None:
 def test_reconciler_requeues_lost_and_expired_jobs(
     client: httpx.Client, worker: Worker, settings: Settings, tmp_path: Path
 ) -> None:
-    zp = tmp_path / "r.zip"
-    make_study(zp, seed=41)
-    sid = _upload_file(client, zp)
+    study = _study_row(client, settings, tmp_path, seed=41)
     assert settings.database_url
     with connect(settings.database_url) as conn:
-        study = conn.execute("SELECT * FROM studies WHERE id = %s", (uuid.UUID(sid),)).fetchone()
-        from app.repository import Job, claim_job, insert_job
+        from app.repository import Job, claim_job
 
         def job(max_attempts: int = 3) -> Job:
-            return insert_job(
-                conn,
-                client="site-e2e",
-                study=study,
-                model="resnet10-demo",
-                series_uid=None,
-                explain="none",
-                explain_params={},
-                callback_url=None,
-                max_attempts=max_attempts,
-            )
+            return _insert_job(conn, study, max_attempts=max_attempts)
 
         lost = job()  # (1) a job committed in PostgreSQL whose id Redis never got
         dead = job()  # (2) a job claimed by a worker that died (lease expires, no heartbeat)
@@ -273,3 +294,24 @@ def test_webhook_retries_with_backoff_until_delivered(
         rows = outbox_rows(conn, uuid.UUID(job))
     assert len(rows) == 1 and rows[0]["attempts"] == 3 and rows[0]["delivered_at"] is not None
     assert rows[0]["last_status"] == 200
+
+
+def test_explain_parameters_the_worker_refuses_fail_the_job_once_with_their_code(
+    client: httpx.Client, worker: Worker, settings: Settings, tmp_path: Path
+) -> None:
+    """Jobs written past the API's check (older rules, a lowered budget) fail once, never retried."""
+    study = _study_row(client, settings, tmp_path, seed=44)
+    refused = {
+        "explain_params_invalid": ("occlusion", {"window": 2, "stride": 1}),  # 2 million positions
+        "explain_too_costly": ("integrated_gradients", {"internal_batch_size": 64, "steps": 64}),
+    }
+    ids = {}
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        for code, (method, params) in refused.items():
+            ids[code] = _insert_job(conn, study, explain=method, explain_params=params).id
+    worker.jobs.enqueue(list(ids.values()))
+    for code, job_id in ids.items():
+        st = wait_job(client, str(job_id))
+        assert st["state"] == "failed" and st["error"]["code"] == code, st
+        assert st["attempt"] == 1  # refused at once, not retried as an unexpected error

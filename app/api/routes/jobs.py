@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 
+from app.api.checks import check_explain_cost, checked_callback_url, existing_explanation
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
 from app.api.responses import error_responses
@@ -86,6 +87,8 @@ def _create_job(
         params = check_explain_params(req.explain, req.explain_params)
     except ValueError as e:
         raise ServiceError("validation_error", str(e)) from None
+    check_explain_cost(services, model, req.explain, params)
+    callback_url = checked_callback_url(services, req.callback_url)
     payload = req.model_dump(mode="json") | {"study_id": str(study_id)}
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
@@ -100,7 +103,7 @@ def _create_job(
             series_uid=req.series_uid,
             explain=req.explain,
             explain_params=params,
-            callback_url=str(req.callback_url) if req.callback_url else None,
+            callback_url=callback_url,
             max_attempts=services.settings.max_attempts,
         )
         return 202, job.accepted_view()
@@ -113,7 +116,13 @@ def _create_job(
 
 
 _CREATE_ERRORS = error_responses(
-    "unauthorized", "study_not_found", "model_unavailable", "idempotency_conflict", "idempotency_in_progress"
+    "unauthorized",
+    "study_not_found",
+    "model_unavailable",
+    "callback_url_invalid",
+    "explain_too_costly",
+    "idempotency_conflict",
+    "idempotency_in_progress",
 )
 
 
@@ -217,14 +226,21 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
     status_code=202,
     response_model=JobAccepted,
     summary="Explain an already predicted job with another method (queues an explain job)",
-    responses=error_responses(
-        "unauthorized",
-        "job_not_found",
-        "job_not_finished",
-        "job_failed",
-        "study_not_found",
-        "idempotency_conflict",
-    ),
+    description="200 with the existing job when the same method and parameters were already "
+    "explained or are being explained (no new job).",
+    responses={
+        200: {"model": JobAccepted, "description": "the job that explained (or is explaining) the same"},
+        **error_responses(
+            "unauthorized",
+            "job_not_found",
+            "job_not_finished",
+            "job_failed",
+            "study_not_found",
+            "callback_url_invalid",
+            "explain_too_costly",
+            "idempotency_conflict",
+        ),
+    },
 )
 def explain_job(
     job_id: uuid.UUID,
@@ -237,12 +253,17 @@ def explain_job(
         params = check_explain_params(req.method, req.params)
     except ValueError as e:
         raise ServiceError("validation_error", str(e)) from None
+    callback_url = checked_callback_url(services, req.callback_url)
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
         parent = _job_or_404(conn, job_id, client)
         if parent.kind != "predict":
             raise ServiceError("job_not_found", "explain a predict job")
         _require_succeeded(parent)
+        check_explain_cost(services, parent.model, req.method, params)
+        same = existing_explanation(conn, services, parent, req.method, params)
+        if same is not None:  # already explained, or being explained: that job
+            return 200, same.accepted_view()
         study = get_study(conn, client, parent.study_id) if parent.study_id else None
         if study is None:
             raise ServiceError("study_not_found", "the study of this job was deleted")
@@ -254,7 +275,7 @@ def explain_job(
             series_uid=(parent.series_uid or _selected_series(conn, job_id)),
             explain=req.method,
             explain_params=params,
-            callback_url=str(req.callback_url) if req.callback_url else None,
+            callback_url=callback_url,
             max_attempts=services.settings.max_attempts,
             kind="explain",
             parent_job_id=job_id,
@@ -265,7 +286,7 @@ def explain_job(
     status, body, replayed = run_idempotent(
         services.db, client, idempotency_key, f"POST /v1/jobs/{job_id}/explain", body_hash(payload), create
     )
-    if not replayed:
+    if not replayed and status == 202:
         _enqueue(services, uuid.UUID(body["job_id"]))
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
 

@@ -50,3 +50,20 @@ def test_exception_text_is_scrubbed() -> None:
     finally:
         scrubber.clear()
         setup_logging("WARNING")
+
+
+def test_urls_in_log_records_lose_their_credentials_and_query() -> None:
+    """httpx logs each request's URL (INFO, std logging): a callback URL's secrets stay out."""
+    buf = io.StringIO()
+    setup_logging("DEBUG", json=True, sink=buf)
+    try:
+        logging.getLogger("httpx").info(
+            'HTTP Request: POST https://bob:hunter2@hooks.example/cb?token=t0psecret "HTTP/1.1 200 OK"'
+        )
+        logger.info("services: redis redis://:r3dispw@127.0.0.1:6379/0")
+        text = buf.getvalue()
+        assert len(text.splitlines()) == 2
+        assert "hunter2" not in text and "t0psecret" not in text and "r3dispw" not in text
+        assert "https://***@hooks.example/cb?…" in text
+    finally:
+        setup_logging("WARNING")

@@ -25,3 +25,19 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
     for n, d in enumerate(delays, start=1):
         nominal = min(60.0, 2.0 * 2 ** (n - 1))
         assert 0.8 * nominal <= d <= 1.2 * nominal
+
+
+def test_v2_signature_covers_the_delivery_id_and_the_event() -> None:
+    body = b'{"job_id":"x","state":"succeeded"}'
+    header = sign("s3cret", body, timestamp=1_700_000_000, delivery="42", event="job.succeeded")
+    t, v1, v2 = header.split(",")
+    assert t == "t=1700000000" and v1.startswith("v1=") and v2.startswith("v2=") and len(v2) == 3 + 64
+    now = 1_700_000_100
+    assert verify("s3cret", body, header, now=now)  # v1 receivers keep working
+    assert verify("s3cret", body, header, now=now, delivery="42", event="job.succeeded")
+    assert not verify("s3cret", body, header, now=now, delivery="43", event="job.succeeded")
+    assert not verify("s3cret", body, header, now=now, delivery="42", event="job.failed")
+    assert not verify("s3cret", body + b" ", header, now=now, delivery="42", event="job.succeeded")
+    assert not verify("other", body, header, now=now, delivery="42", event="job.succeeded")
+    v1_only = sign("s3cret", body, timestamp=1_700_000_000)  # a v2 check needs the v2 MAC
+    assert not verify("s3cret", body, v1_only, now=now, delivery="42", event="job.succeeded")

@@ -125,3 +125,66 @@ def test_the_package_top_level_is_torch_free() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- the cost model
+
+DEMO = (128, 128, 128)
+MiB = 1 << 20
+BUDGET = {"max_passes": 1024, "max_bytes": 2048 * MiB}
+
+
+def test_cost_of_each_method_at_the_demo_input_size() -> None:
+    from ml.explain import GRAD_BYTES_PER_VOXEL, explain_cost
+
+    voxels = 128**3
+    one = GRAD_BYTES_PER_VOXEL * voxels
+    assert 350 * MiB <= one <= 355 * MiB  # the measured ≈ 352 MiB per volume
+    for m in ("gradcam", "saliency"):
+        c = explain_cost(m, resolve_params(m, {}, DEMO), DEMO)
+        assert (c.forward_passes, c.backward_passes, c.passes, c.peak_bytes) == (1, 1, 3, one)
+    ig = explain_cost("integrated_gradients", resolve_params("integrated_gradients", {}, DEMO), DEMO)
+    assert (ig.forward_passes, ig.backward_passes, ig.peak_bytes) == (32, 32, 4 * one)  # steps 32, batch 4
+    small = resolve_params("integrated_gradients", {"steps": 2, "internal_batch_size": 64}, DEMO)
+    assert explain_cost("integrated_gradients", small, DEMO).peak_bytes == 2 * one  # batch ≤ steps
+    occ = explain_cost("occlusion", resolve_params("occlusion", {}, DEMO), DEMO)
+    assert (occ.forward_passes, occ.backward_passes) == (8**3 + 1, 0)  # 1/8 windows + the clean pass
+    assert explain_cost("none", {}, DEMO).passes == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "error", "match"),
+    [
+        # ≈ 22 GiB of activations at once (the review's finding)
+        ("integrated_gradients", {"internal_batch_size": 64, "steps": 64}, "budget", "MiB of activations"),
+        ("integrated_gradients", {"internal_batch_size": 6, "steps": 32}, "budget", "internal_batch_size"),
+        ("integrated_gradients", {"internal_batch_size": 5, "steps": 32}, "ok", ""),
+        ("integrated_gradients", {"steps": 256, "internal_batch_size": 1}, "ok", ""),  # 768 passes
+        ("occlusion", {"window": 8}, "budget", "4097 forward"),  # 16³ positions: ≈ 20 CPU-minutes
+        ("occlusion", {"window": 2, "stride": 1}, "invalid", "max_evaluations"),  # the worker's own limit
+        ("occlusion", {"window": 16, "stride": 32}, "invalid", "exceeds the window"),
+        ("occlusion", {"window": 16}, "ok", ""),
+        ("gradcam", {}, "ok", ""),
+        ("none", {}, "ok", ""),
+    ],
+)
+def test_the_budget_refuses_what_costs_too_much_and_what_the_worker_refuses(
+    method: str, params: dict[str, Any], error: str, match: str
+) -> None:
+    from ml.explain import BudgetError, check_budget
+
+    if error == "ok":
+        check_budget(method, params, DEMO, **BUDGET)
+        return
+    with pytest.raises(ValueError, match=match) as info:
+        check_budget(method, params, DEMO, **BUDGET)
+    assert isinstance(info.value, BudgetError) == (error == "budget")
+
+
+def test_the_budget_follows_the_input_size() -> None:
+    from ml.explain import BudgetError, check_budget
+
+    ig = {"internal_batch_size": 4}
+    check_budget("integrated_gradients", ig, DEMO, **BUDGET)
+    with pytest.raises(BudgetError):  # 8× the voxels at 256³
+        check_budget("integrated_gradients", ig, (256, 256, 256), **BUDGET)
