@@ -18,6 +18,7 @@ from app.api.responses import error_responses
 from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger
+from app.quotas import check_queued_jobs
 from app.repository import (
     Job,
     RecentStats,
@@ -92,6 +93,7 @@ def _create_job(
         study = get_study(conn, client, study_id)
         if study is None:
             raise ServiceError("study_not_found")
+        check_queued_jobs(conn, client, services.settings)  # 429 quota_exceeded when full
         job = insert_job(
             conn,
             client=client,
@@ -113,7 +115,12 @@ def _create_job(
 
 
 _CREATE_ERRORS = error_responses(
-    "unauthorized", "study_not_found", "model_unavailable", "idempotency_conflict", "idempotency_in_progress"
+    "unauthorized",
+    "quota_exceeded",
+    "study_not_found",
+    "model_unavailable",
+    "idempotency_conflict",
+    "idempotency_in_progress",
 )
 
 
@@ -219,6 +226,7 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
     summary="Explain an already predicted job with another method (queues an explain job)",
     responses=error_responses(
         "unauthorized",
+        "quota_exceeded",
         "job_not_found",
         "job_not_finished",
         "job_failed",
@@ -246,6 +254,7 @@ def explain_job(
         study = get_study(conn, client, parent.study_id) if parent.study_id else None
         if study is None:
             raise ServiceError("study_not_found", "the study of this job was deleted")
+        check_queued_jobs(conn, client, services.settings)  # 429 quota_exceeded when full
         job = insert_job(
             conn,
             client=client,
