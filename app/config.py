@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(8, ge=1)
     #: an upload waiting longer than this for a slot is refused with 503 server_busy + Retry-After
     upload_wait_s: float = Field(120.0, gt=0)
+    #: default requests per minute of one client, all API processes together (None: no limit);
+    #: a client's own limit (`service4ct client quota`) overrides it (429 rate_limited)
+    rate_limit_per_minute: int | None = Field(None, ge=1)
+    #: default maximum of one client's queued jobs (None: no limit; 429 quota_exceeded)
+    max_queued_jobs_per_client: int | None = Field(None, ge=1)
+    #: Retry-After (seconds) of a quota_exceeded answer
+    quota_retry_after_s: int = Field(30, ge=1)
     presign_ttl_s: int = Field(900, ge=1, le=900)
     request_id_header: str = "X-Request-ID"
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)

@@ -26,6 +26,8 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "idempotency_in_progress": (409, "A request with this Idempotency-Key is still being processed; retry."),
     "job_not_finished": (409, "The job has no result yet (it is queued or running); poll its status."),
     "job_failed": (409, "The job failed; its status carries the error code."),
+    "rate_limited": (429, "Too many requests from this client; retry after the Retry-After seconds."),
+    "quota_exceeded": (429, "The client has its maximum of queued jobs; retry after Retry-After seconds."),
     "payload_too_large": (413, "The upload exceeds the size limit."),
     "unsupported_media_type": (415, "Send the ZIP as application/zip or multipart/form-data."),
     "validation_error": (422, "The request body or parameters are invalid."),

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.db import Database
 from app.errors import ServiceError
 from app.queue import JobQueue
+from app.quotas import Quotas
 from app.repository import client_for_key
 from app.storage import Storage
 from app.uploads import UploadGate
@@ -36,6 +37,7 @@ class Services:
     queue: JobQueue
     manifest: Manifest
     uploads: UploadGate = field(init=False)
+    quotas: Quotas = field(init=False)
     _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: resolves callback hosts when a job is created (tests stub it)
@@ -43,6 +45,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.uploads = UploadGate(self.settings.max_concurrent_uploads, self.settings.upload_wait_s)
+        self.quotas = Quotas(self.settings, self.db, self.queue.r)
 
     def close(self) -> None:
         self.db.close()
@@ -104,6 +107,8 @@ async def get_client(
     if client is None:
         raise ServiceError("unauthorized", "unknown or revoked API key")
     request.state.client = client
+    if not services.quotas.unlimited(client):
+        await run_in_threadpool(services.quotas.admit, client)  # 429 rate_limited over its rate
     return client
 
 

@@ -17,7 +17,9 @@ def status_of(code: str) -> int:
 def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: per status, the ErrorBody schema and the codes with their meaning."""
     by_status: dict[int, list[str]] = {}
-    for code in (*codes, "validation_error", "service_unavailable"):
+    # every authenticated route counts against the client's request rate
+    limited = ("rate_limited",) if "unauthorized" in codes else ()
+    for code in (*codes, *limited, "validation_error", "service_unavailable"):
         by_status.setdefault(status_of(code), []).append(code)
     out: dict[int | str, dict[str, Any]] = {}
     for status, cs in sorted(by_status.items()):

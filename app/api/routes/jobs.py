@@ -19,6 +19,7 @@ from app.api.responses import error_responses
 from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger
+from app.quotas import check_queued_jobs
 from app.repository import (
     Job,
     RecentStats,
@@ -95,6 +96,7 @@ def _create_job(
         study = get_study(conn, client, study_id)
         if study is None:
             raise ServiceError("study_not_found")
+        check_queued_jobs(conn, client, services.settings)  # 429 quota_exceeded when full
         job = insert_job(
             conn,
             client=client,
@@ -117,6 +119,7 @@ def _create_job(
 
 _CREATE_ERRORS = error_responses(
     "unauthorized",
+    "quota_exceeded",
     "study_not_found",
     "model_unavailable",
     "callback_url_invalid",
@@ -232,6 +235,7 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
         200: {"model": JobAccepted, "description": "the job that explained (or is explaining) the same"},
         **error_responses(
             "unauthorized",
+            "quota_exceeded",
             "job_not_found",
             "job_not_finished",
             "job_failed",
@@ -267,6 +271,7 @@ def explain_job(
         study = get_study(conn, client, parent.study_id) if parent.study_id else None
         if study is None:
             raise ServiceError("study_not_found", "the study of this job was deleted")
+        check_queued_jobs(conn, client, services.settings)  # 429 quota_exceeded when full
         job = insert_job(
             conn,
             client=client,

@@ -20,6 +20,7 @@ COMMANDS = [
     "worker",
     "migrate",
     "apikey",
+    "client",
 ]
 
 
