@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
@@ -124,6 +125,7 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
     """Run everything until Ctrl-C / SIGTERM."""
     import uvicorn
 
+    from app.api.server import uvicorn_config
     from app.main import create_app
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -140,15 +142,13 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
                 "",
                 f"Service4CT API on {base}   (OpenAPI docs: {base}/docs)",
                 f"dev API key: {key}" if created else f"dev API key: in {live.var_dir / 'dev-api-key'}",
-                f"services: postgres {_redact(live.database_url)}, redis {live.redis_url}, "
+                f"services: postgres {_redact(live.database_url)}, redis {_redact(live.redis_url)}, "
                 f"s3 {live.s3_endpoint}",
                 "the demo model is NOT FOR CLINICAL USE",
                 "",
             ]
             print("\n".join(banner), flush=True)
-            config = uvicorn.Config(
-                create_app(live), host=live.host, port=live.port, log_level="warning", access_log=False
-            )
+            config = uvicorn_config(create_app(live), live)
             server = uvicorn.Server(config)
             server.run()
         except KeyboardInterrupt:
@@ -161,7 +161,10 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
 
 
 def _redact(url: str | None) -> str:
-    if not url or "@" not in url:
+    """``url`` without its credentials: user:password and the query (``?password=…``) become "…"."""
+    if not url:
         return str(url)
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://…@{rest.split('@', 1)[1]}"
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"…@{host}" if "@" in parts.netloc else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))

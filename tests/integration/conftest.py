@@ -23,6 +23,7 @@ import httpx
 import pytest
 import uvicorn
 
+from app.api.server import uvicorn_config
 from app.config import Settings
 from app.db import connect
 from app.devstack import EmbeddedStack
@@ -117,13 +118,7 @@ class LiveApi:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, services)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-        )
+        config = uvicorn_config(self.app, settings, host="127.0.0.1", port=self.port, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
