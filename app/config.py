@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     # --- HTTP edge (docs/security.md): limits applied before a route runs
     #: a JSON (non-upload) request body larger than this is refused with 413 payload_too_large
     max_json_bytes: int = Field(1 * MiB, ge=1024, le=64 * MiB)
-    #: request line plus headers, in bytes (uvicorn's h11 parser refuses more with 400)
+    #: request line plus headers, in bytes: 431 headers_too_large (400 while they still arrive)
     max_header_bytes: int = Field(16 * 1024, ge=1024, le=1 * MiB)
     #: header fields per request; more is refused with 431 headers_too_large
     max_header_count: int = Field(100, ge=10, le=1000)

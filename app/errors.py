@@ -36,7 +36,7 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "internal_error": (500, "Unexpected server error (reported with the request id)."),
     # HTTP edge (app/api/edge.py)
     "request_timeout": (408, "The request's headers or body arrived too slowly; the connection is closed."),
-    "headers_too_large": (431, "Too many request header fields."),
+    "headers_too_large": (431, "Too many or too large request header fields."),
     # job error codes (in GET /v1/jobs/{id}, never an HTTP answer)
     "worker_crashed": (500, "The job exceeded its attempts: workers died or timed out while running it."),
     "storage_unavailable": (

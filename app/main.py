@@ -152,6 +152,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
+            svc.revocations.stop()
             if own:
                 svc.close()
 

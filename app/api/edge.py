@@ -3,7 +3,8 @@
 :class:`EdgeGuard` is pure ASGI middleware (no ``BaseHTTPMiddleware``: nothing is wrapped in
 extra tasks or buffered behind the route's back). For every HTTP request, in this order:
 
-1. more than ``max_header_count`` header fields → 431 ``headers_too_large``;
+1. more than ``max_header_count`` header fields, or more than ``max_header_bytes`` of them →
+   431 ``headers_too_large`` (the server's parser refuses a larger block still arriving, 400);
 2. a ``/v1`` path needs ``Authorization: Bearer`` with a valid API key or viewer token, checked
    before one byte of the body is read → 401 ``unauthorized`` (a viewer token outside its job's
    read routes → 403 ``forbidden``); the caller lands in ``scope["state"]`` (``client``,
@@ -54,6 +55,7 @@ _VIEWER_ROUTE = re.compile(r"/v1/jobs/([0-9a-fA-F-]{36})(?:/result|/explanation)
 @dataclass(frozen=True)
 class EdgeLimits:
     max_header_count: int
+    max_header_bytes: int
     max_json_bytes: int
     max_upload_bytes: int
     body_idle_timeout_s: float
@@ -63,6 +65,7 @@ class EdgeLimits:
     def from_settings(cls, s: Settings) -> EdgeLimits:
         return cls(
             max_header_count=s.max_header_count,
+            max_header_bytes=s.max_header_bytes,
             max_json_bytes=s.max_json_bytes,
             max_upload_bytes=s.max_upload_bytes + UPLOAD_FRAMING_BYTES,
             body_idle_timeout_s=s.body_idle_timeout_s,
@@ -157,8 +160,14 @@ class EdgeGuard:
         await self.app(scope, receive, send)
 
     async def _admit(self, scope: Scope, receive: Receive) -> Receive:
-        if len(scope["headers"]) > self.limits.max_header_count:
-            raise ServiceError("headers_too_large", f"more than {self.limits.max_header_count} header fields")
+        lim = self.limits
+        if len(scope["headers"]) > lim.max_header_count:
+            raise ServiceError("headers_too_large", f"more than {lim.max_header_count} header fields")
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        if size + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > lim.max_header_bytes:
+            raise ServiceError(
+                "headers_too_large", f"the request line and headers exceed {lim.max_header_bytes} bytes"
+            )
         path: str = scope["path"]
         if path == "/v1" or path.startswith("/v1/"):
             principal = await self._authenticate(scope)

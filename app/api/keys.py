@@ -146,16 +146,20 @@ class RevocationListener:
         self.client, self.cache, self.retry_s = client, cache, retry_s
         self.subscribed = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="s4ct-key-revocations", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread.ident is None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="s4ct-key-revocations", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.ident is not None:
+        if self._thread is not None:
             self._thread.join(timeout=5)
+            self._thread = None
+        self.subscribed.clear()
 
     def _run(self) -> None:
         while not self._stop.is_set():

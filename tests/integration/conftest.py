@@ -69,6 +69,7 @@ def _fresh_settings(stack: EmbeddedStack, tmp: Path, **overrides: Any) -> Settin
         webhook_backoff_s=0.2,
         webhook_backoff_max_s=1.0,
         device="cpu",
+        metrics_port=0,  # Prometheus on its own ephemeral loopback port (app.state.metrics_port)
     ).with_services(
         database_url=db_url,
         redis_url=stack.redis_url,

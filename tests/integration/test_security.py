@@ -47,7 +47,6 @@ from ml.phantom import PHI_IDENTIFIERS, make_study
 OPEN = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
-    ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
@@ -298,7 +297,6 @@ def test_every_answer_carries_the_request_id(api: LiveApi, tight: LiveApi, owner
     with api.client(owner.key) as c:
         for path in (
             "/healthz",
-            "/metrics",
             "/openapi.json",
             "/docs",
             "/v1/models",
