@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
 from app.api.edge import EdgeGuard, EdgeLimits
-from app.api.routes import health, jobs, models, studies, viewer
+from app.api.routes import docs, health, jobs, models, studies, viewer
 from app.config import Settings
 from app.db import Database
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
@@ -161,6 +161,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # app/api/routes/docs.py: self-hosted assets, off with docs_enabled=false
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
         openapi_tags=[
             {"name": "studies", "description": "DICOM study upload and management"},
             {"name": "jobs", "description": "Predictions, their status, results and explanations"},
@@ -220,6 +223,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     for module in (studies, jobs, models, health, viewer):  # viewer: /viewer/{job_id}, not in the schema
         app.include_router(module.router)
+    app.include_router(viewer.token_router)
+    if settings.docs_enabled:
+        app.include_router(docs.router)
     app.add_middleware(EdgeGuard, limits=EdgeLimits.from_settings(settings))  # inside RequestContext
     app.add_middleware(RequestContext, metrics=app.state.metrics, header=settings.request_id_header)
     return app
