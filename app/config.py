@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     #: API keys: a known or unknown key is cached this long (revocations are broadcast through Redis)
-    key_cache_ttl_s: float = Field(30.0, gt=0, le=3600)
+    key_cache_ttl_s: float = Field(10.0, gt=0, le=3600)
     #: server-side encryption requested on every stored object ("" = none; "AES256" = SSE-S3)
     s3_sse: Literal["", "AES256"] = ""
 
