@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -167,4 +167,4 @@ def _redact(url: str | None) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     netloc = f"…@{host}" if "@" in parts.netloc else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")

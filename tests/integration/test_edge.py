@@ -84,6 +84,18 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, Any], http.client.HTTPR
     return response.status, body, response
 
 
+def _trickle(sock: socket.socket, pieces: Iterator[bytes], until: float) -> None:
+    """Send one piece every 0.2 s until ``until`` (monotonic) or the server drops the connection."""
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        time.sleep(0.2)
+        if time.monotonic() > until:
+            return
+
+
 def _closed(sock: socket.socket, within: float = 5.0) -> bool:
     """The server closed the connection (EOF or reset) within ``within`` seconds."""
     sock.settimeout(within)
@@ -152,15 +164,7 @@ def test_slow_and_silent_header_senders_are_cut_off(edge: LiveApi) -> None:
         with _connect(edge) as sock:
             t0 = time.monotonic()
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            status = None
-            for i in range(20):  # one header line every 0.2 s: never completes
-                try:
-                    sock.sendall(f"X-Slow-{i}: a\r\n".encode())
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-                time.sleep(0.2)
-                if time.monotonic() - t0 > 1.5:
-                    break
+            _trickle(sock, (f"X-Slow-{i}: a\r\n".encode() for i in range(20)), t0 + 1.5)  # never completes
             status, body, _ = _answer(sock)
             assert (status, body["error"]) == (408, "request_timeout"), body
             assert time.monotonic() - t0 < 3.0
@@ -204,14 +208,7 @@ def test_a_trickled_upload_is_cut_off_aborted_and_frees_its_slot(edge: LiveApi, 
         t0 = time.monotonic()
         sock.sendall(_request(edge, "POST", "/v1/studies", headers, b"PK\x03\x04"))
         wait_for(lambda: _services(edge).uploads.in_use == 1, timeout=10, what="the upload's slot")
-        for _ in range(15):  # 1 byte every 0.2 s: far below 1 KiB/s
-            try:
-                sock.sendall(b"\0")
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            time.sleep(0.2)
-            if time.monotonic() - t0 > 2.0:
-                break
+        _trickle(sock, (b"\0" for _ in range(15)), t0 + 2.0)  # 5 bytes/s: far below 1 KiB/s
         status, body, _ = _answer(sock)
         assert (status, body["error"]) == (408, "request_timeout"), body
         assert time.monotonic() - t0 < 4.0
