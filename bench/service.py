@@ -10,8 +10,8 @@ Usage::
 
 Everything runs on loopback against the embedded stack (PostgreSQL, Redis, SeaweedFS S3)
 started in a temp directory with fsync off and no Redis persistence. The API runs as its own
-process (``python -m uvicorn --factory app.main:app_from_env``, settings from ``S4CT_*``, no
-access log: what ``service4ct api`` runs), so its RSS and CPU time are its own. Every section
+process (``service4ct api``: settings from ``S4CT_*``, the h11 server of app/api/server.py with
+its edge limits, no access log), so its RSS and CPU time are its own. Every section
 prints its peers measured in the same run and the ratio service/peer.
 
 1. **Upload** of a ~1 GiB ZIP (ZIP_STORED members of incompressible random data, written in
@@ -360,26 +360,13 @@ def fresh_env(stack: Any, root: Path, name: str) -> Env:
 
 
 class Api:
-    """The API in its own process: ``python -m uvicorn --factory app.main:app_from_env``."""
+    """The API in its own process: ``service4ct api`` (``python -m app.cli api``)."""
 
     def __init__(self, env: Env, name: str = "api") -> None:
         self.env = env
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "app.main:app_from_env",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+        cmd = [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(self.port)]
         self.child = Child(name, cmd, env.child_env(), env.dir / f"{name}.log")
         _wait_http(f"{self.base}/healthz", self.child.proc, self.child.log)
 
