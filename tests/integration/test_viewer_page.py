@@ -25,7 +25,8 @@ package). On the screenshot, in screen pixels of the canvas:
 * an indeterminate study (a head phantom: no lungs): the label says the model cannot judge
   it, with the reasons; the probability is muted with "(not a decision)" and no label,
   probability or decision cell is in the red of a pathology (computed styles of the page).
-* the page gets a viewer token in memory (its form; never in the URL, storage or Navigation
+* the page gets a viewer token in memory (its form, or postMessage from the product page that
+  opened it; never in the URL, storage or Navigation
   Timing); error states: a wrong token, another job's token, a failed job (its error code on
   the page), an old ``#key=`` link (the key is dropped from the address and not used).
 
@@ -57,6 +58,7 @@ from viewer_browser import (
     grow,
     hot_pixels,
     needs_chromium,
+    open_from_opener,
     open_viewer,
     overlap,
     shrink,
@@ -390,6 +392,11 @@ def test_viewer_shows_errors_a_missing_key_a_wrong_key_and_a_failed_job(
     page = open_viewer(browser, api, job, "not-a-key")
     assert page["state"] == "error" and page["error"]["code"] == "unauthorized", page
     assert "Not authorised" in page["text"]
+
+    # a product page opens the viewer and hands the token over by postMessage: accepted
+    assert open_from_opener(browser, api, job, viewer_token(api, job, key)) == "error"
+    assert browser.eval("window.s4ctChild.s4ctViewer.error.code") == "too_few_slices"
+    assert browser.eval("window.s4ctChild.location.href") == f"{api.base}/viewer/{job}"
 
     # another job's token: refused by the API (the token reads its own job only)
     with api.client(key) as c:

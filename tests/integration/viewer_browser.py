@@ -138,7 +138,8 @@ class Chromium:
 
     def eval(self, expression: str) -> Any:
         r = self.send(
-            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True, "userGesture": True},
         )
         if "exceptionDetails" in r:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
@@ -255,6 +256,31 @@ def give_token(browser: Chromium, token: str) -> None:
         f"(() => {{ document.getElementById('token').value = {json.dumps(token)};"
         " document.getElementById('token-form').requestSubmit(); })()"
     )
+
+
+def open_from_opener(browser: Chromium, api: LiveApi, job: str, token: str, timeout: float = 60.0) -> str:
+    """Open the viewer as a product would: a page of the API's origin ``window.open``s it and answers
+    its ``s4ct-viewer-ready`` message with the token (``postMessage``); the viewer's final state."""
+    browser.open(f"{api.base}/healthz")
+    browser.eval(
+        "new Promise((r) => (document.readyState === 'complete' ? r() : addEventListener('load', r)))"
+    )
+    browser.eval(
+        "(() => { addEventListener('message', (e) => { if (e.data && e.data.type === 's4ct-viewer-ready')"
+        f" e.source.postMessage({{type: 's4ct-viewer-token', token: {json.dumps(token)}}}, '*'); }});"
+        f" window.s4ctChild = window.open('/viewer/{job}'); return true; }})()"
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        state = browser.eval(
+            "(() => { const d = window.s4ctChild && window.s4ctChild.document;"
+            " return d && d.documentElement ? d.documentElement.dataset.state || null : null; })()"
+        )
+        if state in ("ready", "error"):
+            return str(state)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the viewer opened by a product page is stuck in state {state!r}")
+        time.sleep(0.05)
 
 
 def open_viewer(
