@@ -26,9 +26,9 @@ package). On the screenshot, in screen pixels of the canvas:
   it, with the reasons; the probability is muted with "(not a decision)" and no label,
   probability or decision cell is in the red of a pathology (computed styles of the page).
 * the page gets a viewer token in memory (its form, or postMessage from the product page that
-  opened it; never in the URL, storage or Navigation
-  Timing); error states: a wrong token, another job's token, a failed job (its error code on
-  the page), an old ``#key=`` link (the key is dropped from the address and not used).
+  opened it; never in the URL, storage or Navigation Timing); error states: a wrong token,
+  another job's token, a failed job (its error code on the page), an old ``#key=`` link (the
+  key is dropped from the address and not used).
 
 The tests skip when Debian's ``chromium`` is absent (``apt-get install chromium``);
 the route itself is tested without a browser in test_viewer_route.py.
