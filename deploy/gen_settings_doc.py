@@ -107,7 +107,7 @@ USES: dict[str, tuple[str, str]] = {
     "limit_concurrency": ("api", "uvicorn answers 503 beyond it"),
     "viewer_token_ttl_s": ("api", "`POST /v1/jobs/{id}/viewer-token`; tokens live in Redis"),
     "docs_enabled": ("api", "false: no `/docs`, `/redoc`, `/openapi.json`"),
-    "metrics_port": ("api", "the k8s manifest sets 9100; never the API's port"),
+    "metrics_port": ("api", "the k8s manifest sets 9100"),
     "metrics_host": ("api", "`0.0.0.0` in a pod whose Service does not publish the metrics port"),
     "key_cache_ttl_s": ("api", "bounds a revocation only when the Redis broadcast was missed"),
     "s3_sse": ("both", "`AES256`: SSE-S3 (AWS S3, SeaweedFS; MinIO needs a KMS configured)"),
