@@ -25,8 +25,8 @@ prints its peers measured in the same run and the ratio service/peer.
    file through :meth:`app.storage.Storage.multipart` straight to the same S3 from this
    process (the object-store ceiling: the same multipart code the API uses, minus HTTP and
    sha256), boto3's own managed upload with 2 parts in flight (what a second part in flight
-   would give), the same httpx upload into a minimal ASGI app under the same uvicorn that
-   discards the body (the HTTP-stack ceiling), and a raw loopback socket copy.
+   would give), the same httpx upload into a minimal ASGI app under the same server
+   (``app.api.server.uvicorn_config``) that discards the body (the HTTP-stack ceiling), and a raw loopback socket copy.
 2. **Latency** of ``GET /v1/jobs/{id}`` (5 queued jobs, no worker) at a constant open-loop
    rate: requests are scheduled on a fixed timeline by a separate load process (pure asyncio,
    raw HTTP/1.1 keep-alive connections, no third-party client on the hot path) and latency is
@@ -539,7 +539,11 @@ async def sink_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def serve_sink(port: int) -> int:
     import uvicorn
 
-    uvicorn.run(sink_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    from app.api.server import uvicorn_config
+    from app.config import Settings
+
+    # the server the API runs (h11 with the edge's header deadline), without the API
+    uvicorn.Server(uvicorn_config(sink_app, Settings(), host="127.0.0.1", port=port)).run()
     return 0
 
 
