@@ -26,7 +26,8 @@ prints its peers measured in the same run and the ratio service/peer.
    process (the object-store ceiling: the same multipart code the API uses, minus HTTP and
    sha256), boto3's own managed upload with 2 parts in flight (what a second part in flight
    would give), the same httpx upload into a minimal ASGI app under the same server
-   (``app.api.server.uvicorn_config``) that discards the body (the HTTP-stack ceiling), and a raw loopback socket copy.
+   (``app.api.server.uvicorn_config``) that discards the body (the HTTP-stack ceiling), and a raw
+   loopback socket copy.
 2. **Latency** of ``GET /v1/jobs/{id}`` (5 queued jobs, no worker) at a constant open-loop
    rate: requests are scheduled on a fixed timeline by a separate load process (pure asyncio,
    raw HTTP/1.1 keep-alive connections, no third-party client on the hot path) and latency is
