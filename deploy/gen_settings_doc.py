@@ -97,7 +97,7 @@ USES: dict[str, tuple[str, str]] = {
     "log_json": ("both", "JSON lines with request_id / job_id; the images set true"),
     "var_dir": ("both", "`service4ct serve`'s embedded stack; default parent of work_dir, weights_cache_dir"),
     # the HTTP edge (docs/security.md)
-    "max_json_bytes": ("api", "checked before the route runs (413 `payload_too_large`)"),
+    "max_json_bytes": ("api", "checked before the route runs"),
     "max_header_bytes": ("api", "431 `headers_too_large`; also uvicorn's h11 limit (400 while arriving)"),
     "max_header_count": ("api", "431 `headers_too_large`"),
     "header_timeout_s": ("api", "a half-sent or trickled header block is cut off with 408"),
