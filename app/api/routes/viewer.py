@@ -34,7 +34,7 @@ ASSETS = {"viewer.js": "text/javascript; charset=utf-8", "viewer.css": "text/css
 # images come from the object store (another origin, presigned); data goes to this API only
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: http: https:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+    "connect-src 'self'; base-uri 'none'; form-action 'none'"
 )
 _HEADERS = {
     "Content-Security-Policy": _CSP,
