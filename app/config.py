@@ -158,6 +158,35 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    # --- HTTP edge (docs/security.md): limits applied before a route runs
+    #: a JSON (non-upload) request body larger than this is refused with 413 payload_too_large
+    max_json_bytes: int = Field(1 * MiB, ge=1024, le=64 * MiB)
+    #: request line plus headers, in bytes: 431 headers_too_large (400 while they still arrive)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1 * MiB)
+    #: header fields per request; more is refused with 431 headers_too_large
+    max_header_count: int = Field(100, ge=10, le=1000)
+    #: a connection must deliver its request line and headers within this (else 408 and closed)
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: no body byte for this long → 408 request_timeout (the upload is aborted)
+    body_idle_timeout_s: float = Field(30.0, gt=0)
+    #: after body_idle_timeout_s, a body arriving slower than this on average → 408 (0: no floor)
+    body_min_bytes_per_s: int = Field(1024, ge=0)
+    #: upload slots one client may hold at once (default: half of max_concurrent_uploads, at least 1)
+    max_uploads_per_client: int | None = Field(None, ge=1)
+    #: uvicorn: connections + tasks above this are answered 503 (None: unbounded)
+    limit_concurrency: int | None = Field(1000, ge=1)
+    #: lifetime of a viewer token (POST /v1/jobs/{id}/viewer-token), at most 15 min
+    viewer_token_ttl_s: int = Field(600, ge=10, le=900)
+    #: serve /docs, /redoc and /openapi.json (self-hosted assets, no CDN)
+    docs_enabled: bool = True
+    #: API: serve Prometheus /metrics on this separate port (None: not served); never on `port`
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    #: API keys: a known or unknown key is cached this long (revocations are broadcast through Redis)
+    key_cache_ttl_s: float = Field(10.0, gt=0, le=3600)
+    #: server-side encryption requested on every stored object ("" = none; "AES256" = SSE-S3)
+    s3_sse: Literal["", "AES256"] = ""
+
     # --- embedded stack (service4ct serve)
     var_dir: Path = Path("var")
 
@@ -165,6 +194,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         return None if v == "" else v
+
+    @property
+    def uploads_per_client(self) -> int:
+        """Upload slots one client may hold (max_uploads_per_client, else half of the total)."""
+        if self.max_uploads_per_client is not None:
+            return min(self.max_uploads_per_client, self.max_concurrent_uploads)
+        return max(1, self.max_concurrent_uploads // 2)
 
     @property
     def work_path(self) -> Path:

@@ -44,6 +44,9 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
         422,
         "The explanation's model passes or estimated memory exceed the service's budget.",
     ),
+    # HTTP edge (app/api/edge.py)
+    "request_timeout": (408, "The request's headers or body arrived too slowly; the connection is closed."),
+    "headers_too_large": (431, "Too many or too large request header fields."),
     # job error codes (in GET /v1/jobs/{id}, never an HTTP answer)
     "worker_crashed": (500, "The job exceeded its attempts: workers died or timed out while running it."),
     "storage_unavailable": (

@@ -19,12 +19,14 @@ import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import start_http_server
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
-from app.api.routes import health, jobs, models, studies, viewer
+from app.api.edge import EdgeGuard, EdgeLimits
+from app.api.routes import docs, health, jobs, models, studies, viewer
 from app.config import Settings
 from app.db import Database
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
@@ -140,11 +142,17 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         mmap_large_buffers()  # freed upload part buffers go back to the OS (bounded RSS after bursts)
         svc = services if services is not None else build_services(settings)
         app.state.services = svc
+        svc.revocations.start()
+        metrics_server = _serve_metrics(app, settings)
         app.state.metrics.watch_queue(lambda: _counts(svc), svc.queue.depth, lambda: _oldest_queued_age(svc))
         logger.info("API ready (model default {})", svc.manifest.default)
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            svc.revocations.stop()
             if own:
                 svc.close()
 
@@ -153,6 +161,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # app/api/routes/docs.py: self-hosted assets, off with docs_enabled=false
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
         openapi_tags=[
             {"name": "studies", "description": "DICOM study upload and management"},
             {"name": "jobs", "description": "Predictions, their status, results and explanations"},
@@ -212,8 +223,24 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     for module in (studies, jobs, models, health, viewer):  # viewer: /viewer/{job_id}, not in the schema
         app.include_router(module.router)
+    app.include_router(viewer.token_router)
+    if settings.docs_enabled:
+        app.include_router(docs.router)
+    app.add_middleware(EdgeGuard, limits=EdgeLimits.from_settings(settings))  # inside RequestContext
     app.add_middleware(RequestContext, metrics=app.state.metrics, header=settings.request_id_header)
     return app
+
+
+def _serve_metrics(app: FastAPI, settings: Settings) -> Any:
+    """Prometheus ``/metrics`` on its own port (never the API's), or None when not configured."""
+    if settings.metrics_port is None:
+        return None
+    server, _thread = start_http_server(
+        settings.metrics_port, addr=settings.metrics_host, registry=app.state.metrics.registry
+    )
+    app.state.metrics_port = int(server.server_port)
+    logger.info("metrics on {}:{}", settings.metrics_host, app.state.metrics_port)
+    return server
 
 
 def _oldest_queued_age(svc: Services) -> float:

@@ -21,6 +21,8 @@ import math
 import threading
 import time
 
+import psycopg
+import psycopg_pool
 import redis
 
 from app.config import Settings
@@ -68,8 +70,12 @@ class Quotas:
             hit = self._cache.get(client)
         if hit is not None and now - hit[1] < _QUOTA_TTL_S:
             return hit[0]
-        with self.db.conn() as conn:
-            quota = get_quota(conn, client) or ClientQuota()
+        try:
+            with self.db.conn() as conn:
+                quota = get_quota(conn, client) or ClientQuota()
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            logger.warning("quota of {} not read ({}): the defaults apply", client, type(e).__name__)
+            return ClientQuota()
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()

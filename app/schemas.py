@@ -27,6 +27,7 @@ __all__ = [
     "ModelsOut",
     "PredictRequest",
     "StudyOut",
+    "ViewerToken",
 ]
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
@@ -364,6 +365,34 @@ class ModelsOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ViewerToken(BaseModel):
+    """A short-lived read-only token for one job (``POST /v1/jobs/{id}/viewer-token``).
+
+    Accepted as ``Authorization: Bearer <token>`` on ``GET /v1/jobs/{id}``, ``/result`` and
+    ``/explanation`` of that job (and of its parent, for an explain job) only; it stops
+    when it expires or when the API key that issued it is revoked. Hand it to the viewer
+    in memory (``postMessage`` or the page's form), never in a URL.
+    """
+
+    model_config = _example(
+        token="s4cv_3q2-7wB0bXh0l0oJ3kKJqjGZcJ2b8Z2m4v9xq1x3h0s",
+        token_type="Bearer",
+        job_id="0b7c3f0e-5d1a-4a8e-9d4b-2f6c1e9a7b31",
+        jobs=["0b7c3f0e-5d1a-4a8e-9d4b-2f6c1e9a7b31"],
+        expires_in=600,
+        expires_at="2026-01-01T12:10:00Z",
+        viewer_url="/viewer/0b7c3f0e-5d1a-4a8e-9d4b-2f6c1e9a7b31",
+    )
+
+    token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    job_id: uuid.UUID
+    jobs: list[uuid.UUID] = Field(description="the jobs it reads: this one (and an explain job's parent)")
+    expires_in: int = Field(description="seconds")
+    expires_at: dt.datetime
+    viewer_url: str = Field(description="the reference viewer page of this job (the token is not in it)")
 
 
 def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:

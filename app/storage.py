@@ -83,7 +83,8 @@ class Storage:
     """One bucket on one S3 endpoint.
 
     ``endpoint`` None means AWS S3. ``public_endpoint`` (optional) is the address browsers
-    use; presigned URLs are signed for it (SigV4 signs the host). The client is thread-safe;
+    use; presigned URLs are signed for it (SigV4 signs the host). ``sse`` (e.g. ``"AES256"``)
+    is requested as server-side encryption on every object written. The client is thread-safe;
     methods block, so async code calls them through ``anyio.to_thread.run_sync`` (uploads
     have :meth:`MultipartUpload.awrite`).
     """
@@ -102,6 +103,7 @@ class Storage:
         read_timeout: float = 60.0,
         max_attempts: int = 5,
         max_pool_connections: int = 32,
+        sse: str | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes")
@@ -130,6 +132,13 @@ class Storage:
             if public_endpoint and public_endpoint != endpoint
             else self.client
         )
+        self.sse = sse
+        if sse:  # every object written (PutObject, multipart) asks for server-side encryption
+            for op in _WRITES:
+                self.client.meta.events.register(f"before-parameter-build.s3.{op}", self._request_sse)
+
+    def _request_sse(self, params: dict[str, Any], **_: Any) -> None:
+        params.setdefault("ServerSideEncryption", self.sse)
 
     # ------------------------------------------------------------------ bucket
 
@@ -325,6 +334,10 @@ class Storage:
         return aborted
 
 
+#: the operations that create an object (``Storage.sse`` is requested on each)
+_WRITES = ("PutObject", "CreateMultipartUpload", "CopyObject")
+
+
 def storage_from_settings(settings: Settings) -> Storage:
     """The service's bucket as configured (``S4CT_S3_*``); raises ValueError without credentials."""
     if settings.s3_access_key is None or settings.s3_secret_key is None:
@@ -339,6 +352,7 @@ def storage_from_settings(settings: Settings) -> Storage:
         connect_timeout=min(5.0, settings.s3_read_timeout_s),
         read_timeout=settings.s3_read_timeout_s,
         max_attempts=settings.s3_max_retries,  # botocore's retries "max_attempts" counts retries
+        sse=settings.s3_sse or None,
     )
 
 

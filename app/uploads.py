@@ -8,7 +8,8 @@ a central directory larger than that is fetched back with a ranged GET).
 
 Two body encodings are accepted: the raw ZIP (``application/zip`` or
 ``application/octet-stream``) and ``multipart/form-data`` with one file part
-(python-multipart's streaming parser; other fields are ignored).
+(python-multipart's streaming parser; other fields are ignored, but their bytes count against
+the cap at the edge, app/api/edge.py, and a part's headers are bounded).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ml.io import ZipLimits, ZipSummary, precheck_zip
 __all__ = ["RAW_TYPES", "ReceivedUpload", "UploadGate", "mmap_large_buffers", "receive_zip"]
 
 RAW_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
+PART_HEADER_BYTES = 8192  # one header value of a multipart part, at most
 TAIL_BYTES = 1 << 20  # bytes kept from the end of the body for the central directory (else a ranged GET)
 
 
@@ -64,20 +66,23 @@ def mmap_large_buffers(threshold: int = 1 << 20, trim: int = 32 << 20) -> bool:
 
 
 class UploadGate:
-    """Bounds the uploads one API process streams at once.
+    """Bounds the uploads one API process streams at once, and each client's share of them.
 
     Each streaming upload holds up to ``(parts in flight + 1) × part size`` bytes (24 MiB
     with the defaults), so memory is bounded by ``limit`` times that however many clients
-    send at once. Waiting uploads are not read (TCP back-pressure holds the sender); one
-    waiting longer than ``wait_s`` is refused with 503 ``server_busy`` and ``Retry-After``
-    (Laravel/Horizon retries it). Created outside any event loop, bound to the first one
-    that uses it.
+    send at once. One client holds at most ``per_client`` of the slots, so that a client
+    (or a leaked key) cannot take them all. Waiting uploads are not read (TCP back-pressure
+    holds the sender); one waiting longer than ``wait_s`` is refused with 503 ``server_busy``
+    and ``Retry-After`` (Laravel/Horizon retries it). Created outside any event loop, bound
+    to the first one that uses it.
     """
 
-    def __init__(self, limit: int, wait_s: float) -> None:
+    def __init__(self, limit: int, wait_s: float, per_client: int | None = None) -> None:
         self.limit = limit
         self.wait_s = wait_s
+        self.per_client = min(limit, per_client or limit)
         self._sem: anyio.Semaphore | None = None
+        self._clients: dict[str, tuple[anyio.Semaphore, int]] = {}  # semaphore, uploads holding or waiting
         self._held = 0
 
     @property
@@ -85,23 +90,57 @@ class UploadGate:
         """Slots held now (uploads being streamed, not those waiting)."""
         return self._held
 
+    def _busy(self, why: str) -> ServiceError:
+        err = ServiceError("server_busy", why)
+        err.headers["Retry-After"] = str(max(1, round(self.wait_s / 4)))
+        return err
+
+    def _share(self, client: str | None) -> anyio.Semaphore | None:
+        """``client``'s semaphore (one more user of it), None without a client."""
+        if client is None:
+            return None
+        sem, users = self._clients.get(client) or (anyio.Semaphore(self.per_client), 0)
+        self._clients[client] = (sem, users + 1)
+        return sem
+
+    def _unshare(self, client: str | None) -> None:
+        if client is None:
+            return
+        sem, users = self._clients[client]
+        if users <= 1:
+            del self._clients[client]
+        else:
+            self._clients[client] = (sem, users - 1)
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one upload slot for the ``async with`` body."""
+    async def slot(self, client: str | None = None) -> AsyncIterator[None]:
+        """Hold one upload slot (one of ``client``'s share) for the ``async with`` body."""
         if self._sem is None:
             self._sem = anyio.Semaphore(self.limit)
-        with anyio.move_on_after(self.wait_s) as waited:
-            await self._sem.acquire()
-        if waited.cancelled_caught:
-            err = ServiceError("server_busy", f"{self.limit} uploads are in progress; retry later")
-            err.headers["Retry-After"] = str(max(1, round(self.wait_s / 4)))
-            raise err
-        self._held += 1
+        sem, share = self._sem, self._share(client)
+        got_share = got_slot = False
         try:
-            yield
+            with anyio.move_on_after(self.wait_s):
+                if share is not None:
+                    await share.acquire()
+                    got_share = True
+                await sem.acquire()
+                got_slot = True
+            if not got_slot:
+                if share is not None and not got_share:
+                    raise self._busy(f"this client already streams {self.per_client} uploads; retry later")
+                raise self._busy(f"{self.limit} uploads are in progress; retry later")
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
         finally:
-            self._held -= 1
-            self._sem.release()
+            if got_slot:
+                sem.release()
+            if share is not None and got_share:
+                share.release()
+            self._unshare(client)
 
 
 @dataclass(frozen=True)
@@ -195,7 +234,10 @@ async def _multipart_chunks(request: Request, content_type: str) -> AsyncIterato
         state["header"] = data[start:end].lower()
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["headers"][state["header"]] = state["headers"].get(state["header"], b"") + data[start:end]
+        value = state["headers"].get(state["header"], b"") + data[start:end]
+        if len(value) > PART_HEADER_BYTES or len(state["headers"]) > 32:  # part headers are never held big
+            raise ValueError("multipart part headers too large")
+        state["headers"][state["header"]] = value
 
     def on_headers_finished() -> None:
         disp = state["headers"].get(b"content-disposition", b"")
@@ -256,6 +298,7 @@ async def receive_zip(
     parts_in_flight: int = 2,
     limits: ZipLimits | None = None,
     gate: UploadGate | None = None,
+    client: str | None = None,
 ) -> ReceivedUpload:
     """Stream the request's ZIP to ``key`` and check it; the object is removed on any refusal.
 
@@ -267,7 +310,7 @@ async def receive_zip(
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + (1 << 20):
         # multipart framing adds a little: refuse only what is clearly too big before reading
         raise ServiceError("payload_too_large", f"the upload exceeds {max_bytes} bytes")
-    async with gate.slot() if gate is not None else nullcontext():
+    async with gate.slot(client) if gate is not None else nullcontext():
         return await _stream_and_check(request, storage, key, max_bytes, part_bytes, parts_in_flight, limits)
 
 

@@ -10,8 +10,8 @@ Usage::
 
 Everything runs on loopback against the embedded stack (PostgreSQL, Redis, SeaweedFS S3)
 started in a temp directory with fsync off and no Redis persistence. The API runs as its own
-process (``python -m uvicorn --factory app.main:app_from_env``, settings from ``S4CT_*``, no
-access log: what ``service4ct api`` runs), so its RSS and CPU time are its own. Every section
+process (``service4ct api``: settings from ``S4CT_*``, the h11 server of app/api/server.py with
+its edge limits, no access log), so its RSS and CPU time are its own. Every section
 prints its peers measured in the same run and the ratio service/peer.
 
 1. **Upload** of a ~1 GiB ZIP (ZIP_STORED members of incompressible random data, written in
@@ -25,8 +25,9 @@ prints its peers measured in the same run and the ratio service/peer.
    file through :meth:`app.storage.Storage.multipart` straight to the same S3 from this
    process (the object-store ceiling: the same multipart code the API uses, minus HTTP and
    sha256), boto3's own managed upload with 2 parts in flight (what a second part in flight
-   would give), the same httpx upload into a minimal ASGI app under the same uvicorn that
-   discards the body (the HTTP-stack ceiling), and a raw loopback socket copy.
+   would give), the same httpx upload into a minimal ASGI app under the same server
+   (``app.api.server.uvicorn_config``) that discards the body (the HTTP-stack ceiling), and a raw
+   loopback socket copy.
 2. **Latency** of ``GET /v1/jobs/{id}`` (5 queued jobs, no worker) at a constant open-loop
    rate: requests are scheduled on a fixed timeline by a separate load process (pure asyncio,
    raw HTTP/1.1 keep-alive connections, no third-party client on the hot path) and latency is
@@ -360,26 +361,13 @@ def fresh_env(stack: Any, root: Path, name: str) -> Env:
 
 
 class Api:
-    """The API in its own process: ``python -m uvicorn --factory app.main:app_from_env``."""
+    """The API in its own process: ``service4ct api`` (``python -m app.cli api``)."""
 
     def __init__(self, env: Env, name: str = "api") -> None:
         self.env = env
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "app.main:app_from_env",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+        cmd = [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(self.port)]
         self.child = Child(name, cmd, env.child_env(), env.dir / f"{name}.log")
         _wait_http(f"{self.base}/healthz", self.child.proc, self.child.log)
 
@@ -552,7 +540,11 @@ async def sink_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def serve_sink(port: int) -> int:
     import uvicorn
 
-    uvicorn.run(sink_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    from app.api.server import uvicorn_config
+    from app.config import Settings
+
+    # the server the API runs (h11 with the edge's header deadline), without the API
+    uvicorn.Server(uvicorn_config(sink_app, Settings(), host="127.0.0.1", port=port)).run()
     return 0
 
 

@@ -105,6 +105,21 @@ USES: dict[str, tuple[str, str]] = {
     "log_level": ("both", ""),
     "log_json": ("both", "JSON lines with request_id / job_id; the images set true"),
     "var_dir": ("both", "`service4ct serve`'s embedded stack; default parent of work_dir, weights_cache_dir"),
+    # the HTTP edge (docs/security.md)
+    "max_json_bytes": ("api", "checked before the route runs"),
+    "max_header_bytes": ("api", "431 `headers_too_large`; also uvicorn's h11 limit (400 while arriving)"),
+    "max_header_count": ("api", "431 `headers_too_large`"),
+    "header_timeout_s": ("api", "a half-sent or trickled header block is cut off with 408"),
+    "body_idle_timeout_s": ("api", "408 `request_timeout`; the upload is aborted and its slot freed"),
+    "body_min_bytes_per_s": ("api", "checked once a body has taken `body_idle_timeout_s`"),
+    "max_uploads_per_client": ("api", "one client (one leaked key) cannot take every upload slot"),
+    "limit_concurrency": ("api", "uvicorn answers 503 beyond it"),
+    "viewer_token_ttl_s": ("api", "`POST /v1/jobs/{id}/viewer-token`; tokens live in Redis"),
+    "docs_enabled": ("api", "false: no `/docs`, `/redoc`, `/openapi.json`"),
+    "metrics_port": ("api", "the k8s manifest sets 9100"),
+    "metrics_host": ("api", "`0.0.0.0` in a pod whose Service does not publish the metrics port"),
+    "key_cache_ttl_s": ("api", "bounds a revocation only when the Redis broadcast was missed"),
+    "s3_sse": ("both", "`AES256`: SSE-S3 (AWS S3, SeaweedFS; MinIO needs a KMS configured)"),
 }
 
 

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
+from app.api.keys import KeyCache, Principal, RevocationListener, ViewerTokens
 from app.callbacks import Resolver, system_resolver
 from app.config import Settings
 from app.db import Database
 from app.errors import ServiceError
 from app.queue import JobQueue
 from app.quotas import Quotas
-from app.repository import client_for_key
+from app.repository import client_for_key_hash
 from app.storage import Storage
 from app.uploads import UploadGate
 from ml.model import Manifest
 
-__all__ = ["Client", "Services", "ServicesDep", "get_client", "get_services"]
-
-_KEY_TTL_S = 10.0  # a revoked key stops working within this many seconds
+__all__ = ["Caller", "Client", "Services", "ServicesDep", "get_caller", "get_client", "get_services"]
 
 
 @dataclass
@@ -37,41 +33,29 @@ class Services:
     queue: JobQueue
     manifest: Manifest
     uploads: UploadGate = field(init=False)
+    keys: KeyCache = field(init=False)
+    viewer_tokens: ViewerTokens = field(init=False)
+    revocations: RevocationListener = field(init=False)
     quotas: Quotas = field(init=False)
-    _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     #: resolves callback hosts when a job is created (tests stub it)
     callback_resolver: Resolver = system_resolver
 
     def __post_init__(self) -> None:
-        self.uploads = UploadGate(self.settings.max_concurrent_uploads, self.settings.upload_wait_s)
-        self.quotas = Quotas(self.settings, self.db, self.queue.r)
+        s = self.settings
+        self.uploads = UploadGate(s.max_concurrent_uploads, s.upload_wait_s, per_client=s.uploads_per_client)
+        self.keys = KeyCache(self._lookup, s.key_cache_ttl_s)
+        self.viewer_tokens = ViewerTokens(self.queue.r, s.viewer_token_ttl_s)
+        self.revocations = RevocationListener(self.queue.r, self.keys)
+        self.quotas = Quotas(s, self.db, self.queue.r)
+
+    def _lookup(self, key_hash: str) -> str | None:
+        with self.db.conn() as conn:
+            return client_for_key_hash(conn, key_hash)
 
     def close(self) -> None:
+        self.revocations.stop()
         self.db.close()
         self.queue.close()
-
-    def cached_client(self, key: str) -> tuple[bool, str | None]:
-        """(cache hit, client) for an API key; misses are cached too."""
-        with self._lock:
-            hit = self._keys.get(key)
-        if hit is not None and time.monotonic() - hit[1] < _KEY_TTL_S:
-            return True, hit[0]
-        return False, None
-
-    def client_of(self, key: str) -> str | None:
-        """The client of an API key (cached for a few seconds, misses included)."""
-        found, client = self.cached_client(key)
-        if found:
-            return client
-        now = time.monotonic()
-        with self.db.conn() as conn:
-            client = client_for_key(conn, key)
-        with self._lock:
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            self._keys[key] = (client, now)
-        return client
 
 
 async def get_services(request: Request) -> Services:
@@ -82,34 +66,27 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-#: declares the scheme in the OpenAPI document (every route that needs a client lists it);
-#: the header is checked below, so that a refusal is our 401 ``unauthorized`` body
+#: declares the scheme in the OpenAPI document (every route that needs a client lists it); the
+#: header itself is checked by the edge middleware (app/api/edge.py) before any body is read
 _bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="`Authorization: Bearer <api key>`")
 
 
-async def get_client(
-    request: Request,
-    services: ServicesDep,
-    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-) -> str:
-    """The calling client, from ``Authorization: Bearer <api key>`` (401 ``unauthorized`` otherwise).
-
-    Async on purpose: a cached key costs no thread hop; only a cache miss queries the database.
-    """
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    key = token.strip()
-    if scheme.lower() != "bearer" or not key:
+async def get_caller(
+    request: Request, _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None
+) -> Principal:
+    """Who is calling, as the edge middleware authenticated it (401 ``unauthorized`` otherwise)."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
         raise ServiceError("unauthorized", "send Authorization: Bearer <api key>")
-    found, client = services.cached_client(key)
-    if not found:
-        client = await run_in_threadpool(services.client_of, key)
-    if client is None:
-        raise ServiceError("unauthorized", "unknown or revoked API key")
-    request.state.client = client
-    if not services.quotas.unlimited(client):
-        await run_in_threadpool(services.quotas.admit, client)  # 429 rate_limited over its rate
-    return client
+    return principal
+
+
+Caller = Annotated[Principal, Depends(get_caller)]
+
+
+async def get_client(caller: Caller) -> str:
+    """The calling client (its name scopes every study and job)."""
+    return caller.client
 
 
 Client = Annotated[str, Depends(get_client)]

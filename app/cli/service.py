@@ -60,6 +60,7 @@ def api(
     """Run the API only (production: S4CT_* settings point at PostgreSQL, Redis and S3)."""
     import uvicorn
 
+    from app.api.server import uvicorn_config
     from app.main import build_services, create_app
     from app.migrate import DatabaseEncodingError, NotMigratedError
 
@@ -71,7 +72,7 @@ def api(
         raise typer.Exit(2) from None
     try:
         app = create_app(settings, services)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+        uvicorn.Server(uvicorn_config(app, settings)).run()
     finally:
         services.close()
 
@@ -147,16 +148,40 @@ def apikey_list(config: ConfigOpt = None) -> None:
 def apikey_revoke(
     key_id: Annotated[str, typer.Argument(help="Key id from `apikey list`.")], config: ConfigOpt = None
 ) -> None:
-    """Revoke a key (effective within seconds)."""
+    """Revoke a key: every API process connected to the same Redis drops it at once."""
     import uuid
 
     from app.db import connect
-    from app.repository import revoke_api_key
+    from app.repository import revoke_api_key_hash
 
     settings = _settings(config)
     with connect(_database_url(settings)) as conn:
-        ok = revoke_api_key(conn, uuid.UUID(key_id))
-    if not ok:
+        key_hash = revoke_api_key_hash(conn, uuid.UUID(key_id))
+    if key_hash is None:
         typer.echo("error: no active key with this id", err=True)
         raise typer.Exit(2)
     typer.echo("revoked")
+    _broadcast_revocation(settings, key_hash)
+
+
+def _broadcast_revocation(settings: Any, key_hash: str) -> None:
+    import redis
+
+    from app.api.keys import broadcast_revocation
+
+    if settings.redis_url is None:
+        typer.echo(f"API processes drop the key within {settings.key_cache_ttl_s:g} s (no S4CT_REDIS_URL)")
+        return
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        listeners = broadcast_revocation(client, key_hash)
+    except redis.RedisError as e:
+        typer.echo(
+            f"warning: revocation not broadcast ({type(e).__name__}); API processes drop the key "
+            f"within {settings.key_cache_ttl_s:g} s",
+            err=True,
+        )
+        return
+    finally:
+        client.close()
+    typer.echo(f"dropped by {listeners} API process(es) now")

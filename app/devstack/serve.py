@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -124,6 +125,7 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
     """Run everything until Ctrl-C / SIGTERM."""
     import uvicorn
 
+    from app.api.server import uvicorn_config
     from app.main import create_app
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -148,9 +150,7 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
                 "",
             ]
             print("\n".join(banner), flush=True)
-            config = uvicorn.Config(
-                create_app(live), host=live.host, port=live.port, log_level="warning", access_log=False
-            )
+            config = uvicorn_config(create_app(live), live)
             server = uvicorn.Server(config)
             server.run()
         except KeyboardInterrupt:
@@ -163,7 +163,10 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
 
 
 def _redact(url: str | None) -> str:
-    if not url or "@" not in url:
+    """``url`` without its credentials: user:password and the query (``?password=…``) become "…"."""
+    if not url:
         return str(url)
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://…@{rest.split('@', 1)[1]}"
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"…@{host}" if "@" in parts.netloc else host
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")

@@ -14,11 +14,13 @@ Functions take a connection (from :meth:`app.db.Database.conn` or ``.tx``).
 from app.repository.clients import (
     API_KEY_PREFIX,
     client_for_key,
+    client_for_key_hash,
     create_api_key,
     ensure_client,
     hash_api_key,
     list_api_keys,
     revoke_api_key,
+    revoke_api_key_hash,
     webhook_secret,
 )
 from app.repository.idempotency import (
@@ -85,6 +87,7 @@ __all__ = [
     "claim_attempt",
     "claim_job",
     "client_for_key",
+    "client_for_key_hash",
     "create_api_key",
     "delete_study",
     "ensure_client",
@@ -123,6 +126,7 @@ __all__ = [
     "release_job",
     "requeue_expired",
     "revoke_api_key",
+    "revoke_api_key_hash",
     "set_stage",
     "study_by_sha",
     "upsert_explanation",

@@ -13,11 +13,13 @@ from app.repository.records import Row
 __all__ = [
     "API_KEY_PREFIX",
     "client_for_key",
+    "client_for_key_hash",
     "create_api_key",
     "ensure_client",
     "hash_api_key",
     "list_api_keys",
     "revoke_api_key",
+    "revoke_api_key_hash",
     "webhook_secret",
 ]
 
@@ -76,9 +78,14 @@ def list_api_keys(conn: Conn) -> list[Row]:
 
 def client_for_key(conn: Conn, key: str) -> str | None:
     """The client owning an active key, or None. Marks the key used (at most once a minute)."""
+    return client_for_key_hash(conn, hash_api_key(key))
+
+
+def client_for_key_hash(conn: Conn, key_hash: str) -> str | None:
+    """:func:`client_for_key` by the key's hash (the API's key cache holds hashes only)."""
     row = conn.execute(
         "SELECT id, client, last_used_at FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-        (hash_api_key(key),),
+        (key_hash,),
     ).fetchone()
     if row is None:
         return None
@@ -86,3 +93,12 @@ def client_for_key(conn: Conn, key: str) -> str | None:
     if last is None or dt.datetime.now(dt.UTC) - last > dt.timedelta(minutes=1):
         conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s", (row["id"],))
     return str(row["client"])
+
+
+def revoke_api_key_hash(conn: Conn, key_id: uuid.UUID) -> str | None:
+    """Revoke a key; its hash (to broadcast the revocation), or None when no active key has this id."""
+    row = conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL RETURNING key_hash",
+        (key_id,),
+    ).fetchone()
+    return None if row is None else str(row["key_hash"])

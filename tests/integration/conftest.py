@@ -23,6 +23,7 @@ import httpx
 import pytest
 import uvicorn
 
+from app.api.server import uvicorn_config
 from app.config import Settings
 from app.db import connect
 from app.devstack import EmbeddedStack
@@ -69,6 +70,7 @@ def _fresh_settings(stack: EmbeddedStack, tmp: Path, **overrides: Any) -> Settin
         webhook_backoff_max_s=1.0,
         webhook_allow_loopback=True,  # the test receivers listen on 127.0.0.1
         device="cpu",
+        metrics_port=0,  # Prometheus on its own ephemeral loopback port (app.state.metrics_port)
     ).with_services(
         database_url=db_url,
         redis_url=stack.redis_url,
@@ -118,13 +120,7 @@ class LiveApi:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, services)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-        )
+        config = uvicorn_config(self.app, settings, host="127.0.0.1", port=self.port, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -84,9 +84,10 @@ def test_probes_docs_and_metrics(api: LiveApi) -> None:
             assert spec["components"]["schemas"][name].get("examples"), name
         assert "payload_too_large" in spec["info"]["description"]
         assert c.get("/docs").status_code == 200
-        metrics = c.get("/metrics")
-        assert metrics.status_code == 200 and "s4ct_http_requests_total" in metrics.text
-        assert 's4ct_jobs{state="queued"}' in metrics.text
+        assert c.get("/metrics").status_code == 404  # all tenants' volume: never on the API's port
+    metrics = httpx.get(f"http://127.0.0.1:{api.app.state.metrics_port}/metrics", timeout=30)
+    assert metrics.status_code == 200 and "s4ct_http_requests_total" in metrics.text
+    assert 's4ct_jobs{state="queued"}' in metrics.text
 
 
 def test_errors_have_stable_shape_and_request_id(api: LiveApi, key_a: str) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveApi  # type: ignore[import-not-found]
+from conftest import LiveApi, wait_for  # type: ignore[import-not-found]
 
 from app.config import Settings
 from app.db import connect
@@ -63,7 +64,15 @@ def test_migrate_is_idempotent_and_apikey_works(stack: Any, settings: Settings, 
     listed = _cli(settings, "apikey", "list")
     assert "laravel-prod" in listed.stdout and key not in listed.stdout
     key_id = lines["key id"].strip()
-    assert _cli(settings, "apikey", "revoke", key_id).returncode == 0
+    with httpx.Client(base_url=api.base, headers={"Authorization": f"Bearer {key}"}) as c:
+        assert c.get("/v1/models").status_code == 200  # cached as valid in the API now
+        revoked = _cli(settings, "apikey", "revoke", key_id)
+        done = time.monotonic()
+        assert revoked.returncode == 0 and "dropped by" in revoked.stdout, revoked.stdout
+        assert "dropped by 0 " not in revoked.stdout  # this module's API listens
+        # the revocation is broadcast through Redis: refused at once, not after the cache TTL
+        wait_for(lambda: c.get("/v1/models").status_code == 401, timeout=5, interval=0.05, what="revocation")
+        assert time.monotonic() - done < 1.0
     assert _cli(settings, "apikey", "revoke", key_id).returncode == 2
 
 

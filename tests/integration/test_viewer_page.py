@@ -25,7 +25,10 @@ package). On the screenshot, in screen pixels of the canvas:
 * an indeterminate study (a head phantom: no lungs): the label says the model cannot judge
   it, with the reasons; the probability is muted with "(not a decision)" and no label,
   probability or decision cell is in the red of a pathology (computed styles of the page).
-* error states: no key, a wrong key, a failed job (its error code on the page).
+* the page gets a viewer token in memory (its form, or postMessage from the product page that
+  opened it; never in the URL, storage or Navigation Timing); error states: a wrong token,
+  another job's token, a failed job (its error code on the page), an old ``#key=`` link (the
+  key is dropped from the address and not used).
 
 The tests skip when Debian's ``chromium`` is absent (``apt-get install chromium``);
 the route itself is tested without a browser in test_viewer_route.py.
@@ -55,9 +58,11 @@ from viewer_browser import (
     grow,
     hot_pixels,
     needs_chromium,
+    open_from_opener,
     open_viewer,
     overlap,
     shrink,
+    viewer_token,
 )
 
 from app.config import Settings
@@ -132,7 +137,8 @@ def _check_page_text(page: dict[str, Any], result: dict[str, Any]) -> None:
     for name, decision in result["decision"].items():
         assert name in text and decision in text
     assert page["banner"] is result["not_for_clinical_use"] is True and "NOT FOR CLINICAL USE" in text
-    assert page["hash"] == ""  # the key left the address bar
+    assert page["hash"] == "" and "s4c" not in page["href"]  # no credential in the address
+    assert "s4c" not in page["timing"] and page["stored"] == 0  # nor in Navigation Timing, nor in storage
     assert ("Reasons:" in text) is bool(result["indeterminate_reasons"])
 
 
@@ -143,10 +149,11 @@ def test_viewer_shows_the_demo_models_gradcam_where_the_map_and_the_lesion_are(
     with api.client(key) as c:
         job = _submit(c, study.zip_path)
         seen: set[str] = set()
-        page = open_viewer(browser, api, job, key, timeout=180.0, seen=seen)  # opened while the job runs
+        token = viewer_token(api, job, key)  # read-only, this job only
+        page = open_viewer(browser, api, job, token, timeout=180.0, seen=seen)  # opened while the job runs
         assert page["state"] == "ready", page
         assert "waiting" in seen, seen  # it polled GET /v1/jobs/{id} until the job succeeded
-        page = open_viewer(browser, api, job, key)  # again, on the finished job: the render time
+        page = open_viewer(browser, api, job, token)  # again, on the finished job: the render time
         assert page["state"] == "ready", page
         result = c.get(f"/v1/jobs/{job}/result").json()
         expl = c.get(f"/v1/jobs/{job}/explanation").json()
@@ -296,7 +303,7 @@ def test_viewer_puts_the_heat_on_the_lesion_for_a_lesion_oracle(
     peak_z = expl["stats"]["peak"]["index_zyx"][0]
     assert lesion[peak_z].any(), "the oracle's peak is not on a lesion slice"
 
-    page = open_viewer(browser, api, job, key)
+    page = open_viewer(browser, api, job, viewer_token(api, job, key))
     assert page["state"] == "ready" and page["slice"] == peak_z, page
     shot = browser.screenshot()
     inside, covered, n_hot = overlap(
@@ -339,7 +346,7 @@ def test_viewer_shows_an_indeterminate_study_as_such(
     reasons = result["indeterminate_reasons"]
     assert result["label"] == "indeterminate" and "no_lungs_found" in reasons, result
 
-    page = open_viewer(browser, api, job, key)
+    page = open_viewer(browser, api, job, viewer_token(api, job, key))
     assert page["state"] == "ready", page
     _check_page_text(page, result)
     v = browser.eval(_RESULT_STYLES)
@@ -378,7 +385,7 @@ def test_viewer_shows_errors_a_missing_key_a_wrong_key_and_a_failed_job(
         status = wait_job(c, job)
     assert status["state"] == "failed" and status["error"]["code"] == "too_few_slices", status
 
-    page = open_viewer(browser, api, job, key)
+    page = open_viewer(browser, api, job, viewer_token(api, job, key))
     assert page["state"] == "error" and page["error"]["code"] == "too_few_slices", page
     assert "Job failed" in page["text"] and "too_few_slices" in page["text"]
 
@@ -386,6 +393,19 @@ def test_viewer_shows_errors_a_missing_key_a_wrong_key_and_a_failed_job(
     assert page["state"] == "error" and page["error"]["code"] == "unauthorized", page
     assert "Not authorised" in page["text"]
 
-    browser.open(f"{api.base}/viewer/{job}")  # no fragment, and a fresh tab's sessionStorage is empty
-    assert browser.wait_state(("ready", "error")) == "error"
-    assert "#key=" in browser.eval("document.body.innerText")
+    # a product page opens the viewer and hands the token over by postMessage: accepted
+    assert open_from_opener(browser, api, job, viewer_token(api, job, key)) == "error"
+    assert browser.eval("window.s4ctChild.s4ctViewer.error.code") == "too_few_slices"
+    assert browser.eval("window.s4ctChild.location.href") == f"{api.base}/viewer/{job}"
+
+    # another job's token: refused by the API (the token reads its own job only)
+    with api.client(key) as c:
+        other = _submit(c, zp)
+    page = open_viewer(browser, api, job, viewer_token(api, other, key))
+    assert page["state"] == "error" and page["error"]["code"] == "forbidden", page
+
+    # an old link with the API key in the fragment: the key leaves the address bar and is not used
+    browser.open(f"{api.base}/viewer/{job}#key={key}")
+    assert browser.wait_state(("token", "ready", "error")) == "token"
+    assert browser.eval("location.href") == f"{api.base}/viewer/{job}"
+    assert "not accepted" in browser.eval("document.body.innerText")

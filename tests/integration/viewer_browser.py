@@ -138,7 +138,8 @@ class Chromium:
 
     def eval(self, expression: str) -> Any:
         r = self.send(
-            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True, "userGesture": True},
         )
         if "exceptionDetails" in r:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
@@ -233,16 +234,71 @@ _PAGE = """(() => { const r = document.getElementById('slice').getBoundingClient
     const v = window.s4ctViewer;
     return {rect: {left: r.left, top: r.top, width: r.width, height: r.height},
             tile: v.tile, slice: v.slice, opacity: v.opacity, renderMs: v.renderMs, error: v.error,
-            hash: location.hash, text: document.body.innerText,
+            hash: location.hash, text: document.body.innerText, href: location.href,
+            stored: sessionStorage.length + localStorage.length,
+            timing: performance.getEntriesByType('navigation').map((e) => e.name).join(' '),
             banner: !document.getElementById('banner').hidden}; })()"""
 
 
+def viewer_token(api: LiveApi, job: str, key: str) -> str:
+    """A viewer token of ``job`` (POST /v1/jobs/{id}/viewer-token with the client's API key)."""
+    with api.client(key) as c:
+        r = c.post(f"/v1/jobs/{job}/viewer-token")
+    assert r.status_code == 201, r.text
+    token: str = r.json()["token"]
+    return token
+
+
+def give_token(browser: Chromium, token: str) -> None:
+    """Type ``token`` into the page's form and submit it, as a user pasting it would."""
+    browser.wait_state(("token",))
+    browser.eval(
+        f"(() => {{ document.getElementById('token').value = {json.dumps(token)};"
+        " document.getElementById('token-form').requestSubmit(); })()"
+    )
+
+
+def open_from_opener(browser: Chromium, api: LiveApi, job: str, token: str, timeout: float = 60.0) -> str:
+    """Open the viewer as a product would: a page of the API's origin ``window.open``s it and answers
+    its ``s4ct-viewer-ready`` message with the token (``postMessage``); the viewer's final state."""
+    browser.open(f"{api.base}/healthz")
+    browser.eval(
+        "new Promise((r) => (document.readyState === 'complete' ? r() : addEventListener('load', r)))"
+    )
+    browser.eval(
+        "(() => { addEventListener('message', (e) => { if (e.data && e.data.type === 's4ct-viewer-ready')"
+        f" e.source.postMessage({{type: 's4ct-viewer-token', token: {json.dumps(token)}}}, '*'); }});"
+        f" window.s4ctChild = window.open('/viewer/{job}'); return true; }})()"
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        state = browser.eval(
+            "(() => { const d = window.s4ctChild && window.s4ctChild.document;"
+            " return d && d.documentElement ? d.documentElement.dataset.state || null : null; })()"
+        )
+        if state in ("ready", "error"):
+            return str(state)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the viewer opened by a product page is stuck in state {state!r}")
+        time.sleep(0.05)
+
+
 def open_viewer(
-    browser: Chromium, api: LiveApi, job: str, key: str, timeout: float = 60.0, seen: set[str] | None = None
+    browser: Chromium,
+    api: LiveApi,
+    job: str,
+    token: str,
+    timeout: float = 60.0,
+    seen: set[str] | None = None,
+    url_suffix: str = "",
 ) -> dict[str, Any]:
-    """Open the page, wait until it is ready or shows an error; the page's state, text and canvas box."""
+    """Open the page, give it ``token`` in memory, wait until it is ready or shows an error.
+
+    The page's state, text and canvas box.
+    """
     t0 = time.perf_counter()
-    browser.open(f"{api.base}/viewer/{job}#key={key}")
+    browser.open(f"{api.base}/viewer/{job}{url_suffix}")
+    give_token(browser, token)
     browser.wait_state(("ready", "error"), timeout=timeout, seen=seen)
     page: dict[str, Any] = browser.eval(_PAGE)
     page["state"] = browser.eval("document.documentElement.dataset.state")

@@ -1,12 +1,11 @@
-"""Liveness, readiness and Prometheus metrics (open routes, no API key)."""
+"""Liveness and readiness (open routes, no API key); Prometheus metrics are on their own port (app.main)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from app.api.deps import ServicesDep
 from app.repository import last_worker_heartbeat_age
@@ -53,8 +52,3 @@ def readyz(services: ServicesDep) -> Any:
         ok = False
     body = {"status": "ok" if ok else "unavailable", "checks": checks}
     return JSONResponse(body, status_code=200 if ok else 503)
-
-
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True, response_class=Response)
-def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

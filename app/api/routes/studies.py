@@ -98,6 +98,7 @@ async def upload_study(
         part_bytes=s.upload_part_bytes,
         parts_in_flight=s.upload_parts_in_flight,
         gate=services.uploads,
+        client=client,
     )
 
     def record(conn: Conn) -> tuple[int, dict[str, Any]]:

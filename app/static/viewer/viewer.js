@@ -1,9 +1,15 @@
 /*
  * Service4CT reference viewer: the contract example for the product's viewer.
  *
- * Page: GET /viewer/{job_id}#key=<api key>. The key stays in the URL fragment
- * (never sent to the server), is kept in sessionStorage for reloads and removed
- * from the address bar. Calls, all with "Authorization: Bearer <key>":
+ * Page: GET /viewer/{job_id}. It needs a viewer token (POST /v1/jobs/{id}/viewer-token:
+ * read-only, this job only, minutes), held in memory only: never in a URL or in storage.
+ * The token arrives either
+ *   - by postMessage from the window that opened or embeds the page: the page posts
+ *     {type: "s4ct-viewer-ready", job_id} to it, which answers
+ *     {type: "s4ct-viewer-token", token} (only messages from that window are read), or
+ *   - typed into the page's form (data-state "token" while it waits).
+ * A "#key=..." fragment of older links is removed from the address bar and never used.
+ * Calls, all with "Authorization: Bearer <token>":
  *   GET /v1/jobs/{id}              state; queued/running → poll, failed → its error code
  *   GET /v1/jobs/{id}/result       probability, label, decision per operating point, model
  *                                  (an explain job shows its parent's result)
@@ -18,14 +24,13 @@
  * tile, then the heat tile with globalAlpha = opacity; no pixel is read back, so a
  * canvas tainted by the other-origin S3 images is fine.
  *
- * For tests and embedding: <html data-state> is loading | waiting | ready | error,
+ * For tests and embedding: <html data-state> is token | loading | waiting | ready | error,
  * and window.s4ctViewer holds the state (tile, slice, opacity, layout, error, renderMs).
  */
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const KEY_STORE = "s4ct-api-key";
   const DISPLAY_PX = 512; // long side of the displayed slice, CSS pixels
 
   const viewer = { phase: "loading", jobId: null, error: null, renderMs: null, tile: null, slice: null };
@@ -59,23 +64,51 @@
     if (detail) box.append(` — ${detail}`);
   }
 
-  function readKey() {
-    const params = new URLSearchParams(location.hash.slice(1));
-    const key = params.get("key");
-    if (key) {
-      try {
-        sessionStorage.setItem(KEY_STORE, key);
-      } catch (e) {
-        /* storage disabled: the key only lives in this page */
+  function dropKeyFromUrl() {
+    // an old /viewer/{id}#key=... link: the fragment leaves the address bar, its key is not used
+    if (!location.hash) return false;
+    history.replaceState(null, "", location.pathname + location.search);
+    return true;
+  }
+
+  function hostWindow() {
+    if (window.opener && window.opener !== window) return window.opener;
+    return window.parent !== window ? window.parent : null;
+  }
+
+  function waitForToken(keyWasInUrl) {
+    // resolves with the token: posted by the opening/embedding window, or typed into the form
+    return new Promise((resolve) => {
+      const form = $("token-form");
+      const host = hostWindow();
+      let done = false;
+      const accept = (token) => {
+        if (done || typeof token !== "string" || !token.trim()) return;
+        done = true;
+        window.removeEventListener("message", onMessage);
+        form.hidden = true;
+        resolve(token.trim());
+      };
+      function onMessage(e) {
+        if (host === null || e.source !== host) return; // only the window that opened or embeds us
+        if (e.data && e.data.type === "s4ct-viewer-token") accept(e.data.token);
       }
-      history.replaceState(null, "", location.pathname + location.search);
-      return key;
-    }
-    try {
-      return sessionStorage.getItem(KEY_STORE);
-    } catch (e) {
-      return null;
-    }
+      window.addEventListener("message", onMessage);
+      form.addEventListener("submit", (ev) => {
+        ev.preventDefault();
+        const input = $("token");
+        const token = input.value;
+        input.value = "";
+        accept(token);
+      });
+      if (keyWasInUrl) {
+        $("token-note").textContent =
+          "Keys in the address are not accepted (they stay in the browser history): use a viewer token.";
+      }
+      form.hidden = false;
+      setPhase("token", "");
+      if (host !== null) host.postMessage({ type: "s4ct-viewer-ready", job_id: viewer.jobId }, "*");
+    });
   }
 
   function jobIdFromPath() {
@@ -83,12 +116,12 @@
     return decodeURIComponent(parts[parts.length - 1] || "");
   }
 
-  function makeApi(key) {
+  function makeApi(token) {
     // relative to /viewer/{id}: works behind a path prefix too
     return async function api(path) {
       let r;
       try {
-        r = await fetch(`../v1/${path}`, { headers: { Authorization: `Bearer ${key}` }, cache: "no-store" });
+        r = await fetch(`../v1/${path}`, { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
       } catch (e) {
         throw new ApiError(0, "network_error", "the API could not be reached");
       }
@@ -297,12 +330,9 @@
     const jobId = jobIdFromPath();
     viewer.jobId = jobId;
     $("job").textContent = `job ${jobId}`;
-    const key = readKey();
-    if (!key) {
-      fail("unauthorized", "open this page as /viewer/<job_id>#key=<api key>", "No API key");
-      return;
-    }
-    const api = makeApi(key);
+    const token = await waitForToken(dropKeyFromUrl());
+    setPhase("loading", "Loading…");
+    const api = makeApi(token);
     const job = await waitForJob(api, jobId);
     if (job.state === "failed") {
       const err = job.error || { code: "failed", detail: "" };

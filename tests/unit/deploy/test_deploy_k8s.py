@@ -249,10 +249,16 @@ def test_api_probes_service_hpa_and_pdb() -> None:
     env = container_env(c)
     assert int(env["S4CT_PORT"]) == port and env["S4CT_HOST"] == "0.0.0.0"
     assert "replicas" not in api["spec"]  # owned by the HPA
+    # /metrics (every client's volume) on its own port, scraped there, not published by the Service
+    metrics_port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
+    assert int(env["S4CT_METRICS_PORT"]) == metrics_port != port and env["S4CT_METRICS_HOST"] == "0.0.0.0"
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
     labels = api["spec"]["template"]["metadata"]["labels"]
     assert api["spec"]["selector"]["matchLabels"].items() <= labels.items()
     svc = find("Service", "service4ct-api")
     assert svc["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]
     hpa = find("HorizontalPodAutoscaler", "service4ct-api")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
