@@ -39,7 +39,6 @@ from app.config import Settings
 from app.db import connect
 from app.devstack import EmbeddedStack
 from app.devstack.serve import worker_env
-from app.errors import SERVICE_ERROR_CODES
 from app.webhooks import sign
 from ml.phantom import make_study
 
@@ -226,8 +225,14 @@ def test_study_through_laravel_with_the_webhook(
     laravel.wait_record("service4ct webhook duplicate ignored", delivery=str(row["id"]), timeout=60)
     # a forged or altered delivery never reaches the controller's work
     body = json.dumps({"event": "job.succeeded", "job_id": job_id, "state": "succeeded"}).encode()
-    headers = {"Content-Type": "application/json", "X-Service4CT-Delivery": "forged"}
-    for signature in (sign("not-the-secret", body), sign(service.secret, body + b" ")):
+    d, e = "forged", "job.succeeded"
+    headers = {"Content-Type": "application/json", "X-Service4CT-Delivery": d, "X-Service4CT-Event": e}
+    for signature in (
+        sign("not-the-secret", body, delivery=d, event=e),
+        sign(service.secret, body + b" ", delivery=d, event=e),  # body altered
+        sign(service.secret, body, delivery=str(row["id"]), event=e),  # another delivery's id
+        sign(service.secret, body),  # v1 only
+    ):
         r = httpx.post(webhook_url, content=body, headers={**headers, "X-Service4CT-Signature": signature})
         assert r.status_code == 401, r.text
     time.sleep(3)  # anything wrongly queued by these would have run by now
@@ -384,13 +389,46 @@ def test_422_a_file_that_is_no_zip_fails_the_job_at_once(
     assert failed["context"]["error"] == "zip_invalid", failed
 
 
-def test_429_rate_limited_is_released_after_retry_after() -> None:
-    if "rate_limited" not in SERVICE_ERROR_CODES:
-        pytest.skip(
-            "the service answers no 429 yet (per-client quotas are still to come); the release after "
-            "the service's Retry-After is checked with 503 server_busy"
-        )
-    raise AssertionError("a 429 exists now: provoke it here like the 503 below")
+def _cli(service: Service, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=worker_env(service.settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return out.stdout
+
+
+def test_429_rate_limited_is_released_after_retry_after_then_succeeds(
+    service: Service, laravel: LaravelApp, app_redis: redis.Redis, small_study: Path
+) -> None:
+    """Over the client's request rate: 429 rate_limited + Retry-After → released that long, then uploaded."""
+    key = re.search(r"api key:\s+(\S+)", _cli(service, "apikey", "create", "laravel-429"))
+    assert key
+    # 30 requests a minute: a burst of 30, then one every 2 s
+    assert "rate per minute: 30" in _cli(service, "client", "quota", "laravel-429", "--rate-per-minute", "30")
+    with httpx.Client(base_url=service.base, headers={"Authorization": f"Bearer {key.group(1)}"}) as c:
+        codes = [c.get("/v1/models").status_code for _ in range(31)]
+    assert codes == [200] * 30 + [429], codes  # the burst is spent
+    app = laravel.with_env(REDIS_QUEUE="e429", SERVICE4CT_API_KEY=key.group(1))
+    _submit(app, small_study, "e429")
+    _work_once(app)
+    (later,) = app.records("service4ct asks to retry later", study_ref="e429")
+    ctx = later["context"]
+    assert (ctx["error"], ctx["status"]) == ("rate_limited", 429), ctx
+    assert ctx["delay_s"] in (1, 2) and ctx["request_id"], ctx  # the service's Retry-After
+    assert not app.records("service4ct submission failed", study_ref="e429")
+    ((_, available_at),) = app_redis.zrange(f"{PREFIX}queues:e429:delayed", 0, -1, withscores=True)
+    released_at = datetime.fromisoformat(later["datetime"]).timestamp()
+    assert abs(available_at - (released_at + ctx["delay_s"])) <= 1, (available_at, released_at)
+
+    time.sleep(ctx["delay_s"] + 2.5)  # Retry-After passed: the same job uploads now
+    _work_once(app)
+    uploaded = app.records("service4ct study uploaded", study_ref="e429")
+    assert [u["context"]["attempt"] for u in uploaded] == [2], uploaded
 
 
 def test_503_server_busy_is_released_after_retry_after_then_succeeds(

@@ -31,7 +31,7 @@ namespace App\Http\Controllers { abstract class Controller {} }
 namespace {
     require $argv[1];
     $ok = App\Http\Controllers\Service4CTWebhookController::verify(
-        $argv[2], file_get_contents('php://stdin'), $argv[3], (int) $argv[4], 300
+        $argv[2], file_get_contents('php://stdin'), $argv[3], $argv[5], $argv[6], (int) $argv[4], 300
     );
     echo $ok ? "valid" : "invalid";
 }
@@ -94,9 +94,13 @@ def test_php_verifies_what_python_signs(tmp_path: Path) -> None:
     body = b'{"event":"job.succeeded","job_id":"0f5e","probability":0.93}'
     now = int(time.time())
 
-    def php_verify(secret: str, payload: bytes, header: str, at: int = now) -> str:
+    delivery, event = "5d0c9a4e-3f1b-4c2a-9e55-1b7f0d2e8a61", "job.succeeded"
+
+    def php_verify(
+        secret: str, payload: bytes, header: str, at: int = now, d: str = delivery, e: str = event
+    ) -> str:
         out = subprocess.run(
-            [PHP, str(script), str(controller), secret, header, str(at)],
+            [PHP, str(script), str(controller), secret, header, str(at), d, e],
             input=payload,
             check=False,
             capture_output=True,
@@ -105,13 +109,20 @@ def test_php_verifies_what_python_signs(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         return out.stdout.decode()
 
-    header = sign("s3cret", body, now)
+    def signed(secret: str, t: int = now) -> str:
+        return sign(secret, body, t, delivery=delivery, event=event)
+
+    header = signed("s3cret")
     assert php_verify("s3cret", body, header) == "valid"
     assert php_verify("s3cret", body + b" ", header) == "invalid"  # body changed
     assert php_verify("other", body, header) == "invalid"  # wrong secret
     assert php_verify("s3cret", body, header, now + 301) == "invalid"  # too old
-    assert php_verify("s3cret", body, sign("s3cret", body, now - 200), now) == "valid"
-    assert php_verify("s3cret", body, "v1=" + header.split("v1=")[1]) == "invalid"  # no timestamp
+    assert php_verify("s3cret", body, signed("s3cret", now - 200), now) == "valid"
+    assert php_verify("s3cret", body, header, d="another-delivery") == "invalid"  # delivery id swapped
+    assert php_verify("s3cret", body, header, e="job.failed") == "invalid"  # event swapped
+    assert php_verify("s3cret", body, header, d="") == "invalid"  # no delivery id to deduplicate on
+    assert php_verify("s3cret", body, sign("s3cret", body, now)) == "invalid"  # v1 only: not accepted
+    assert php_verify("s3cret", body, header.split(",", 1)[1]) == "invalid"  # no timestamp
     assert php_verify("s3cret", body, "garbage") == "invalid"
 
 

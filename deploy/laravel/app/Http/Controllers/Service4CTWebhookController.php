@@ -14,12 +14,15 @@ use Throwable;
 /**
  * Receives Service4CT webhooks:
  *
- *     X-Service4CT-Signature: t=<unix seconds>,v1=<hex hmac_sha256(secret, t + "." + raw body)>
+ *     X-Service4CT-Signature: t=<unix seconds>,v1=<…>,
+ *                             v2=<hex hmac_sha256(secret, t + "." + delivery + "." + event + "." + raw body)>
  *     X-Service4CT-Delivery:  <delivery id, the same on every redelivery>
  *     X-Service4CT-Event:     job.succeeded | job.failed
  *
- * The signature is checked over the raw body (never over re-encoded JSON), in constant time,
- * and the timestamp must lie within the tolerance (replays of old deliveries are refused).
+ * The v2 signature is required: it covers the raw body (never re-encoded JSON), the delivery id
+ * this controller deduplicates on and the event, so none of them can be swapped or forged. It is
+ * checked in constant time, and the timestamp must lie within the tolerance (replays of old
+ * deliveries are refused). v1 (body only) is sent for older receivers and not accepted here.
  * Deliveries are at-least-once and retried with backoff until a 2xx: a delivery id seen before
  * is acknowledged and ignored, and the work is left to queued listeners (answer fast).
  */
@@ -30,9 +33,11 @@ final class Service4CTWebhookController extends Controller
         $secret = (string) config('service4ct.webhook_secret');
         $body = $request->getContent();
         $header = (string) $request->header('X-Service4CT-Signature', '');
+        $delivery = (string) $request->header('X-Service4CT-Delivery', '');
+        $event = (string) $request->header('X-Service4CT-Event', '');
         $tolerance = (int) config('service4ct.webhook_tolerance', 300);
 
-        if ($secret === '' || ! self::verify($secret, $body, $header, time(), $tolerance)) {
+        if ($secret === '' || ! self::verify($secret, $body, $header, $delivery, $event, time(), $tolerance)) {
             Log::warning('service4ct webhook refused: bad signature');
 
             return new JsonResponse(['error' => 'invalid_signature'], 401);
@@ -43,10 +48,9 @@ final class Service4CTWebhookController extends Controller
             return new JsonResponse(['error' => 'invalid_payload'], 422);
         }
 
-        // at-least-once delivery: the same delivery id may arrive again (Cache::add is atomic)
-        $delivery = (string) $request->header('X-Service4CT-Delivery', '');
+        // at-least-once delivery: the same (signed) delivery id may arrive again (Cache::add is atomic)
         $seenKey = 'service4ct:webhook:' . $delivery;
-        if ($delivery !== '' && ! Cache::add($seenKey, true, now()->addDays(2))) {
+        if (! Cache::add($seenKey, true, now()->addDays(2))) {
             Log::info('service4ct webhook duplicate ignored', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
 
             return new JsonResponse(['status' => 'duplicate']);
@@ -66,8 +70,15 @@ final class Service4CTWebhookController extends Controller
      * The receiver side of the signature (same as app.webhooks.verify in Python): every check of
      * the signature header lives here, so that a new scheme is one more branch of this function.
      */
-    public static function verify(string $secret, string $body, string $header, int $now, int $toleranceSeconds = 300): bool
-    {
+    public static function verify(
+        string $secret,
+        string $body,
+        string $header,
+        string $delivery,
+        string $event,
+        int $now,
+        int $toleranceSeconds = 300
+    ): bool {
         $parts = [];
         foreach (explode(',', $header) as $item) {
             $pair = explode('=', trim($item), 2);
@@ -75,15 +86,16 @@ final class Service4CTWebhookController extends Controller
                 $parts[$pair[0]] = $pair[1];
             }
         }
-        if (! isset($parts['t'], $parts['v1']) || preg_match('/^\d{1,12}$/', $parts['t']) !== 1) {
+        if ($delivery === '' || $event === '' || ! isset($parts['t'], $parts['v2'])
+            || preg_match('/^\d{1,12}$/', $parts['t']) !== 1) {
             return false;
         }
         $timestamp = (int) $parts['t'];
         if (abs($now - $timestamp) > $toleranceSeconds) {
             return false;
         }
-        $expected = hash_hmac('sha256', $timestamp . '.' . $body, $secret);
+        $expected = hash_hmac('sha256', $timestamp . '.' . $delivery . '.' . $event . '.' . $body, $secret);
 
-        return hash_equals($expected, $parts['v1']);
+        return hash_equals($expected, $parts['v2']);
     }
 }
