@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from ml.explain import ExplainMethod, MethodName, check_params
 from ml.ood.reasons import INDETERMINATE_REASONS
@@ -21,16 +22,37 @@ __all__ = [
     "Explanation",
     "JobAccepted",
     "JobCreate",
+    "JobPage",
     "JobResult",
     "JobStatus",
     "ModelCard",
     "ModelsOut",
     "PredictRequest",
     "StudyOut",
+    "StudyPage",
 ]
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Stage = Literal["fetching", "reading", "qc", "preprocessing", "inference", "explaining", "saving"]
+
+#: how fast a job is claimed: every worker takes urgent jobs (and routine ones waiting longer than
+#: ``S4CT_PRIORITY_AGE_S``) before routine ones
+Priority = Literal["urgent", "routine"]
+METADATA_MAX_BYTES = 4096
+
+
+def _small_json(v: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if len(orjson.dumps(v)) > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes as compact JSON")
+    return v
+
+
+#: the caller's own reference of a study or job (e.g. its worklist row id): stored, echoed, filterable
+ClientRef = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+#: the caller's own JSON object (at most 4 KiB as compact UTF-8 JSON): stored and echoed, never interpreted
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(_small_json)]
+_CLIENT_REF_DOC = "your own reference (≤ 128 characters), echoed in status, result, lists and webhooks"
+_METADATA_DOC = "your own JSON object (≤ 4 KiB), echoed in status, result, lists and webhooks"
 
 _UUID_EX = "0b4f6c2e-5d7a-4f57-9a51-3c3f0d2e9a10"
 _JOB_EX = "8d0e7f5a-2b1c-4e8f-9d3a-6f1b2c3d4e5f"
@@ -66,6 +88,10 @@ class StudyOut(BaseModel):
     uncompressed_bytes: int
     created_at: dt.datetime
     existing: bool = Field(False, description="true if this client had uploaded the same bytes before")
+    client_ref: str | None = Field(None, description="the X-Client-Ref of the upload")
+    metadata: dict[str, JsonValue] = Field(
+        default_factory=dict, description="the X-Client-Metadata of the upload (a JSON object)"
+    )
 
 
 class PredictRequest(BaseModel):
@@ -90,6 +116,11 @@ class PredictRequest(BaseModel):
         ),
     )
     callback_url: AnyHttpUrl | None = Field(None, description="POSTed (signed) when the job finishes")
+    priority: Priority = Field(
+        "routine", description="`urgent` jobs are claimed before `routine` ones by every worker"
+    )
+    client_ref: ClientRef | None = Field(None, description=_CLIENT_REF_DOC)
+    metadata: Metadata = Field(default_factory=dict, description=_METADATA_DOC)
 
 
 class JobCreate(PredictRequest):
@@ -103,6 +134,9 @@ class JobCreate(PredictRequest):
                     "study_id": _UUID_EX,
                     "explain": "gradcam",
                     "callback_url": "https://laravel.example/api/s4ct/webhook",
+                    "priority": "urgent",
+                    "client_ref": "worklist-4711",
+                    "metadata": {"accession_row": 4711, "ward": "ER"},
                 }
             ]
         },
@@ -120,6 +154,7 @@ class ExplainRequest(BaseModel):
     method: MethodName
     params: dict[str, Any] = Field(default_factory=dict)
     callback_url: AnyHttpUrl | None = None
+    priority: Priority = "routine"
 
 
 class Links(BaseModel):
@@ -170,6 +205,10 @@ class JobStatus(BaseModel):
         finished_at=None,
         updated_at="2026-11-23T10:00:02Z",
         stage_timings={"fetching": 0.21, "reading": 1.3},
+        priority="urgent",
+        label=None,
+        client_ref="worklist-4711",
+        metadata={"ward": "ER"},
     )
     job_id: uuid.UUID
     study_id: uuid.UUID | None = Field(description="null once the study was deleted")
@@ -191,6 +230,12 @@ class JobStatus(BaseModel):
     updated_at: dt.datetime
     stage_timings: dict[str, float]
     links: Links
+    priority: Priority = "routine"
+    label: Literal["normal", "pathology", "indeterminate"] | None = Field(
+        None, description="the result's label once a prediction succeeded (null otherwise)"
+    )
+    client_ref: str | None = Field(None, description="as given at creation")
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, description="as given at creation")
 
 
 class OperatingPointOut(BaseModel):
@@ -290,6 +335,8 @@ class JobResult(BaseModel):
     timings: dict[str, float]
     attempt: int
     not_for_clinical_use: bool
+    client_ref: str | None = Field(None, description="the job's client_ref")
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, description="the job's metadata")
 
 
 class BlobLink(BaseModel):
@@ -364,6 +411,25 @@ class ModelsOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- the worklist: listing pages (keyset pagination)
+
+_CURSOR_DOC = "opaque: pass it as `cursor` for the next page; null on the last page"
+
+
+class JobPage(BaseModel):
+    """``GET /v1/jobs``: the caller's jobs, newest first."""
+
+    items: list[JobStatus]
+    next_cursor: str | None = Field(description=_CURSOR_DOC)
+
+
+class StudyPage(BaseModel):
+    """``GET /v1/studies``: the caller's studies, newest first."""
+
+    items: list[StudyOut]
+    next_cursor: str | None = Field(description=_CURSOR_DOC)
 
 
 def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:

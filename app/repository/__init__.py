@@ -5,6 +5,7 @@
 - :mod:`~app.repository.studies`: uploaded studies
 - :mod:`~app.repository.jobs`: job rows (claim, leases, stages, finish, release)
 - :mod:`~app.repository.results`: results and explanations
+- :mod:`~app.repository.listing`: pages of a client's jobs and studies (filters, keyset cursors)
 - :mod:`~app.repository.outcomes`: each outcome of an attempt as one transaction with its webhook
 - :mod:`~app.repository.outbox`, :mod:`~app.repository.idempotency`, :mod:`~app.repository.workers`
 
@@ -45,6 +46,7 @@ from app.repository.jobs import (
     requeue_expired,
     set_stage,
 )
+from app.repository.listing import JobFilter, Page, StudyFilter, list_jobs, list_studies
 from app.repository.outbox import outbox_add, outbox_done, outbox_retry, outbox_rows, outbox_take_due
 from app.repository.outcomes import (
     Reconciled,
@@ -77,11 +79,14 @@ __all__ = [
     "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "Job",
+    "JobFilter",
     "JobKind",
     "JobLinks",
+    "Page",
     "RecentStats",
     "Reconciled",
     "Row",
+    "StudyFilter",
     "claim_attempt",
     "claim_job",
     "client_for_key",
@@ -106,6 +111,8 @@ __all__ = [
     "job_with_position",
     "last_worker_heartbeat_age",
     "list_api_keys",
+    "list_jobs",
+    "list_studies",
     "mark_enqueued",
     "mark_failed",
     "mark_succeeded",

@@ -33,11 +33,25 @@ __all__ = [
     "set_stage",
 ]
 
-_JOB_COLS = (
+JOB_COLS = (
     "j.id, j.client, j.study_id, j.study_sha256, j.kind, j.parent_job_id, j.model, j.series_uid, "
     "j.explain, j.explain_params, j.callback_url, j.state, j.stage, j.progress, j.attempt, "
     "j.max_attempts, j.worker_id, j.lease_until, j.heartbeat_at, j.enqueued_at, j.error_code, "
-    "j.error_detail, j.stage_timings, j.created_at, j.started_at, j.finished_at, j.updated_at"
+    "j.error_detail, j.stage_timings, j.created_at, j.started_at, j.finished_at, j.updated_at, "
+    "j.priority, j.client_ref, j.metadata, j.promoted_at, j.cancelled_at"
+)
+
+
+def _urgent(alias: str) -> str:
+    """SQL: the job counts as urgent (asked so, or promoted after waiting ``priority_age_s``)."""
+    return f"({alias}.priority = 'urgent' OR {alias}.promoted_at IS NOT NULL)"
+
+
+#: SQL: queued jobs a worker takes before queued job ``j`` (urgent first, then the oldest)
+QUEUE_POSITION = (
+    "CASE WHEN j.state = 'queued' THEN (SELECT count(*) FROM jobs q WHERE q.state = 'queued' AND "
+    f"({_urgent('q')} > {_urgent('j')} OR ({_urgent('q')} = {_urgent('j')} AND q.created_at < j.created_at))"
+    ") END AS queue_position"
 )
 
 
@@ -58,13 +72,16 @@ def insert_job(
     max_attempts: int,
     kind: JobKind = "predict",
     parent_job_id: uuid.UUID | None = None,
+    priority: str = "routine",
+    client_ref: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Job:
     job_id = uuid.uuid4()
     row = conn.execute(
         "INSERT INTO jobs AS j (id, client, study_id, study_sha256, kind, parent_job_id, model, series_uid, "
-        "explain, explain_params, callback_url, max_attempts) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        f"RETURNING {_JOB_COLS}",
+        "explain, explain_params, callback_url, max_attempts, priority, client_ref, metadata) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        f"RETURNING {JOB_COLS}",
         (
             job_id,
             client,
@@ -78,6 +95,9 @@ def insert_job(
             Jsonb(dict(explain_params)),
             callback_url,
             max_attempts,
+            priority,
+            client_ref,
+            Jsonb(dict(metadata or {})),
         ),
     ).fetchone()
     assert row is not None
@@ -86,7 +106,7 @@ def insert_job(
 
 def get_job(conn: Conn, job_id: uuid.UUID, client: str | None = None) -> Job | None:
     """A job (of ``client`` when given) with its study's S3 key (``study_s3_key``, NULL if deleted)."""
-    sql = f"SELECT {_JOB_COLS}, s.s3_key AS study_s3_key FROM jobs j "
+    sql = f"SELECT {JOB_COLS}, s.s3_key AS study_s3_key FROM jobs j "
     sql += "LEFT JOIN studies s ON s.id = j.study_id "
     sql += "WHERE j.id = %s" + (" AND j.client = %s" if client is not None else "")
     params: tuple[Any, ...] = (job_id, client) if client is not None else (job_id,)
@@ -94,11 +114,11 @@ def get_job(conn: Conn, job_id: uuid.UUID, client: str | None = None) -> Job | N
 
 
 def job_with_position(conn: Conn, job_id: uuid.UUID, client: str) -> Job | None:
-    """A client's job plus ``queue_position`` (queued jobs ahead of it; None unless queued): one query."""
+    """A client's job plus ``queue_position`` (queued jobs a worker takes first; None unless queued)
+    and its result's ``label``: one query."""
     row = conn.execute(
-        f"SELECT {_JOB_COLS}, CASE WHEN j.state = 'queued' THEN "
-        "(SELECT count(*) FROM jobs q WHERE q.state = 'queued' AND q.created_at < j.created_at) END "
-        "AS queue_position FROM jobs j WHERE j.id = %s AND j.client = %s",
+        f"SELECT {JOB_COLS}, r.label, {QUEUE_POSITION} FROM jobs j "
+        "LEFT JOIN results r ON r.job_id = j.id WHERE j.id = %s AND j.client = %s",
         (job_id, client),
     ).fetchone()
     return _job(row)
@@ -154,7 +174,7 @@ def fail_exhausted(conn: Conn, job_id: uuid.UUID | None = None) -> list[Job]:
             "UPDATE jobs AS j SET state = 'failed', error_code = 'worker_crashed', "
             "error_detail = 'the job exceeded its attempts (workers died or timed out)', "
             f"stage = NULL, finished_at = now(), updated_at = now() WHERE {where} "
-            f"RETURNING {_JOB_COLS}"
+            f"RETURNING {JOB_COLS}"
         ).encode(),
         params,
     ).fetchall()
@@ -232,7 +252,7 @@ def finish_job(
         "progress = CASE WHEN %s = 'succeeded' THEN 1 ELSE progress END, "
         "error_code = %s, error_detail = %s, stage_timings = stage_timings || %s, lease_until = NULL, "
         "finished_at = now(), updated_at = now() "
-        f"WHERE id = %s AND attempt = %s AND state = 'running' RETURNING {_JOB_COLS}",
+        f"WHERE id = %s AND attempt = %s AND state = 'running' RETURNING {JOB_COLS}",
         (state, state, error_code, error_detail, Jsonb(dict(timings)), job_id, attempt),
     ).fetchone()
     return _job(row)

@@ -1,4 +1,4 @@
-"""Jobs: create (predict, explain), status with queue position and ETA, result, explanation."""
+"""Jobs: create (predict, explain), list, status with queue position and ETA, cancel, result, explanation."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
+from app.api.paging import ClientRefQ, CreatedAfter, CreatedBefore, Cursor, Limit, utc
 from app.api.responses import error_responses
 from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger
 from app.repository import (
     Job,
+    JobFilter,
     RecentStats,
     get_explanations,
     get_job,
@@ -27,6 +29,7 @@ from app.repository import (
     get_study,
     insert_job,
     job_with_position,
+    list_jobs,
     recent_stats,
 )
 from app.schemas import (
@@ -34,9 +37,13 @@ from app.schemas import (
     Explanation,
     JobAccepted,
     JobCreate,
+    JobPage,
     JobResult,
+    JobState,
     JobStatus,
+    Label,
     PredictRequest,
+    Priority,
     check_explain_params,
 )
 
@@ -102,6 +109,9 @@ def _create_job(
             explain_params=params,
             callback_url=str(req.callback_url) if req.callback_url else None,
             max_attempts=services.settings.max_attempts,
+            priority=req.priority,
+            client_ref=req.client_ref,
+            metadata=req.metadata,
         )
         return 202, job.accepted_view()
 
@@ -173,6 +183,50 @@ def _recent(conn: Conn) -> RecentStats:
 
 
 @router.get(
+    "/jobs",
+    response_model=JobPage,
+    summary="The caller's jobs, newest first, filtered and paged (keyset cursor)",
+    responses=error_responses("unauthorized"),
+)
+def list_jobs_route(
+    services: ServicesDep,
+    client: Client,
+    state: Annotated[
+        list[JobState] | None, Query(description="one or more states (repeat the parameter)")
+    ] = None,
+    study_id: uuid.UUID | None = None,
+    client_ref: ClientRefQ = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    label: Annotated[Label | None, Query(description="the result's label (succeeded predictions)")] = None,
+    priority: Priority | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """A page of ``JobStatus`` items; a page starts strictly after the cursor, so jobs created while a
+    client pages never shift the later pages (they appear on a new first page)."""
+    f = JobFilter(
+        client_ref=client_ref,
+        created_after=utc(created_after),
+        created_before=utc(created_before),
+        states=tuple(state or ()),
+        study_id=study_id,
+        label=label,
+        priority=priority,
+    )
+    with services.db.conn() as conn:
+        try:
+            page = list_jobs(conn, client, f, limit, cursor)
+        except ValueError as e:
+            raise ServiceError("validation_error", str(e)) from None
+        stats = _recent(conn) if page.items else None
+    items = [job.status_view(stats) for job in page.items] if stats is not None else []
+    return Response(
+        orjson.dumps({"items": items, "next_cursor": page.next_cursor}), media_type="application/json"
+    )
+
+
+@router.get(
     "/jobs/{job_id}",
     response_model=JobStatus,
     summary="Job state, stage, progress, attempt, queue position and ETA",
@@ -209,7 +263,7 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
         result = get_result(conn, job_id)
     if result is None:
         raise ServiceError("job_not_finished")
-    return result
+    return result.model_copy(update={"client_ref": job.client_ref, "metadata": job.metadata})
 
 
 @router.post(
@@ -258,6 +312,9 @@ def explain_job(
             max_attempts=services.settings.max_attempts,
             kind="explain",
             parent_job_id=job_id,
+            priority=req.priority,
+            client_ref=parent.client_ref,
+            metadata=parent.metadata,
         )
         return 202, job.accepted_view()
 

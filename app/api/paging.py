@@ -1,0 +1,28 @@
+"""Query parameters shared by the list routes (``GET /v1/jobs``, ``GET /v1/studies``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import Query
+
+__all__ = ["ClientRefQ", "CreatedAfter", "CreatedBefore", "Cursor", "Limit", "utc"]
+
+
+def utc(v: dt.datetime | None) -> dt.datetime | None:
+    """A query's time, UTC when it names no offset."""
+    return v.replace(tzinfo=dt.UTC) if v is not None and v.tzinfo is None else v
+
+
+Limit = Annotated[int, Query(ge=1, le=200, description="items per page (at most 200)")]
+Cursor = Annotated[
+    str | None, Query(max_length=512, description="`next_cursor` of the previous page (omit for the first)")
+]
+CreatedAfter = Annotated[
+    dt.datetime | None, Query(description="created at or after (ISO 8601; UTC if no offset)")
+]
+CreatedBefore = Annotated[
+    dt.datetime | None, Query(description="created before (ISO 8601; UTC if no offset)")
+]
+ClientRefQ = Annotated[str | None, Query(max_length=128, description="only rows with this client_ref")]
