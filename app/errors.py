@@ -40,6 +40,9 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
         503,
         "The object store stayed unreachable for the worker's retry budget; resubmit.",
     ),
+    # the worklist: cancelling
+    "job_finished": (409, "The job already finished (succeeded or failed): it cannot be cancelled."),
+    "job_cancelled": (409, "The job was cancelled: it has no result or explanation."),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

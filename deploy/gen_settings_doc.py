@@ -75,6 +75,7 @@ USES: dict[str, tuple[str, str]] = {
     "heartbeat_s": ("worker", "lease extension and worker heartbeat period"),
     "claim_idle_s": ("worker", ""),
     "reconcile_s": ("worker", ""),
+    "priority_age_s": ("worker", "checked every `S4CT_RECONCILE_S`"),
     "upload_abandon_s": ("worker", "must exceed the longest upload; checked every min(this/4, 15 min)"),
     "storage_retry_s": (
         "worker",

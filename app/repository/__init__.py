@@ -30,6 +30,7 @@ from app.repository.idempotency import (
     purge_idempotency,
 )
 from app.repository.jobs import (
+    cancel_job,
     claim_job,
     extend_leases,
     fail_exhausted,
@@ -50,6 +51,7 @@ from app.repository.listing import JobFilter, Page, StudyFilter, list_jobs, list
 from app.repository.outbox import outbox_add, outbox_done, outbox_retry, outbox_rows, outbox_take_due
 from app.repository.outcomes import (
     Reconciled,
+    cancel,
     claim_attempt,
     job_event,
     mark_failed,
@@ -87,6 +89,8 @@ __all__ = [
     "Reconciled",
     "Row",
     "StudyFilter",
+    "cancel",
+    "cancel_job",
     "claim_attempt",
     "claim_job",
     "client_for_key",

@@ -16,6 +16,7 @@ from app.db import Conn
 from app.repository.records import Job, JobKind, RecentStats, Row
 
 __all__ = [
+    "cancel_job",
     "claim_job",
     "extend_leases",
     "fail_exhausted",
@@ -26,11 +27,13 @@ __all__ = [
     "job_with_position",
     "mark_enqueued",
     "oldest_queued_age_s",
+    "promote_aged",
     "queued_before",
     "recent_stats",
     "release_job",
     "requeue_expired",
     "set_stage",
+    "urgent_among",
 ]
 
 JOB_COLS = (
@@ -201,6 +204,26 @@ def queued_before(conn: Conn, older_than_s: float, limit: int = 1000) -> list[uu
     return [r["id"] for r in rows]
 
 
+def urgent_among(conn: Conn, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``job_ids`` that belong to the urgent lane (urgent, or promoted)."""
+    if not job_ids:
+        return set()
+    rows = conn.execute(
+        f"SELECT id FROM jobs j WHERE id = ANY(%s) AND {_urgent('j')}".encode(), (list(job_ids),)
+    ).fetchall()
+    return {r["id"] for r in rows}
+
+
+def promote_aged(conn: Conn, age_s: float) -> list[uuid.UUID]:
+    """Routine jobs queued longer than ``age_s`` count as urgent from now on (anti-starvation)."""
+    rows = conn.execute(
+        "UPDATE jobs SET promoted_at = now() WHERE state = 'queued' AND priority = 'routine' "
+        "AND promoted_at IS NULL AND created_at < now() - make_interval(secs => %s) RETURNING id",
+        (age_s,),
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
 def mark_enqueued(conn: Conn, job_ids: Sequence[uuid.UUID]) -> None:
     conn.execute(
         "UPDATE jobs SET enqueued_at = now() WHERE id = ANY(%s) AND state = 'queued'", (list(job_ids),)
@@ -282,6 +305,21 @@ def release_job(
         {"spend": spend, "detail": detail, "id": job_id, "attempt": attempt},
     ).fetchone()
     return None if row is None else str(row["state"])
+
+
+def cancel_job(conn: Conn, job_id: uuid.UUID, client: str) -> Job | None:
+    """Cancel a queued or running job of ``client``; None if it is not (finished, cancelled or not its).
+
+    A cancelled job is never claimed again, and every attempt-guarded write of a worker still
+    running it (stage, outcome, lease) now changes nothing (they all require ``running``).
+    """
+    row = conn.execute(
+        "UPDATE jobs AS j SET state = 'cancelled', stage = NULL, lease_until = NULL, cancelled_at = now(), "
+        "finished_at = now(), updated_at = now() "
+        f"WHERE id = %s AND client = %s AND state IN ('queued', 'running') RETURNING {JOB_COLS}",
+        (job_id, client),
+    ).fetchone()
+    return _job(row)
 
 
 def job_state_counts(conn: Conn) -> dict[str, int]:

@@ -120,6 +120,11 @@ class Job:
         return self.state in _FINISHED
 
     @property
+    def urgent(self) -> bool:
+        """Claimed before routine jobs: asked urgent, or promoted after waiting ``priority_age_s``."""
+        return self.priority == "urgent" or self.promoted_at is not None
+
+    @property
     def explanation_target(self) -> uuid.UUID:
         """The predicted job an explanation made by this job belongs to."""
         return self.parent_job_id if self.kind == "explain" and self.parent_job_id else self.id

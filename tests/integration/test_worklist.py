@@ -196,3 +196,81 @@ def test_job_references_are_echoed_everywhere(api: LiveApi, settings: Settings, 
         for bad in ({"client_ref": "x" * 129}, {"metadata": [1]}, {"metadata": {"k": "v" * 4096}}):
             r = c.post("/v1/jobs", json={"study_id": study, **bad})
             assert r.status_code == 422 and r.json()["error"] == "validation_error", bad
+
+
+def test_cancel_a_queued_job(api: LiveApi, settings: Settings, key: str, other_key: str) -> None:
+    from app.repository import claim_attempt, outbox_rows
+
+    with api.client(key) as c, api.client(other_key) as other:
+        study = upload(c, small_zip(f"cancel-{uuid.uuid4().hex[:6]}"))
+        body = {"study_id": study, "callback_url": "http://127.0.0.1:9/hook", "client_ref": "c-1"}
+        job = c.post("/v1/jobs", json=body).json()["job_id"]
+        assert other.post(f"/v1/jobs/{job}/cancel").json()["error"] == "job_not_found"
+        r = c.post(f"/v1/jobs/{job}/cancel")
+        assert r.status_code == 200, r.text
+        status = JobStatus.model_validate(r.json())
+        assert status.state == "cancelled" and status.finished_at is not None and status.eta_s == 0.0
+        assert status.queue_position is None
+        # idempotent
+        again = c.post(f"/v1/jobs/{job}/cancel")
+        assert again.status_code == 200 and again.json()["finished_at"] == r.json()["finished_at"]
+        for path in ("result", "explanation"):
+            got = c.get(f"/v1/jobs/{job}/{path}")
+            assert got.status_code == 409 and got.json()["error"] == "job_cancelled"
+        explain = c.post(f"/v1/jobs/{job}/explain", json={"method": "saliency"})
+        assert explain.status_code == 409 and explain.json()["error"] == "job_cancelled"
+        assert [i["job_id"] for i in c.get("/v1/jobs", params={"state": "cancelled"}).json()["items"]] == [
+            job
+        ]
+        # a worker can never claim it; its callback says cancelled
+        assert settings.database_url
+        with connect(settings.database_url) as conn:
+            assert claim_attempt(conn, uuid.UUID(job), "w", 30.0) is None
+            hooks = outbox_rows(conn, uuid.UUID(job))
+            event = job_event(conn, uuid.UUID(job))
+        assert [h["event"] for h in hooks] == ["job.cancelled"]
+        assert event["state"] == "cancelled" and event["client_ref"] == "c-1"
+        # finished jobs cannot be cancelled
+        done, failed = create_job(c, study), create_job(c, study)
+        finish_succeeded(api, done)
+        finish_failed(api, failed)
+        for finished in (done, failed):
+            r = c.post(f"/v1/jobs/{finished}/cancel")
+            assert r.status_code == 409 and r.json()["error"] == "job_finished", r.text
+        assert c.get(f"/v1/jobs/{done}/result").status_code == 200
+
+
+def test_queue_order_is_urgent_first_and_old_routine_jobs_are_promoted(
+    api: LiveApi, settings: Settings, key: str
+) -> None:
+    import time
+
+    from app.queue import JobQueue
+    from app.repository import reconcile_jobs
+
+    with api.client(key) as c:
+        study = upload(c, small_zip(f"prio-{uuid.uuid4().hex[:6]}"))
+        r1, r2 = create_job(c, study), create_job(c, study)
+        urgent = c.post("/v1/jobs", json={"study_id": study, "priority": "urgent"}).json()["job_id"]
+
+        def pos(job: str) -> int:
+            status = c.get(f"/v1/jobs/{job}").json()
+            assert status["state"] == "queued"
+            return int(status["queue_position"])
+
+        assert pos(urgent) < pos(r1) < pos(r2) == pos(r1) + 1
+        assert c.get(f"/v1/jobs/{urgent}").json()["priority"] == "urgent"
+        assert settings.redis_url and settings.database_url
+        q = JobQueue.from_url(settings.redis_url, settings.stream, settings.group)
+        try:
+            assert uuid.UUID(urgent) in {m.job_id for m in q._messages(q.r.xrange(q.urgent_stream))}
+            assert uuid.UUID(r1) not in {m.job_id for m in q._messages(q.r.xrange(q.urgent_stream))}
+            # routine jobs that waited longer than priority_age_s join the urgent lane, oldest first
+            time.sleep(0.3)
+            with connect(settings.database_url) as conn:
+                done = reconcile_jobs(conn, stale_after_s=3600, idempotency_ttl_s=3600, priority_age_s=0.2)
+            assert {uuid.UUID(r1), uuid.UUID(r2)} <= set(done.promoted) <= done.urgent
+            assert uuid.UUID(urgent) not in done.promoted
+            assert pos(r1) < pos(r2) < pos(urgent)
+        finally:
+            q.close()

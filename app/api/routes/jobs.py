@@ -23,6 +23,7 @@ from app.repository import (
     Job,
     JobFilter,
     RecentStats,
+    cancel,
     get_explanations,
     get_job,
     get_result,
@@ -59,10 +60,10 @@ _stats_cache: dict[int, tuple[float, RecentStats]] = {}
 _stats_lock = threading.Lock()
 
 
-def _enqueue(services: Services, job_id: uuid.UUID) -> None:
+def _enqueue(services: Services, job_id: uuid.UUID, urgent: bool) -> None:
     """XADD after the row committed; if Redis is down the reconciler enqueues it later."""
     try:
-        services.queue.enqueue([job_id])
+        services.queue.enqueue([job_id], urgent=urgent)
     except Exception as e:
         logger.warning(
             "job {} committed but not enqueued ({}); the reconciler will", job_id, type(e).__name__
@@ -117,7 +118,7 @@ def _create_job(
 
     status, body, replayed = run_idempotent(services.db, client, idem_key, route, body_hash(payload), create)
     if not replayed:
-        _enqueue(services, uuid.UUID(body["job_id"]))
+        _enqueue(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
         logger.info("job {} queued for study {}", body["job_id"], study_id)
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
 
@@ -242,17 +243,44 @@ def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Respon
 
 
 def _require_succeeded(job: Job) -> None:
+    if job.state == "cancelled":
+        raise ServiceError("job_cancelled")
     if job.state == "failed":
         raise ServiceError("job_failed", f"the job failed with {job.error_code}")
     if job.state != "succeeded":
         raise ServiceError("job_not_finished", f"the job is {job.state}; poll GET {job.links.status}")
 
 
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobStatus,
+    summary="Cancel a queued or running job (state cancelled; idempotent)",
+    responses=error_responses("unauthorized", "job_not_found", "job_finished"),
+)
+def cancel_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
+    """A queued job never runs; a running one stops at its next stage boundary and nothing more is
+    stored for it. Cancelling a cancelled job answers its status again; a finished one is 409
+    ``job_finished``."""
+    with services.db.conn() as conn:
+        done = cancel(conn, job_id, client)
+        job = job_with_position(conn, job_id, client)
+        if job is None:
+            raise ServiceError("job_not_found")
+        if done is None and job.state != "cancelled":
+            raise ServiceError("job_finished", f"the job already {job.state}")
+        stats = _recent(conn)
+    if done is not None:
+        logger.info("job {} cancelled", job_id)
+    return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
+
+
 @router.get(
     "/jobs/{job_id}/result",
     response_model=JobResult,
     summary="Probability, label, operating points, QC, series and model of a finished job",
-    responses=error_responses("unauthorized", "job_not_found", "job_not_finished", "job_failed"),
+    responses=error_responses(
+        "unauthorized", "job_not_found", "job_not_finished", "job_failed", "job_cancelled"
+    ),
 )
 def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
     with services.db.conn() as conn:
@@ -276,6 +304,7 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
         "job_not_found",
         "job_not_finished",
         "job_failed",
+        "job_cancelled",
         "study_not_found",
         "idempotency_conflict",
     ),
@@ -323,7 +352,7 @@ def explain_job(
         services.db, client, idempotency_key, f"POST /v1/jobs/{job_id}/explain", body_hash(payload), create
     )
     if not replayed:
-        _enqueue(services, uuid.UUID(body["job_id"]))
+        _enqueue(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
 
 
@@ -337,7 +366,12 @@ def _selected_series(conn: Conn, job_id: uuid.UUID) -> str | None:
     response_model=Explanation,
     summary="Saliency of a predicted job: stats, geometry and presigned URLs (NIfTI, PNG, JSON)",
     responses=error_responses(
-        "unauthorized", "job_not_found", "job_not_finished", "job_failed", "explanation_not_found"
+        "unauthorized",
+        "job_not_found",
+        "job_not_finished",
+        "job_failed",
+        "job_cancelled",
+        "explanation_not_found",
     ),
 )
 def read_explanation(
