@@ -70,7 +70,14 @@ from app.repository.records import (
     Row,
 )
 from app.repository.results import get_explanations, get_result, insert_result, upsert_explanation
-from app.repository.studies import delete_study, get_study, insert_study, study_by_sha
+from app.repository.studies import (
+    delete_study,
+    get_study,
+    insert_study,
+    store_study_series,
+    study_by_sha,
+    study_series,
+)
 from app.repository.workers import last_worker_heartbeat_age, worker_gone, worker_seen
 
 __all__ = [
@@ -135,7 +142,9 @@ __all__ = [
     "requeue_expired",
     "revoke_api_key",
     "set_stage",
+    "store_study_series",
     "study_by_sha",
+    "study_series",
     "upsert_explanation",
     "webhook_secret",
     "worker_gone",

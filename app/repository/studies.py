@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 from app.db import Conn
 from app.repository.records import Row
 
-__all__ = ["delete_study", "get_study", "insert_study", "study_by_sha"]
+__all__ = ["delete_study", "get_study", "insert_study", "store_study_series", "study_by_sha", "study_series"]
 
 STUDY_COLS = (
     "id, client, sha256, size_bytes, s3_key, members, uncompressed_bytes, client_ref, metadata, created_at"
@@ -68,6 +68,19 @@ def get_study(conn: Conn, client: str, study_id: uuid.UUID) -> Row | None:
     return conn.execute(
         f"SELECT {STUDY_COLS} FROM studies WHERE id = %s AND client = %s", (study_id, client)
     ).fetchone()
+
+
+def study_series(conn: Conn, client: str, study_id: uuid.UUID) -> tuple[Row | None, dict[str, Any] | None]:
+    """(the study row or None, its stored series picker or None when not scanned yet)."""
+    row = conn.execute(
+        f"SELECT {STUDY_COLS}, series FROM studies WHERE id = %s AND client = %s", (study_id, client)
+    ).fetchone()
+    return row, (None if row is None else row.pop("series"))
+
+
+def store_study_series(conn: Conn, study_id: uuid.UUID, body: Mapping[str, Any]) -> None:
+    """Keep the series picker of a study (a header scan; its answer never changes)."""
+    conn.execute("UPDATE studies SET series = %s WHERE id = %s", (Jsonb(dict(body)), study_id))
 
 
 def delete_study(conn: Conn, client: str, study_id: uuid.UUID) -> Row | None:

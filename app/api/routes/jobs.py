@@ -32,6 +32,7 @@ from app.repository import (
     job_with_position,
     list_jobs,
     recent_stats,
+    study_series,
 )
 from app.schemas import (
     ExplainRequest,
@@ -100,6 +101,8 @@ def _create_job(
         study = get_study(conn, client, study_id)
         if study is None:
             raise ServiceError("study_not_found")
+        if req.series_uid is not None:
+            _check_series(conn, client, study_id, req.series_uid)
         job = insert_job(
             conn,
             client=client,
@@ -123,8 +126,28 @@ def _create_job(
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
 
 
+def _check_series(conn: Conn, client: str, study_id: uuid.UUID, series_uid: str) -> None:
+    """Refuse an unknown or unusable ``series_uid`` now when the study's series were scanned already."""
+    _, picker = study_series(conn, client, study_id)
+    if picker is None or "series" not in picker:
+        return  # not scanned: the worker checks it
+    found = next((s for s in picker["series"] if s["series_uid"] == series_uid), None)
+    if found is None:
+        raise ServiceError(
+            "series_not_found", "the series_uid is not in the study; see GET /v1/studies/{id}/series"
+        )
+    rejects = [r for r in found["reasons"] if r["severity"] == "reject"]
+    if rejects:
+        raise ServiceError(rejects[0]["code"], f"the requested series is unusable: {rejects[0]['detail']}")
+
+
 _CREATE_ERRORS = error_responses(
-    "unauthorized", "study_not_found", "model_unavailable", "idempotency_conflict", "idempotency_in_progress"
+    "unauthorized",
+    "study_not_found",
+    "model_unavailable",
+    "series_not_found",
+    "idempotency_conflict",
+    "idempotency_in_progress",
 )
 
 

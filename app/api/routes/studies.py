@@ -1,8 +1,9 @@
-"""Studies: upload (streamed to S3), list, read, delete."""
+"""Studies: upload (streamed to S3), list, read, the series picker, delete."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from typing import Annotated, Any
 
@@ -19,8 +20,17 @@ from app.api.responses import error_responses
 from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger
-from app.repository import StudyFilter, delete_study, get_study, insert_study, list_studies
-from app.schemas import ClientRef, Metadata, StudyOut, StudyPage
+from app.repository import (
+    StudyFilter,
+    delete_study,
+    get_study,
+    insert_study,
+    list_studies,
+    store_study_series,
+    study_series,
+)
+from app.schemas import ClientRef, Metadata, StudyOut, StudyPage, StudySeries
+from app.series_scan import scan_series
 from app.uploads import receive_zip
 
 router = APIRouter(prefix="/v1", tags=["studies"])
@@ -223,6 +233,52 @@ def read_study(study_id: uuid.UUID, services: ServicesDep, client: Client) -> di
     if row is None:
         raise ServiceError("study_not_found")
     return study_out(row, existing=True)
+
+
+#: header scans running at once in this process (each extracts a study's archive to disk)
+_SCANS = threading.BoundedSemaphore(2)
+_SCAN_WAIT_S = 30.0
+
+
+@router.get(
+    "/studies/{study_id}/series",
+    response_model=StudySeries,
+    summary="Every series of a study: ranking, usability and QC reasons (headers only, before predicting)",
+    responses=error_responses(
+        "unauthorized",
+        "study_not_found",
+        "zip_invalid",
+        "zip_bomb",
+        "no_dicom",
+        "dicom_invalid",
+        "server_busy",
+    ),
+)
+def read_study_series(study_id: uuid.UUID, services: ServicesDep, client: Client) -> dict[str, Any]:
+    """The series picker. The first call reads the study's DICOM headers (no pixels) and keeps the
+    answer; a study that cannot be read answers its input refusal code (422)."""
+    with services.db.conn() as conn:
+        row, body = study_series(conn, client, study_id)
+    if row is None:
+        raise ServiceError("study_not_found")
+    if body is None:
+        if not _SCANS.acquire(timeout=_SCAN_WAIT_S):
+            err = ServiceError("server_busy", "other studies are being scanned; retry later")
+            err.headers["Retry-After"] = "5"
+            raise err
+        try:
+            key = str(row["s3_key"])
+            body = scan_series(
+                lambda path: services.storage.get_to_file(key, path), services.settings.work_dir
+            )
+        finally:
+            _SCANS.release()
+        with services.db.conn() as conn:
+            store_study_series(conn, study_id, body)
+        logger.info("study {} scanned: {} series", study_id, len(body.get("series", ())))
+    if "series" not in body:
+        raise ServiceError(body["error"]["code"], body["error"]["detail"])
+    return {"study_id": str(study_id), **body}
 
 
 @router.delete(
