@@ -11,7 +11,16 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    computed_field,
+)
 
 from ml.explain import ExplainMethod, MethodName, check_params
 from ml.ood.reasons import INDETERMINATE_REASONS
@@ -410,6 +419,16 @@ class ModelCard(BaseModel):
         "fitted_on, n, in_distribution_rate); null: the model cannot answer `indeterminate` for "
         "out-of-distribution studies (the pixel plausibility check still runs)",
     )
+    unavailable_reason: str | None = Field(
+        default=None,
+        description="why the model cannot be served (no sha256, weight or OOD file missing, wrong sha256); "
+        "null: it can. Jobs for it are refused with 422 `model_unavailable`",
+    )
+
+    @computed_field(description="false: jobs for this model are refused (see `unavailable_reason`)")  # type: ignore[prop-decorator]
+    @property
+    def available(self) -> bool:
+        return self.unavailable_reason is None
 
 
 class ModelsOut(BaseModel):

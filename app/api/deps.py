@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app.config import Settings
 from app.db import Database
 from app.errors import ServiceError
+from app.model_status import ModelStatus
 from app.queue import JobQueue
 from app.repository import client_for_key
 from app.storage import Storage
@@ -35,11 +36,16 @@ class Services:
     queue: JobQueue
     manifest: Manifest
     uploads: UploadGate = field(init=False)
+    #: which models of the manifest can be served (weights present, sha256 right)
+    models: ModelStatus = field(init=False)
     _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.uploads = UploadGate(self.settings.max_concurrent_uploads, self.settings.upload_wait_s)
+        self.models = ModelStatus(
+            self.manifest, self.settings.manifest_path.parent, self.storage.object_exists
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -274,3 +274,36 @@ def test_queue_order_is_urgent_first_and_old_routine_jobs_are_promoted(
             assert pos(r1) < pos(r2) < pos(urgent)
         finally:
             q.close()
+
+
+def test_models_that_cannot_be_served_are_marked_and_refused(make_settings: Any, tmp_path: Any) -> None:
+    import json
+
+    from app.config import DEFAULT_MANIFEST
+
+    manifest = json.loads(DEFAULT_MANIFEST.read_text())
+    demo = manifest["models"][manifest["default"]]
+    demo["uri"] = str(DEFAULT_MANIFEST.parent / demo["uri"])
+    demo["ood"]["uri"] = str(DEFAULT_MANIFEST.parent / demo["ood"]["uri"])
+    manifest["models"]["bad-sha"] = {**demo, "name": "bad-sha", "sha256": "0" * 64}
+    manifest["models"]["gone"] = {**demo, "name": "gone", "uri": "missing.pt"}
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    settings = make_settings(manifest_path=path)
+    with LiveApi(settings) as live, live.client(new_key(settings, "models")) as c:
+        cards = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert cards[manifest["default"]]["available"] is True
+        assert cards[manifest["default"]]["unavailable_reason"] is None
+        reasons = {
+            name: cards[name]["unavailable_reason"] for name in ("bad-sha", "gone", "resnet34-medicalnet")
+        }
+        assert "sha256" in reasons["bad-sha"] and "not found" in reasons["gone"]
+        assert "no sha256" in reasons["resnet34-medicalnet"]  # the shipped entry for operator weights
+        assert not any(cards[name]["available"] for name in reasons)
+        study = upload(c, small_zip("models"))
+        for name in reasons:
+            r = c.post("/v1/jobs", json={"study_id": study, "model": name})
+            assert r.status_code == 422 and r.json()["error"] == "model_unavailable", r.text
+            assert name in r.json()["detail"]
+        assert c.post("/v1/jobs", json={"study_id": study}).status_code == 202
+        assert c.get("/v1/jobs").json()["items"][0]["model"] == manifest["default"]

@@ -72,12 +72,18 @@ def _enqueue(services: Services, job_id: uuid.UUID, urgent: bool) -> None:
 
 
 def _check_model(services: Services, name: str | None) -> str:
+    """The model a job uses: known to the manifest and servable (its weights are there and hash right)."""
     model = name or services.manifest.default
     if model not in services.manifest.entries:
         raise ServiceError(
             "model_unavailable",
             f"unknown model {model!r}; see GET /v1/models",
             http_status=422,
+        )
+    reason = services.models.reason(model)
+    if reason is not None:
+        raise ServiceError(
+            "model_unavailable", f"model {model!r} cannot be served: {reason}", http_status=422
         )
     return model
 
