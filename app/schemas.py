@@ -22,6 +22,14 @@ from pydantic import (
     computed_field,
 )
 
+from app.schemas_detail import (
+    ExplainedModel,
+    ExplanationStats,
+    IndeterminateReason,
+    QCOut,
+    QCReasonOut,
+    SourceGeometry,
+)
 from ml.explain import ExplainMethod, MethodName, check_params
 from ml.ood.reasons import INDETERMINATE_REASONS
 
@@ -31,15 +39,12 @@ __all__ = [
     "Explanation",
     "JobAccepted",
     "JobCreate",
-    "JobPage",
     "JobResult",
     "JobStatus",
     "ModelCard",
     "ModelsOut",
     "PredictRequest",
     "StudyOut",
-    "StudyPage",
-    "StudySeries",
 ]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -262,14 +267,6 @@ class ModelRef(BaseModel):
     clinical_use: bool
 
 
-class QCReasonOut(BaseModel):
-    """A QC finding of a series: a stable code, `reject` (unusable) or `warn`, and a human detail."""
-
-    code: str
-    severity: Literal["reject", "warn"]
-    detail: str
-
-
 class SeriesRank(BaseModel):
     series_uid: str
     rank: int | None
@@ -284,9 +281,6 @@ class SeriesOut(BaseModel):
 
 
 Label = Literal["normal", "pathology", "indeterminate"]
-IndeterminateReason = Literal[
-    "out_of_distribution", "implausible_hu", "no_lungs_found", "incomplete_chest_coverage"
-]
 _REASONS_DOC = "; ".join(f"`{k}`: {v}" for k, v in INDETERMINATE_REASONS.items())
 
 
@@ -349,7 +343,7 @@ class JobResult(BaseModel):
     )
     model: ModelRef
     series: SeriesOut
-    qc: dict[str, Any]
+    qc: QCOut
     timings: dict[str, float]
     attempt: int
     not_for_clinical_use: bool
@@ -382,16 +376,16 @@ class Explanation(BaseModel):
     )
     job_id: uuid.UUID
     method: str
-    params: dict[str, Any]
-    stats: dict[str, Any] = Field(
+    params: dict[str, JsonValue]
+    stats: ExplanationStats = Field(
         description=(
             "stats.json: max, peak, regions, layers, timings, and outside_body_fraction (share of the "
             "positive attribution outside the patient's body before the map was masked to the body; "
             "null when no body was found and the map is unmasked)"
         )
     )
-    geometry: dict[str, Any]
-    model: dict[str, str]
+    geometry: SourceGeometry
+    model: ExplainedModel
     files: dict[str, BlobLink]
     created_at: dt.datetime
 
@@ -402,18 +396,18 @@ class ModelCard(BaseModel):
     default: bool
     arch: str
     input_size: list[int]
-    preprocess: dict[str, Any]
-    operating_points: dict[str, Any]
+    preprocess: dict[str, JsonValue]
+    operating_points: dict[str, JsonValue]
     default_operating_point: str
-    calibration: dict[str, Any]
-    metrics: dict[str, Any]
+    calibration: dict[str, JsonValue]
+    metrics: dict[str, JsonValue]
     training_data: str
     intended_use: str
     clinical_use: bool
     sha256: str | None
     license: str | None
     notes: str | None
-    ood: dict[str, Any] | None = Field(
+    ood: dict[str, JsonValue] | None = Field(
         default=None,
         description="the out-of-distribution statistics published with the weights (method, threshold, "
         "fitted_on, n, in_distribution_rate); null: the model cannot answer `indeterminate` for "
@@ -439,95 +433,6 @@ class ModelsOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
-
-
-# --- the worklist: the series picker
-
-
-class SeriesPick(BaseModel):
-    """One series of a study as the QC sees it from its headers (no pixels are read)."""
-
-    series_uid: str
-    rank: int | None = Field(description="1 = what a prediction selects by default; null when unusable")
-    usable: bool
-    selected: bool = Field(description="the series a prediction without `series_uid` uses")
-    score: float = Field(description="the ranking score (higher is preferred)")
-    reasons: list[QCReasonOut] = Field(description="QC findings: `reject` codes make it unusable")
-    ranking_notes: list[str] = Field(description="why it ranks where it does (human text)")
-    modality: str
-    description: str = Field(description="SeriesDescription (withheld when it carries an identifier)")
-    kernel: str = Field(description="ConvolutionKernel")
-    body_part: str
-    image_type: list[str]
-    slices: int
-    rows: int
-    columns: int
-    pixel_spacing_mm: list[float] = Field(description="[row, column] spacing, mm")
-    slice_thickness_mm: float | None
-    slice_spacing_mm: float | None = Field(description="median distance between slices, mm")
-    coverage_mm: float = Field(description="extent along the slice normal, mm")
-    orientation: str
-    multiframe: bool
-
-
-class StudySeries(BaseModel):
-    """``GET /v1/studies/{id}/series``: pass a usable ``series_uid`` to ``POST /v1/jobs`` to override."""
-
-    model_config = _example(
-        study_id=_UUID_EX,
-        selected_uid="1.2.826.0.1.3680043.8.498.3",
-        error=None,
-        series=[
-            {
-                "series_uid": "1.2.826.0.1.3680043.8.498.3",
-                "rank": 1,
-                "usable": True,
-                "selected": True,
-                "score": 9.5,
-                "reasons": [],
-                "ranking_notes": ["chest CT", "thin slices (1.0 mm)"],
-                "modality": "CT",
-                "description": "CHEST 1.0 B",
-                "kernel": "B30f",
-                "body_part": "CHEST",
-                "image_type": ["ORIGINAL", "PRIMARY", "AXIAL"],
-                "slices": 300,
-                "rows": 512,
-                "columns": 512,
-                "pixel_spacing_mm": [0.7, 0.7],
-                "slice_thickness_mm": 1.0,
-                "slice_spacing_mm": 1.0,
-                "coverage_mm": 299.0,
-                "orientation": "axial",
-                "multiframe": False,
-            }
-        ],
-    )
-    study_id: uuid.UUID
-    selected_uid: str | None = Field(description="what a prediction selects by default; null: none usable")
-    error: JobError | None = Field(
-        description="why no series is usable (the code a prediction would fail with)"
-    )
-    series: list[SeriesPick]
-
-
-# --- the worklist: listing pages (keyset pagination)
-
-_CURSOR_DOC = "opaque: pass it as `cursor` for the next page; null on the last page"
-
-
-class JobPage(BaseModel):
-    """``GET /v1/jobs``: the caller's jobs, newest first."""
-
-    items: list[JobStatus]
-    next_cursor: str | None = Field(description=_CURSOR_DOC)
-
-
-class StudyPage(BaseModel):
-    """``GET /v1/studies``: the caller's studies, newest first."""
-
-    items: list[StudyOut]
-    next_cursor: str | None = Field(description=_CURSOR_DOC)
 
 
 def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:

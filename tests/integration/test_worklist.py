@@ -16,7 +16,8 @@ from seeding import create_job, finish_failed, finish_succeeded, small_zip, uplo
 from app.config import Settings
 from app.db import connect
 from app.repository import job_event
-from app.schemas import JobPage, JobStatus, StudyOut, StudyPage
+from app.schemas import JobStatus, StudyOut
+from app.schemas_worklist import JobPage, StudyPage
 
 
 @pytest.fixture(scope="module")

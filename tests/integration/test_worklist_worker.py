@@ -20,7 +20,7 @@ from seeding import small_zip, upload  # type: ignore[import-not-found]
 
 from app.config import Settings
 from app.db import connect
-from app.schemas import StudySeries
+from app.schemas_worklist import StudySeries
 from app.worker.runner import Worker
 from ml.phantom import make_study
 

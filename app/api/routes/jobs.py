@@ -39,7 +39,6 @@ from app.schemas import (
     Explanation,
     JobAccepted,
     JobCreate,
-    JobPage,
     JobResult,
     JobState,
     JobStatus,
@@ -48,6 +47,7 @@ from app.schemas import (
     Priority,
     check_explain_params,
 )
+from app.schemas_worklist import JobPage
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

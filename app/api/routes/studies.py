@@ -29,7 +29,8 @@ from app.repository import (
     store_study_series,
     study_series,
 )
-from app.schemas import ClientRef, Metadata, StudyOut, StudyPage, StudySeries
+from app.schemas import ClientRef, Metadata, StudyOut
+from app.schemas_worklist import StudyPage, StudySeries
 from app.series_scan import scan_series
 from app.uploads import receive_zip
 
