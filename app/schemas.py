@@ -57,13 +57,21 @@ METADATA_MAX_BYTES = 4096
 
 
 def _small_json(v: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    if len(orjson.dumps(v)) > METADATA_MAX_BYTES:
+    try:
+        encoded = orjson.dumps(v)
+    except orjson.JSONEncodeError as e:  # e.g. nested deeper than 255 levels
+        raise ValueError(f"metadata cannot be stored as JSON: {e}") from None
+    if len(encoded) > METADATA_MAX_BYTES:
         raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes as compact JSON")
+    if b"\\u0000" in encoded:  # PostgreSQL's jsonb refuses NUL characters
+        raise ValueError("metadata may not contain NUL characters")
     return v
 
 
+#: no control characters (PostgreSQL text refuses NUL; the others have no place in a reference)
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 #: the caller's own reference of a study or job (e.g. its worklist row id): stored, echoed, filterable
-ClientRef = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ClientRef = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_CONTROL)]
 #: the caller's own JSON object (at most 4 KiB as compact UTF-8 JSON): stored and echoed, never interpreted
 Metadata = Annotated[dict[str, JsonValue], AfterValidator(_small_json)]
 _CLIENT_REF_DOC = "your own reference (≤ 128 characters), echoed in status, result, lists and webhooks"

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Query
 
+from app.schemas import NO_CONTROL
+
 __all__ = ["ClientRefQ", "CreatedAfter", "CreatedBefore", "Cursor", "Limit", "utc"]
 
 
@@ -25,4 +27,6 @@ CreatedAfter = Annotated[
 CreatedBefore = Annotated[
     dt.datetime | None, Query(description="created before (ISO 8601; UTC if no offset)")
 ]
-ClientRefQ = Annotated[str | None, Query(max_length=128, description="only rows with this client_ref")]
+ClientRefQ = Annotated[
+    str | None, Query(max_length=128, pattern=NO_CONTROL, description="only rows with this client_ref")
+]

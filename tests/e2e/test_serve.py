@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cli import run_cli  # type: ignore[import-not-found]
 from phi_guard import watch_log  # type: ignore[import-not-found]
 
 from ml.model import Manifest
@@ -182,15 +183,7 @@ def test_operator_commands_need_no_environment(served: Served) -> None:
     assert published.stat().st_mode & 0o777 == 0o600
     env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
     env["S4CT_VAR_DIR"] = str(served.var)
-    r = subprocess.run(
-        [sys.executable, "-m", "app.cli", "apikey", "create", "laravel"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = run_cli("apikey", "create", "laravel", timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     key = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)["api key"].strip()
     with httpx.Client(base_url=served.base, headers={"Authorization": f"Bearer {key}"}) as c:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cli import run_cli  # type: ignore[import-not-found]
 from conftest import LiveApi  # type: ignore[import-not-found]
 
 from app.config import Settings
@@ -98,15 +99,7 @@ def test_operator_commands_find_the_stack_serve_published(
     env["S4CT_VAR_DIR"] = str(tmp_path)
 
     def cli(*args: str) -> Any:
-        return subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cli(*args, timeout=120, env=env)
 
     # nothing published: the error says where it looked
     missing = cli("apikey", "list")

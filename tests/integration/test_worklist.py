@@ -25,8 +25,8 @@ def key(settings: Settings) -> str:
     return new_key(settings, "worklist-a")
 
 
-@pytest.fixture(scope="module")
-def other_key(settings: Settings) -> str:
+def _other_client(settings: Settings) -> str:
+    """A key of another client, who must see none of worklist-a's rows."""
     return new_key(settings, "worklist-b")
 
 
@@ -50,8 +50,8 @@ def _ids(items: list[dict[str, Any]], key: str = "job_id") -> list[str]:
     return [i[key] for i in items]
 
 
-def test_job_pages_are_stable_while_jobs_are_created(api: LiveApi, key: str, other_key: str) -> None:
-    with api.client(key) as c, api.client(other_key) as other:
+def test_job_pages_are_stable_while_jobs_are_created(api: LiveApi, settings: Settings, key: str) -> None:
+    with api.client(key) as c, api.client(_other_client(settings)) as other:
         study = upload(c, small_zip(f"page-{uuid.uuid4().hex[:6]}"))
         before = [create_job(c, study, "none") for _ in range(7)]
         added: list[str] = []
@@ -106,7 +106,14 @@ def test_job_filters(api: LiveApi, key: str) -> None:
 
 def test_listing_refuses_bad_paging(api: LiveApi, key: str) -> None:
     with api.client(key) as c:
-        for params in ({"limit": 201}, {"limit": 0}, {"cursor": "nonsense"}, {"state": "sleeping"}):
+        for params in (
+            {"limit": 201},
+            {"limit": 0},
+            {"cursor": "nonsense"},
+            {"state": "sleeping"},
+            {"client_ref": "nul\u0000"},
+            {"created_after": "yesterday"},
+        ):
             r = c.get("/v1/jobs", params=params)
             assert r.status_code == 422 and r.json()["error"] == "validation_error", (params, r.text)
         upload(c, small_zip(f"cursor-{uuid.uuid4().hex[:6]}"))
@@ -122,7 +129,7 @@ def test_listing_refuses_bad_paging(api: LiveApi, key: str) -> None:
         assert anonymous.get("/v1/studies").json()["error"] == "unauthorized"
 
 
-def test_study_pages_references_and_metadata(api: LiveApi, key: str, other_key: str) -> None:
+def test_study_pages_references_and_metadata(api: LiveApi, settings: Settings, key: str) -> None:
     ref = f"worklist-{uuid.uuid4().hex[:8]}"
     meta = {"row": 4711, "ward": "ER", "tags": ["a", "b"], "nested": {"ok": True, "x": None}}
     headers = {
@@ -130,7 +137,7 @@ def test_study_pages_references_and_metadata(api: LiveApi, key: str, other_key: 
         "X-Client-Ref": ref,
         "X-Client-Metadata": orjson.dumps(meta),
     }
-    with api.client(key) as c, api.client(other_key) as other:
+    with api.client(key) as c, api.client(_other_client(settings)) as other:
         r = c.post("/v1/studies", content=small_zip(ref), headers=headers)
         assert r.status_code == 201, r.text
         study = StudyOut.model_validate(r.json())
@@ -194,15 +201,25 @@ def test_job_references_are_echoed_everywhere(api: LiveApi, settings: Settings, 
             event = job_event(conn, uuid.UUID(job))
         assert event["client_ref"] == ref and event["metadata"] == meta and event["event"] == "job.succeeded"
         # refused: too long, not an object, over 4 KiB
-        for bad in ({"client_ref": "x" * 129}, {"metadata": [1]}, {"metadata": {"k": "v" * 4096}}):
+        too_deep: dict[str, Any] = {}
+        for _ in range(300):
+            too_deep = {"a": too_deep}
+        for bad in (
+            {"client_ref": "x" * 129},
+            {"client_ref": "nul\u0000"},
+            {"metadata": [1]},
+            {"metadata": {"k": "v" * 4096}},
+            {"metadata": {"k": "nul\u0000"}},
+            {"metadata": too_deep},
+        ):
             r = c.post("/v1/jobs", json={"study_id": study, **bad})
             assert r.status_code == 422 and r.json()["error"] == "validation_error", bad
 
 
-def test_cancel_a_queued_job(api: LiveApi, settings: Settings, key: str, other_key: str) -> None:
+def test_cancel_a_queued_job(api: LiveApi, settings: Settings, key: str) -> None:
     from app.repository import claim_attempt, outbox_rows
 
-    with api.client(key) as c, api.client(other_key) as other:
+    with api.client(key) as c, api.client(_other_client(settings)) as other:
         study = upload(c, small_zip(f"cancel-{uuid.uuid4().hex[:6]}"))
         body = {"study_id": study, "callback_url": "http://127.0.0.1:9/hook", "client_ref": "c-1"}
         job = c.post("/v1/jobs", json=body).json()["job_id"]
