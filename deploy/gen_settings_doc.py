@@ -68,7 +68,7 @@ USES: dict[str, tuple[str, str]] = {
     "manifest_path": ("both", "the images set `/app/weights/manifest.json`"),
     "weights_cache_dir": ("worker", "where `s3://` weights of the manifest are downloaded at start"),
     "device": ("worker", "`auto`: CUDA when available"),
-    "stream": ("both", "Redis stream of job ids (KEDA's `stream`)"),
+    "stream": ("both", "routine job ids (KEDA's `stream`); urgent ones: `<stream>:urgent`"),
     "group": ("both", "consumer group of the workers (KEDA's `consumerGroup`)"),
     "max_attempts": ("api", "stored on each job at creation; after that many attempts: `worker_crashed`"),
     "lease_s": ("worker", "a claimed job's lease, extended by the heartbeat"),
