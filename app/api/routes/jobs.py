@@ -271,6 +271,10 @@ def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Respon
     return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
 
 
+#: what a route that needs a succeeded job may answer
+_NEEDS_SUCCEEDED = ("unauthorized", "job_not_found", "job_not_finished", "job_failed", "job_cancelled")
+
+
 def _require_succeeded(job: Job) -> None:
     if job.state == "cancelled":
         raise ServiceError("job_cancelled")
@@ -307,9 +311,7 @@ def cancel_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -
     "/jobs/{job_id}/result",
     response_model=JobResult,
     summary="Probability, label, operating points, QC, series and model of a finished job",
-    responses=error_responses(
-        "unauthorized", "job_not_found", "job_not_finished", "job_failed", "job_cancelled"
-    ),
+    responses=error_responses(*_NEEDS_SUCCEEDED),
 )
 def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
     with services.db.conn() as conn:
@@ -328,15 +330,7 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
     status_code=202,
     response_model=JobAccepted,
     summary="Explain an already predicted job with another method (queues an explain job)",
-    responses=error_responses(
-        "unauthorized",
-        "job_not_found",
-        "job_not_finished",
-        "job_failed",
-        "job_cancelled",
-        "study_not_found",
-        "idempotency_conflict",
-    ),
+    responses=error_responses(*_NEEDS_SUCCEEDED, "study_not_found", "idempotency_conflict"),
 )
 def explain_job(
     job_id: uuid.UUID,
@@ -394,14 +388,7 @@ def _selected_series(conn: Conn, job_id: uuid.UUID) -> str | None:
     "/jobs/{job_id}/explanation",
     response_model=Explanation,
     summary="Saliency of a predicted job: stats, geometry and presigned URLs (NIfTI, PNG, JSON)",
-    responses=error_responses(
-        "unauthorized",
-        "job_not_found",
-        "job_not_finished",
-        "job_failed",
-        "job_cancelled",
-        "explanation_not_found",
-    ),
+    responses=error_responses(*_NEEDS_SUCCEEDED, "explanation_not_found"),
 )
 def read_explanation(
     job_id: uuid.UUID,
