@@ -128,7 +128,11 @@ class PredictRequest(BaseModel):
     )
     model: str | None = Field(None, description="model name from GET /v1/models; default: the manifest's")
     series_uid: str | None = Field(
-        None, max_length=64, description="use this series instead of the best-ranked one"
+        None,
+        max_length=64,
+        pattern=r"^[0-9]+(\.[0-9]+)*$",
+        description="use this series (a DICOM UID: digits and dots) instead of the best-ranked one; "
+        "see GET /v1/studies/{id}/series",
     )
     explain: ExplainMethod = Field("gradcam", description="saliency method computed after prediction")
     explain_params: dict[str, Any] = Field(

@@ -211,6 +211,8 @@ def test_job_references_are_echoed_everywhere(api: LiveApi, settings: Settings, 
             {"metadata": {"k": "v" * 4096}},
             {"metadata": {"k": "nul\u0000"}},
             {"metadata": too_deep},
+            {"series_uid": "1.2\u00003"},  # a DICOM UID is digits and dots
+            {"series_uid": "1.2.x"},
         ):
             r = c.post("/v1/jobs", json={"study_id": study, **bad})
             assert r.status_code == 422 and r.json()["error"] == "validation_error", bad
