@@ -119,6 +119,14 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="worker: serve Prometheus /metrics on this port (bound to host)"
     )
 
+    # --- priority (the worklist)
+    priority_age_s: float = Field(
+        600.0,
+        gt=0,
+        description="worker: a routine job queued longer than this is taken like an urgent one "
+        "(no starvation under a stream of urgent jobs)",
+    )
+
     # --- webhooks
     webhook_timeout_s: float = Field(10.0, gt=0)
     webhook_max_attempts: int = Field(10, ge=1)

@@ -54,6 +54,9 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
         "The object store stayed unreachable for the worker's retry budget; resubmit.",
     ),
     "explain_params_invalid": (422, "The worker refused the explanation parameters for this model."),
+    # the worklist: cancelling
+    "job_finished": (409, "The job already finished (succeeded or failed): it cannot be cancelled."),
+    "job_cancelled": (409, "The job was cancelled: it has no result or explanation."),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

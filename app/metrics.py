@@ -45,7 +45,7 @@ class _QueueCollector(Collector):
             counts = self.counts()
         except Exception:
             counts = {}
-        for state in ("queued", "running", "succeeded", "failed"):
+        for state in ("queued", "running", "succeeded", "failed", "cancelled"):
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
         if self.oldest_queued_age is not None:
@@ -160,7 +160,8 @@ class WorkerMetrics:
         self.reconciled = Counter(
             "s4ct_worker_reconciled_jobs",
             "Jobs the reconciler repaired: lost (queued in PostgreSQL, missing from Redis: re-enqueued), "
-            "requeued (lease expired), failed (attempts used up)",
+            "requeued (lease expired), failed (attempts used up), promoted (routine jobs that waited "
+            "priority_age_s, moved to the urgent lane)",
             ["action"],
             registry=self.registry,
         )

@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+import orjson
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    computed_field,
+)
 
+from app.schemas_detail import (
+    ExplainedModel,
+    ExplanationStats,
+    IndeterminateReason,
+    QCOut,
+    QCReasonOut,
+    SourceGeometry,
+)
 from ml.explain import ExplainMethod, MethodName, check_params
 from ml.ood.reasons import INDETERMINATE_REASONS
 
@@ -30,8 +48,35 @@ __all__ = [
     "ViewerToken",
 ]
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Stage = Literal["fetching", "reading", "qc", "preprocessing", "inference", "explaining", "saving"]
+
+#: how fast a job is claimed: every worker takes urgent jobs (and routine ones waiting longer than
+#: ``S4CT_PRIORITY_AGE_S``) before routine ones
+Priority = Literal["urgent", "routine"]
+METADATA_MAX_BYTES = 4096
+
+
+def _small_json(v: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    try:
+        encoded = orjson.dumps(v)
+    except orjson.JSONEncodeError as e:  # e.g. nested deeper than 255 levels
+        raise ValueError(f"metadata cannot be stored as JSON: {e}") from None
+    if len(encoded) > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes as compact JSON")
+    if b"\\u0000" in encoded:  # PostgreSQL's jsonb refuses NUL characters
+        raise ValueError("metadata may not contain NUL characters")
+    return v
+
+
+#: no control characters (PostgreSQL text refuses NUL; the others have no place in a reference)
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+#: the caller's own reference of a study or job (e.g. its worklist row id): stored, echoed, filterable
+ClientRef = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_CONTROL)]
+#: the caller's own JSON object (at most 4 KiB as compact UTF-8 JSON): stored and echoed, never interpreted
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(_small_json)]
+_CLIENT_REF_DOC = "your own reference (≤ 128 characters), echoed in status, result, lists and webhooks"
+_METADATA_DOC = "your own JSON object (≤ 4 KiB), echoed in status, result, lists and webhooks"
 
 _UUID_EX = "0b4f6c2e-5d7a-4f57-9a51-3c3f0d2e9a10"
 _JOB_EX = "8d0e7f5a-2b1c-4e8f-9d3a-6f1b2c3d4e5f"
@@ -67,6 +112,10 @@ class StudyOut(BaseModel):
     uncompressed_bytes: int
     created_at: dt.datetime
     existing: bool = Field(False, description="true if this client had uploaded the same bytes before")
+    client_ref: str | None = Field(None, description="the X-Client-Ref of the upload")
+    metadata: dict[str, JsonValue] = Field(
+        default_factory=dict, description="the X-Client-Metadata of the upload (a JSON object)"
+    )
 
 
 class PredictRequest(BaseModel):
@@ -80,7 +129,11 @@ class PredictRequest(BaseModel):
     )
     model: str | None = Field(None, description="model name from GET /v1/models; default: the manifest's")
     series_uid: str | None = Field(
-        None, max_length=64, description="use this series instead of the best-ranked one"
+        None,
+        max_length=64,
+        pattern=r"^[0-9]+(\.[0-9]+)*$",
+        description="use this series (a DICOM UID: digits and dots) instead of the best-ranked one; "
+        "see GET /v1/studies/{id}/series",
     )
     explain: ExplainMethod = Field("gradcam", description="saliency method computed after prediction")
     explain_params: dict[str, Any] = Field(
@@ -91,6 +144,11 @@ class PredictRequest(BaseModel):
         ),
     )
     callback_url: AnyHttpUrl | None = Field(None, description="POSTed (signed) when the job finishes")
+    priority: Priority = Field(
+        "routine", description="`urgent` jobs are claimed before `routine` ones by every worker"
+    )
+    client_ref: ClientRef | None = Field(None, description=_CLIENT_REF_DOC)
+    metadata: Metadata = Field(default_factory=dict, description=_METADATA_DOC)
 
 
 class JobCreate(PredictRequest):
@@ -104,6 +162,9 @@ class JobCreate(PredictRequest):
                     "study_id": _UUID_EX,
                     "explain": "gradcam",
                     "callback_url": "https://laravel.example/api/s4ct/webhook",
+                    "priority": "urgent",
+                    "client_ref": "worklist-4711",
+                    "metadata": {"accession_row": 4711, "ward": "ER"},
                 }
             ]
         },
@@ -121,6 +182,7 @@ class ExplainRequest(BaseModel):
     method: MethodName
     params: dict[str, Any] = Field(default_factory=dict)
     callback_url: AnyHttpUrl | None = None
+    priority: Priority = "routine"
 
 
 class Links(BaseModel):
@@ -171,6 +233,10 @@ class JobStatus(BaseModel):
         finished_at=None,
         updated_at="2026-11-23T10:00:02Z",
         stage_timings={"fetching": 0.21, "reading": 1.3},
+        priority="urgent",
+        label=None,
+        client_ref="worklist-4711",
+        metadata={"ward": "ER"},
     )
     job_id: uuid.UUID
     study_id: uuid.UUID | None = Field(description="null once the study was deleted")
@@ -192,6 +258,12 @@ class JobStatus(BaseModel):
     updated_at: dt.datetime
     stage_timings: dict[str, float]
     links: Links
+    priority: Priority = "routine"
+    label: Literal["normal", "pathology", "indeterminate"] | None = Field(
+        None, description="the result's label once a prediction succeeded (null otherwise)"
+    )
+    client_ref: str | None = Field(None, description="as given at creation")
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, description="as given at creation")
 
 
 class OperatingPointOut(BaseModel):
@@ -213,7 +285,7 @@ class SeriesRank(BaseModel):
     rank: int | None
     usable: bool
     slices: int
-    reasons: list[dict[str, Any]]
+    reasons: list[QCReasonOut]
 
 
 class SeriesOut(BaseModel):
@@ -222,9 +294,6 @@ class SeriesOut(BaseModel):
 
 
 Label = Literal["normal", "pathology", "indeterminate"]
-IndeterminateReason = Literal[
-    "out_of_distribution", "implausible_hu", "no_lungs_found", "incomplete_chest_coverage"
-]
 _REASONS_DOC = "; ".join(f"`{k}`: {v}" for k, v in INDETERMINATE_REASONS.items())
 
 
@@ -287,10 +356,12 @@ class JobResult(BaseModel):
     )
     model: ModelRef
     series: SeriesOut
-    qc: dict[str, Any]
+    qc: QCOut
     timings: dict[str, float]
     attempt: int
     not_for_clinical_use: bool
+    client_ref: str | None = Field(None, description="the job's client_ref")
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, description="the job's metadata")
 
 
 class BlobLink(BaseModel):
@@ -318,16 +389,16 @@ class Explanation(BaseModel):
     )
     job_id: uuid.UUID
     method: str
-    params: dict[str, Any]
-    stats: dict[str, Any] = Field(
+    params: dict[str, JsonValue]
+    stats: ExplanationStats = Field(
         description=(
             "stats.json: max, peak, regions, layers, timings, and outside_body_fraction (share of the "
             "positive attribution outside the patient's body before the map was masked to the body; "
             "null when no body was found and the map is unmasked)"
         )
     )
-    geometry: dict[str, Any]
-    model: dict[str, str]
+    geometry: SourceGeometry
+    model: ExplainedModel
     files: dict[str, BlobLink]
     created_at: dt.datetime
 
@@ -338,23 +409,33 @@ class ModelCard(BaseModel):
     default: bool
     arch: str
     input_size: list[int]
-    preprocess: dict[str, Any]
-    operating_points: dict[str, Any]
+    preprocess: dict[str, JsonValue]
+    operating_points: dict[str, JsonValue]
     default_operating_point: str
-    calibration: dict[str, Any]
-    metrics: dict[str, Any]
+    calibration: dict[str, JsonValue]
+    metrics: dict[str, JsonValue]
     training_data: str
     intended_use: str
     clinical_use: bool
     sha256: str | None
     license: str | None
     notes: str | None
-    ood: dict[str, Any] | None = Field(
+    ood: dict[str, JsonValue] | None = Field(
         default=None,
         description="the out-of-distribution statistics published with the weights (method, threshold, "
         "fitted_on, n, in_distribution_rate); null: the model cannot answer `indeterminate` for "
         "out-of-distribution studies (the pixel plausibility check still runs)",
     )
+    unavailable_reason: str | None = Field(
+        default=None,
+        description="why the model cannot be served (no sha256, weight or OOD file missing, wrong sha256); "
+        "null: it can. Jobs for it are refused with 422 `model_unavailable`",
+    )
+
+    @computed_field(description="false: jobs for this model are refused (see `unavailable_reason`)")  # type: ignore[prop-decorator]
+    @property
+    def available(self) -> bool:
+        return self.unavailable_reason is None
 
 
 class ModelsOut(BaseModel):

@@ -224,6 +224,15 @@ class Storage:
         """True when ``key`` exists."""
         return self.head(key) is not None
 
+    def object_exists(self, bucket: str, key: str) -> bool:
+        """True when ``key`` exists in ``bucket`` (any bucket this client can read, e.g. of weights)."""
+        try:
+            with _translate("head_object"):
+                self.client.head_object(Bucket=bucket, Key=key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
     def get_bytes(self, key: str) -> bytes:
         """The whole object in memory (for small objects); :class:`ObjectNotFoundError` if absent."""
         with _translate("get_object"):

@@ -39,7 +39,7 @@ def main() -> int:
         while True:
             st = c.get(f"/v1/jobs/{job}").json()
             print(f"  {st['state']:<9} stage={st['stage']} progress={st['progress']:.2f} eta_s={st['eta_s']}")
-            if st["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            if st["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
         if st["state"] != "succeeded":

@@ -13,6 +13,7 @@ from app.callbacks import Resolver, system_resolver
 from app.config import Settings
 from app.db import Database
 from app.errors import ServiceError
+from app.model_status import ModelStatus
 from app.queue import JobQueue
 from app.quotas import Quotas
 from app.repository import client_for_key_hash
@@ -37,6 +38,8 @@ class Services:
     viewer_tokens: ViewerTokens = field(init=False)
     revocations: RevocationListener = field(init=False)
     quotas: Quotas = field(init=False)
+    #: which models of the manifest can be served (weights present, sha256 right)
+    models: ModelStatus = field(init=False)
     #: resolves callback hosts when a job is created (tests stub it)
     callback_resolver: Resolver = system_resolver
 
@@ -47,6 +50,7 @@ class Services:
         self.viewer_tokens = ViewerTokens(self.queue.r, s.viewer_token_ttl_s)
         self.revocations = RevocationListener(self.queue.r, self.keys)
         self.quotas = Quotas(s, self.db, self.queue.r)
+        self.models = ModelStatus(self.manifest, s.manifest_path.parent, self.storage.object_exists)
 
     def _lookup(self, key_hash: str) -> str | None:
         with self.db.conn() as conn:

@@ -34,8 +34,18 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
 
 
 def _database_url(settings: Any) -> str:
+    """The database of an operator command: configured, else the one a running ``serve`` published."""
     if settings.database_url is None:
-        typer.echo("error: S4CT_DATABASE_URL is not set (service4ct serve starts an embedded one)", err=True)
+        from app.devstack.serve import published_connection
+
+        live = published_connection(settings)
+        if live is not None:
+            return str(live.database_url)
+        typer.echo(
+            "error: S4CT_DATABASE_URL is not set and no running `service4ct serve` published its "
+            f"connection in {settings.var_dir}/ (start it, or set S4CT_VAR_DIR to its var directory)",
+            err=True,
+        )
         raise typer.Exit(2)
     return str(settings.database_url)
 

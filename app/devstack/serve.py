@@ -7,6 +7,10 @@ key (printed once, also kept in ``var/dev-api-key`` with mode 0600 for
 ``make run``), and runs the API (uvicorn, this process) and one worker (a
 child process). Ctrl-C or SIGTERM stops the worker, the API and the services,
 in that order.
+
+While it runs the embedded stack, it publishes the stack's connection settings in
+``var/connection.json`` (mode 0600, removed on exit), so that the operator commands
+(``service4ct apikey``, ``migrate``) work against it without any environment.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -31,9 +36,19 @@ from app.migrate import migrate
 from app.repository import create_api_key
 from app.storage import storage_from_settings
 
-__all__ = ["ensure_dev_key", "prepare_services", "serve", "worker_env"]
+__all__ = [
+    "CONNECTION_FILE",
+    "ensure_dev_key",
+    "prepare_services",
+    "publish_connection",
+    "published_connection",
+    "serve",
+    "worker_env",
+]
 
 DEV_CLIENT = "dev"
+#: under ``var_dir``: the connection settings of the embedded stack a running ``serve`` owns
+CONNECTION_FILE = "connection.json"
 
 
 @contextlib.contextmanager
@@ -82,6 +97,54 @@ def ensure_dev_key(settings: Settings) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key, True
+
+
+def publish_connection(live: Settings, var_dir: Path) -> Path:
+    """Write the running stack's connection settings to ``var_dir/connection.json`` (0600, atomically)."""
+    assert live.s3_access_key and live.s3_secret_key
+    data = {
+        "pid": os.getpid(),
+        "database_url": live.database_url,
+        "redis_url": live.redis_url,
+        "s3_endpoint": live.s3_endpoint,
+        "s3_access_key": live.s3_access_key.get_secret_value(),
+        "s3_secret_key": live.s3_secret_key.get_secret_value(),
+        "s3_bucket": live.s3_bucket,
+    }
+    path = var_dir / CONNECTION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+    return path
+
+
+def published_connection(settings: Settings) -> Settings | None:
+    """``settings`` pointed at the stack a running ``service4ct serve`` published under its var dir.
+
+    None when services are configured (``S4CT_DATABASE_URL``, …), nothing is published, or the
+    ``serve`` that published it is gone.
+    """
+    path = settings.var_dir / CONNECTION_FILE
+    if not settings.embedded or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        os.kill(int(data["pid"]), 0)  # the publishing serve still runs (signal 0 only checks)
+    except PermissionError:
+        pass  # it runs, as another user
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    live = settings.with_services(
+        database_url=data["database_url"],
+        redis_url=data["redis_url"],
+        s3_endpoint=data["s3_endpoint"],
+        s3_access_key=data["s3_access_key"],
+        s3_secret_key=data["s3_secret_key"],
+    )
+    return live.model_copy(update={"s3_bucket": data["s3_bucket"]})
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -134,6 +197,7 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
     with embedded_or_external(settings) as live:
         prepare_services(live)
         key, created = ensure_dev_key(live)
+        published = publish_connection(live, settings.var_dir) if settings.embedded else None
         procs = [
             subprocess.Popen([sys.executable, "-m", "app.worker"], env=worker_env(live))
             for _ in range(workers)
@@ -159,6 +223,8 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             for p in procs:
                 _stop_child(p)
+            if published is not None:
+                published.unlink(missing_ok=True)
             time.sleep(0.1)
 
 

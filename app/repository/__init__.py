@@ -5,6 +5,7 @@
 - :mod:`~app.repository.studies`: uploaded studies
 - :mod:`~app.repository.jobs`: job rows (claim, leases, stages, finish, release)
 - :mod:`~app.repository.results`: results and explanations
+- :mod:`~app.repository.listing`: pages of a client's jobs and studies (filters, keyset cursors)
 - :mod:`~app.repository.outcomes`: each outcome of an attempt as one transaction with its webhook
 - :mod:`~app.repository.outbox`, :mod:`~app.repository.idempotency`, :mod:`~app.repository.workers`
 
@@ -31,6 +32,7 @@ from app.repository.idempotency import (
     purge_idempotency,
 )
 from app.repository.jobs import (
+    cancel_job,
     claim_job,
     extend_leases,
     fail_exhausted,
@@ -47,9 +49,11 @@ from app.repository.jobs import (
     requeue_expired,
     set_stage,
 )
+from app.repository.listing import JobFilter, Page, StudyFilter, list_jobs, list_studies
 from app.repository.outbox import outbox_add, outbox_done, outbox_retry, outbox_rows, outbox_take_due
 from app.repository.outcomes import (
     Reconciled,
+    cancel,
     claim_attempt,
     job_event,
     mark_failed,
@@ -68,7 +72,14 @@ from app.repository.records import (
     Row,
 )
 from app.repository.results import get_explanations, get_result, insert_result, upsert_explanation
-from app.repository.studies import delete_study, get_study, insert_study, study_by_sha
+from app.repository.studies import (
+    delete_study,
+    get_study,
+    insert_study,
+    store_study_series,
+    study_by_sha,
+    study_series,
+)
 from app.repository.workers import last_worker_heartbeat_age, worker_gone, worker_seen
 
 __all__ = [
@@ -79,11 +90,16 @@ __all__ = [
     "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "Job",
+    "JobFilter",
     "JobKind",
     "JobLinks",
+    "Page",
     "RecentStats",
     "Reconciled",
     "Row",
+    "StudyFilter",
+    "cancel",
+    "cancel_job",
     "claim_attempt",
     "claim_job",
     "client_for_key",
@@ -109,6 +125,8 @@ __all__ = [
     "job_with_position",
     "last_worker_heartbeat_age",
     "list_api_keys",
+    "list_jobs",
+    "list_studies",
     "mark_enqueued",
     "mark_failed",
     "mark_succeeded",
@@ -128,7 +146,9 @@ __all__ = [
     "revoke_api_key",
     "revoke_api_key_hash",
     "set_stage",
+    "store_study_series",
     "study_by_sha",
+    "study_series",
     "upsert_explanation",
     "webhook_secret",
     "worker_gone",

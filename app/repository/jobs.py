@@ -16,6 +16,7 @@ from app.db import Conn
 from app.repository.records import Job, JobKind, RecentStats, Row
 
 __all__ = [
+    "cancel_job",
     "claim_job",
     "extend_leases",
     "fail_exhausted",
@@ -26,18 +27,34 @@ __all__ = [
     "job_with_position",
     "mark_enqueued",
     "oldest_queued_age_s",
+    "promote_aged",
     "queued_before",
     "recent_stats",
     "release_job",
     "requeue_expired",
     "set_stage",
+    "urgent_among",
 ]
 
-_JOB_COLS = (
+JOB_COLS = (
     "j.id, j.client, j.study_id, j.study_sha256, j.kind, j.parent_job_id, j.model, j.series_uid, "
     "j.explain, j.explain_params, j.callback_url, j.state, j.stage, j.progress, j.attempt, "
     "j.max_attempts, j.worker_id, j.lease_until, j.heartbeat_at, j.enqueued_at, j.error_code, "
-    "j.error_detail, j.stage_timings, j.created_at, j.started_at, j.finished_at, j.updated_at"
+    "j.error_detail, j.stage_timings, j.created_at, j.started_at, j.finished_at, j.updated_at, "
+    "j.priority, j.client_ref, j.metadata, j.promoted_at, j.cancelled_at"
+)
+
+
+def _urgent(alias: str) -> str:
+    """SQL: the job counts as urgent (asked so, or promoted after waiting ``priority_age_s``)."""
+    return f"({alias}.priority = 'urgent' OR {alias}.promoted_at IS NOT NULL)"
+
+
+#: SQL: queued jobs a worker takes before queued job ``j`` (urgent first, then the oldest)
+QUEUE_POSITION = (
+    "CASE WHEN j.state = 'queued' THEN (SELECT count(*) FROM jobs q WHERE q.state = 'queued' AND "
+    f"({_urgent('q')} > {_urgent('j')} OR ({_urgent('q')} = {_urgent('j')} AND q.created_at < j.created_at))"
+    ") END AS queue_position"
 )
 
 
@@ -58,13 +75,16 @@ def insert_job(
     max_attempts: int,
     kind: JobKind = "predict",
     parent_job_id: uuid.UUID | None = None,
+    priority: str = "routine",
+    client_ref: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Job:
     job_id = uuid.uuid4()
     row = conn.execute(
         "INSERT INTO jobs AS j (id, client, study_id, study_sha256, kind, parent_job_id, model, series_uid, "
-        "explain, explain_params, callback_url, max_attempts) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        f"RETURNING {_JOB_COLS}",
+        "explain, explain_params, callback_url, max_attempts, priority, client_ref, metadata) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        f"RETURNING {JOB_COLS}",
         (
             job_id,
             client,
@@ -78,6 +98,9 @@ def insert_job(
             Jsonb(dict(explain_params)),
             callback_url,
             max_attempts,
+            priority,
+            client_ref,
+            Jsonb(dict(metadata or {})),
         ),
     ).fetchone()
     assert row is not None
@@ -86,7 +109,7 @@ def insert_job(
 
 def get_job(conn: Conn, job_id: uuid.UUID, client: str | None = None) -> Job | None:
     """A job (of ``client`` when given) with its study's S3 key (``study_s3_key``, NULL if deleted)."""
-    sql = f"SELECT {_JOB_COLS}, s.s3_key AS study_s3_key FROM jobs j "
+    sql = f"SELECT {JOB_COLS}, s.s3_key AS study_s3_key FROM jobs j "
     sql += "LEFT JOIN studies s ON s.id = j.study_id "
     sql += "WHERE j.id = %s" + (" AND j.client = %s" if client is not None else "")
     params: tuple[Any, ...] = (job_id, client) if client is not None else (job_id,)
@@ -94,11 +117,11 @@ def get_job(conn: Conn, job_id: uuid.UUID, client: str | None = None) -> Job | N
 
 
 def job_with_position(conn: Conn, job_id: uuid.UUID, client: str) -> Job | None:
-    """A client's job plus ``queue_position`` (queued jobs ahead of it; None unless queued): one query."""
+    """A client's job plus ``queue_position`` (queued jobs a worker takes first; None unless queued)
+    and its result's ``label``: one query."""
     row = conn.execute(
-        f"SELECT {_JOB_COLS}, CASE WHEN j.state = 'queued' THEN "
-        "(SELECT count(*) FROM jobs q WHERE q.state = 'queued' AND q.created_at < j.created_at) END "
-        "AS queue_position FROM jobs j WHERE j.id = %s AND j.client = %s",
+        f"SELECT {JOB_COLS}, r.label, {QUEUE_POSITION} FROM jobs j "
+        "LEFT JOIN results r ON r.job_id = j.id WHERE j.id = %s AND j.client = %s",
         (job_id, client),
     ).fetchone()
     return _job(row)
@@ -154,7 +177,7 @@ def fail_exhausted(conn: Conn, job_id: uuid.UUID | None = None) -> list[Job]:
             "UPDATE jobs AS j SET state = 'failed', error_code = 'worker_crashed', "
             "error_detail = 'the job exceeded its attempts (workers died or timed out)', "
             f"stage = NULL, finished_at = now(), updated_at = now() WHERE {where} "
-            f"RETURNING {_JOB_COLS}"
+            f"RETURNING {JOB_COLS}"
         ).encode(),
         params,
     ).fetchall()
@@ -177,6 +200,26 @@ def queued_before(conn: Conn, older_than_s: float, limit: int = 1000) -> list[uu
         "SELECT id FROM jobs WHERE state = 'queued' AND enqueued_at < now() - make_interval(secs => %s) "
         "ORDER BY created_at LIMIT %s",
         (older_than_s, limit),
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def urgent_among(conn: Conn, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``job_ids`` that belong to the urgent lane (urgent, or promoted)."""
+    if not job_ids:
+        return set()
+    rows = conn.execute(
+        f"SELECT id FROM jobs j WHERE id = ANY(%s) AND {_urgent('j')}".encode(), (list(job_ids),)
+    ).fetchall()
+    return {r["id"] for r in rows}
+
+
+def promote_aged(conn: Conn, age_s: float) -> list[uuid.UUID]:
+    """Routine jobs queued longer than ``age_s`` count as urgent from now on (anti-starvation)."""
+    rows = conn.execute(
+        "UPDATE jobs SET promoted_at = now() WHERE state = 'queued' AND priority = 'routine' "
+        "AND promoted_at IS NULL AND created_at < now() - make_interval(secs => %s) RETURNING id",
+        (age_s,),
     ).fetchall()
     return [r["id"] for r in rows]
 
@@ -232,7 +275,7 @@ def finish_job(
         "progress = CASE WHEN %s = 'succeeded' THEN 1 ELSE progress END, "
         "error_code = %s, error_detail = %s, stage_timings = stage_timings || %s, lease_until = NULL, "
         "finished_at = now(), updated_at = now() "
-        f"WHERE id = %s AND attempt = %s AND state = 'running' RETURNING {_JOB_COLS}",
+        f"WHERE id = %s AND attempt = %s AND state = 'running' RETURNING {JOB_COLS}",
         (state, state, error_code, error_detail, Jsonb(dict(timings)), job_id, attempt),
     ).fetchone()
     return _job(row)
@@ -264,6 +307,21 @@ def release_job(
     return None if row is None else str(row["state"])
 
 
+def cancel_job(conn: Conn, job_id: uuid.UUID, client: str) -> Job | None:
+    """Cancel a queued or running job of ``client``; None if it is not (finished, cancelled or not its).
+
+    A cancelled job is never claimed again, and every attempt-guarded write of a worker still
+    running it (stage, outcome, lease) now changes nothing (they all require ``running``).
+    """
+    row = conn.execute(
+        "UPDATE jobs AS j SET state = 'cancelled', stage = NULL, lease_until = NULL, cancelled_at = now(), "
+        "finished_at = now(), updated_at = now() "
+        f"WHERE id = %s AND client = %s AND state IN ('queued', 'running') RETURNING {JOB_COLS}",
+        (job_id, client),
+    ).fetchone()
+    return _job(row)
+
+
 def job_state_counts(conn: Conn) -> dict[str, int]:
     rows = conn.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state").fetchall()
     return {r["state"]: int(r["n"]) for r in rows}
@@ -281,7 +339,7 @@ def oldest_queued_age_s(conn: Conn) -> float:
 def explain_jobs_of(conn: Conn, parent_id: uuid.UUID, method: str) -> list[Job]:
     """Explain jobs of ``parent_id`` with ``method`` that are queued or running, the oldest first."""
     rows = conn.execute(
-        f"SELECT {_JOB_COLS} FROM jobs j WHERE j.parent_job_id = %s AND j.kind = 'explain' "
+        f"SELECT {JOB_COLS} FROM jobs j WHERE j.parent_job_id = %s AND j.kind = 'explain' "
         "AND j.explain = %s AND j.state IN ('queued', 'running') ORDER BY j.created_at",
         (parent_id, method),
     ).fetchall()

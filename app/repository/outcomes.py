@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.db import Conn
 from app.repository.idempotency import purge_idempotency
 from app.repository.jobs import (
+    cancel_job,
     claim_job,
     fail_exhausted,
     finish_job,
     get_job,
+    promote_aged,
     queued_before,
     release_job,
     requeue_expired,
+    urgent_among,
 )
 from app.repository.outbox import outbox_add
 from app.repository.records import ExplanationRecord, Job
@@ -31,6 +34,7 @@ from app.schemas import JobResult
 
 __all__ = [
     "Reconciled",
+    "cancel",
     "claim_attempt",
     "job_event",
     "mark_failed",
@@ -114,20 +118,38 @@ def release_attempt(conn: Conn, claimed: Job, detail: str, *, spend: bool = True
     return state
 
 
+def cancel(conn: Conn, job_id: uuid.UUID, client: str) -> Job | None:
+    """Cancel a queued or running job (:func:`cancel_job`) and queue its ``job.cancelled`` callback.
+
+    None: the job is not ``client``'s, or it is already finished or cancelled.
+    """
+    with conn.transaction():
+        job = cancel_job(conn, job_id, client)
+        if job is not None:
+            _notify(conn, job)
+    return job
+
+
 @dataclass(frozen=True)
 class Reconciled:
-    """What :func:`reconcile_jobs` did: jobs failed and requeued, and queued jobs to check in Redis."""
+    """What :func:`reconcile_jobs` did: jobs failed, requeued and promoted, and queued jobs to check in
+    Redis; ``urgent``: which of them belong to the urgent lane."""
 
     failed: int
     requeued: list[uuid.UUID]
     stale: list[uuid.UUID]
+    promoted: list[uuid.UUID] = field(default_factory=list)
+    urgent: set[uuid.UUID] = field(default_factory=set)
 
 
-def reconcile_jobs(conn: Conn, *, stale_after_s: float, idempotency_ttl_s: float) -> Reconciled:
+def reconcile_jobs(
+    conn: Conn, *, stale_after_s: float, idempotency_ttl_s: float, priority_age_s: float | None = None
+) -> Reconciled:
     """The reconciler's transaction.
 
     Fails expired jobs without attempts left (``worker_crashed``), requeues expired ones
-    with attempts left, lists jobs queued for more than ``stale_after_s`` (their ids may be
+    with attempts left, promotes routine jobs queued longer than ``priority_age_s`` to the
+    urgent lane, lists jobs queued for more than ``stale_after_s`` (their ids may be
     missing from Redis) and purges idempotency keys older than ``idempotency_ttl_s``.
     """
     with conn.transaction():
@@ -135,6 +157,10 @@ def reconcile_jobs(conn: Conn, *, stale_after_s: float, idempotency_ttl_s: float
         for job in failed:
             _notify(conn, job)
         requeued = requeue_expired(conn)
+        promoted = promote_aged(conn, priority_age_s) if priority_age_s is not None else []
         stale = queued_before(conn, stale_after_s)
+        urgent = urgent_among(conn, [*requeued, *stale])
         purge_idempotency(conn, idempotency_ttl_s)
-    return Reconciled(failed=len(failed), requeued=requeued, stale=stale)
+    return Reconciled(
+        failed=len(failed), requeued=requeued, stale=stale, promoted=promoted, urgent=urgent | set(promoted)
+    )

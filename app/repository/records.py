@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from app.schemas import Explanation, JobAccepted, JobResult, JobState, Stage
@@ -21,7 +21,7 @@ Row = dict[str, Any]
 #: a predict job computes a result (and an explanation); an explain job explains its predicted parent
 JobKind = Literal["predict", "explain"]
 
-_FINISHED = ("succeeded", "failed")
+_FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def _from_row(cls: type[Any], row: Mapping[str, Any]) -> Any:
@@ -64,8 +64,9 @@ class Job:
     """One row of ``jobs``.
 
     ``study_s3_key`` is read by :func:`app.repository.get_job` and :func:`app.repository.claim_job`
-    (None once the study was deleted); ``queue_position`` by
-    :func:`app.repository.job_with_position` (None unless queued).
+    (None once the study was deleted); ``queue_position`` and ``label`` by
+    :func:`app.repository.job_with_position` and :func:`app.repository.list_jobs` (None unless
+    queued; None without a result).
     """
 
     id: uuid.UUID
@@ -97,6 +98,13 @@ class Job:
     updated_at: dt.datetime
     study_s3_key: str | None = None
     queue_position: int | None = None
+    priority: Literal["urgent", "routine"] = "routine"
+    client_ref: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    promoted_at: dt.datetime | None = None
+    cancelled_at: dt.datetime | None = None
+    #: the result's label (read by the queries that join ``results``)
+    label: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
@@ -110,6 +118,11 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in _FINISHED
+
+    @property
+    def urgent(self) -> bool:
+        """Claimed before routine jobs: asked urgent, or promoted after waiting ``priority_age_s``."""
+        return self.priority == "urgent" or self.promoted_at is not None
 
     @property
     def explanation_target(self) -> uuid.UUID:
@@ -168,6 +181,10 @@ class Job:
             "updated_at": _iso_z(self.updated_at),
             "stage_timings": self.stage_timings,
             "links": self.links.as_dict(),
+            "priority": self.priority,
+            "label": self.label,
+            "client_ref": self.client_ref,
+            "metadata": self.metadata,
         }
 
     def event_view(self, result: JobResult | None) -> dict[str, Any]:
@@ -186,6 +203,8 @@ class Job:
             "result_url": links.result if self.kind == "predict" else None,
             "explanation_url": JobLinks.of(self.parent_job_id or self.id).explanation,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "client_ref": self.client_ref,
+            "metadata": self.metadata,
         }
         if result is not None:
             event["probability"] = result.probability

@@ -107,8 +107,8 @@ class Inference:
         predict = [(i, p) for i, p in group if i.job.kind == "predict"]
         preds: list[Any] = []
         if predict:
-            for item, _ in predict:
-                self.outcomes.stage(item, "inference", 0.6)
+            predict = [(i, p) for i, p in predict if self._reached(i, "inference", 0.6)]
+        if predict:
             self.ctx.metrics.batch_size.observe(len(predict))
             t0 = time.perf_counter()
             batch = torch.from_numpy(np.concatenate([p.tensor for _, p in predict], axis=0))
@@ -119,11 +119,22 @@ class Inference:
                 item.timings["inference"] = dt
         by_job = {i.job_id: pred for (i, _), pred in zip(predict, preds, strict=True)}
         for item, prep in group:
+            if item.job.kind == "predict" and item.job_id not in by_job:
+                continue  # cancelled or taken over before the forward pass
             with logger.contextualize(job_id=str(item.job_id), attempt=item.attempt):
                 try:
                     self._finish_one(predictor, item, prep, by_job.get(item.job_id))
                 except Exception as e:
                     self.outcomes.fail_or_release(item, e)
+
+    def _reached(self, item: InFlight, stage: str, progress: float) -> bool:
+        """Record the stage boundary; an attempt no longer held stops here (False)."""
+        try:
+            self.outcomes.stage(item, stage, progress)
+        except Exception as e:
+            self.outcomes.fail_or_release(item, e)
+            return False
+        return True
 
     def _finish_one(self, predictor: Predictor, item: InFlight, prep: Prepared, pred: Any) -> None:
         saliency: Saliency | None = None

@@ -67,13 +67,13 @@ class Intake:
         """Claim the entry's job and start its attempt; an entry with nothing to do is acknowledged."""
         ctx = self.ctx
         if m.job_id is None:
-            ctx.jobs.ack(m.entry_id)
+            ctx.jobs.ack(m)
             return
         with ctx.db.conn() as conn:
             job = claim_attempt(conn, m.job_id, ctx.worker_id, self.s.lease_s)
         if job is None:
             # finished, held by another worker, or out of attempts: nothing to do for this entry
-            ctx.jobs.ack(m.entry_id)
+            ctx.jobs.ack(m)
             return
         item = InFlight(job, m, Path(tempfile.mkdtemp(prefix="job-", dir=self.s.work_path)))
         ctx.held.add(item)
@@ -98,6 +98,7 @@ class Intake:
             stop=self.ctx.stop_event,
         )
         item.timings["fetching"] = time.perf_counter() - t0
+        self.outcomes.stage(item, "reading", 0.05)  # a stage boundary: stops a cancelled job here
         predictor = self.models.get(job.model)
         assert self.pool is not None
         item.pool_generation = self.pool_generation

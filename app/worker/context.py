@@ -18,7 +18,14 @@ from app.queue import JobMessage, JobQueue
 from app.repository import Job
 from app.storage import Storage
 
-__all__ = ["HeldJobs", "InFlight", "JobRefusedError", "WorkerContext"]
+__all__ = ["AttemptLostError", "HeldJobs", "InFlight", "JobRefusedError", "WorkerContext"]
+
+
+class AttemptLostError(Exception):
+    """The attempt is no longer this worker's: the job was cancelled, or another attempt took it over.
+
+    Raised at a stage boundary; the work stops there and nothing more is stored for it.
+    """
 
 
 class JobRefusedError(Exception):

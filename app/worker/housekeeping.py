@@ -51,7 +51,7 @@ class Housekeeping:
             )
         lost = {j for j, _ in held} - still
         for j in lost:
-            logger.warning("job {}: lease lost (another attempt took it over)", j)
+            logger.warning("job {}: no longer held (cancelled, or another attempt took it over)", j)
 
     def drain_progress(self) -> None:
         """Write the stages the pool processes reported."""
@@ -70,14 +70,21 @@ class Housekeeping:
                 conn,
                 stale_after_s=max(self.s.reconcile_s, 5.0),
                 idempotency_ttl_s=self.s.idempotency_ttl_s,
+                priority_age_s=self.s.priority_age_s,
             )
-        lost = self.ctx.jobs.reconcile(done.stale)
-        self.ctx.jobs.enqueue(done.requeued)
+        lost = self.ctx.jobs.reconcile(done.stale, done.urgent)
+        self.ctx.jobs.enqueue(done.requeued, done.urgent)
+        self.ctx.jobs.enqueue(done.promoted, urgent=True)  # their routine entries stay: first read wins
         if lost:
             with self.db.conn() as conn:
                 mark_enqueued(conn, lost)
             logger.warning("reconciler: re-enqueued {} queued job(s) missing from the stream", len(lost))
-        counts = {"failed": done.failed, "requeued": len(done.requeued), "lost": len(lost)}
+        counts = {
+            "failed": done.failed,
+            "requeued": len(done.requeued),
+            "lost": len(lost),
+            "promoted": len(done.promoted),
+        }
         for action, n in counts.items():
             if n:
                 self.ctx.metrics.reconciled.labels(action).inc(n)

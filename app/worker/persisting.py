@@ -3,6 +3,10 @@
 Every path ends in :meth:`Outcomes.done`: the stream entry is acknowledged, the job leaves
 the held set and its work directory is removed. A refusal (an error with a stable code)
 fails the job; any other error gives the attempt back (requeued while attempts remain).
+A stage boundary that finds the attempt no longer held (the job was cancelled, or its lease
+was taken over) stops the work there (:class:`~app.worker.context.AttemptLostError`): nothing
+more is stored, and files already uploaded for an outcome that can no longer be written are
+deleted.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from app.logs import logger, scrubber
 from app.repository import ExplanationRecord, mark_failed, mark_succeeded, release_attempt, set_stage
 from app.schemas import JobResult
-from app.worker.context import InFlight, JobRefusedError, WorkerContext
+from app.worker.context import AttemptLostError, InFlight, JobRefusedError, WorkerContext
 from ml.errors import InputError, ModelUnavailable
 
 __all__ = ["Outcomes"]
@@ -30,8 +34,11 @@ class Outcomes:
         self.processed = 0
 
     def stage(self, item: InFlight, stage: str, progress: float) -> None:
+        """Record a stage boundary; raises :class:`AttemptLostError` when the attempt is no longer held."""
         with self.db.conn() as conn:
-            set_stage(conn, item.job_id, item.attempt, stage, progress)
+            held = set_stage(conn, item.job_id, item.attempt, stage, progress)
+        if not held:
+            raise AttemptLostError(f"job {item.job_id} attempt {item.attempt} is no longer held")
 
     def succeeded(
         self, item: InFlight, result: JobResult | None, explanation: ExplanationRecord | None
@@ -40,7 +47,13 @@ class Outcomes:
         with self.db.conn() as conn:
             held = mark_succeeded(conn, item.job, item.timings, result, explanation)
         if not held:
-            logger.warning("job {} attempt {} lost its lease; result dropped", item.job_id, item.attempt)
+            logger.warning(
+                "job {} attempt {} was cancelled or lost its lease; result dropped", item.job_id, item.attempt
+            )
+            if explanation is not None:  # its files are referenced by nothing: remove them
+                for blob in explanation.blobs.values():
+                    with contextlib.suppress(Exception):
+                        self.ctx.storage.delete(blob.key)
             self.metrics.job_finished("stale")
         else:
             self.processed += 1
@@ -60,7 +73,11 @@ class Outcomes:
         from this worker, its lease expires and the reconciler queues it again.
         """
         try:
-            self._record_failure(item, err)
+            if isinstance(err, AttemptLostError):
+                logger.info("job {} attempt {}: cancelled or taken over; stopped", item.job_id, item.attempt)
+                self.metrics.job_finished("stale")
+            else:
+                self._record_failure(item, err)
         except Exception as e:
             logger.warning(
                 "job {} attempt {}: outcome not recorded ({}); the lease expires and the job is requeued",
@@ -96,12 +113,12 @@ class Outcomes:
             state = release_attempt(conn, item.job, f"unexpected error ({detail})", spend=spend)
         if state == "queued":
             with contextlib.suppress(Exception):
-                self.ctx.jobs.enqueue([item.job_id])
+                self.ctx.jobs.enqueue([item.job_id], urgent=item.job.urgent)
         outcome = {"queued": "released", "failed": "failed"}.get(state or "", "stale")
         self.metrics.job_finished(outcome, "internal_error" if state == "failed" else None)
 
     def done(self, item: InFlight) -> None:
         with contextlib.suppress(Exception):
-            self.ctx.jobs.ack(item.message.entry_id)
+            self.ctx.jobs.ack(item.message)
         self.ctx.held.remove(item.job_id)
         shutil.rmtree(item.workdir, ignore_errors=True)

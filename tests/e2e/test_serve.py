@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cli import run_cli  # type: ignore[import-not-found]
 from phi_guard import watch_log  # type: ignore[import-not-found]
 
 from ml.model import Manifest
@@ -180,6 +181,19 @@ def test_real_ct_is_out_of_distribution_for_the_demo_model(real_run: dict[str, A
     assert 0 <= res["probability"] <= 1  # still reported, not a decision
 
 
+def test_operator_commands_need_no_environment(served: Served) -> None:
+    """`service4ct apikey create` as README says, while serve runs: it finds the stack under var/."""
+    published = served.var / "connection.json"
+    assert published.stat().st_mode & 0o777 == 0o600
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
+    env["S4CT_VAR_DIR"] = str(served.var)
+    r = run_cli("apikey", "create", "laravel", timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    key = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)["api key"].strip()
+    with httpx.Client(base_url=served.base, headers={"Authorization": f"Bearer {key}"}) as c:
+        assert c.get("/v1/jobs").status_code == 200
+
+
 def test_ctrl_c_stops_everything(served: Served) -> None:
     kids = _descendants(served.proc.pid)
     assert kids, "serve should have children (postgres, redis, weed, worker)"
@@ -191,5 +205,6 @@ def test_ctrl_c_stops_everything(served: Served) -> None:
     assert not [p for p in kids if _alive(p)]
     # PostgreSQL daemonizes (not a descendant): its pid file is gone once it stopped
     assert not list(served.var.glob("**/postmaster.pid"))
+    assert not (served.var / "connection.json").exists()  # withdrawn with the stack
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{served.base}/healthz", timeout=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cli import run_cli  # type: ignore[import-not-found]
 from conftest import LiveApi, wait_for  # type: ignore[import-not-found]
 
 from app.config import Settings
@@ -129,3 +131,35 @@ def test_a_database_that_is_not_utf8_is_refused_before_anything_is_written(
         assert r.returncode == 2, (cmd, r.stdout, r.stderr)
         assert "error: database_encoding_unsupported" in r.stderr and "SQL_ASCII" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_operator_commands_find_the_stack_serve_published(
+    settings: Settings, api: LiveApi, tmp_path: Path
+) -> None:
+    from app.devstack.serve import CONNECTION_FILE, publish_connection
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
+    env["S4CT_VAR_DIR"] = str(tmp_path)
+
+    def cli(*args: str) -> Any:
+        return run_cli(*args, timeout=120, env=env)
+
+    # nothing published: the error says where it looked
+    missing = cli("apikey", "list")
+    assert missing.returncode == 2 and str(tmp_path) in missing.stderr, missing.stderr
+    # what a running `service4ct serve` (this process, here) publishes: owner-only, no environment needed
+    path = publish_connection(settings, tmp_path)
+    assert path == tmp_path / CONNECTION_FILE and path.stat().st_mode & 0o777 == 0o600
+    created = cli("apikey", "create", "from-var", "--label", "no env")
+    assert created.returncode == 0, created.stderr
+    key = dict(line.split(":", 1) for line in created.stdout.splitlines() if ":" in line)["api key"].strip()
+    with httpx.Client(base_url=api.base, headers={"Authorization": f"Bearer {key}"}) as c:
+        assert c.get("/v1/jobs").status_code == 200
+    assert "from-var" in cli("apikey", "list").stdout
+    assert cli("migrate").stdout.strip() == "database is up to date"
+    # a file left by a serve that is gone is ignored
+    data = json.loads(path.read_text())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.write_text(json.dumps({**data, "pid": dead.pid}))
+    assert cli("apikey", "list").returncode == 2

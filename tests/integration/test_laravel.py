@@ -216,6 +216,16 @@ def test_study_through_laravel_with_the_webhook(
     assert len(accepted) == 1, accepted
     assert _jobs_of_study(service, uploaded["study_id"]) == 1
 
+    # the product hands the browser a viewer token of this job, never its API key
+    shown = laravel.artisan("service4ct:show", job_id, "--result", "--viewer-token")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    out = json.loads(shown.stdout[shown.stdout.index("{") :])
+    assert out["result"]["label"] == read["label"] and out["viewer_token"]["job_id"] == job_id
+    token = out["viewer_token"]["token"]
+    with httpx.Client(base_url=service.base, headers={"Authorization": f"Bearer {token}"}) as viewer:
+        assert viewer.get(f"/v1/jobs/{job_id}/result").json()["label"] == read["label"]
+        assert viewer.get("/v1/models").status_code == 403  # nothing but this job
+
     # the service redelivers (as after a lost 2xx): the same delivery id, recognised and ignored
     (row,) = service.sql(
         "UPDATE webhook_outbox SET delivered_at = NULL, next_attempt_at = now() WHERE job_id = %s "

@@ -67,7 +67,7 @@ def jq(settings: Settings) -> Any:
     q.ensure_group()
     q.ensure_group()  # idempotent
     yield q
-    q.r.delete(q.stream)
+    q.r.delete(*q.streams)
     q.close()
 
 
@@ -149,6 +149,33 @@ def test_stream_read_ack_autoclaim_reconcile(jq: JobQueue) -> None:
     jq.r.xadd(jq.stream, {"job_id": "garbage"})
     msgs = jq.read("c3", count=10, block_ms=100)
     assert any(m.job_id is None for m in msgs)
+
+
+def test_urgent_lane_is_read_first(jq: JobQueue) -> None:
+    routine = [uuid.uuid4() for _ in range(3)]
+    urgent = uuid.uuid4()
+    jq.enqueue(routine)
+    jq.enqueue([urgent], urgent=True)
+    first = jq.read("c1", count=1, block_ms=100)
+    assert [m.job_id for m in first] == [urgent] and first[0].stream == jq.urgent_stream
+    nxt = jq.read("c1", count=2, block_ms=100)
+    assert [m.job_id for m in nxt] == routine[:2]
+    assert jq.depth() == 4
+    for m in first + nxt:  # each entry is acknowledged in its own lane
+        jq.ack(m)
+    assert jq.depth() == 1 and jq.job_ids_in_stream() == {routine[2]}
+    # a blocking read wakes for either lane; urgent entries come first
+    jq.enqueue([uuid.uuid4()], urgent=True)
+    assert jq.read("c2", count=5, block_ms=100)[0].stream == jq.urgent_stream
+    # the reconciler puts lost jobs back in their lane; autoclaim takes over both lanes, urgent first
+    jq.r.delete(*jq.streams)
+    jq.ensure_group()
+    lost = [uuid.uuid4(), uuid.uuid4()]
+    assert jq.reconcile(lost, urgent={lost[1]}) == lost
+    assert [m.job_id for m in jq.read("c3", count=2, block_ms=100)] == [lost[1], lost[0]]
+    time.sleep(0.05)
+    taken = jq.autoclaim("c4", min_idle_ms=10, count=10)
+    assert [(m.job_id, m.stream) for m in taken] == [(lost[1], jq.urgent_stream), (lost[0], "")]
 
 
 def test_queue_reports_redis_down(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Jobs: create (predict, explain), status with queue position and ETA, result, explanation."""
+"""Jobs: create (predict, explain), list, status with queue position and ETA, cancel, result, explanation."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.checks import check_explain_cost, checked_callback_url, existing_explanation
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
+from app.api.paging import ClientRefQ, CreatedAfter, CreatedBefore, Cursor, Limit, utc
 from app.api.responses import error_responses
 from app.db import Conn
 from app.errors import ServiceError
@@ -22,14 +23,18 @@ from app.logs import logger
 from app.quotas import check_queued_jobs
 from app.repository import (
     Job,
+    JobFilter,
     RecentStats,
+    cancel,
     get_explanations,
     get_job,
     get_result,
     get_study,
     insert_job,
     job_with_position,
+    list_jobs,
     recent_stats,
+    study_series,
 )
 from app.schemas import (
     ExplainRequest,
@@ -37,10 +42,14 @@ from app.schemas import (
     JobAccepted,
     JobCreate,
     JobResult,
+    JobState,
     JobStatus,
+    Label,
     PredictRequest,
+    Priority,
     check_explain_params,
 )
+from app.schemas_worklist import JobPage
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -54,10 +63,10 @@ _stats_cache: dict[int, tuple[float, RecentStats]] = {}
 _stats_lock = threading.Lock()
 
 
-def _enqueue(services: Services, job_id: uuid.UUID) -> None:
+def _enqueue(services: Services, job_id: uuid.UUID, urgent: bool) -> None:
     """XADD after the row committed; if Redis is down the reconciler enqueues it later."""
     try:
-        services.queue.enqueue([job_id])
+        services.queue.enqueue([job_id], urgent=urgent)
     except Exception as e:
         logger.warning(
             "job {} committed but not enqueued ({}); the reconciler will", job_id, type(e).__name__
@@ -65,12 +74,18 @@ def _enqueue(services: Services, job_id: uuid.UUID) -> None:
 
 
 def _check_model(services: Services, name: str | None) -> str:
+    """The model a job uses: known to the manifest and servable (its weights are there and hash right)."""
     model = name or services.manifest.default
     if model not in services.manifest.entries:
         raise ServiceError(
             "model_unavailable",
             f"unknown model {model!r}; see GET /v1/models",
             http_status=422,
+        )
+    reason = services.models.reason(model)
+    if reason is not None:
+        raise ServiceError(
+            "model_unavailable", f"model {model!r} cannot be served: {reason}", http_status=422
         )
     return model
 
@@ -97,6 +112,8 @@ def _create_job(
         if study is None:
             raise ServiceError("study_not_found")
         check_queued_jobs(conn, client, services.settings)  # 429 quota_exceeded when full
+        if req.series_uid is not None:
+            _check_series(conn, client, study_id, req.series_uid)
         job = insert_job(
             conn,
             client=client,
@@ -107,14 +124,32 @@ def _create_job(
             explain_params=params,
             callback_url=callback_url,
             max_attempts=services.settings.max_attempts,
+            priority=req.priority,
+            client_ref=req.client_ref,
+            metadata=req.metadata,
         )
         return 202, job.accepted_view()
 
     status, body, replayed = run_idempotent(services.db, client, idem_key, route, body_hash(payload), create)
     if not replayed:
-        _enqueue(services, uuid.UUID(body["job_id"]))
+        _enqueue(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
         logger.info("job {} queued for study {}", body["job_id"], study_id)
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
+
+
+def _check_series(conn: Conn, client: str, study_id: uuid.UUID, series_uid: str) -> None:
+    """Refuse an unknown or unusable ``series_uid`` now when the study's series were scanned already."""
+    _, picker = study_series(conn, client, study_id)
+    if picker is None or "series" not in picker:
+        return  # not scanned: the worker checks it
+    found = next((s for s in picker["series"] if s["series_uid"] == series_uid), None)
+    if found is None:
+        raise ServiceError(
+            "series_not_found", "the series_uid is not in the study; see GET /v1/studies/{id}/series"
+        )
+    rejects = [r for r in found["reasons"] if r["severity"] == "reject"]
+    if rejects:
+        raise ServiceError(rejects[0]["code"], f"the requested series is unusable: {rejects[0]['detail']}")
 
 
 _CREATE_ERRORS = error_responses(
@@ -124,6 +159,7 @@ _CREATE_ERRORS = error_responses(
     "model_unavailable",
     "callback_url_invalid",
     "explain_too_costly",
+    "series_not_found",
     "idempotency_conflict",
     "idempotency_in_progress",
 )
@@ -185,6 +221,50 @@ def _recent(conn: Conn) -> RecentStats:
 
 
 @router.get(
+    "/jobs",
+    response_model=JobPage,
+    summary="The caller's jobs, newest first, filtered and paged (keyset cursor)",
+    responses=error_responses("unauthorized"),
+)
+def list_jobs_route(
+    services: ServicesDep,
+    client: Client,
+    state: Annotated[
+        list[JobState] | None, Query(description="one or more states (repeat the parameter)")
+    ] = None,
+    study_id: uuid.UUID | None = None,
+    client_ref: ClientRefQ = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    label: Annotated[Label | None, Query(description="the result's label (succeeded predictions)")] = None,
+    priority: Priority | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """A page of ``JobStatus`` items; a page starts strictly after the cursor, so jobs created while a
+    client pages never shift the later pages (they appear on a new first page)."""
+    f = JobFilter(
+        client_ref=client_ref,
+        created_after=utc(created_after),
+        created_before=utc(created_before),
+        states=tuple(state or ()),
+        study_id=study_id,
+        label=label,
+        priority=priority,
+    )
+    with services.db.conn() as conn:
+        try:
+            page = list_jobs(conn, client, f, limit, cursor)
+        except ValueError as e:
+            raise ServiceError("validation_error", str(e)) from None
+        stats = _recent(conn) if page.items else None
+    items = [job.status_view(stats) for job in page.items] if stats is not None else []
+    return Response(
+        orjson.dumps({"items": items, "next_cursor": page.next_cursor}), media_type="application/json"
+    )
+
+
+@router.get(
     "/jobs/{job_id}",
     response_model=JobStatus,
     summary="Job state, stage, progress, attempt, queue position and ETA",
@@ -199,18 +279,47 @@ def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Respon
     return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
 
 
+#: what a route that needs a succeeded job may answer
+_NEEDS_SUCCEEDED = ("unauthorized", "job_not_found", "job_not_finished", "job_failed", "job_cancelled")
+
+
 def _require_succeeded(job: Job) -> None:
+    if job.state == "cancelled":
+        raise ServiceError("job_cancelled")
     if job.state == "failed":
         raise ServiceError("job_failed", f"the job failed with {job.error_code}")
     if job.state != "succeeded":
         raise ServiceError("job_not_finished", f"the job is {job.state}; poll GET {job.links.status}")
 
 
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobStatus,
+    summary="Cancel a queued or running job (state cancelled; idempotent)",
+    responses=error_responses("unauthorized", "job_not_found", "job_finished"),
+)
+def cancel_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
+    """A queued job never runs; a running one stops at its next stage boundary and nothing more is
+    stored for it. Cancelling a cancelled job answers its status again; a finished one is 409
+    ``job_finished``."""
+    with services.db.conn() as conn:
+        done = cancel(conn, job_id, client)
+        job = job_with_position(conn, job_id, client)
+        if job is None:
+            raise ServiceError("job_not_found")
+        if done is None and job.state != "cancelled":
+            raise ServiceError("job_finished", f"the job already {job.state}")
+        stats = _recent(conn)
+    if done is not None:
+        logger.info("job {} cancelled", job_id)
+    return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
+
+
 @router.get(
     "/jobs/{job_id}/result",
     response_model=JobResult,
     summary="Probability, label, operating points, QC, series and model of a finished job",
-    responses=error_responses("unauthorized", "job_not_found", "job_not_finished", "job_failed"),
+    responses=error_responses(*_NEEDS_SUCCEEDED),
 )
 def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
     with services.db.conn() as conn:
@@ -221,7 +330,7 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
         result = get_result(conn, job_id)
     if result is None:
         raise ServiceError("job_not_finished")
-    return result
+    return result.model_copy(update={"client_ref": job.client_ref, "metadata": job.metadata})
 
 
 @router.post(
@@ -234,11 +343,8 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any
     responses={
         200: {"model": JobAccepted, "description": "the job that explained (or is explaining) the same"},
         **error_responses(
-            "unauthorized",
+            *_NEEDS_SUCCEEDED,
             "quota_exceeded",
-            "job_not_found",
-            "job_not_finished",
-            "job_failed",
             "study_not_found",
             "callback_url_invalid",
             "explain_too_costly",
@@ -284,6 +390,9 @@ def explain_job(
             max_attempts=services.settings.max_attempts,
             kind="explain",
             parent_job_id=job_id,
+            priority=req.priority,
+            client_ref=parent.client_ref,
+            metadata=parent.metadata,
         )
         return 202, job.accepted_view()
 
@@ -292,7 +401,7 @@ def explain_job(
         services.db, client, idempotency_key, f"POST /v1/jobs/{job_id}/explain", body_hash(payload), create
     )
     if not replayed and status == 202:
-        _enqueue(services, uuid.UUID(body["job_id"]))
+        _enqueue(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
 
 
@@ -305,9 +414,7 @@ def _selected_series(conn: Conn, job_id: uuid.UUID) -> str | None:
     "/jobs/{job_id}/explanation",
     response_model=Explanation,
     summary="Saliency of a predicted job: stats, geometry and presigned URLs (NIfTI, PNG, JSON)",
-    responses=error_responses(
-        "unauthorized", "job_not_found", "job_not_finished", "job_failed", "explanation_not_found"
-    ),
+    responses=error_responses(*_NEEDS_SUCCEEDED, "explanation_not_found"),
 )
 def read_explanation(
     job_id: uuid.UUID,

@@ -45,6 +45,7 @@ def list_models(services: ServicesDep, client: Client) -> Any:
                 ood=None
                 if e.ood is None
                 else {k: v for k, v in e.ood.to_dict().items() if k not in ("uri", "sha256")},
+                unavailable_reason=services.models.reason(name),
             )
         )
     return ModelsOut(default=m.default, models=cards).model_dump(mode="json")

@@ -154,7 +154,7 @@
     let delay = 500;
     for (;;) {
       const job = await api(`jobs/${encodeURIComponent(jobId)}`);
-      if (job.state === "succeeded" || job.state === "failed") return job;
+      if (job.state === "succeeded" || job.state === "failed" || job.state === "cancelled") return job;
       let text = `Job ${job.state}`;
       if (job.state === "queued" && job.queue_position != null) text += ` (${job.queue_position} ahead)`;
       if (job.state === "running") text += `: ${job.stage || "starting"} ${Math.round(100 * (job.progress || 0))} %`;
@@ -337,6 +337,10 @@
     if (job.state === "failed") {
       const err = job.error || { code: "failed", detail: "" };
       fail(err.code, err.detail, "Job failed");
+      return;
+    }
+    if (job.state === "cancelled") {
+      fail("job_cancelled", "the job was cancelled", "Job cancelled");
       return;
     }
     setPhase("loading", "Loading result…");

@@ -212,11 +212,15 @@ def test_keda_scaled_object_on_the_job_stream() -> None:
     env = container_env(pod_spec(worker)["containers"][0])
     defaults = Settings()
     modes = set()
+    stream = env.get("S4CT_STREAM", defaults.stream)
+    lagged = set()
     for trig in so["spec"]["triggers"]:
         meta = trig["metadata"]
         assert trig["type"] == "redis-streams"
         assert set(meta) <= REDIS_STREAMS_KEYS, set(meta) - REDIS_STREAMS_KEYS
-        assert meta["stream"] == env.get("S4CT_STREAM", defaults.stream)
+        assert meta["stream"] in (stream, f"{stream}:urgent")  # the routine and the urgent lane
+        if "lagCount" in meta:
+            lagged.add(meta["stream"])
         assert meta["consumerGroup"] == env.get("S4CT_GROUP", defaults.group)
         for key in ("addressFromEnv", "passwordFromEnv"):  # resolved from the worker's environment
             assert meta[key] in env, key
@@ -229,6 +233,7 @@ def test_keda_scaled_object_on_the_job_stream() -> None:
             held = int(env["S4CT_PREFETCH"]) + int(env["S4CT_MAX_BATCH"])
             assert int(meta["pendingEntriesCount"]) == held  # a busy worker's share of the PEL
     assert modes == {"lag", "pending"}
+    assert lagged == {stream, f"{stream}:urgent"}  # a backlog in either lane adds workers
     bad = copy.deepcopy(so)
     bad["spec"]["triggers"][0]["metadata"]["lagCount"] = 4
     with pytest.raises(jsonschema.ValidationError):

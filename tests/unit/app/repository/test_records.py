@@ -146,7 +146,7 @@ def test_explanation_record_round_trips_its_blobs_and_serves_the_explanation_sch
     expires = NOW + dt.timedelta(minutes=15)
     body = record.view(lambda key: f"https://s3.example/{key}?sig", expires)
     parsed = Explanation.model_validate(body)
-    assert parsed.job_id == jid and parsed.model == {"name": "resnet10-demo", "version": "0.1.0"}
+    assert parsed.job_id == jid and body["model"] == {"name": "resnet10-demo", "version": "0.1.0"}
     assert body["files"]["png"] == {
         "url": "https://s3.example/jobs/x/attempt-1/saliency/gradcam/ct.png?sig",
         "content_type": "image/png",

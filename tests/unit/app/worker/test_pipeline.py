@@ -57,7 +57,11 @@ def test_build_result_is_the_served_contract(qc: dict[str, Any]) -> None:
     assert [r["series_uid"] for r in ranking] == [s["series_uid"] for s in qc["series"]]
     assert [r["slices"] for r in ranking] == [s["summary"]["slices"] for s in qc["series"]]
     assert any(not r["usable"] and r["reasons"] for r in ranking)  # the scout, with its reasons
-    assert stored["qc"] == {"warnings": qc["warnings"], "skipped_files": qc["skipped_files"]}
+    assert stored["qc"] == {
+        "warnings": qc["warnings"],
+        "skipped_files": qc["skipped_files"],
+        "plausibility": None,
+    }
 
 
 def test_build_result_refuses_what_the_contract_refuses(qc: dict[str, Any]) -> None:
@@ -72,7 +76,14 @@ def test_build_result_refuses_what_the_contract_refuses(qc: dict[str, Any]) -> N
 def test_an_indeterminate_prediction_decides_nothing(qc: dict[str, Any]) -> None:
     manifest = Manifest.load(DEFAULT_MANIFEST)
     entry = manifest.entries[manifest.default]
-    plausibility = {"lung_volume_ml": 0.0, "reasons": ["no_lungs_found"]}
+    plausibility = {
+        "lung_volume_ml": 0.0,
+        "body_volume_ml": 9000.0,
+        "max_lung_area_fraction": 0.0,
+        "lung_extent_mm": 0.0,
+        "scan_extent_mm": 200.0,
+        "reasons": ["no_lungs_found"],
+    }
     pred = Prediction(
         probability=0.999,
         logit=9.0,

@@ -9,7 +9,7 @@ use App\Services\Service4CT\Service4CTException;
 use Illuminate\Console\Command;
 
 /**
- * php artisan service4ct:show JOB_ID [--result] [--explanation]
+ * php artisan service4ct:show JOB_ID [--result] [--explanation] [--viewer-token]
  *
  * Prints a job's status (and its result and explanation links) as JSON; an error answer of the
  * service is printed with its stable code and request id, and the command exits 1.
@@ -20,7 +20,8 @@ final class Service4CTShow extends Command
     protected $signature = 'service4ct:show
         {job : the Service4CT job id}
         {--result : also read the result}
-        {--explanation : also read the explanation (presigned links, valid 15 minutes)}';
+        {--explanation : also read the explanation (presigned links, valid 15 minutes)}
+        {--viewer-token : also issue a read-only viewer token of the job (at most 15 minutes)}';
 
     /** @var string */
     protected $description = 'Show a Service4CT job, its result and its explanation links';
@@ -36,6 +37,9 @@ final class Service4CTShow extends Command
             }
             if ($this->option('explanation')) {
                 $out['explanation'] = $client->explanation($job);
+            }
+            if ($this->option('viewer-token')) {
+                $out['viewer_token'] = $client->viewerToken($job);
             }
         } catch (Service4CTException $e) {
             $this->error(sprintf(

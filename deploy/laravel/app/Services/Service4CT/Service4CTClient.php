@@ -149,6 +149,18 @@ final class Service4CTClient
         return $this->json($this->http()->get('/v1/jobs/' . rawurlencode($jobId) . '/explanation', $query));
     }
 
+    /**
+     * POST /v1/jobs/{id}/viewer-token: a read-only token of this job (its status, result and
+     * explanation only) that lives at most 15 minutes, for the browser viewer. Hand it to the page
+     * in memory (postMessage); never put it, or the API key, in a URL.
+     *
+     * @return array<string, mixed> {token, token_type, job_id, expires_at}
+     */
+    public function viewerToken(string $jobId): array
+    {
+        return $this->json($this->http()->post('/v1/jobs/' . rawurlencode($jobId) . '/viewer-token'));
+    }
+
     private function http(?int $timeoutSeconds = null): PendingRequest
     {
         return Http::baseUrl(rtrim($this->baseUrl, '/'))
