@@ -71,7 +71,10 @@ def test_an_urgent_job_runs_before_the_waiting_routine_ones(
     done = {j: wait_job(client, j) for j in [*routine, urgent]}
     assert all(s["state"] == "succeeded" for s in done.values()), done
     started = _at(done[urgent], "started_at")
-    assert all(started < _at(done[j], "started_at") for j in waiting), (started, [done[j] for j in waiting])
+    # at most one waiting routine job may start first: the one the worker had already read from the
+    # queue (prefetch 1) before the urgent job arrived, still "queued" in PostgreSQL until claimed
+    ahead = [done[j] for j in waiting if _at(done[j], "started_at") < started]
+    assert len(ahead) <= 1 < len(waiting), (started, ahead, waiting)
     never = client.get(f"/v1/jobs/{cancelled}").json()
     assert never["state"] == "cancelled" and never["attempt"] == 0 and never["started_at"] is None
 
