@@ -34,6 +34,16 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "service_unavailable": (503, "A backing service (database, queue, object store) is unreachable."),
     "upload_failed": (502, "The object store refused the upload; retry."),
     "internal_error": (500, "Unexpected server error (reported with the request id)."),
+    # DICOM results and DICOMweb (docs/interop.md)
+    "dicom_not_found": (
+        404,
+        "The job has no DICOM results (an explain job, or DICOM results were disabled).",
+    ),
+    "dicom_source_uids_invalid": (
+        422,
+        "The source study's UIDs are not valid DICOM UIDs: no DICOM result can reference it.",
+    ),
+    "dicom_source_invalid": (422, "The source headers cannot be copied into a valid DICOM object."),
     # job error codes (in GET /v1/jobs/{id}, never an HTTP answer)
     "worker_crashed": (500, "The job exceeded its attempts: workers died or timed out while running it."),
     "storage_unavailable": (

@@ -374,3 +374,33 @@ def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """
     check_params(method, params, api=True)
     return dict(params)
+
+
+# --- DICOM results (docs/interop.md)
+
+
+class DicomObjectOut(BaseModel):
+    """One DICOM result of a job: an SR (``sr``) or a Secondary Capture (``sc``)."""
+
+    kind: Literal["sr", "sc"]
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str = Field(
+        description="the source study's: the object belongs in the patient's study"
+    )
+    size_bytes: int
+    content_type: Literal["application/dicom"] = "application/dicom"
+    download: str = Field(description="API path streaming the object (`application/dicom`)")
+    url: str = Field(description="presigned URL of the object, valid until `expires_at`")
+    expires_at: str
+
+
+class DicomList(BaseModel):
+    job_id: uuid.UUID
+    objects: list[DicomObjectOut]
+    push: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="STOW-RS pushes to the client's DICOMweb destination: url, attempts, delivered_at, "
+        "dead_at, last_status, last_error",
+    )

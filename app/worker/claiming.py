@@ -109,6 +109,7 @@ class Intake:
             job.series_uid,
             predictor.preprocess_config,
             job.explain != "none",
+            self.ctx.settings.dicom_outputs and job.kind == "predict",
         )
         fut.add_done_callback(lambda f: self._prepared(item, f))
 

@@ -13,6 +13,7 @@ import time
 
 from app.logs import logger, scrubber
 from app.repository import ExplanationRecord, mark_failed, mark_succeeded, release_attempt, set_stage
+from app.repository.dicom import DicomOutputs
 from app.schemas import JobResult
 from app.worker.context import InFlight, JobRefusedError, WorkerContext
 from ml.errors import InputError, ModelUnavailable
@@ -34,11 +35,15 @@ class Outcomes:
             set_stage(conn, item.job_id, item.attempt, stage, progress)
 
     def succeeded(
-        self, item: InFlight, result: JobResult | None, explanation: ExplanationRecord | None
+        self,
+        item: InFlight,
+        result: JobResult | None,
+        explanation: ExplanationRecord | None,
+        dicom: DicomOutputs | None = None,
     ) -> None:
-        """Store the result and explanation rows; a lost lease drops them."""
+        """Store the result, explanation and DICOM rows; a lost lease drops them."""
         with self.db.conn() as conn:
-            held = mark_succeeded(conn, item.job, item.timings, result, explanation)
+            held = mark_succeeded(conn, item.job, item.timings, result, explanation, dicom)
         if not held:
             logger.warning("job {} attempt {} lost its lease; result dropped", item.job_id, item.attempt)
             self.metrics.job_finished("stale")

@@ -1,0 +1,154 @@
+"""DICOM results (ml/dicom_out): SR and Secondary Capture in the source study, valid per dciodvfy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from dicomcheck import dciodvfy_errors  # type: ignore[import-not-found]
+from pydicom import dcmwrite
+
+from ml.dicom_out import Finding, SourceReference, SourceUIDError, invalid_uids
+from ml.dicom_out import content as codes
+from ml.dicom_out.sc import build_sc
+from ml.dicom_out.sr import build_sr
+from ml.io import read_study
+from ml.phantom import make_study
+
+REAL = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "real-ct" / "cap002.zip"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> SourceReference:
+    zp = tmp_path_factory.mktemp("dcm") / "phantom.zip"
+    make_study(zp, seed=5)
+    read = read_study(zp, decode=False, keep_source=True)
+    assert read.source is not None
+    return read.source
+
+
+def _finding(**kw: object) -> Finding:
+    base: dict[str, object] = {
+        "probability": 0.93,
+        "label": "pathology",
+        "operating_point": "balanced",
+        "threshold": 0.098,
+        "model_name": "resnet10-demo",
+        "model_version": "0.5.1",
+        "model_sha256": "e5" * 32,
+        "clinical_use": False,
+        "peak_slice": 7,
+    }
+    base.update(kw)
+    return Finding(**base)  # type: ignore[arg-type]
+
+
+def _write(ds: pydicom.Dataset, path: Path) -> Path:
+    dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def _evaluations(sr: hd.sr.ComprehensiveSR) -> dict[str, list[str]]:
+    """Concept name meaning → code values of every CODE item of the report."""
+    out: dict[str, list[str]] = {}
+    for item in hd.sr.utils.find_content_items(sr, value_type=hd.sr.ValueTypeValues.CODE, recursive=True):
+        name = item.ConceptNameCodeSequence[0].CodeMeaning
+        out.setdefault(name, []).append(item.ConceptCodeSequence[0].CodeValue)
+    return out
+
+
+def test_sr_in_the_source_study_valid_and_read_back(source: SourceReference, tmp_path: Path) -> None:
+    sr = build_sr(_finding(), source)
+    path = _write(sr, tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+    back = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(path))
+    assert back.StudyInstanceUID == source.study_uid
+    assert back.SeriesInstanceUID != source.series_uid
+    assert back.SOPInstanceUID not in {i for _, i in source.instances}
+    # the patient module is the source's
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"):
+        assert str(getattr(back, kw)) == str(getattr(source.patient_study, kw))
+    # every source instance is evidence, in the source series
+    evidence = back.CurrentRequestedProcedureEvidenceSequence[0]
+    series = evidence.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == source.series_uid
+    assert {s.ReferencedSOPInstanceUID for s in series.ReferencedSOPSequence} == {
+        i for _, i in source.instances
+    }
+    assert back.PreliminaryFlag == "PRELIMINARY" and back.VerificationFlag == "UNVERIFIED"
+    evals = _evaluations(back)
+    assert evals["Finding"] == ["S4CT-PATHOLOGY"]
+    assert evals["Intended use of the result"] == ["S4CT-NOTCLIN"]
+    nums = {
+        i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+        for i in hd.sr.utils.find_content_items(back, value_type=hd.sr.ValueTypeValues.NUM, recursive=True)
+    }
+    assert nums == {"S4CT-PROB": pytest.approx(0.93), "S4CT-THRESHOLD": pytest.approx(0.098)}
+    texts = {
+        i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
+        for i in hd.sr.utils.find_content_items(back, value_type=hd.sr.ValueTypeValues.TEXT, recursive=True)
+    }
+    assert texts["Algorithm Name"] == "resnet10-demo" and texts["Algorithm Version"] == "0.5.1"
+    assert texts["Algorithm Parameters"] == "sha256:" + "e5" * 32
+    # the peak slice is the measurement group's source image
+    images = hd.sr.utils.find_content_items(back, value_type=hd.sr.ValueTypeValues.IMAGE, recursive=True)
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [source.instances[7][1]]
+
+
+def test_sr_indeterminate_with_reasons_and_clinical_model(source: SourceReference, tmp_path: Path) -> None:
+    finding = _finding(
+        label="indeterminate",
+        indeterminate_reasons=("out_of_distribution", "no_lungs_found"),
+        clinical_use=True,
+        peak_slice=None,
+    )
+    path = _write(build_sr(finding, source), tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+    evals = _evaluations(hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(path)))
+    assert evals["Finding"] == ["S4CT-INDETERM"]
+    assert evals["Reason the result is indeterminate"] == ["S4CT-OOD", "S4CT-NOLUNGS"]
+    assert evals["Intended use of the result"] == ["S4CT-CLINICAL"]
+    assert set(codes.LABEL_CODES) == {"pathology", "normal", "indeterminate"}
+
+
+def test_secondary_capture_with_banner(source: SourceReference, tmp_path: Path) -> None:
+    overlay = np.full((256, 256, 3), 90, dtype=np.uint8)
+    sc = build_sc(_finding(), source, overlay)
+    path = _write(sc, tmp_path / "sc.dcm")
+    assert dciodvfy_errors(path) == []
+    back = pydicom.dcmread(path)
+    assert back.StudyInstanceUID == source.study_uid and back.SeriesInstanceUID != source.series_uid
+    assert back.BurnedInAnnotation == "YES" and back.PhotometricInterpretation == "RGB"
+    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == source.instances[7][1]
+    assert str(back.PatientID) == str(source.patient_study.PatientID)
+    px = back.pixel_array
+    band = px.shape[0] - overlay.shape[0]
+    assert band > 0 and (px[band:] == overlay).all()  # the overlay below, unchanged
+    assert (px[: band - 2].min(axis=2) > 200).any()  # white banner text on black
+    assert "NOT FOR CLINICAL USE" in back.DerivationDescription
+    assert "NOT FOR CLINICAL USE" not in _finding(clinical_use=True).banner()
+
+
+def test_invalid_source_uids_are_refused_by_name(source: SourceReference) -> None:
+    from dataclasses import replace
+
+    bad = replace(source, study_uid="3f1c9d2e-5a1b-4c3d-9e8f-0a1b2c3d4e5f")
+    assert invalid_uids(bad) == ["StudyInstanceUID"]
+    with pytest.raises(SourceUIDError) as e:
+        build_sr(_finding(), bad)
+    assert e.value.code == "dicom_source_uids_invalid" and "3f1c9d2e" not in e.value.detail
+    with pytest.raises(SourceUIDError):
+        build_sc(_finding(), bad, np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+def test_real_sample_with_uuid_uids_is_refused() -> None:
+    if not REAL.is_file():
+        pytest.skip("real CT sample ../shared/data/real-ct/cap002.zip not present")
+    read = read_study(REAL, decode=False, keep_source=True)
+    assert read.source is not None
+    assert "StudyInstanceUID" in invalid_uids(read.source)
+    with pytest.raises(SourceUIDError):
+        build_sr(_finding(), read.source)
