@@ -44,6 +44,14 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
         "The source study's UIDs are not valid DICOM UIDs: no DICOM result can reference it.",
     ),
     "dicom_source_invalid": (422, "The source headers cannot be copied into a valid DICOM object."),
+    "dicomweb_endpoint_not_configured": (
+        422,
+        "The DICOMweb URL is not one of the client's configured source endpoints (`service4ct dicomweb`).",
+    ),
+    "dicomweb_fetch_failed": (
+        502,
+        "The PACS did not deliver the study by WADO-RS (unreachable, error status, or not found).",
+    ),
     # job error codes (in GET /v1/jobs/{id}, never an HTTP answer)
     "worker_crashed": (500, "The job exceeded its attempts: workers died or timed out while running it."),
     "storage_unavailable": (

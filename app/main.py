@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
-from app.api.routes import dicom, health, jobs, models, studies, viewer
+from app.api.routes import dicom, dicomweb, health, jobs, models, studies, viewer
 from app.config import Settings
 from app.db import Database
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
@@ -210,14 +210,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         err.headers.update(exc.headers or {})  # e.g. the Allow header of a 405 (RFC 9110)
         return _error(request, err)
 
-    for module in (
-        studies,
-        jobs,
-        dicom,
-        models,
-        health,
-        viewer,
-    ):  # viewer: /viewer/{job_id}, not in the schema
+    # viewer: /viewer/{job_id}, not in the schema
+    for module in (studies, jobs, dicom, dicomweb, models, health, viewer):
         app.include_router(module.router)
     app.add_middleware(RequestContext, metrics=app.state.metrics, header=settings.request_id_header)
     return app

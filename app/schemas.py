@@ -404,3 +404,30 @@ class DicomList(BaseModel):
         description="STOW-RS pushes to the client's DICOMweb destination: url, attempts, delivered_at, "
         "dead_at, last_status, last_error",
     )
+
+
+_UID = r"^[0-9]+(\.[0-9]+)*$"
+
+
+class ImportRequest(PredictRequest):
+    """``POST /v1/studies/import``: predict a study fetched from a PACS by WADO-RS (by the worker)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dicomweb_url": "http://pacs.hospital.local:8042/dicom-web",
+                    "study_instance_uid": "1.2.826.0.1.3680043.8.498.1",
+                    "explain": "gradcam",
+                }
+            ]
+        },
+    )
+    dicomweb_url: str = Field(
+        max_length=2000, description="one of the client's configured DICOMweb source endpoints (its base URL)"
+    )
+    study_instance_uid: str = Field(max_length=64, pattern=_UID)
+    series_instance_uid: str | None = Field(
+        None, max_length=64, pattern=_UID, description="fetch (and predict) this series only"
+    )

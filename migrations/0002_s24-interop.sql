@@ -42,3 +42,13 @@ CREATE TABLE dicomweb_outbox (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX dicomweb_due ON dicomweb_outbox (next_attempt_at) WHERE delivered_at IS NULL AND dead_at IS NULL;
+
+-- A predict job whose study comes from a PACS (POST /v1/studies/import): the worker fetches it by
+-- WADO-RS from one of the client's 'source' endpoints, stores it as a study, sets jobs.study_id.
+CREATE TABLE dicomweb_imports (
+    job_id      uuid PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    url         text NOT NULL,
+    study_uid   text NOT NULL,
+    series_uid  text,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import typer
 
-from app.cli import service, study, training
+from app.cli import dicomweb, service, study, training
 from app.predict import predict_command
 
 __all__ = ["cli", "main"]
@@ -48,6 +48,7 @@ cli.command("predict")(predict_command)
 for _command in SERVICE_COMMANDS:
     cli.command()(_command)
 cli.add_typer(service.apikey_cli, name="apikey")
+cli.add_typer(dicomweb.dicomweb_cli, name="dicomweb")
 
 
 def main() -> None:

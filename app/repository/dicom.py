@@ -14,10 +14,14 @@ from app.db import Conn
 __all__ = [
     "DicomObject",
     "DicomOutputs",
+    "DicomwebImport",
     "Push",
     "add_endpoint",
+    "attach_study",
     "get_dicom_outputs",
+    "get_import",
     "insert_dicom_outputs",
+    "insert_import",
     "list_endpoints",
     "push_done",
     "push_retry",
@@ -175,3 +179,37 @@ def push_rows(conn: Conn, job_id: uuid.UUID) -> list[dict[str, Any]]:
         "WHERE job_id = %s ORDER BY id",
         (job_id,),
     ).fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class DicomwebImport:
+    """Where an import job's study comes from (a configured source endpoint and the study's UIDs)."""
+
+    job_id: uuid.UUID
+    url: str
+    study_uid: str
+    series_uid: str | None
+
+
+def insert_import(conn: Conn, imp: DicomwebImport) -> None:
+    conn.execute(
+        "INSERT INTO dicomweb_imports (job_id, url, study_uid, series_uid) VALUES (%s, %s, %s, %s)",
+        (imp.job_id, imp.url, imp.study_uid, imp.series_uid),
+    )
+
+
+def get_import(conn: Conn, job_id: uuid.UUID) -> DicomwebImport | None:
+    row = conn.execute(
+        "SELECT job_id, url, study_uid, series_uid FROM dicomweb_imports WHERE job_id = %s", (job_id,)
+    ).fetchone()
+    return None if row is None else DicomwebImport(**row)
+
+
+def attach_study(conn: Conn, job_id: uuid.UUID, attempt: int, study_id: uuid.UUID, sha256: str) -> bool:
+    """Point the import job at its fetched study (guarded by the attempt); False if no longer held."""
+    cur = conn.execute(
+        "UPDATE jobs SET study_id = %s, study_sha256 = %s, updated_at = now() WHERE id = %s AND attempt = %s "
+        "AND state = 'running'",
+        (study_id, sha256, job_id, attempt),
+    )
+    return cur.rowcount > 0

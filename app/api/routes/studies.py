@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import Client, ServicesDep
+from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import run_idempotent
 from app.api.responses import error_responses
 from app.db import Conn
@@ -87,6 +88,23 @@ async def upload_study(
     paths, encryption) before the study is accepted. Uploading the same bytes
     again returns the existing study (200, ``existing: true``).
     """
+    status, body = await store_study(request, services, client, idempotency_key, route="POST /v1/studies")
+    return JSONResponse(body, status_code=status)
+
+
+async def store_study(
+    request: Request,
+    services: Services,
+    client: str,
+    idempotency_key: str | None,
+    *,
+    route: str,
+    chunks: Callable[[Request], AsyncIterator[bytes]] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Stream the study to S3, check it and record it: (201 or 200, the ``StudyOut`` body).
+
+    ``chunks``: the ZIP made from the body another way (:func:`app.uploads.receive_zip`).
+    """
     s = services.settings
     study_id = uuid.uuid4()
     key = f"studies/{study_id}/source.zip"
@@ -98,6 +116,7 @@ async def upload_study(
         part_bytes=s.upload_part_bytes,
         parts_in_flight=s.upload_parts_in_flight,
         gate=services.uploads,
+        chunks=chunks,
     )
 
     def record(conn: Conn) -> tuple[int, dict[str, Any]]:
@@ -115,7 +134,7 @@ async def upload_study(
 
     try:
         status, body, _ = await run_in_threadpool(
-            run_idempotent, services.db, client, idempotency_key, "POST /v1/studies", up.sha256, record
+            run_idempotent, services.db, client, idempotency_key, route, up.sha256, record
         )
     except BaseException:
         await run_in_threadpool(services.storage.delete, key)
@@ -124,7 +143,7 @@ async def upload_study(
         await run_in_threadpool(services.storage.delete, key)
     else:
         logger.info("study {} stored: {} bytes, {} files", study_id, up.size, up.summary.files)
-    return JSONResponse(body, status_code=status)
+    return status, body
 
 
 @router.get(
