@@ -7,7 +7,7 @@
   (docs/architecture.md §8), so a STOW-RS upload or a WADO-RS fetch becomes the same study
   record, vetted by the same code, as a ZIP upload.
 - :func:`multipart_body` and :func:`stow` send instances by STOW-RS; :func:`stow_failures`
-  reads the answer's Failed SOP Sequence (a PACS may answer 200 and still refuse instances).
+  reads what the answer did not store (a PACS may answer 200 and still refuse instances).
 - :func:`wado_fetch` retrieves a study or series by WADO-RS into a ZIP file.
 
 No patient data is logged here; URLs are the operator's configured endpoints.
@@ -228,16 +228,23 @@ def multipart_body(files: Iterable[bytes]) -> tuple[Iterator[bytes], str]:
     return parts(), f'multipart/related; type="{DICOM_TYPE}"; boundary={boundary}'
 
 
-def stow_failures(answer: Any) -> list[str]:
-    """SOP Instance UIDs (or reasons) listed in a STOW-RS answer's Failed SOP Sequence (0008,1198)."""
+def stow_failures(answer: Any, sent: int) -> list[str]:
+    """What a STOW-RS answer says was not stored of ``sent`` instances (empty: all stored).
+
+    The Failed SOP Sequence (0008,1198) lists refused instances, but a PACS may also answer
+    200 with neither list filled (Orthanc 1.10 does for instances whose UIDs it refuses): every
+    instance sent must be in the Referenced SOP Sequence (0008,1199).
+    """
     if not isinstance(answer, dict):
-        return []
-    failed = answer.get("00081198", {}).get("Value") or []
+        return [f"the answer is not DICOM JSON ({sent} instance(s) unconfirmed)"]
     out = []
-    for item in failed:
+    for item in answer.get("00081198", {}).get("Value") or []:
         uid = (item.get("00081155", {}).get("Value") or ["?"])[0] if isinstance(item, dict) else "?"
         reason = (item.get("00081197", {}).get("Value") or [""])[0] if isinstance(item, dict) else ""
         out.append(f"{uid} (reason {reason})" if reason != "" else str(uid))
+    stored = len(answer.get("00081199", {}).get("Value") or [])
+    if stored + len(out) < sent:
+        out.append(f"{sent - stored - len(out)} instance(s) neither stored nor listed as failed")
     return out
 
 

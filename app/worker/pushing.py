@@ -3,8 +3,8 @@
 A push row is queued in the transaction that finishes a job with written DICOM results
 (:func:`app.repository.outcomes.mark_succeeded`). This thread of the worker takes due rows
 (``FOR UPDATE SKIP LOCKED``), sends the objects in one STOW-RS request and records the
-outcome: a non-2xx answer, a network error or a Failed SOP Sequence in a 2xx answer (a PACS
-such as Orthanc answers 200 for instances it refused) is retried after
+outcome: a non-2xx answer, a network error, or a 2xx answer that does not list every object
+as stored (a PACS such as Orthanc answers 200 for instances it refused) is retried after
 ``backoff · 2^(n−1)`` seconds until ``S4CT_DICOMWEB_MAX_ATTEMPTS``.
 """
 
@@ -61,7 +61,7 @@ class DicomPusher:
             status = resp.status_code
             error = None if 200 <= status < 300 else f"HTTP {status}"
             if error is None:
-                failed = stow_failures(_json(resp))
+                failed = stow_failures(_json(resp), len(files))
                 error = (
                     f"the PACS refused {len(failed)} instance(s): {', '.join(failed)[:300]}"
                     if failed
