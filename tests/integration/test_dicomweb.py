@@ -181,3 +181,29 @@ def test_orthanc_refusal_is_read_from_the_failed_sop_sequence(orthanc: Orthanc) 
         r = stow(pacs, orthanc.dicomweb, _files(REAL)[:2])  # UUID-string UIDs: Orthanc refuses them
     assert r.status_code == 200  # and says so only by not listing them as stored
     assert stow_failures(r.json(), 2) == ["2 instance(s) neither stored nor listed as failed"]
+
+
+def test_push_to_an_unreachable_destination_is_retried(
+    api: LiveApi, worker: Worker, settings: Settings, tmp_path: Path
+) -> None:
+    down = "http://127.0.0.1:9/dicom-web"  # the discard port: nothing listens on loopback
+    key = new_key(settings, "site-pacs-down")
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        add_endpoint(conn, "site-pacs-down", "destination", down)
+    make_study(tmp_path / "s.zip", seed=43, **GRID)
+    with api.client(key) as c:
+        sid = c.post(
+            "/v1/studies",
+            content=(tmp_path / "s.zip").read_bytes(),
+            headers={"content-type": "application/zip"},
+        ).json()["study_id"]
+        job = c.post("/v1/jobs", json={"study_id": sid, "explain": "none"}).json()["job_id"]
+        assert wait_job(c, job)["state"] == "succeeded"
+
+        def retried() -> dict[str, Any] | None:
+            push = c.get(f"/v1/jobs/{job}/dicom").json()["push"]
+            return push[0] if push and push[0]["attempts"] >= 2 else None
+
+        row = wait_for(retried, timeout=30, interval=0.3, what="two push attempts")
+    assert row["url"] == down and row["delivered_at"] is None and row["last_error"] == "ConnectError"
