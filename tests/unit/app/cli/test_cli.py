@@ -20,6 +20,7 @@ COMMANDS = [
     "worker",
     "migrate",
     "apikey",
+    "dicomweb",
 ]
 
 
@@ -34,3 +35,5 @@ def test_help_lists_every_command_in_order() -> None:
         "list",
         "revoke",
     ]
+    r = run_cli("dicomweb", "--help")
+    assert r.returncode == 0 and re.findall(r"^│ (\w+) ", r.stdout, flags=re.MULTILINE) == ["add", "remove", "list"]
