@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,8 +40,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_orthanc(root: Path) -> Iterator[Orthanc]:
-    """Orthanc under ``root``; skips the test when it is not installed."""
+def running_orthanc(root: Path, servers: dict[str, Any] | None = None) -> Iterator[Orthanc]:
+    """Orthanc under ``root``; skips the test when it is not installed.
+
+    ``servers``: its DICOMweb peers (``DicomWeb.Servers``), e.g. the service to route studies to.
+    """
     binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
     if binary is None or not PLUGIN.is_file():
         pytest.skip("Orthanc with its DICOMweb plugin is not installed (Debian orthanc, orthanc-dicomweb)")
@@ -56,7 +60,7 @@ def running_orthanc(root: Path) -> Iterator[Orthanc]:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "Plugins": [str(PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers or {}},
     }
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config))

@@ -14,13 +14,15 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import Client, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
 from app.api.responses import error_responses
-from app.api.routes.jobs import _check_model, _enqueue
+from app.api.routes.jobs import _check_model, _create_job, _enqueue
 from app.api.routes.studies import store_study
 from app.db import Conn
 from app.dicomweb import InstancePacker, parse_related, stow_answer
@@ -28,7 +30,8 @@ from app.errors import ServiceError
 from app.logs import logger
 from app.repository import insert_job
 from app.repository.dicom import DicomwebImport, insert_import, list_endpoints
-from app.schemas import ImportRequest, JobAccepted, check_explain_params
+from app.schemas import ImportRequest, JobAccepted, PredictRequest, check_explain_params
+from ml.explain import ExplainMethod
 
 router = APIRouter(prefix="/v1", tags=["interoperability"])
 
@@ -94,7 +97,18 @@ class _Packed:
     openapi_extra=_STOW_BODY,
 )
 async def stow_studies(
-    request: Request, services: ServicesDep, client: Client, idempotency_key: IdemKey = None
+    request: Request,
+    services: ServicesDep,
+    client: Client,
+    idempotency_key: IdemKey = None,
+    predict: Annotated[
+        ExplainMethod | None,
+        Header(
+            alias="X-Service4CT-Predict",
+            description="queue a prediction of the stored study with this explanation method (`none` for "
+            "none): what a PACS routing studies here sets in its static headers",
+        ),
+    ] = None,
 ) -> JSONResponse:
     packed = _Packed()
     status, body = await store_study(
@@ -106,6 +120,17 @@ async def stow_studies(
         "X-Service4CT-Study-Id": str(study_id),
         "X-Service4CT-Existing": "true" if status == 200 else "false",
     }
+    if predict is not None:
+        accepted = await run_in_threadpool(
+            _create_job,
+            services,
+            client,
+            uuid.UUID(str(study_id)),
+            PredictRequest(explain=predict),
+            None,
+            "POST /v1/dicomweb/studies (predict)",
+        )
+        headers["X-Service4CT-Job-Id"] = orjson.loads(accepted.body)["job_id"]
     return JSONResponse(
         stow_answer(packed.instances), status_code=200, headers=headers, media_type="application/dicom+json"
     )

@@ -36,4 +36,8 @@ def test_help_lists_every_command_in_order() -> None:
         "revoke",
     ]
     r = run_cli("dicomweb", "--help")
-    assert r.returncode == 0 and re.findall(r"^│ (\w+) ", r.stdout, flags=re.MULTILINE) == ["add", "remove", "list"]
+    assert r.returncode == 0 and re.findall(r"^│ (\w+) ", r.stdout, flags=re.MULTILINE) == [
+        "add",
+        "remove",
+        "list",
+    ]
