@@ -40,10 +40,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_orthanc(root: Path, servers: dict[str, Any] | None = None) -> Iterator[Orthanc]:
+def running_orthanc(root: Path, servers: dict[str, Any] | None = None, **extra: Any) -> Iterator[Orthanc]:
     """Orthanc under ``root``; skips the test when it is not installed.
 
-    ``servers``: its DICOMweb peers (``DicomWeb.Servers``), e.g. the service to route studies to.
+    ``servers``: its DICOMweb peers (``DicomWeb.Servers``), e.g. the service to route studies to;
+    ``extra``: more configuration (``LuaScripts``, ``StableAge``, …).
     """
     binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
     if binary is None or not PLUGIN.is_file():
@@ -61,6 +62,7 @@ def running_orthanc(root: Path, servers: dict[str, Any] | None = None) -> Iterat
         "AuthenticationEnabled": False,
         "Plugins": [str(PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers or {}},
+        **extra,
     }
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config))

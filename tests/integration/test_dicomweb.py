@@ -8,6 +8,7 @@ refuses: its Failed SOP Sequence is what is checked).
 
 from __future__ import annotations
 
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,46 +210,48 @@ def test_push_to_an_unreachable_destination_is_retried(
     assert row["url"] == down and row["delivered_at"] is None and row["last_error"] == "ConnectError"
 
 
+ROUTING_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "route-to-service4ct.lua"
+
+
 def test_orthanc_routes_a_study_here_and_gets_the_results_back(
     api: LiveApi, worker: Worker, settings: Settings, tmp_path: Path
 ) -> None:
-    """The docs/interop.md set-up: Orthanc's DICOMweb client sends a stable study to the STOW-RS
-    route with static headers (API key, X-Service4CT-Predict); the results come back by push."""
+    """The docs/interop.md set-up: Orthanc's Lua script sends each stable CT series to the STOW-RS
+    route with static headers (API key, X-Service4CT-Predict); the results come back by push, and
+    their arrival in the study routes nothing again."""
     key = new_key(settings, "site-routing")
     peer = {
         "Url": f"{api.base}/v1/dicomweb/",
         "HttpHeaders": {"Authorization": f"Bearer {key}", "X-Service4CT-Predict": "gradcam"},
     }
-    with running_orthanc(tmp_path / "orthanc", servers={"service4ct": peer}) as pacs_server:
+    extra = {"LuaScripts": [str(ROUTING_SCRIPT)], "StableAge": 1}
+    with running_orthanc(tmp_path / "orthanc", servers={"service4ct": peer}, **extra) as pacs_server:
         assert settings.database_url
         with connect(settings.database_url) as conn:
             add_endpoint(conn, "site-routing", "destination", pacs_server.dicomweb)
+
+        def jobs() -> list[str]:
+            assert settings.database_url
+            with connect(settings.database_url) as conn:
+                rows = conn.execute("SELECT id FROM jobs WHERE client = 'site-routing'").fetchall()
+            return [str(r["id"]) for r in rows]
+
         info = make_study(tmp_path / "s.zip", seed=44, label=1, difficulty=(0.9, 1.0), **GRID)
-        with httpx.Client(timeout=120) as pacs:
+        with httpx.Client(timeout=120) as pacs, api.client(key) as c:
             files = _files(tmp_path / "s.zip")
             assert stow_failures(stow(pacs, pacs_server.dicomweb, files).json(), len(files)) == []
-            found = pacs.post(f"{pacs_server.base}/tools/lookup", content=info.study_uid.encode()).json()
-            orthanc_id = next(f["ID"] for f in found if f["Type"] == "Study")
-            sent = pacs.post(
-                f"{pacs_server.base}/dicom-web/servers/service4ct/stow",
-                json={"Resources": [orthanc_id], "Synchronous": True},
+            job = wait_for(jobs, timeout=60, interval=0.3, what="the series routed by Orthanc")[0]
+            assert wait_job(c, job)["state"] == "succeeded"
+            wait_for(
+                lambda: (c.get(f"/v1/jobs/{job}/dicom").json()["push"] or [{}])[0].get("delivered_at"),
+                timeout=60,
+                interval=0.3,
+                what="the push back to Orthanc",
             )
-            assert sent.status_code == 200, sent.text
-            with connect(settings.database_url) as conn:
-                row = conn.execute("SELECT id FROM jobs WHERE client = 'site-routing'").fetchone()
-            assert row is not None
-            with api.client(key) as c:
-                assert wait_job(c, str(row["id"]))["state"] == "succeeded"
-                wait_for(
-                    lambda: (c.get(f"/v1/jobs/{row['id']}/dicom").json()["push"] or [{}])[0].get(
-                        "delivered_at"
-                    ),
-                    timeout=60,
-                    interval=0.3,
-                    what="the push back to Orthanc",
-                )
             series = pacs.get(f"{pacs_server.dicomweb}/studies/{info.study_uid}/series").json()
             assert sorted(s["00080060"]["Value"][0] for s in series) in (
                 ["CT", "OT", "SR"],
                 ["CT", "SC", "SR"],
             )
+            time.sleep(4)  # the SR and SC series become stable too: they are not routed
+            assert jobs() == [job]
