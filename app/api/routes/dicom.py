@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from fastapi.responses import Response
 
 from app.api.deps import Client, ServicesDep
 from app.api.responses import error_responses
-from app.api.routes.jobs import _job_or_404, _require_succeeded
+from app.api.routes.jobs import succeeded_prediction
 from app.db import Conn
 from app.errors import ServiceError
 from app.fhir import diagnostic_report
@@ -26,10 +27,7 @@ _ERRORS = ("unauthorized", "job_not_found", "job_not_finished", "job_failed")
 
 
 def _outputs(conn: Conn, job_id: uuid.UUID, client: str) -> DicomOutputs:
-    job = _job_or_404(conn, job_id, client)
-    if job.kind != "predict":
-        raise ServiceError("dicom_not_found", "explain jobs have no DICOM results; see the parent job")
-    _require_succeeded(job)
+    succeeded_prediction(conn, job_id, client)
     out = get_dicom_outputs(conn, job_id)
     if out is None:
         raise ServiceError("dicom_not_found")
@@ -53,16 +51,13 @@ def list_dicom(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
     ttl = services.settings.presign_ttl_s
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)).isoformat().replace("+00:00", "Z")
     objects = [
-        DicomObjectOut(
-            kind=o.kind,
-            sop_class_uid=o.sop_class_uid,
-            sop_instance_uid=o.sop_instance_uid,
-            series_instance_uid=o.series_instance_uid,
-            study_instance_uid=o.study_instance_uid,
-            size_bytes=o.size_bytes,
-            download=f"/v1/jobs/{job_id}/dicom/{o.sop_instance_uid}",
-            url=services.storage.presign_get(o.key, ttl),
-            expires_at=expires,
+        DicomObjectOut.model_validate(
+            {k: v for k, v in asdict(o).items() if k != "key"}
+            | {
+                "download": f"/v1/jobs/{job_id}/dicom/{o.sop_instance_uid}",
+                "url": services.storage.presign_get(o.key, ttl),
+                "expires_at": expires,
+            }
         )
         for o in out.objects
     ]
@@ -105,10 +100,7 @@ def download_dicom(
 )
 def read_fhir(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
     with services.db.conn() as conn:
-        job = _job_or_404(conn, job_id, client)
-        if job.kind != "predict":
-            raise ServiceError("job_not_found", "explain jobs have no result; see the parent job")
-        _require_succeeded(job)
+        job = succeeded_prediction(conn, job_id, client)
         result = get_result(conn, job_id)
     if result is None:
         raise ServiceError("job_not_finished")

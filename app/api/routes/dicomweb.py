@@ -22,23 +22,18 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import Client, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
 from app.api.responses import error_responses
-from app.api.routes.jobs import _check_model, _create_job, _enqueue
-from app.api.routes.studies import store_study
+from app.api.routes.jobs import _create_job, _enqueue, checked_options
+from app.api.routes.studies import IdemKey, store_study
 from app.db import Conn
 from app.dicomweb import InstancePacker, parse_related, stow_answer
 from app.errors import ServiceError
 from app.logs import logger
 from app.repository import insert_job
 from app.repository.dicom import DicomwebImport, insert_import, list_endpoints
-from app.schemas import ImportRequest, JobAccepted, PredictRequest, check_explain_params
+from app.schemas import ImportRequest, JobAccepted, PredictRequest
 from ml.explain import ExplainMethod
 
 router = APIRouter(prefix="/v1", tags=["interoperability"])
-
-IdemKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", description="retries with the same key and body replay the answer"),
-]
 
 _STOW_BODY: dict[str, Any] = {
     "requestBody": {
@@ -152,11 +147,7 @@ async def stow_studies(
 def import_study(
     req: ImportRequest, services: ServicesDep, client: Client, idempotency_key: IdemKey = None
 ) -> Any:
-    model = _check_model(services, req.model)
-    try:
-        params = check_explain_params(req.explain, req.explain_params)
-    except ValueError as e:
-        raise ServiceError("validation_error", str(e)) from None
+    model, params = checked_options(services, req)
     url = req.dicomweb_url.rstrip("/")
 
     def create(conn: Conn) -> tuple[int, dict[str, Any]]:
