@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from ml.io.headers import header_str, header_value, read_header
@@ -128,6 +129,8 @@ class SourceReference:
 
 def _clean(kw: str, value: Any) -> Any:
     """A copied value, or "" when it would make the result object invalid (hostile headers)."""
+    if isinstance(value, MultiValue | list | tuple):  # every copied attribute has one value
+        return ""
     if kw in ("PatientName", "ReferringPhysicianName"):
         text = str(value)
         return text if len(text) <= 64 * 5 and "\\" not in text else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import highdicom as hd
@@ -152,3 +153,36 @@ def test_real_sample_with_uuid_uids_is_refused() -> None:
     assert "StudyInstanceUID" in invalid_uids(read.source)
     with pytest.raises(SourceUIDError):
         build_sr(_finding(), read.source)
+
+
+def test_hostile_patient_and_study_values_are_not_copied_invalid(tmp_path: Path) -> None:
+    """Values that would make the result invalid are written empty; the objects stay valid."""
+    import zipfile
+
+    zp = tmp_path / "s.zip"
+    make_study(zp, seed=6)
+    out = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(zp) as zin, zipfile.ZipFile(out, "w") as zout:
+        for n in zin.namelist():
+            data = zin.read(n)
+            if not n.endswith("/"):
+                ds = pydicom.dcmread(io.BytesIO(data))
+                ds.PatientSex = "Male"
+                ds.StudyDate = "2024-01-15"
+                ds.StudyTime = "9h30"
+                ds.AccessionNumber = "A" * 40
+                ds.PatientName = "DOE^JOHN\\SMITH^JANE"
+                buf = io.BytesIO()
+                ds.save_as(buf)
+                data = buf.getvalue()
+            zout.writestr(n, data)
+    read = read_study(out, decode=False, keep_source=True)
+    assert read.source is not None
+    ps = read.source.patient_study
+    assert (ps.PatientSex, ps.StudyDate, ps.StudyTime, str(ps.PatientName)) == ("", "", "", "")
+    assert ps.AccessionNumber == "A" * 16
+    for kind, ds in (
+        ("sr", build_sr(_finding(), read.source)),
+        ("sc", build_sc(_finding(), read.source, np.zeros((32, 32, 3), np.uint8))),
+    ):
+        assert dciodvfy_errors(_write(ds, tmp_path / f"{kind}.dcm")) == [], kind
