@@ -380,9 +380,9 @@ def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 class DicomObjectOut(BaseModel):
-    """One DICOM result of a job: an SR (``sr``) or a Secondary Capture (``sc``)."""
+    """One DICOM result of a job: an SR (``sr``), a Secondary Capture (``sc``), a Segmentation (``seg``)."""
 
-    kind: Literal["sr", "sc"]
+    kind: Literal["sr", "sc", "seg"]
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str

@@ -36,7 +36,7 @@ EndpointRole = Literal["source", "destination"]
 
 @dataclass(frozen=True, slots=True)
 class DicomObject:
-    """One DICOM result in the object store (``kind``: ``sr`` or ``sc``)."""
+    """One DICOM result in the object store (``kind``: ``sr``, ``sc`` or ``seg``)."""
 
     kind: str
     key: str

@@ -1,4 +1,4 @@
-"""The DICOM results of a held predict job: SR and Secondary Capture, written, uploaded, recorded.
+"""The DICOM results of a held predict job: SR, Secondary Capture and saliency Segmentation.
 
 They go under attempt-scoped keys (``jobs/{job}/attempt-{n}/dicom/``) before the row
 that lists them (architecture rule 3). A source whose UIDs cannot be referenced is
@@ -55,6 +55,7 @@ def finding_of(pred: Prediction, entry: ModelEntry, saliency: Saliency | None) -
 
 def _build(finding: Finding, prep: Prepared, saliency: Saliency | None) -> dict[str, Dataset]:
     from ml.dicom_out.sc import build_sc
+    from ml.dicom_out.seg import build_seg
     from ml.dicom_out.sr import build_sr
 
     assert prep.source is not None
@@ -62,6 +63,10 @@ def _build(finding: Finding, prep: Prepared, saliency: Saliency | None) -> dict[
     peak_png = saliency.files.get("peak_png") if saliency is not None else None
     if peak_png is not None and finding.peak_slice is not None:
         objects["sc"] = build_sc(finding, prep.source, peak_png[1])
+    if saliency is not None and saliency.source_map is not None:
+        seg = build_seg(finding, prep.source, saliency.source_map)
+        if seg is not None:
+            objects["seg"] = seg
     return objects
 
 

@@ -96,6 +96,10 @@ class SourceReference:
         instances: (SOPClassUID, SOPInstanceUID) of each slice, in the series' sorted slice
             order (index = slice index z of the source volume); frames of a multi-frame
             object repeat its UIDs.
+        orientation: ImageOrientationPatient (row cosine, column cosine) of the slices.
+        positions_mm: ImagePositionPatient (LPS mm) of each slice, in the same order.
+        rows, columns, pixel_spacing_mm (row, column spacing), slice_thickness_mm: the image grid.
+        multiframe: the series is one multi-frame object (no per-slice instances to reference).
     """
 
     patient_study: Dataset
@@ -105,6 +109,12 @@ class SourceReference:
     modality: str
     instances: tuple[tuple[str, str], ...]
     orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    positions_mm: tuple[tuple[float, float, float], ...] = ()
+    rows: int = 0
+    columns: int = 0
+    pixel_spacing_mm: tuple[float, float] = (1.0, 1.0)
+    slice_thickness_mm: float | None = None
+    multiframe: bool = False
 
     def first_indices(self) -> list[int]:
         """The slice index of each instance's first frame (frames of one object share its UIDs)."""
@@ -170,6 +180,12 @@ def read_source(series: SeriesInfo) -> SourceReference:
         modality=series.modality or "CT",
         instances=tuple((sop_class, s.sop_instance_uid) for s in series.slices),
         orientation=series.slices[0].orientation,
+        positions_mm=tuple(s.position_mm for s in series.slices),
+        rows=series.rows,
+        columns=series.columns,
+        pixel_spacing_mm=series.pixel_spacing_mm,
+        slice_thickness_mm=series.slice_thickness_mm,
+        multiframe=series.multiframe,
     )
 
 

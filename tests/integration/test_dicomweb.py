@@ -93,14 +93,12 @@ def test_round_trip_through_orthanc(
     listing = wait_for(pushed, timeout=60, interval=0.3, what="the push to Orthanc")
     assert listing["push"][0]["last_error"] is None and listing["push"][0]["last_status"] == 200
     objects = {o["kind"]: o for o in listing["objects"]}
-    assert set(objects) == {"sr", "sc"}
-    # both arrived in the patient's study in Orthanc, next to the CT series
+    assert set(objects) == {"sr", "sc", "seg"}
+    # all three arrived in the patient's study in Orthanc, next to the CT series
     with httpx.Client(timeout=30) as pacs:
         series = pacs.get(f"{orthanc.dicomweb}/studies/{info.study_uid}/series").json()
         modalities = sorted(s["00080060"]["Value"][0] for s in series)
-        assert modalities == sorted(["CT", "SR", "OT"]) or modalities == sorted(["CT", "SR", "SC"]), (
-            modalities
-        )
+        assert modalities == ["CT", "OT", "SEG", "SR"], modalities  # a Secondary Capture's modality is OT
         for o in objects.values():
             found = pacs.get(
                 f"{orthanc.dicomweb}/studies/{info.study_uid}/series/{o['series_instance_uid']}/instances"
@@ -249,9 +247,6 @@ def test_orthanc_routes_a_study_here_and_gets_the_results_back(
                 what="the push back to Orthanc",
             )
             series = pacs.get(f"{pacs_server.dicomweb}/studies/{info.study_uid}/series").json()
-            assert sorted(s["00080060"]["Value"][0] for s in series) in (
-                ["CT", "OT", "SR"],
-                ["CT", "SC", "SR"],
-            )
-            time.sleep(4)  # the SR and SC series become stable too: they are not routed
+            assert sorted(s["00080060"]["Value"][0] for s in series) == ["CT", "OT", "SEG", "SR"]
+            time.sleep(4)  # the SR, SC and SEG series become stable too: they are not routed
             assert jobs() == [job]

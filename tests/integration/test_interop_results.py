@@ -8,6 +8,7 @@ DICOM results are refused with their code.
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def test_dicom_results_in_the_source_study(client: httpx.Client, worker: Worker,
     listing = client.get(f"/v1/jobs/{job}/dicom")
     assert listing.status_code == 200, listing.text
     objects = {o["kind"]: o for o in listing.json()["objects"]}
-    assert set(objects) == {"sr", "sc"}
+    assert set(objects) == {"sr", "sc", "seg"}
     for kind, o in objects.items():
         r = client.get(o["download"])
         assert r.status_code == 200 and r.headers["content-type"] == "application/dicom", r.text
@@ -76,6 +77,16 @@ def test_dicom_results_in_the_source_study(client: httpx.Client, worker: Worker,
         if n.ConceptNameCodeSequence[0].CodeValue == "S4CT-PROB"
     ]
     assert prob == [pytest.approx(result["probability"], abs=1e-6)]
+
+    seg = hd.seg.segread(io.BytesIO(client.get(objects["seg"]["download"]).content))
+    with zipfile.ZipFile(zp) as z:
+        ct = pydicom.dcmread(io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith(".dcm")))))
+    assert seg.FrameOfReferenceUID == ct.FrameOfReferenceUID  # in the source frame of reference
+    refs = {
+        r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence
+    }
+    assert refs and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == info.primary_series_uid
+    assert seg.NumberOfFrames == len(refs)  # one frame per source slice that holds the region
 
     fhir = client.get(f"/v1/jobs/{job}/fhir")
     assert fhir.status_code == 200 and fhir.headers["content-type"] == "application/fhir+json"

@@ -186,3 +186,30 @@ def test_hostile_patient_and_study_values_are_not_copied_invalid(tmp_path: Path)
         ("sc", build_sc(_finding(), read.source, np.zeros((32, 32, 3), np.uint8))),
     ):
         assert dciodvfy_errors(_write(ds, tmp_path / f"{kind}.dcm")) == [], kind
+
+
+def test_segmentation_of_the_salient_region(source: SourceReference, tmp_path: Path) -> None:
+    from ml.dicom_out.seg import build_seg
+
+    shape = (len(source.instances), source.rows, source.columns)
+    saliency = np.zeros(shape, np.float32)
+    saliency[10:13, 20:30, 25:40] = 1.0
+    saliency[11, 25, 30] = 1.5  # max 1.5: the region is >= 0.75
+    saliency[20, 5, 5] = 0.5  # below half the maximum: not in the segment
+    seg = build_seg(_finding(), source, saliency)
+    assert seg is not None
+    path = _write(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    back = hd.seg.segread(path)
+    assert (
+        back.StudyInstanceUID == source.study_uid
+        and back.FrameOfReferenceUID == source.frame_of_reference_uid
+    )
+    refs = [r.ReferencedSOPInstanceUID for r in back.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    assert sorted(refs) == sorted(source.instances[z][1] for z in (10, 11, 12))
+    assert back.NumberOfFrames == 3
+    frames = back.pixel_array
+    assert frames.sum() == 3 * 10 * 15  # the whole region, bit-exact
+    assert build_seg(_finding(), source, np.zeros(shape, np.float32)) is None  # nothing salient
+    with pytest.raises(ValueError, match="shape"):
+        build_seg(_finding(), source, np.zeros((2, 2, 2), np.float32))
