@@ -7,7 +7,7 @@ study modules copied from the source. A source whose UIDs are not valid DICOM UI
 refused (:class:`~ml.dicom_out.source.SourceUIDError`) instead of writing an invalid object.
 
 ``ml.dicom_out.source`` and ``ml.dicom_out.content`` need pydicom only; the builders
-(``sr``, ``sc``, ``pmap``) import highdicom.
+(``sr``, ``sc``, ``seg``) import highdicom.
 """
 
 from ml.dicom_out.content import Finding
