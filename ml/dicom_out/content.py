@@ -7,10 +7,18 @@ units``); the triage values themselves are in the private coding scheme ``99S4CT
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = [
     "FINDING",
@@ -24,6 +32,8 @@ __all__ = [
     "THRESHOLD",
     "UNITLESS",
     "Finding",
+    "no_value_warnings",
+    "quiet",
     "reason_code",
     "scheme_identification",
     "use_code",
@@ -52,6 +62,27 @@ _REASONS = {
     "no_lungs_found": ("S4CT-NOLUNGS", "No lungs found"),
     "incomplete_chest_coverage": ("S4CT-COVERAGE", "Incomplete chest coverage"),
 }
+
+
+@contextlib.contextmanager
+def no_value_warnings() -> Iterator[None]:
+    """Silence highdicom's and pydicom's warnings while building an object: they quote values
+    (e.g. "The string <patient name> is unlikely to represent …"), which are identifiers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"highdicom(\.|$)")
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        yield
+
+
+def quiet(build: Callable[P, R]) -> Callable[P, R]:
+    """``build`` run under :func:`no_value_warnings`."""
+
+    @functools.wraps(build)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with no_value_warnings():
+            return build(*args, **kwargs)
+
+    return wrapper
 
 
 def scheme_identification() -> Dataset:

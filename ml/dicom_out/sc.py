@@ -18,7 +18,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from ml.dicom_out.content import Finding
+from ml.dicom_out.content import Finding, quiet
 from ml.dicom_out.source import SourceReference, SourceUIDError, invalid_uids, reference_dataset
 from ml.dicom_out.sr import MANUFACTURER
 
@@ -51,6 +51,7 @@ def with_banner(rgb: U8Array, text: str) -> U8Array:
     return np.asarray(img, dtype=np.uint8)
 
 
+@quiet
 def build_sc(
     finding: Finding,
     source: SourceReference,

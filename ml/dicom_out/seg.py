@@ -15,7 +15,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from ml.dicom_out.content import SCHEME, Finding
+from ml.dicom_out.content import SCHEME, Finding, quiet
 from ml.dicom_out.source import SourceReference, SourceUIDError, invalid_uids, reference_dataset
 from ml.dicom_out.sr import MANUFACTURER
 
@@ -37,6 +37,7 @@ def _source_image(source: SourceReference, z: int) -> Dataset:
     return ds
 
 
+@quiet
 def build_seg(
     finding: Finding, source: SourceReference, source_map: npt.NDArray[np.float32], *, fraction: float = 0.5
 ) -> Dataset | None:

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from ml.dicom_out import content as c
+from ml.dicom_out.content import quiet
 from ml.dicom_out.source import SourceReference, SourceUIDError, invalid_uids, reference_dataset
 
 __all__ = ["MANUFACTURER", "build_sr", "device_uid"]
@@ -66,6 +67,7 @@ def _group(finding: c.Finding, peak: Dataset | None) -> hd.sr.MeasurementsAndQua
     )
 
 
+@quiet
 def build_sr(finding: c.Finding, source: SourceReference, *, series_uid: str | None = None) -> Dataset:
     """The SR document (a highdicom ``ComprehensiveSR``) of ``finding`` in the source study.
 

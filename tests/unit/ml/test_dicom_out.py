@@ -213,3 +213,24 @@ def test_segmentation_of_the_salient_region(source: SourceReference, tmp_path: P
     assert build_seg(_finding(), source, np.zeros(shape, np.float32)) is None  # nothing salient
     with pytest.raises(ValueError, match="shape"):
         build_seg(_finding(), source, np.zeros((2, 2, 2), np.float32))
+
+
+def test_no_warning_quotes_a_patient_value(source: SourceReference) -> None:
+    """highdicom warns about a one-component name by quoting it: an identifier, silenced (rule 7)."""
+    import copy
+    import warnings
+    from dataclasses import replace
+
+    from ml.dicom_out.seg import build_seg
+
+    ps = copy.deepcopy(source.patient_study)
+    ps.PatientName = "SOLONAMEPATIENT"
+    odd = replace(source, patient_study=ps)
+    saliency = np.zeros((len(odd.instances), odd.rows, odd.columns), np.float32)
+    saliency[5, 5, 5] = 1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_sr(_finding(), odd)
+        build_sc(_finding(), odd, np.zeros((16, 16, 3), np.uint8))
+        build_seg(_finding(), odd, saliency)
+    assert not [w for w in caught if "SOLONAME" in str(w.message)]
