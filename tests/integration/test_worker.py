@@ -116,7 +116,7 @@ def test_end_to_end_with_saliency_and_webhook(
     keys = list(list_keys(storage_of(settings), f"jobs/{job}/"))
     assert keys and all(k.startswith(f"jobs/{job}/attempt-1/saliency/") for k in keys if "/dicom/" not in k)
     assert {k for k in keys if "/dicom/" in k} <= {
-        f"jobs/{job}/attempt-1/dicom/{n}.dcm" for n in ("sr", "sc")
+        f"jobs/{job}/attempt-1/dicom/{n}.dcm" for n in ("sr", "sc", "seg")
     }
 
     # explain again with another method: a new explain job, the explanation is added
