@@ -250,3 +250,23 @@ def test_orthanc_routes_a_study_here_and_gets_the_results_back(
             assert sorted(s["00080060"]["Value"][0] for s in series) == ["CT", "OT", "SEG", "SR"]
             time.sleep(4)  # the SR, SC and SEG series become stable too: they are not routed
             assert jobs() == [job]
+
+
+def test_stow_with_predict_header_predicts_new_instances_once(
+    client: httpx.Client, worker: Worker, tmp_path: Path
+) -> None:
+    make_study(tmp_path / "s.zip", seed=45, **GRID)
+    body, ctype = multipart_body(_files(tmp_path / "s.zip"))
+    data = b"".join(body)
+    headers = {"content-type": ctype, "X-Service4CT-Predict": "none"}
+    first = client.post("/v1/dicomweb/studies", content=data, headers=headers)
+    assert first.status_code == 200, first.text
+    job = first.headers["X-Service4CT-Job-Id"]
+    status = wait_job(client, job)
+    assert status["state"] == "succeeded" and status["study_id"] == first.headers["X-Service4CT-Study-Id"]
+    again = client.post("/v1/dicomweb/studies", content=data, headers=headers)
+    assert again.headers["X-Service4CT-Existing"] == "true" and "X-Service4CT-Job-Id" not in again.headers
+    bad = client.post(
+        "/v1/dicomweb/studies", content=data, headers={**headers, "X-Service4CT-Predict": "magic"}
+    )
+    assert bad.status_code == 422 and bad.json()["error"] == "validation_error"

@@ -101,7 +101,8 @@ async def stow_studies(
         Header(
             alias="X-Service4CT-Predict",
             description="queue a prediction of the stored study with this explanation method (`none` for "
-            "none): what a PACS routing studies here sets in its static headers",
+            "none), unless these instances were stored before: what a PACS routing studies here sets in "
+            "its static headers",
         ),
     ] = None,
 ) -> JSONResponse:
@@ -115,7 +116,7 @@ async def stow_studies(
         "X-Service4CT-Study-Id": str(study_id),
         "X-Service4CT-Existing": "true" if status == 200 else "false",
     }
-    if predict is not None:
+    if predict is not None and status == 201:  # a PACS resending a study does not predict it twice
         accepted = await run_in_threadpool(
             _create_job,
             services,
