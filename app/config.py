@@ -162,6 +162,16 @@ class Settings(BaseSettings):
         description="most estimated activation memory of one explanation (IG: internal_batch_size volumes)",
     )
 
+    # --- DICOM results and DICOMweb (docs/interop.md)
+    dicom_outputs: bool = Field(
+        True,
+        description="worker: write a DICOM SR and a Secondary Capture of each prediction in the source study",
+    )
+    dicomweb_timeout_s: float = Field(60.0, gt=0, description="one DICOMweb request (import, push)")
+    dicomweb_max_attempts: int = Field(8, ge=1, description="push: STOW-RS attempts before giving up")
+    dicomweb_backoff_s: float = Field(5.0, gt=0)
+    dicomweb_backoff_max_s: float = Field(3600.0, gt=0)
+
     # --- logging
     log_level: str = "INFO"
     log_json: bool = False

@@ -47,6 +47,24 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     # HTTP edge (app/api/edge.py)
     "request_timeout": (408, "The request's headers or body arrived too slowly; the connection is closed."),
     "headers_too_large": (431, "Too many or too large request header fields."),
+    # DICOM results and DICOMweb (docs/interop.md)
+    "dicom_not_found": (
+        404,
+        "The job has no DICOM results (an explain job, or DICOM results were disabled).",
+    ),
+    "dicom_source_uids_invalid": (
+        422,
+        "The source study's UIDs are not valid DICOM UIDs: no DICOM result can reference it.",
+    ),
+    "dicom_source_invalid": (422, "The source headers cannot be copied into a valid DICOM object."),
+    "dicomweb_endpoint_not_configured": (
+        422,
+        "The DICOMweb URL is not one of the client's configured source endpoints (`service4ct dicomweb`).",
+    ),
+    "dicomweb_fetch_failed": (
+        502,
+        "The PACS did not deliver the study by WADO-RS (unreachable, error status, or not found).",
+    ),
     # job error codes (in GET /v1/jobs/{id}, never an HTTP answer)
     "worker_crashed": (500, "The job exceeded its attempts: workers died or timed out while running it."),
     "storage_unavailable": (

@@ -484,3 +484,60 @@ def check_explain_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """
     check_params(method, params, api=True)
     return dict(params)
+
+
+# --- DICOM results (docs/interop.md)
+
+
+class DicomObjectOut(BaseModel):
+    """One DICOM result of a job: an SR (``sr``), a Secondary Capture (``sc``), a Segmentation (``seg``)."""
+
+    kind: Literal["sr", "sc", "seg"]
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str = Field(
+        description="the source study's: the object belongs in the patient's study"
+    )
+    size_bytes: int
+    content_type: Literal["application/dicom"] = "application/dicom"
+    download: str = Field(description="API path streaming the object (`application/dicom`)")
+    url: str = Field(description="presigned URL of the object, valid until `expires_at`")
+    expires_at: str
+
+
+class DicomList(BaseModel):
+    job_id: uuid.UUID
+    objects: list[DicomObjectOut]
+    push: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="STOW-RS pushes to the client's DICOMweb destination: url, attempts, delivered_at, "
+        "dead_at, last_status, last_error",
+    )
+
+
+_UID = r"^[0-9]+(\.[0-9]+)*$"
+
+
+class ImportRequest(PredictRequest):
+    """``POST /v1/studies/import``: predict a study fetched from a PACS by WADO-RS (by the worker)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dicomweb_url": "http://pacs.hospital.local:8042/dicom-web",
+                    "study_instance_uid": "1.2.826.0.1.3680043.8.498.1",
+                    "explain": "gradcam",
+                }
+            ]
+        },
+    )
+    dicomweb_url: str = Field(
+        max_length=2000, description="one of the client's configured DICOMweb source endpoints (its base URL)"
+    )
+    study_instance_uid: str = Field(max_length=64, pattern=_UID)
+    series_instance_uid: str | None = Field(
+        None, max_length=64, pattern=_UID, description="fetch (and predict) this series only"
+    )

@@ -19,7 +19,7 @@ import ctypes.util
 import hashlib
 import io
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.errors import ServiceError
 from app.storage import Storage
-from ml.errors import ZipError
+from ml.errors import InputError, ZipError
 from ml.io import ZipLimits, ZipSummary, precheck_zip
 
 __all__ = ["RAW_TYPES", "ReceivedUpload", "UploadGate", "mmap_large_buffers", "receive_zip"]
@@ -299,8 +299,12 @@ async def receive_zip(
     limits: ZipLimits | None = None,
     gate: UploadGate | None = None,
     client: str | None = None,
+    chunks: Callable[[Request], AsyncIterator[bytes]] | None = None,
 ) -> ReceivedUpload:
     """Stream the request's ZIP to ``key`` and check it; the object is removed on any refusal.
+
+    ``chunks`` makes the ZIP's bytes from the request another way (the STOW-RS route packs
+    DICOM parts into one, :mod:`app.dicomweb`); by default the body is the ZIP.
 
     Raises :class:`ServiceError` (``payload_too_large``, ``unsupported_media_type``,
     ``validation_error``, ``upload_failed``, ``server_busy`` when ``gate`` has no free slot in
@@ -311,11 +315,12 @@ async def receive_zip(
         # multipart framing adds a little: refuse only what is clearly too big before reading
         raise ServiceError("payload_too_large", f"the upload exceeds {max_bytes} bytes")
     async with gate.slot(client) if gate is not None else nullcontext():
-        return await _stream_and_check(request, storage, key, max_bytes, part_bytes, parts_in_flight, limits)
+        body = (chunks or _body_chunks)(request)
+        return await _stream_and_check(body, storage, key, max_bytes, part_bytes, parts_in_flight, limits)
 
 
 async def _stream_and_check(
-    request: Request,
+    chunks: AsyncIterator[bytes],
     storage: Storage,
     key: str,
     max_bytes: int,
@@ -323,7 +328,6 @@ async def _stream_and_check(
     parts_in_flight: int,
     limits: ZipLimits | None,
 ) -> ReceivedUpload:
-    chunks = _body_chunks(request)
     sha = hashlib.sha256()
     size = 0
     tail = _Tail(TAIL_BYTES)
@@ -342,7 +346,7 @@ async def _stream_and_check(
     except ClientDisconnect:
         await run_in_threadpool(upload.abort)
         raise
-    except (ServiceError, ZipError):
+    except (ServiceError, InputError):
         await run_in_threadpool(upload.abort)
         raise
     except Exception as e:

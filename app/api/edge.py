@@ -47,7 +47,7 @@ from app.repository import hash_api_key
 __all__ = ["UPLOAD_ROUTES", "EdgeGuard", "EdgeLimits"]
 
 #: (method, path pattern) of the routes whose body is a study upload (app/uploads.py caps it)
-UPLOAD_ROUTES: tuple[tuple[str, str], ...] = (("POST", r"/v1/studies"),)
+UPLOAD_ROUTES: tuple[tuple[str, str], ...] = (("POST", r"/v1/studies"), ("POST", r"/v1/dicomweb/studies"))
 #: multipart framing and form fields allowed on top of the upload cap
 UPLOAD_FRAMING_BYTES = 1 << 20
 #: what a viewer token may read: GET of its job's status, result and explanation

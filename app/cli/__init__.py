@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import typer
 
-from app.cli import clients, service, study, training
+from app.cli import clients, dicomweb, service, study, training
 from app.predict import predict_command
 
 __all__ = ["cli", "main"]
@@ -50,6 +50,7 @@ for _command in SERVICE_COMMANDS:
     cli.command()(_command)
 cli.add_typer(service.apikey_cli, name="apikey")
 cli.add_typer(clients.client_cli, name="client")
+cli.add_typer(dicomweb.dicomweb_cli, name="dicomweb")
 
 
 def main() -> None:

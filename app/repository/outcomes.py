@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.db import Conn
+from app.repository.dicom import DicomOutputs, insert_dicom_outputs, queue_push
 from app.repository.idempotency import purge_idempotency
 from app.repository.jobs import (
     cancel_job,
@@ -78,8 +79,12 @@ def mark_succeeded(
     timings: Mapping[str, float],
     result: JobResult | None,
     explanation: ExplanationRecord | None,
+    dicom: DicomOutputs | None = None,
 ) -> bool:
-    """Finish the attempt ``claimed`` holds with its result and explanation rows; False if no longer held."""
+    """Finish the attempt ``claimed`` holds with its result and explanation rows; False if no longer held.
+
+    ``dicom``: its DICOM results; written ones are queued for the client's DICOMweb destination.
+    """
     with conn.transaction():
         job = finish_job(conn, claimed.id, claimed.attempt, timings=timings)
         if job is None:
@@ -88,6 +93,10 @@ def mark_succeeded(
             insert_result(conn, result)
         if explanation is not None:
             upsert_explanation(conn, explanation)
+        if dicom is not None:
+            insert_dicom_outputs(conn, dicom)
+            if dicom.objects:
+                queue_push(conn, job.id, job.client, [o.key for o in dicom.objects])
         _notify(conn, job)
     return True
 

@@ -18,6 +18,7 @@ import torch
 from app.logs import logger, scrubber
 from app.worker.claiming import Intake
 from app.worker.context import InFlight, WorkerContext
+from app.worker.dicom import finding_of, write_dicom
 from app.worker.explaining import Saliency, check_explain_budget, compute_saliency, upload
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
@@ -150,6 +151,18 @@ class Inference:
         t0 = time.perf_counter()
         if saliency is not None:
             upload(saliency, self.ctx.storage, retry_s=self.s.storage_retry_s, stop=self.ctx.stop_event)
+        dicom = None
+        if pred is not None and prep.source is not None:
+            finding = finding_of(pred, predictor.entry, saliency)
+            dicom = write_dicom(
+                item,
+                prep,
+                finding,
+                saliency,
+                self.ctx.storage,
+                retry_s=self.s.storage_retry_s,
+                stop=self.ctx.stop_event,
+            )
         item.timings["saving"] = time.perf_counter() - t0
         item.timings["total"] = time.perf_counter() - item.t_claimed
         result = (
@@ -157,4 +170,4 @@ class Inference:
             if pred is not None
             else None
         )
-        self.outcomes.succeeded(item, result, saliency.record if saliency is not None else None)
+        self.outcomes.succeeded(item, result, saliency.record if saliency is not None else None, dicom)

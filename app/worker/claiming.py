@@ -20,6 +20,7 @@ from app.logs import logger
 from app.queue import JobMessage
 from app.repository import claim_attempt
 from app.worker.context import InFlight, JobRefusedError, WorkerContext
+from app.worker.importing import import_study
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
 from app.worker.pipeline import Prepared, init_pool_process, mp_context, prepare_study
@@ -87,16 +88,17 @@ class Intake:
     def _fetch_and_submit(self, item: InFlight) -> None:
         job = item.job
         study_key = job.study_s3_key
-        if study_key is None:
-            raise JobRefusedError("study_not_found", "the study was deleted before the job ran")
         t0 = time.perf_counter()
         zip_path = item.workdir / "study.zip"
-        storage_retry(
-            "fetch the study",
-            lambda: self.ctx.storage.get_to_file(study_key, zip_path),
-            retry_s=self.s.storage_retry_s,
-            stop=self.ctx.stop_event,
-        )
+        if study_key is not None:
+            storage_retry(
+                "fetch the study",
+                lambda: self.ctx.storage.get_to_file(study_key, zip_path),
+                retry_s=self.s.storage_retry_s,
+                stop=self.ctx.stop_event,
+            )
+        elif not (job.study_id is None and import_study(self.ctx, item, zip_path)):
+            raise JobRefusedError("study_not_found", "the study was deleted before the job ran")
         item.timings["fetching"] = time.perf_counter() - t0
         self.outcomes.stage(item, "reading", 0.05)  # a stage boundary: stops a cancelled job here
         predictor = self.models.get(job.model)
@@ -110,6 +112,7 @@ class Intake:
             job.series_uid,
             predictor.preprocess_config,
             job.explain != "none",
+            self.ctx.settings.dicom_outputs and job.kind == "predict",
         )
         fut.add_done_callback(lambda f: self._prepared(item, f))
 

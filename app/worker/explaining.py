@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from app.repository import BlobRef, ExplanationRecord
@@ -28,10 +29,14 @@ __all__ = ["Saliency", "check_explain_budget", "compute_saliency", "upload"]
 
 @dataclass(frozen=True)
 class Saliency:
-    """An explanation row to store and its local files (name → (key, path, content type))."""
+    """An explanation row to store, its local files (name → (key, path, content type)) and the map.
+
+    ``source_map``: the saliency on the source grid (z, y, x), for the DICOM Segmentation.
+    """
 
     record: ExplanationRecord
     files: dict[str, tuple[str, Path, str]]
+    source_map: npt.NDArray[np.float32] | None = None
 
 
 def check_explain_budget(predictor: Predictor, item: InFlight, *, max_passes: int, max_bytes: int) -> None:
@@ -86,7 +91,7 @@ def compute_saliency(predictor: Predictor, item: InFlight, prep: Prepared) -> Sa
         model_name=predictor.entry.name,
         model_version=predictor.entry.version,
     )
-    return Saliency(record, files)
+    return Saliency(record, files, source_map)
 
 
 def upload(saliency: Saliency, storage: Storage, *, retry_s: float, stop: threading.Event) -> None:

@@ -17,6 +17,7 @@ import time
 
 from app.logs import logger, scrubber
 from app.repository import ExplanationRecord, mark_failed, mark_succeeded, release_attempt, set_stage
+from app.repository.dicom import DicomOutputs
 from app.schemas import JobResult
 from app.worker.context import AttemptLostError, InFlight, JobRefusedError, WorkerContext
 from ml.errors import InputError, ModelUnavailable
@@ -41,11 +42,15 @@ class Outcomes:
             raise AttemptLostError(f"job {item.job_id} attempt {item.attempt} is no longer held")
 
     def succeeded(
-        self, item: InFlight, result: JobResult | None, explanation: ExplanationRecord | None
+        self,
+        item: InFlight,
+        result: JobResult | None,
+        explanation: ExplanationRecord | None,
+        dicom: DicomOutputs | None = None,
     ) -> None:
-        """Store the result and explanation rows; a lost lease drops them."""
+        """Store the result, explanation and DICOM rows; a lost lease drops them."""
         with self.db.conn() as conn:
-            held = mark_succeeded(conn, item.job, item.timings, result, explanation)
+            held = mark_succeeded(conn, item.job, item.timings, result, explanation, dicom)
         if not held:
             logger.warning(
                 "job {} attempt {} was cancelled or lost its lease; result dropped", item.job_id, item.attempt

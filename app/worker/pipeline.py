@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.schemas import JobResult, ModelRef, OODOut, OperatingPointOut, SeriesOut, SeriesRank
+from ml.dicom_out import SourceReference
 from ml.geometry import CTVolume
 from ml.inference import Prediction
 from ml.model import ModelEntry
@@ -79,6 +80,7 @@ class Prepared:
     timings: dict[str, float]
     phi_tokens: list[str] = field(default_factory=list)
     volume: CTVolume | None = None  # kept when a saliency overlay is wanted
+    source: SourceReference | None = None  # kept for the DICOM results (identifiers: never log it)
 
 
 def prepare_study(
@@ -88,6 +90,7 @@ def prepare_study(
     series_uid: str | None,
     config: PreprocessConfig,
     keep_volume: bool,
+    keep_source: bool = False,
 ) -> Prepared:
     """Read, check and preprocess one study ZIP (runs in a pool process).
 
@@ -103,7 +106,12 @@ def prepare_study(
             _report(job_id, attempt, *progress[stage])
 
     read = read_study(
-        zip_path, series_uid=series_uid, preprocess=config, keep_volume=keep_volume, on_stage_start=started
+        zip_path,
+        series_uid=series_uid,
+        preprocess=config,
+        keep_volume=keep_volume,
+        keep_source=keep_source,
+        on_stage_start=started,
     )
     assert read.preprocessed is not None
     tensor = read.preprocessed.tensor.numpy().astype(np.float32, copy=False)
@@ -116,6 +124,7 @@ def prepare_study(
         timings={k: v for k, v in read.timings.items() if k != "cleanup"},  # a job times no cleanup
         phi_tokens=sorted(read.phi_tokens),
         volume=read.volume,
+        source=read.source,
     )
 
 

@@ -17,6 +17,7 @@ Threads of one worker process (architecture rule 4: this process alone owns the 
   (expired leases, jobs over ``max_attempts``, queued jobs Redis lost); a **janitor**
   thread aborts abandoned multipart uploads.
 - **webhook thread**: delivers the outbox (:mod:`app.webhooks`).
+- **DICOMweb push thread**: sends DICOM results to clients' destinations (:mod:`app.worker.pushing`).
 
 Any refusal of a study fails its job with the stable code; the worker goes on.
 Unexpected errors give the attempt back (requeued while attempts remain).
@@ -49,6 +50,7 @@ from app.worker.context import HeldJobs, WorkerContext
 from app.worker.housekeeping import Housekeeping, janitor_loop
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
+from app.worker.pushing import DicomPusher
 from ml.inference import Predictor
 
 __all__ = ["Worker", "run_worker"]
@@ -92,6 +94,7 @@ class Worker:
         self.inference = Inference(ctx, self.intake, self.models, self.outcomes)
         self.housekeeping = Housekeeping(ctx, self.outcomes, self.intake.progress, self._drained)
         self._ctx = ctx
+        self.pusher = DicomPusher(self.db, self.storage, settings)
         self.webhooks: WebhookDispatcher | None = None
         self._threads: list[threading.Thread] = []
         self._last_autoclaim = 0.0
@@ -130,6 +133,7 @@ class Worker:
             (self.inference.loop, "inference"),
             (self.housekeeping.loop, "housekeeping"),
             (lambda: janitor_loop(self._ctx), "janitor"),
+            (lambda: self.pusher.loop(self.stop_event), "dicomweb-push"),
         ):
             t = threading.Thread(target=target, name=f"s4ct-{name}", daemon=True)
             t.start()

@@ -51,6 +51,7 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
     rows, cols = _check_pixel_header(ds, idx)
     nframes = header_int(ds, "NumberOfFrames", 1)
     inst_n = header_int(ds, "InstanceNumber", None)
+    sop_uid = header_str(ds, "SOPInstanceUID")[:64]
 
     def ref(
         frame: int | None, plane: Dataset, orientation: Dataset, measures: Dataset, values: Dataset
@@ -75,6 +76,7 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
             (ps[0], ps[1]),
             ori,
             to_float(th),
+            sop_uid,
         )
 
     if "PerFrameFunctionalGroupsSequence" not in ds and nframes == 1:

@@ -34,6 +34,8 @@ class SliceRef:
     pixel_spacing_mm: tuple[float, float]  # (row spacing, column spacing), as DICOM PixelSpacing
     orientation: tuple[float, ...]  # ImageOrientationPatient: row cosine (3) + column cosine (3)
     slice_thickness_mm: float | None
+    #: SOPInstanceUID of the file (as read, unchecked); "" when absent
+    sop_instance_uid: str = ""
 
 
 @dataclass

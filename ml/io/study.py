@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml.dicom_out.source import SourceReference, read_source
 from ml.geometry import CTVolume
 from ml.io.decode import load_volume
 from ml.io.discovery import discover_series
@@ -72,6 +73,8 @@ class StudyRead:
             the study was not decoded, or was preprocessed without ``keep_volume``.
         preprocessed: the model input and its geometry record, when preprocessing was asked for.
         timings: wall seconds of each stage that ran (names from :data:`STAGES`, in that order).
+        source: the selected series' patient and study modules and UIDs, for DICOM results
+            (with ``keep_source``; identifiers: never log it).
     """
 
     study: Study
@@ -79,6 +82,7 @@ class StudyRead:
     volume: CTVolume | None = None
     preprocessed: PreprocessResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    source: SourceReference | None = None
 
     @property
     def series(self) -> SeriesInfo:
@@ -124,6 +128,7 @@ def read_study(
     decode: bool = True,
     preprocess: PreprocessConfig | None = None,
     keep_volume: bool = False,
+    keep_source: bool = False,
     workdir: str | Path | None = None,
     on_stage_start: Callable[[str], None] | None = None,
     on_stage: Callable[[str, float], None] | None = None,
@@ -141,6 +146,8 @@ def read_study(
             files are removed (needs ``decode``).
         keep_volume: with ``preprocess``, keep the decoded volume in the record; otherwise it
             is released as soon as the model input exists.
+        keep_source: read the selected series' reference for DICOM results
+            (:func:`ml.dicom_out.source.read_source`) before the extracted files are removed.
         workdir: where the private temporary directory is created (default: the system's).
         on_stage_start: called with a stage's name (see :data:`STAGES`) when it starts.
         on_stage: called with a stage's name and its wall seconds when it has finished.
@@ -163,6 +170,7 @@ def read_study(
             on_phi_tokens(study.phi_tokens)
         with stage("qc"):
             report = rank_series(study, qc_config, series_uid)
+            reference = read_source(report.selected.series) if keep_source else None
         if decode:
             with stage("decoding"):
                 volume = load_volume(report.selected.series)
@@ -175,4 +183,6 @@ def read_study(
             result = run_preprocess(volume, preprocess)
         if not keep_volume:
             volume = None
-    return StudyRead(study=study, qc=report, volume=volume, preprocessed=result, timings=stage.timings)
+    return StudyRead(
+        study=study, qc=report, volume=volume, preprocessed=result, timings=stage.timings, source=reference
+    )

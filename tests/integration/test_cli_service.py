@@ -163,3 +163,19 @@ def test_operator_commands_find_the_stack_serve_published(
     dead.wait()
     path.write_text(json.dumps({**data, "pid": dead.pid}))
     assert cli("apikey", "list").returncode == 2
+
+
+def test_dicomweb_endpoints_of_a_client(settings: Settings) -> None:
+    assert _cli(settings, "apikey", "create", "site-pacs-cli").returncode == 0
+    pacs = "http://pacs.hospital.test:8042/dicom-web"
+    assert _cli(settings, "dicomweb", "add", "site-pacs-cli", pacs + "/", "--role", "source").returncode == 0
+    assert _cli(settings, "dicomweb", "add", "site-pacs-cli", pacs).returncode == 0  # destination
+    other = "http://other.hospital.test/dicom-web"
+    assert _cli(settings, "dicomweb", "add", "site-pacs-cli", other).returncode == 0  # replaces it
+    listed = _cli(settings, "dicomweb", "list", "site-pacs-cli").stdout.split()
+    assert listed == ["source", pacs, "destination", other]
+    assert _cli(settings, "dicomweb", "add", "site-pacs-cli", "ftp://x", "--role", "source").returncode == 2
+    assert _cli(settings, "dicomweb", "add", "site-pacs-cli", pacs, "--role", "both").returncode == 2
+    assert _cli(settings, "dicomweb", "remove", "site-pacs-cli", pacs, "--role", "source").returncode == 0
+    assert _cli(settings, "dicomweb", "remove", "site-pacs-cli", pacs, "--role", "source").returncode == 2
+    assert _cli(settings, "dicomweb", "list", "site-pacs-cli").stdout.split() == ["destination", other]

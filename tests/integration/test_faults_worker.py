@@ -96,12 +96,14 @@ def _keys_in(value: Any) -> Iterator[str]:
 
 
 def _referenced_keys(conn: Conn) -> dict[str, list[str]]:
-    """S3 keys referenced by results and explanations, by the job whose attempt wrote them."""
+    """S3 keys referenced by results, explanations and DICOM results, by the job whose attempt wrote them."""
     refs: dict[str, list[str]] = {}
     for r in conn.execute("SELECT job_id, body FROM results").fetchall():
         refs.setdefault(str(r["job_id"]), []).extend(_keys_in(r["body"]))
     for r in conn.execute("SELECT produced_by, blobs FROM explanations").fetchall():
         refs.setdefault(str(r["produced_by"]), []).extend(_keys_in(r["blobs"]))
+    for r in conn.execute("SELECT job_id, objects FROM dicom_outputs").fetchall():
+        refs.setdefault(str(r["job_id"]), []).extend(_keys_in(r["objects"]))
     return refs
 
 

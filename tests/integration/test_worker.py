@@ -146,9 +146,12 @@ def test_end_to_end_with_saliency_and_webhook(
         assert payload["event"] == "job.succeeded" and payload["job_id"] == job
         assert payload["probability"] == pytest.approx(result["probability"])
         assert payload["label"] == result["label"] and payload["indeterminate_reasons"] == []
-    # saliency blobs live under attempt-scoped keys
+    # saliency blobs (and the DICOM results) live under attempt-scoped keys
     keys = list(list_keys(storage_of(settings), f"jobs/{job}/"))
-    assert keys and all(k.startswith(f"jobs/{job}/attempt-1/saliency/") for k in keys)
+    assert keys and all(k.startswith(f"jobs/{job}/attempt-1/saliency/") for k in keys if "/dicom/" not in k)
+    assert {k for k in keys if "/dicom/" in k} <= {
+        f"jobs/{job}/attempt-1/dicom/{n}.dcm" for n in ("sr", "sc", "seg")
+    }
 
     # explain again with another method: a new explain job, the explanation is added
     r = client.post(f"/v1/jobs/{job}/explain", json={"method": "saliency"})

@@ -90,6 +90,17 @@ def _check_model(services: Services, name: str | None) -> str:
     return model
 
 
+def checked_options(services: Services, req: PredictRequest) -> tuple[str, dict[str, Any]]:
+    """The model name and explanation parameters of a prediction request, checked."""
+    model = _check_model(services, req.model)
+    try:
+        params = check_explain_params(req.explain, req.explain_params)
+    except ValueError as e:
+        raise ServiceError("validation_error", str(e)) from None
+    check_explain_cost(services, model, req.explain, params)
+    return model, params
+
+
 def _create_job(
     services: Services,
     client: str,
@@ -98,12 +109,7 @@ def _create_job(
     idem_key: str | None,
     route: str,
 ) -> JSONResponse:
-    model = _check_model(services, req.model)
-    try:
-        params = check_explain_params(req.explain, req.explain_params)
-    except ValueError as e:
-        raise ServiceError("validation_error", str(e)) from None
-    check_explain_cost(services, model, req.explain, params)
+    model, params = checked_options(services, req)
     callback_url = checked_callback_url(services, req.callback_url)
     payload = req.model_dump(mode="json") | {"study_id": str(study_id)}
 
@@ -315,6 +321,15 @@ def cancel_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -
     return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
 
 
+def succeeded_prediction(conn: Conn, job_id: uuid.UUID, client: str) -> Job:
+    """The client's predict job ``job_id``, succeeded (else the error answer that says why not)."""
+    job = _job_or_404(conn, job_id, client)
+    if job.kind != "predict":
+        raise ServiceError("job_not_found", "explain jobs have no result; see the parent's explanation")
+    _require_succeeded(job)
+    return job
+
+
 @router.get(
     "/jobs/{job_id}/result",
     response_model=JobResult,
@@ -323,10 +338,7 @@ def cancel_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -
 )
 def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
     with services.db.conn() as conn:
-        job = _job_or_404(conn, job_id, client)
-        if job.kind != "predict":
-            raise ServiceError("job_not_found", "explain jobs have no result; see the parent's explanation")
-        _require_succeeded(job)
+        job = succeeded_prediction(conn, job_id, client)
         result = get_result(conn, job_id)
     if result is None:
         raise ServiceError("job_not_finished")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import Client, ServicesDep
+from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import run_idempotent
 from app.api.paging import ClientRefQ, CreatedAfter, CreatedBefore, Cursor, Limit, utc
 from app.api.responses import error_responses
@@ -151,6 +152,29 @@ async def upload_study(
     (headers, not query parameters: URLs end up in proxy access logs).
     """
     ref, meta = _client_fields(client_ref, metadata)
+    status, body = await store_study(
+        request, services, client, idempotency_key, route="POST /v1/studies", client_ref=ref, metadata=meta
+    )
+    return JSONResponse(body, status_code=status)
+
+
+async def store_study(
+    request: Request,
+    services: Services,
+    client: str,
+    idempotency_key: str | None,
+    *,
+    route: str,
+    chunks: Callable[[Request], AsyncIterator[bytes]] | None = None,
+    client_ref: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Stream the study to S3, check it and record it: (201 or 200, the ``StudyOut`` body).
+
+    ``chunks``: the ZIP made from the body another way (:func:`app.uploads.receive_zip`);
+    ``client_ref``, ``metadata``: the caller's own reference, stored with the study.
+    """
+    ref, meta = client_ref, metadata or {}
     s = services.settings
     study_id = uuid.uuid4()
     key = f"studies/{study_id}/source.zip"
@@ -163,6 +187,7 @@ async def upload_study(
         parts_in_flight=s.upload_parts_in_flight,
         gate=services.uploads,
         client=client,
+        chunks=chunks,
     )
 
     def record(conn: Conn) -> tuple[int, dict[str, Any]]:
@@ -185,7 +210,7 @@ async def upload_study(
         request_hash = hashlib.sha256(orjson.dumps([up.sha256, ref, meta])).hexdigest()
     try:
         status, body, _ = await run_in_threadpool(
-            run_idempotent, services.db, client, idempotency_key, "POST /v1/studies", request_hash, record
+            run_idempotent, services.db, client, idempotency_key, route, request_hash, record
         )
     except BaseException:
         await run_in_threadpool(services.storage.delete, key)
@@ -194,7 +219,7 @@ async def upload_study(
         await run_in_threadpool(services.storage.delete, key)
     else:
         logger.info("study {} stored: {} bytes, {} files", study_id, up.size, up.summary.files)
-    return JSONResponse(body, status_code=status)
+    return status, body
 
 
 @router.get(

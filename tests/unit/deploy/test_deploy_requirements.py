@@ -31,6 +31,7 @@ NOT_IN_API = {
     "nibabel": "saliency NIfTI files (worker)",
     "matplotlib": "saliency PNGs and evaluation plots (worker, offline)",
     "openpyxl": "the offline `predict` report",
+    "highdicom": "DICOM results (SR, Secondary Capture) written by the worker",
 }
 #: ... and that the worker image leaves out
 NOT_IN_WORKER = {k: v for k, v in NOT_IN_API.items() if "embedded" in v}

@@ -21,6 +21,7 @@ COMMANDS = [
     "migrate",
     "apikey",
     "client",
+    "dicomweb",
 ]
 
 
@@ -34,4 +35,10 @@ def test_help_lists_every_command_in_order() -> None:
         "create",
         "list",
         "revoke",
+    ]
+    r = run_cli("dicomweb", "--help")
+    assert r.returncode == 0 and re.findall(r"^│ (\w+) ", r.stdout, flags=re.MULTILINE) == [
+        "add",
+        "remove",
+        "list",
     ]

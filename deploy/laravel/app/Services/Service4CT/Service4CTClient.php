@@ -161,6 +161,77 @@ final class Service4CTClient
         return $this->json($this->http()->post('/v1/jobs/' . rawurlencode($jobId) . '/viewer-token'));
     }
 
+    /**
+     * POST /v1/studies/import: predict a study that the service's worker fetches by WADO-RS from
+     * a PACS configured for this client (`service4ct dicomweb add CLIENT URL --role source`).
+     * 202 with the job; 422 dicomweb_endpoint_not_configured for any other URL.
+     *
+     * @return array{job_id: string, state: string, status_url: string, links: array<string, string>}
+     */
+    public function importStudy(
+        string $dicomwebUrl,
+        string $studyInstanceUid,
+        string $idempotencyKey,
+        ?string $seriesInstanceUid = null,
+        string $explain = 'gradcam',
+        ?string $callbackUrl = null,
+    ): array {
+        $payload = array_filter(
+            [
+                'dicomweb_url' => $dicomwebUrl,
+                'study_instance_uid' => $studyInstanceUid,
+                'series_instance_uid' => $seriesInstanceUid,
+                'explain' => $explain,
+                'callback_url' => $callbackUrl,
+            ],
+            static fn ($v) => $v !== null,
+        );
+        $response = $this->http()
+            ->withHeaders(['Idempotency-Key' => $idempotencyKey])
+            ->post('/v1/studies/import', $payload);
+
+        return $this->json($response);
+    }
+
+    /**
+     * GET /v1/jobs/{id}/dicom: the job's DICOM SR and Secondary Capture (kind, UIDs, presigned url,
+     * download path) and their pushes to the client's PACS. 422 dicom_source_uids_invalid when
+     * the source study's UIDs cannot be referenced (the result itself stands).
+     *
+     * @return array<string, mixed>
+     */
+    public function dicomResults(string $jobId): array
+    {
+        return $this->json($this->http()->get('/v1/jobs/' . rawurlencode($jobId) . '/dicom'));
+    }
+
+    /**
+     * One DICOM result (application/dicom), written to $path: e.g. to forward it to a PACS.
+     */
+    public function downloadDicom(string $jobId, string $sopInstanceUid, string $path): void
+    {
+        $response = $this->http()
+            ->accept('application/dicom')
+            ->sink($path)
+            ->get('/v1/jobs/' . rawurlencode($jobId) . '/dicom/' . rawurlencode($sopInstanceUid));
+        if ($response->failed()) {
+            throw Service4CTException::fromResponse($response);
+        }
+    }
+
+    /**
+     * GET /v1/jobs/{id}/fhir: the result as a FHIR R4 DiagnosticReport (application/fhir+json),
+     * for the hospital's FHIR server or interface engine.
+     *
+     * @return array<string, mixed>
+     */
+    public function fhirReport(string $jobId): array
+    {
+        return $this->json(
+            $this->http()->accept('application/fhir+json')->get('/v1/jobs/' . rawurlencode($jobId) . '/fhir')
+        );
+    }
+
     private function http(?int $timeoutSeconds = null): PendingRequest
     {
         return Http::baseUrl(rtrim($this->baseUrl, '/'))
