@@ -16,6 +16,8 @@ use Illuminate\Console\Command;
  */
 final class Service4CTShow extends Command
 {
+    use ReportsService4CTErrors;
+
     /** @var string */
     protected $signature = 'service4ct:show
         {job : the Service4CT job id}
@@ -42,17 +44,7 @@ final class Service4CTShow extends Command
                 $out['viewer_token'] = $client->viewerToken($job);
             }
         } catch (Service4CTException $e) {
-            $this->error(sprintf(
-                'service4ct error %s (HTTP %d, request id %s, retryable: %s%s): %s',
-                $e->errorCode,
-                $e->status,
-                $e->requestId ?? '-',
-                $e->retryable() ? 'yes' : 'no',
-                $e->retryAfter !== null ? ", retry after {$e->retryAfter} s" : '',
-                $e->detail,
-            ));
-
-            return 1;
+            return $this->reportServiceError($e);
         }
         $this->line((string) json_encode($out, JSON_PRETTY_PRINT | JSON_UNESCAPED_SLASHES));
 
