@@ -307,7 +307,9 @@ def test_worklist_through_laravel_list_priority_and_cancel(
     # cancel right after submission, behind three jobs: queued (or just started) → cancelled
     cancel_id = ids["wl-cancel"]
     for _ in range(2):  # idempotent
-        (status,) = _json_lines(app.artisan("service4ct:cancel", cancel_id))
+        out = app.artisan("service4ct:cancel", cancel_id)
+        assert out.returncode == 0, out.stdout + out.stderr
+        status = json.loads(out.stdout[out.stdout.index("{") :])
         assert (status["job_id"], status["state"], status["client_ref"]) == (
             cancel_id,
             "cancelled",
