@@ -324,7 +324,7 @@ def test_worklist_through_laravel_list_priority_and_cancel(
     rows = {
         r["client_ref"]: r
         for r in service.sql(
-            "SELECT client_ref, priority, metadata, state FROM jobs WHERE id = ANY(%s)",
+            "SELECT client_ref, priority, metadata, state, started_at FROM jobs WHERE id = ANY(%s)",
             [uuid.UUID(i) for i in ids.values()],
         )
     }
