@@ -13,6 +13,7 @@ import subprocess
 import time
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import pytest
 from integration.laravel_app import LaravelApp, missing  # type: ignore[import-not-found, unused-ignore]
@@ -148,6 +149,18 @@ def test_the_app_boots_with_its_route_and_listener(tmp_path: Path) -> None:
     }
 
 
+def run_php(source: str, cases: list[Any], tmp_path: Path, env: dict[str, str] | None = None) -> Any:
+    """Run the PHP ``source`` with the app directory as its argument and ``cases`` as JSON on stdin."""
+    assert PHP is not None
+    script = tmp_path / "script.php"
+    script.write_text(source)
+    # a failure raises, with PHP's errors on the test's stderr
+    out = subprocess.check_output(
+        [PHP, str(script), str(LARAVEL)], input=json.dumps(cases), env=env, text=True, timeout=60
+    )
+    return json.loads(out)
+
+
 EXCEPTION = r"""<?php
 require $argv[1] . '/bootstrap/autoload.php';
 use App\Services\Service4CT\Service4CTException;
@@ -164,9 +177,6 @@ echo json_encode($out);
 @needs_laravel
 def test_error_answers_become_service4ct_exceptions(tmp_path: Path) -> None:
     """Stable code, request id (body, else header), Retry-After (seconds or HTTP date), retryable()."""
-    assert PHP is not None
-    script = tmp_path / "exception.php"
-    script.write_text(EXCEPTION)
 
     def body(code: str) -> str:
         return json.dumps({"error": code, "detail": "d", "request_id": f"req-{code}"})
@@ -180,16 +190,7 @@ def test_error_answers_become_service4ct_exceptions(tmp_path: Path) -> None:
         (503, {"Retry-After": formatdate(time.time() + 60, usegmt=True)}, body("server_busy")),
         (502, {"X-Request-ID": "gw-1"}, "<html>Bad Gateway</html>"),
     ]
-    out = subprocess.run(
-        [PHP, str(script), str(LARAVEL)],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    got = json.loads(out.stdout)
+    got = run_php(EXCEPTION, cases, tmp_path)
     assert got[0] == ["unauthorized", 401, "req-unauthorized", None, False]
     assert got[1][4] is False and got[2][4] is True  # a conflict is final, "in progress" is not
     assert got[3] == ["zip_invalid", 422, "req-zip_invalid", None, False]
@@ -221,7 +222,6 @@ echo json_encode($out);
 @needs_laravel
 def test_webhook_cancelled_raises_the_event_once_and_unknown_events_are_ignored(tmp_path: Path) -> None:
     """job.cancelled → Service4CTJobFinished (state cancelled) once; a new event type → 200 ignored."""
-    assert PHP is not None
     secret = "whsec-test"
     app = LaravelApp(
         tmp_path,
@@ -232,8 +232,6 @@ def test_webhook_cancelled_raises_the_event_once_and_unknown_events_are_ignored(
             "QUEUE_CONNECTION": "sync",  # the queued listener runs in the request
         },
     )
-    script = tmp_path / "webhook.php"
-    script.write_text(WEBHOOK)
     job_id = "6f1c2b9e-0d4a-4e8b-9a53-2c7e1f0b8d14"
 
     def delivery(delivery_id: str, event: str, payload: dict[str, object]) -> list[object]:
@@ -265,18 +263,7 @@ def test_webhook_cancelled_raises_the_event_once_and_unknown_events_are_ignored(
         delivery("42", "study.deleted", deleted),
         forged,  # the event header is signed: not swappable
     ]
-    out = subprocess.run(
-        [PHP, str(script), str(LARAVEL)],
-        input=json.dumps(deliveries),
-        cwd=LARAVEL,
-        env=app.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    got = json.loads(out.stdout)
+    got = run_php(WEBHOOK, deliveries, tmp_path, app.env)
     assert got == [
         [200, {"status": "accepted"}],
         [200, {"status": "duplicate"}],
