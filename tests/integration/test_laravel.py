@@ -306,6 +306,8 @@ def test_worklist_through_laravel_list_priority_and_cancel(
 
     # cancel right after submission, behind three jobs: queued (or just started) → cancelled
     cancel_id = ids["wl-cancel"]
+    (before,) = service.sql("SELECT state FROM jobs WHERE id = %s", uuid.UUID(cancel_id))
+    assert before["state"] in ("queued", "running"), before
     for _ in range(2):  # idempotent
         out = app.artisan("service4ct:cancel", cancel_id)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -324,7 +326,7 @@ def test_worklist_through_laravel_list_priority_and_cancel(
     rows = {
         r["client_ref"]: r
         for r in service.sql(
-            "SELECT client_ref, priority, metadata, state, started_at FROM jobs WHERE id = ANY(%s)",
+            "SELECT client_ref, priority, metadata, state FROM jobs WHERE id = ANY(%s)",
             [uuid.UUID(i) for i in ids.values()],
         )
     }
@@ -345,15 +347,21 @@ def test_worklist_through_laravel_list_priority_and_cancel(
     done = _json_lines(app.artisan("service4ct:list", "--state=cancelled", "--state=failed", "--json"))
     assert cancel_id in {j["job_id"] for j in done} and {j["state"] for j in done} <= {"cancelled", "failed"}
 
+    # the series picker of the study, through the client
+    shown = app.artisan("service4ct:show", ids["wl-2"], "--series")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    series = json.loads(shown.stdout[shown.stdout.index("{") :])["series"]
+    (pick,) = [s for s in series["series"] if s["selected"]]
+    assert pick["usable"] and pick["rank"] == 1 and series["selected_uid"] == pick["series_uid"], series
+
     # a cancelled job's webhook is handled once; the others finish as usual
     for ref in ("wl-1", "wl-2", "wl-3"):
         laravel.wait_record("service4ct result read", timeout=600, job_id=ids[ref])
     assert len(laravel.records("service4ct webhook accepted", job_id=cancel_id)) == 1
     assert len(laravel.records("service4ct job finished", job_id=cancel_id)) == 1
     assert not laravel.records("service4ct result read", job_id=cancel_id)
-    print(
-        f"listed {pages.group(1)} jobs in {pages.group(2)} pages; cancelled {cancel_id}, webhook handled once"
-    )
+    print(f"listed {pages.group(1)} jobs in {pages.group(2)} pages; cancelled {cancel_id} ({before['state']}) ", end="")
+    print("with its job.cancelled webhook handled once")
 
 
 # ---------------------------------------------------------------------------- error classes

@@ -9,6 +9,7 @@ use GuzzleHttp\Psr7\Utils;
 use Illuminate\Http\Client\PendingRequest;
 use Illuminate\Http\Client\Response;
 use Illuminate\Support\Facades\Http;
+use InvalidArgumentException;
 use RuntimeException;
 
 /**
@@ -232,6 +233,9 @@ final class Service4CTClient
      */
     public function pages(string $list, array $filters = [], int $limit = 50): Generator
     {
+        if (! in_array($list, ['jobs', 'studies'], true)) {
+            throw new InvalidArgumentException("no such list: {$list} (jobs or studies)");
+        }
         $cursor = null;
         do {
             $page = $list === 'studies'
