@@ -360,8 +360,8 @@ def test_worklist_through_laravel_list_priority_and_cancel(
     assert len(laravel.records("service4ct webhook accepted", job_id=cancel_id)) == 1
     assert len(laravel.records("service4ct job finished", job_id=cancel_id)) == 1
     assert not laravel.records("service4ct result read", job_id=cancel_id)
-    print(f"listed {pages.group(1)} jobs in {pages.group(2)} pages; cancelled {cancel_id} ({before['state']}) ", end="")
-    print("with its job.cancelled webhook handled once")
+    print(f"listed {pages.group(1)} jobs in {pages.group(2)} pages by cursor")
+    print(f"cancelled {cancel_id} ({before['state']} before), its job.cancelled webhook handled once")
 
 
 # ---------------------------------------------------------------------------- error classes
