@@ -185,6 +185,11 @@ def _submit(app: LaravelApp, zip_path: Path, ref: str, callback: str = "") -> No
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _json_lines(out: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
 def _jobs_of_study(service: Service, study_id: str) -> int:
     return int(service.sql("SELECT count(*) AS n FROM jobs WHERE study_id = %s", study_id)[0]["n"])
 
@@ -277,6 +282,88 @@ def test_worker_killed_mid_job_retries_into_the_same_service_job(
     print(f"killed mid-job, retried: one service job {queued['job_id']}, result {read['context']['label']}")
 
 
+def test_worklist_through_laravel_list_priority_and_cancel(
+    service: Service, laravel: LaravelApp, webhook_url: str, tmp_path: Path
+) -> None:
+    """client_ref, metadata, priority reach the service; the list follows cursors; one job.cancelled."""
+    app = laravel.with_env(REDIS_QUEUE="worklist")
+    app.queue_worker()  # the submissions
+    laravel.queue_worker()  # the queued listener (default queue)
+    refs = {"wl-1": "urgent", "wl-2": "routine", "wl-3": "routine", "wl-cancel": "routine"}
+    for seed, (ref, priority) in enumerate(refs.items(), start=41):
+        study = tmp_path / f"{ref}.zip"
+        make_study(study, seed=seed, label=seed % 2)
+        out = app.artisan(
+            "service4ct:submit",
+            str(study),
+            f"--ref={ref}",
+            f"--callback={webhook_url}",
+            f"--priority={priority}",
+            f"--metadata={json.dumps({'row': seed})}",
+        )
+        assert out.returncode == 0 and f"queued {ref} ({priority})" in out.stdout, out.stdout + out.stderr
+    ids = {ref: app.wait_record("service4ct job queued", study_ref=ref)["context"]["job_id"] for ref in refs}
+
+    # cancel right after submission, behind three jobs: queued (or just started) → cancelled
+    cancel_id = ids["wl-cancel"]
+    (before,) = service.sql("SELECT state FROM jobs WHERE id = %s", uuid.UUID(cancel_id))
+    assert before["state"] in ("queued", "running"), before
+    for _ in range(2):  # idempotent
+        out = app.artisan("service4ct:cancel", cancel_id)
+        assert out.returncode == 0, out.stdout + out.stderr
+        status = json.loads(out.stdout[out.stdout.index("{") :])
+        assert (status["job_id"], status["state"], status["client_ref"]) == (
+            cancel_id,
+            "cancelled",
+            "wl-cancel",
+        )
+    accepted = laravel.wait_record("service4ct webhook accepted", job_id=cancel_id, timeout=120)["context"]
+    assert (accepted["event"], accepted["client_ref"]) == ("job.cancelled", "wl-cancel"), accepted
+    finished = laravel.wait_record("service4ct job finished", job_id=cancel_id, timeout=120)["context"]
+    assert (finished["state"], finished["client_ref"]) == ("cancelled", "wl-cancel"), finished
+
+    # the service's rows carry what Laravel sent
+    rows = {
+        r["client_ref"]: r
+        for r in service.sql(
+            "SELECT client_ref, priority, metadata, state FROM jobs WHERE id = ANY(%s)",
+            [uuid.UUID(i) for i in ids.values()],
+        )
+    }
+    assert {ref: r["priority"] for ref, r in rows.items()} == refs, rows
+    assert rows["wl-cancel"]["state"] == "cancelled" and rows["wl-1"]["metadata"] == {"row": 41}, rows
+
+    # every job of the client, one per page: the cursor is followed to the end, nothing repeated
+    items = _json_lines(app.artisan("service4ct:list", "--limit=1", "--json"))
+    listed = [i["job_id"] for i in items]
+    assert set(ids.values()) <= set(listed) and len(listed) == len(set(listed)) >= 4, listed
+    pages = re.search(r"(\d+) jobs, (\d+) pages", app.artisan("service4ct:list", "--limit=1").stdout)
+    assert pages and int(pages.group(2)) >= int(pages.group(1)) >= 4, pages
+    by_id = {i["job_id"]: i for i in items}
+    assert (by_id[ids["wl-1"]]["priority"], by_id[ids["wl-1"]]["metadata"]) == ("urgent", {"row": 41})
+    # found by the product's own reference; several states in one filter
+    (found,) = _json_lines(app.artisan("service4ct:list", "--client-ref=wl-2", "--limit=1", "--json"))
+    assert (found["job_id"], found["client_ref"], found["priority"]) == (ids["wl-2"], "wl-2", "routine")
+    done = _json_lines(app.artisan("service4ct:list", "--state=cancelled", "--state=failed", "--json"))
+    assert cancel_id in {j["job_id"] for j in done} and {j["state"] for j in done} <= {"cancelled", "failed"}
+
+    # the series picker of the study, through the client
+    shown = app.artisan("service4ct:show", ids["wl-2"], "--series")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    series = json.loads(shown.stdout[shown.stdout.index("{") :])["series"]
+    (pick,) = [s for s in series["series"] if s["selected"]]
+    assert pick["usable"] and pick["rank"] == 1 and series["selected_uid"] == pick["series_uid"], series
+
+    # a cancelled job's webhook is handled once; the others finish as usual
+    for ref in ("wl-1", "wl-2", "wl-3"):
+        laravel.wait_record("service4ct result read", timeout=600, job_id=ids[ref])
+    assert len(laravel.records("service4ct webhook accepted", job_id=cancel_id)) == 1
+    assert len(laravel.records("service4ct job finished", job_id=cancel_id)) == 1
+    assert not laravel.records("service4ct result read", job_id=cancel_id)
+    print(f"listed {pages.group(1)} jobs in {pages.group(2)} pages by cursor")
+    print(f"cancelled {cancel_id} ({before['state']} before), its job.cancelled webhook handled once")
+
+
 # ---------------------------------------------------------------------------- error classes
 
 
@@ -314,7 +401,8 @@ def _earlier_attempt_uploaded(service: Service, r: redis.Redis, queue: str, zip_
         up = c.post(
             "/v1/studies",
             content=zip_path.read_bytes(),
-            headers={"Content-Type": "application/zip", "Idempotency-Key": key},
+            # the same request as the job's: the reference is part of it
+            headers={"Content-Type": "application/zip", "Idempotency-Key": key, "X-Client-Ref": queue},
         )
     assert up.status_code in (200, 201), up.text
     return str(up.json()["study_id"])

@@ -13,6 +13,7 @@ import subprocess
 import time
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import pytest
 from integration.laravel_app import LaravelApp, missing  # type: ignore[import-not-found, unused-ignore]
@@ -68,6 +69,13 @@ def test_the_example_is_complete() -> None:
         "/result",
         "/explanation",
         "Utils::streamFor",
+        "/cancel",
+        "/series",
+        "next_cursor",
+        "X-Client-Ref",
+        "X-Client-Metadata",
+        "'priority'",
+        "'client_ref'",
     ):
         assert needle in client, needle
     job = (LARAVEL / "app/Jobs/SubmitStudyToService4CT.php").read_text()
@@ -136,9 +144,21 @@ def test_the_app_boots_with_its_route_and_listener(tmp_path: Path) -> None:
     events = app.artisan("event:list")
     assert "App\\Listeners\\ReadService4CTResult" in events.stdout, events.stdout + events.stderr
     commands = app.artisan("list", "--raw").stdout
-    assert {"queue:work", "service4ct:submit", "service4ct:show"} <= {
+    assert {"queue:work", "service4ct:submit", "service4ct:show", "service4ct:list", "service4ct:cancel"} <= {
         c.split()[0] for c in commands.splitlines()
     }
+
+
+def run_php(source: str, cases: list[Any], tmp_path: Path, env: dict[str, str] | None = None) -> Any:
+    """Run the PHP ``source`` with the app directory as its argument and ``cases`` as JSON on stdin."""
+    assert PHP is not None
+    script = tmp_path / "script.php"
+    script.write_text(source)
+    # a failure raises, with PHP's errors on the test's stderr
+    out = subprocess.check_output(
+        [PHP, str(script), str(LARAVEL)], input=json.dumps(cases), env=env, text=True, timeout=60
+    )
+    return json.loads(out)
 
 
 EXCEPTION = r"""<?php
@@ -157,9 +177,6 @@ echo json_encode($out);
 @needs_laravel
 def test_error_answers_become_service4ct_exceptions(tmp_path: Path) -> None:
     """Stable code, request id (body, else header), Retry-After (seconds or HTTP date), retryable()."""
-    assert PHP is not None
-    script = tmp_path / "exception.php"
-    script.write_text(EXCEPTION)
 
     def body(code: str) -> str:
         return json.dumps({"error": code, "detail": "d", "request_id": f"req-{code}"})
@@ -173,19 +190,96 @@ def test_error_answers_become_service4ct_exceptions(tmp_path: Path) -> None:
         (503, {"Retry-After": formatdate(time.time() + 60, usegmt=True)}, body("server_busy")),
         (502, {"X-Request-ID": "gw-1"}, "<html>Bad Gateway</html>"),
     ]
-    out = subprocess.run(
-        [PHP, str(script), str(LARAVEL)],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    got = json.loads(out.stdout)
+    got = run_php(EXCEPTION, cases, tmp_path)
     assert got[0] == ["unauthorized", 401, "req-unauthorized", None, False]
     assert got[1][4] is False and got[2][4] is True  # a conflict is final, "in progress" is not
     assert got[3] == ["zip_invalid", 422, "req-zip_invalid", None, False]
     assert got[4] == ["rate_limited", 429, "req-rate_limited", 7, True]
     assert got[5][0] == "server_busy" and 55 <= got[5][3] <= 60 and got[5][4] is True
     assert got[6] == ["http_502", 502, "gw-1", None, True]
+
+
+WEBHOOK = r"""<?php
+// POST each delivery of stdin to the app's webhook route, in one process (array cache, sync queue)
+require $argv[1] . '/bootstrap/autoload.php';
+$app = require $argv[1] . '/bootstrap/app.php';
+$kernel = $app->make(Illuminate\Contracts\Http\Kernel::class);
+$out = [];
+foreach (json_decode(stream_get_contents(STDIN), true) as [$headers, $body]) {
+    $server = ['CONTENT_TYPE' => 'application/json', 'REMOTE_ADDR' => '127.0.0.1'];
+    foreach ($headers as $name => $value) {
+        $server['HTTP_' . strtoupper(str_replace('-', '_', $name))] = $value;
+    }
+    $request = Illuminate\Http\Request::create('/api/service4ct/webhook', 'POST', [], [], [], $server, $body);
+    $response = $kernel->handle($request);
+    $out[] = [$response->getStatusCode(), json_decode((string) $response->getContent(), true)];
+    $kernel->terminate($request, $response);
+}
+echo json_encode($out);
+"""
+
+
+@needs_laravel
+def test_webhook_cancelled_raises_the_event_once_and_unknown_events_are_ignored(tmp_path: Path) -> None:
+    """job.cancelled → Service4CTJobFinished (state cancelled) once; a new event type → 200 ignored."""
+    secret = "whsec-test"
+    app = LaravelApp(
+        tmp_path,
+        {
+            "SERVICE4CT_API_KEY": "unused",
+            "SERVICE4CT_WEBHOOK_SECRET": secret,
+            "CACHE_DRIVER": "array",
+            "QUEUE_CONNECTION": "sync",  # the queued listener runs in the request
+        },
+    )
+    job_id = "6f1c2b9e-0d4a-4e8b-9a53-2c7e1f0b8d14"
+
+    def delivery(delivery_id: str, event: str, payload: dict[str, object]) -> list[object]:
+        body = json.dumps(payload)
+        headers = {
+            "X-Service4CT-Delivery": delivery_id,
+            "X-Service4CT-Event": event,
+            "X-Service4CT-Signature": sign(secret, body.encode(), delivery=delivery_id, event=event),
+        }
+        return [headers, body]
+
+    cancelled = {
+        "event": "job.cancelled",
+        "job_id": job_id,
+        "kind": "predict",
+        "state": "cancelled",
+        "error": None,
+        "client_ref": "row-4711",
+        "metadata": {"row": 4711},
+    }
+    started = {"event": "job.started", "job_id": job_id, "state": "running"}
+    deleted = {"event": "study.deleted", "study_id": "0b9d"}  # no job at all
+    forged = delivery("41", "study.deleted", deleted)
+    forged[0]["X-Service4CT-Event"] = "job.cancelled"  # type: ignore[index]
+    deliveries = [
+        delivery("40", "job.cancelled", cancelled),
+        delivery("40", "job.cancelled", cancelled),  # redelivered
+        delivery("41", "job.started", started),
+        delivery("42", "study.deleted", deleted),
+        forged,  # the event header is signed: not swappable
+    ]
+    got = run_php(WEBHOOK, deliveries, tmp_path, app.env)
+    assert got == [
+        [200, {"status": "accepted"}],
+        [200, {"status": "duplicate"}],
+        [200, {"status": "ignored"}],
+        [200, {"status": "ignored"}],
+        [401, {"error": "invalid_signature"}],
+    ], got
+    (finished,) = app.records("service4ct job finished")
+    assert finished["context"] == {
+        "job_id": job_id,
+        "state": "cancelled",
+        "error": None,
+        "client_ref": "row-4711",
+    }
+    assert [r["context"]["event"] for r in app.records("service4ct webhook ignored")] == [
+        "job.started",
+        "study.deleted",
+    ]
+    assert not app.crashes()

@@ -14,5 +14,7 @@ class Kernel extends ConsoleKernel
     protected $commands = [
         Commands\Service4CTSubmit::class,
         Commands\Service4CTShow::class,
+        Commands\Service4CTList::class,
+        Commands\Service4CTCancel::class,
     ];
 }

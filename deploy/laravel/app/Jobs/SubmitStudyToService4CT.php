@@ -28,10 +28,16 @@ use Throwable;
  * are retried after backoff(); any other answer (a refused study, a bad key, a conflict) fails
  * the job at once: a retry would get the same answer.
  *
+ * The product's own reference of the study ($studyRef, e.g. its worklist row id) is sent as
+ * `client_ref` on the upload and the job (with $metadata): list the service's jobs by it
+ * (`Service4CTClient::jobs(['client_ref' => ...])`, `php artisan service4ct:list --client-ref=`),
+ * and find it again in the status, the result and the webhook. $priority: urgent studies are
+ * taken before every routine one. Never put patient identifiers in the reference or the metadata.
+ *
  * With a callback URL the outcome arrives by webhook (Service4CTWebhookController); without
  * one, the job polls the service and raises Service4CTJobFinished itself.
  *
- *     SubmitStudyToService4CT::dispatch($study->id, $study->zip_path, 'gradcam', route('service4ct.webhook'));
+ *     SubmitStudyToService4CT::dispatch($study->id, $study->zip_path, 'gradcam', route('service4ct.webhook'), 'urgent');
  */
 final class SubmitStudyToService4CT implements ShouldQueue
 {
@@ -52,6 +58,9 @@ final class SubmitStudyToService4CT implements ShouldQueue
         public readonly string $zipPath,
         public readonly string $explain = 'gradcam',
         public readonly ?string $callbackUrl = null,
+        public readonly string $priority = 'routine',
+        /** @var array<string, mixed> */
+        public readonly array $metadata = [],
     ) {
     }
 
@@ -96,7 +105,12 @@ final class SubmitStudyToService4CT implements ShouldQueue
             memory_reset_peak_usage(); // PHP 8.2+: the log shows what the upload itself needed
         }
         $before = memory_get_usage();
-        $study = $client->uploadStudy($this->zipPath, $this->idempotencyKey('upload'));
+        $study = $client->uploadStudy(
+            $this->zipPath,
+            $this->idempotencyKey('upload'),
+            $this->studyRef,
+            $this->metadata,
+        );
         Log::info('service4ct study uploaded', [
             'study_ref' => $this->studyRef,
             'study_id' => $study['study_id'],
@@ -109,10 +123,14 @@ final class SubmitStudyToService4CT implements ShouldQueue
             $this->idempotencyKey('predict'),
             $this->explain,
             $this->callbackUrl,
+            priority: $this->priority,
+            clientRef: $this->studyRef,
+            metadata: $this->metadata,
         );
         Log::info('service4ct job queued', [
             'study_ref' => $this->studyRef,
             'job_id' => $job['job_id'],
+            'priority' => $this->priority,
             'attempt' => $this->attempts(),
         ]);
         if ($this->callbackUrl !== null) {
@@ -122,7 +140,7 @@ final class SubmitStudyToService4CT implements ShouldQueue
         // no webhook: poll (bounded below this job's timeout), then announce the outcome
         $limit = min((int) config('service4ct.poll_timeout', 900), $this->timeout - 120);
         $status = $client->waitForJob($job['job_id'], $limit);
-        if (! in_array($status['state'], ['succeeded', 'failed'], true)) {
+        if (! in_array($status['state'], Service4CTClient::FINISHED, true)) {
             $this->release(30); // still running: look again later (same keys, no new job)
 
             return;
@@ -134,6 +152,8 @@ final class SubmitStudyToService4CT implements ShouldQueue
             'study_id' => $study['study_id'],
             'state' => $status['state'],
             'error' => $status['error'] ?? null,
+            'client_ref' => $status['client_ref'] ?? $this->studyRef,
+            'metadata' => $status['metadata'] ?? null,
         ]);
     }
 

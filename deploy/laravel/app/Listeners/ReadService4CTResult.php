@@ -14,7 +14,8 @@ use Illuminate\Support\Facades\Log;
  * reads the result and the explanation's links of a succeeded prediction.
  *
  * Replace the log lines with what the product does: store probability, label and decisions on
- * its study, route an `indeterminate` label to a reader, notify. Explanation URLs expire
+ * its study (found by the payload's client_ref), route an `indeterminate` label to a reader,
+ * notify; a `cancelled` state closes the worklist row without a result. Explanation URLs expire
  * (15 minutes): store the job id, ask for the explanation again when a viewer opens.
  */
 final class ReadService4CTResult implements ShouldQueue
@@ -36,6 +37,7 @@ final class ReadService4CTResult implements ShouldQueue
             'job_id' => $p['job_id'],
             'state' => $p['state'],
             'error' => $p['error']['code'] ?? null,
+            'client_ref' => $p['client_ref'] ?? null,
         ]);
         if ($p['state'] !== 'succeeded' || ($p['kind'] ?? 'predict') !== 'predict') {
             return;

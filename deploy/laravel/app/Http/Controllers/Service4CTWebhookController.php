@@ -17,7 +17,7 @@ use Throwable;
  *     X-Service4CT-Signature: t=<unix seconds>,v1=<…>,
  *                             v2=<hex hmac_sha256(secret, t + "." + delivery + "." + event + "." + raw body)>
  *     X-Service4CT-Delivery:  <delivery id, the same on every redelivery>
- *     X-Service4CT-Event:     job.succeeded | job.failed
+ *     X-Service4CT-Event:     job.succeeded | job.failed | job.cancelled | (other types)
  *
  * The v2 signature is required: it covers the raw body (never re-encoded JSON), the delivery id
  * this controller deduplicates on and the event, so none of them can be swapped or forged. It is
@@ -25,9 +25,20 @@ use Throwable;
  * deliveries are refused). v1 (body only) is sent for older receivers and not accepted here.
  * Deliveries are at-least-once and retried with backoff until a 2xx: a delivery id seen before
  * is acknowledged and ignored, and the work is left to queued listeners (answer fast).
+ *
+ * Events: a job reaching a terminal state (job.succeeded, job.failed, job.cancelled) raises
+ * Service4CTJobFinished once, with `state` succeeded, failed or cancelled: a cancelled job is
+ * finished too (it never runs again and has no result), so one event and one listener see every
+ * outcome. Any other event type (the service adds new ones over time, e.g. job.started,
+ * explanation.succeeded, study.deleted) is verified, logged and answered 200 `ignored` without
+ * raising an event: subscribe to it here when the product needs it. Answering 200 (not 4xx)
+ * keeps the service from redelivering an event this app does not handle.
  */
 final class Service4CTWebhookController extends Controller
 {
+    /** the events that raise Service4CTJobFinished */
+    public const FINISHED_EVENTS = ['job.succeeded', 'job.failed', 'job.cancelled'];
+
     public function __invoke(Request $request): JsonResponse
     {
         $secret = (string) config('service4ct.webhook_secret');
@@ -43,6 +54,11 @@ final class Service4CTWebhookController extends Controller
             return new JsonResponse(['error' => 'invalid_signature'], 401);
         }
 
+        if (! in_array($event, self::FINISHED_EVENTS, true)) {
+            Log::info('service4ct webhook ignored', ['delivery' => $delivery, 'event' => $event]);
+
+            return new JsonResponse(['status' => 'ignored']);
+        }
         $payload = json_decode($body, true);
         if (! is_array($payload) || ! isset($payload['job_id'], $payload['state'])) {
             return new JsonResponse(['error' => 'invalid_payload'], 422);
@@ -51,13 +67,22 @@ final class Service4CTWebhookController extends Controller
         // at-least-once delivery: the same (signed) delivery id may arrive again (Cache::add is atomic)
         $seenKey = 'service4ct:webhook:' . $delivery;
         if (! Cache::add($seenKey, true, now()->addDays(2))) {
-            Log::info('service4ct webhook duplicate ignored', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
+            Log::info('service4ct webhook duplicate ignored', [
+                'delivery' => $delivery,
+                'event' => $event,
+                'job_id' => $payload['job_id'],
+            ]);
 
             return new JsonResponse(['status' => 'duplicate']);
         }
         try {
             Service4CTJobFinished::dispatch($payload);
-            Log::info('service4ct webhook accepted', ['delivery' => $delivery, 'job_id' => $payload['job_id']]);
+            Log::info('service4ct webhook accepted', [
+                'delivery' => $delivery,
+                'event' => $event,
+                'job_id' => $payload['job_id'],
+                'client_ref' => $payload['client_ref'] ?? null,
+            ]);
 
             return new JsonResponse(['status' => 'accepted']);
         } catch (Throwable $e) {

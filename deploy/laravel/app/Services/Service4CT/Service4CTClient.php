@@ -4,10 +4,12 @@ declare(strict_types=1);
 
 namespace App\Services\Service4CT;
 
+use Generator;
 use GuzzleHttp\Psr7\Utils;
 use Illuminate\Http\Client\PendingRequest;
 use Illuminate\Http\Client\Response;
 use Illuminate\Support\Facades\Http;
+use InvalidArgumentException;
 use RuntimeException;
 
 /**
@@ -20,6 +22,9 @@ use RuntimeException;
  */
 final class Service4CTClient
 {
+    /** the terminal states of a job */
+    public const FINISHED = ['succeeded', 'failed', 'cancelled'];
+
     public function __construct(
         private readonly string $baseUrl,
         private readonly string $apiKey,
@@ -40,11 +45,20 @@ final class Service4CTClient
 
     /**
      * POST /v1/studies with the ZIP as the raw body, streamed (the file is never read into memory).
+     * $clientRef (your record's id, at most 128 characters) and $metadata (a JSON object of at most
+     * 4 KiB) travel as the X-Client-Ref and X-Client-Metadata headers (the body is the ZIP alone);
+     * the service stores and echoes them. Never put patient identifiers in them.
+     *
+     * @param array<string, mixed> $metadata
      *
      * @return array{study_id: string, sha256: string, size: int, existing?: bool}
      */
-    public function uploadStudy(string $zipPath, string $idempotencyKey): array
-    {
+    public function uploadStudy(
+        string $zipPath,
+        string $idempotencyKey,
+        ?string $clientRef = null,
+        array $metadata = [],
+    ): array {
         $handle = fopen($zipPath, 'rb');
         if ($handle === false) {
             throw new RuntimeException("cannot open {$zipPath}");
@@ -52,7 +66,7 @@ final class Service4CTClient
         try {
             // Guzzle's `body` option takes the stream as it is (Laravel 8's withBody() wants a string)
             $response = $this->http($this->uploadTimeoutSeconds)
-                ->withHeaders(['Idempotency-Key' => $idempotencyKey])
+                ->withHeaders(['Idempotency-Key' => $idempotencyKey] + self::clientHeaders($clientRef, $metadata))
                 ->contentType('application/zip')
                 ->withOptions(['body' => Utils::streamFor($handle)])
                 ->send('POST', '/v1/studies');
@@ -67,7 +81,13 @@ final class Service4CTClient
 
     /**
      * POST /v1/jobs: queue a prediction (202). $explain: none, gradcam, integrated_gradients,
-     * saliency or occlusion. $callbackUrl receives a signed webhook when the job finishes.
+     * saliency or occlusion. $callbackUrl receives a signed webhook when the job finishes (or is
+     * cancelled). $priority: urgent (taken before every routine job) or routine. $clientRef and
+     * $metadata: your record's id and a small JSON object, echoed in the status, the list items,
+     * the result and the webhook payload. $seriesUid: a usable series of series() instead of the
+     * best-ranked one.
+     *
+     * @param array<string, mixed> $metadata
      *
      * @return array{job_id: string, state: string, status_url: string, links: array<string, string>}
      */
@@ -77,9 +97,23 @@ final class Service4CTClient
         string $explain = 'gradcam',
         ?string $callbackUrl = null,
         ?string $model = null,
+        string $priority = 'routine',
+        ?string $clientRef = null,
+        array $metadata = [],
+        ?string $seriesUid = null,
     ): array {
         $payload = array_filter(
-            ['study_id' => $studyId, 'explain' => $explain, 'callback_url' => $callbackUrl, 'model' => $model],
+            [
+                'study_id' => $studyId,
+                'explain' => $explain,
+                'callback_url' => $callbackUrl,
+                'model' => $model,
+                'priority' => $priority,
+                'client_ref' => $clientRef,
+                'series_uid' => $seriesUid,
+                // an empty PHP array would encode as [] (a list), not {}
+                'metadata' => $metadata === [] ? null : $metadata,
+            ],
             static fn ($v) => $v !== null,
         );
         $response = $this->http()
@@ -90,7 +124,7 @@ final class Service4CTClient
     }
 
     /**
-     * GET /v1/jobs/{id}: state (queued, running, succeeded, failed), stage, progress, queue
+     * GET /v1/jobs/{id}: state (queued, running, succeeded, failed, cancelled), priority, stage, progress, queue
      * position, eta_s, error {code, detail}.
      *
      * @return array<string, mixed>
@@ -111,7 +145,7 @@ final class Service4CTClient
         $deadline = microtime(true) + $timeoutSeconds;
         while (true) {
             $status = $this->job($jobId);
-            if (in_array($status['state'], ['succeeded', 'failed'], true)) {
+            if (in_array($status['state'], self::FINISHED, true)) {
                 return $status;
             }
             $remaining = $deadline - microtime(true);
@@ -147,6 +181,108 @@ final class Service4CTClient
         $query = $method !== null ? ['method' => $method] : [];
 
         return $this->json($this->http()->get('/v1/jobs/' . rawurlencode($jobId) . '/explanation', $query));
+    }
+
+    /**
+     * POST /v1/jobs/{id}/cancel: a queued job never runs, a running one stops at its next stage
+     * boundary and stores nothing more; returns its status (state cancelled). Idempotent; a job
+     * that already succeeded or failed: Service4CTException job_finished (409).
+     *
+     * @return array<string, mixed>
+     */
+    public function cancel(string $jobId): array
+    {
+        return $this->json($this->http()->post('/v1/jobs/' . rawurlencode($jobId) . '/cancel'));
+    }
+
+    /**
+     * GET /v1/jobs: one page of this client's jobs, newest first, {items, next_cursor}. $filters:
+     * state (a string or a list of states), study_id, client_ref, label, priority, created_after,
+     * created_before (ISO 8601). Pass next_cursor back as $cursor for the next page (null on
+     * the last); $limit 1 to 200.
+     *
+     * @param array<string, string|list<string>> $filters
+     *
+     * @return array{items: list<array<string, mixed>>, next_cursor: ?string}
+     */
+    public function jobs(array $filters = [], ?string $cursor = null, int $limit = 50): array
+    {
+        return $this->page('/v1/jobs', $filters, $cursor, $limit);
+    }
+
+    /**
+     * GET /v1/studies: one page of this client's studies (filters: client_ref, created_after,
+     * created_before), as jobs().
+     *
+     * @param array<string, string|list<string>> $filters
+     *
+     * @return array{items: list<array<string, mixed>>, next_cursor: ?string}
+     */
+    public function studies(array $filters = [], ?string $cursor = null, int $limit = 50): array
+    {
+        return $this->page('/v1/studies', $filters, $cursor, $limit);
+    }
+
+    /**
+     * Every page of GET /v1/jobs or /v1/studies ($list: 'jobs' or 'studies'), following next_cursor.
+     * Keyset pagination: rows created meanwhile never shift, repeat or skip items of later pages.
+     *
+     * @param array<string, string|list<string>> $filters
+     *
+     * @return Generator<int, array{items: list<array<string, mixed>>, next_cursor: ?string}>
+     */
+    public function pages(string $list, array $filters = [], int $limit = 50): Generator
+    {
+        if (! in_array($list, ['jobs', 'studies'], true)) {
+            throw new InvalidArgumentException("no such list: {$list} (jobs or studies)");
+        }
+        $cursor = null;
+        do {
+            $page = $list === 'studies'
+                ? $this->studies($filters, $cursor, $limit)
+                : $this->jobs($filters, $cursor, $limit);
+            yield $page;
+            $cursor = $page['next_cursor'] ?? null;
+        } while ($cursor !== null);
+    }
+
+    /**
+     * Every job matching $filters, page after page: `foreach ($client->allJobs(['state' => 'queued']) as $job)`.
+     *
+     * @param array<string, string|list<string>> $filters
+     *
+     * @return Generator<int, array<string, mixed>>
+     */
+    public function allJobs(array $filters = [], int $pageSize = 50): Generator
+    {
+        foreach ($this->pages('jobs', $filters, $pageSize) as $page) {
+            yield from $page['items'];
+        }
+    }
+
+    /**
+     * Every study matching $filters, page after page (as allJobs()).
+     *
+     * @param array<string, string|list<string>> $filters
+     *
+     * @return Generator<int, array<string, mixed>>
+     */
+    public function allStudies(array $filters = [], int $pageSize = 50): Generator
+    {
+        foreach ($this->pages('studies', $filters, $pageSize) as $page) {
+            yield from $page['items'];
+        }
+    }
+
+    /**
+     * GET /v1/studies/{id}/series: every series with rank, usability and reason codes, before any
+     * prediction; pass a usable series_uid to createJob() to override the ranking.
+     *
+     * @return array<string, mixed> {study_id, selected_uid, error, series: [...]}
+     */
+    public function series(string $studyId): array
+    {
+        return $this->json($this->http()->get('/v1/studies/' . rawurlencode($studyId) . '/series'));
     }
 
     /**
@@ -230,6 +366,47 @@ final class Service4CTClient
         return $this->json(
             $this->http()->accept('application/fhir+json')->get('/v1/jobs/' . rawurlencode($jobId) . '/fhir')
         );
+    }
+
+    /**
+     * @param array<string, string|list<string>> $filters
+     *
+     * @return array{items: list<array<string, mixed>>, next_cursor: ?string}
+     */
+    private function page(string $path, array $filters, ?string $cursor, int $limit): array
+    {
+        $query = $filters + ['limit' => (string) $limit] + ($cursor !== null ? ['cursor' => $cursor] : []);
+        // a repeated filter (state=queued&state=running), not PHP's state[0]=...
+        $pairs = [];
+        foreach ($query as $name => $values) {
+            foreach ((array) $values as $value) {
+                $pairs[] = rawurlencode((string) $name) . '=' . rawurlencode((string) $value);
+            }
+        }
+        $body = $this->json($this->http()->get($path . '?' . implode('&', $pairs)));
+
+        return ['items' => $body['items'] ?? [], 'next_cursor' => $body['next_cursor'] ?? null];
+    }
+
+    /**
+     * X-Client-Ref and X-Client-Metadata of an upload (JSON with non-ASCII escaped as \uXXXX,
+     * json_encode's default, as header values must be ASCII).
+     *
+     * @param array<string, mixed> $metadata
+     *
+     * @return array<string, string>
+     */
+    private static function clientHeaders(?string $clientRef, array $metadata): array
+    {
+        $headers = [];
+        if ($clientRef !== null) {
+            $headers['X-Client-Ref'] = $clientRef;
+        }
+        if ($metadata !== []) {
+            $headers['X-Client-Metadata'] = json_encode($metadata, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES);
+        }
+
+        return $headers;
     }
 
     private function http(?int $timeoutSeconds = null): PendingRequest
