@@ -195,6 +195,15 @@ class Settings(BaseSettings):
     #: server-side encryption requested on every stored object ("" = none; "AES256" = SSE-S3)
     s3_sse: Literal["", "AES256"] = ""
 
+    # --- retention and audit (docs/api.md, Retention and deletion)
+    #: days a client's studies and jobs are kept, from their creation (None: kept until deleted);
+    #: a client's own retention (`service4ct client retention`) overrides it
+    retention_days: int | None = Field(None, ge=1)
+    #: worker: how often the janitor deletes what is past its retention (and sweeps deleted blobs)
+    retention_interval_s: float = Field(300.0, gt=0)
+    #: rows deleted per transaction by the janitor
+    retention_batch: int = Field(100, ge=1, le=10_000)
+
     # --- embedded stack (service4ct serve)
     var_dir: Path = Path("var")
 

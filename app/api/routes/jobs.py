@@ -36,6 +36,8 @@ from app.repository import (
     recent_stats,
     study_series,
 )
+from app.repository.retention import remove_job
+from app.retention import sweep_after_s, sweep_now
 from app.schemas import (
     ExplainRequest,
     Explanation,
@@ -313,6 +315,27 @@ def cancel_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -
     if done is not None:
         logger.info("job {} cancelled", job_id)
     return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    summary="Delete a finished job: its result, explanations, explain jobs and every file",
+    responses=error_responses("unauthorized", "job_not_found", "job_active"),
+)
+def delete_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
+    """A queued or running job is refused with 409 ``job_active``: cancel it first (``POST
+    /v1/jobs/{id}/cancel``). Deleting a predict job deletes its explain jobs too (a running one
+    stops: nothing it stores afterwards is kept); its study stays."""
+    with services.db.tx() as conn:
+        done = remove_job(conn, client, job_id, sweep_after_s(services.settings))
+    if done is None:
+        raise ServiceError("job_not_found")
+    if done == "active":
+        raise ServiceError("job_active", "cancel it first: POST /v1/jobs/{id}/cancel")
+    sweep_now(services.storage, done)
+    logger.info("job {} deleted", job_id)
+    return Response(status_code=204)
 
 
 @router.get(
