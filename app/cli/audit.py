@@ -25,8 +25,11 @@ def audit(
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows (oldest first).")] = 10_000,
     config: ConfigOpt = None,
 ) -> None:
-    """Print the audit log: when, which client and key (id and prefix, or the key that issued
-    the viewer token used), read or delete, the object and its id, the request id."""
+    """Print who read or deleted which result, explanation, study or job, and when.
+
+    Each row: time, client, key (id and prefix; for a viewer token, the key that issued it),
+    via, action, object, its id, the request id.
+    """
     from app.db import connect
     from app.repository.audit import audit_rows
 
