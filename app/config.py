@@ -196,8 +196,7 @@ class Settings(BaseSettings):
     s3_sse: Literal["", "AES256"] = ""
 
     # --- retention and audit (docs/api.md, Retention and deletion)
-    #: days a client's studies and jobs are kept, from their creation (None: kept until deleted);
-    #: a client's own retention (`service4ct client retention`) overrides it
+    #: days studies and jobs are kept from their creation (None: until deleted); a client's own overrides it
     retention_days: int | None = Field(None, ge=1)
     #: worker: how often the janitor deletes what is past its retention (and sweeps deleted blobs)
     retention_interval_s: float = Field(300.0, gt=0)
