@@ -125,6 +125,9 @@ USES: dict[str, tuple[str, str]] = {
     "retention_days": ("worker", "set a client's own with `service4ct client retention`"),
     "retention_interval_s": ("worker", ""),
     "retention_batch": ("worker", ""),
+    # CORS
+    "cors_origins": ("api", "`*` allows every origin; preflights need no key"),
+    "s3_cors_origins": ("api", "AWS S3 and SeaweedFS; MinIO: its own `MINIO_API_CORS_ALLOW_ORIGIN`"),
 }
 
 
