@@ -208,9 +208,9 @@ class Settings(BaseSettings):
 
     # --- CORS (docs/security.md): pages of other origins (the React worklist) calling the API
     #: origins whose pages may call the API, e.g. `https://worklist.example.org` (comma-separated)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = []
     #: API: at startup, let these origins GET the bucket's presigned files (bucket CORS; empty: left as is)
-    s3_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    s3_cors_origins: Annotated[list[str], NoDecode] = []
 
     # --- embedded stack (service4ct serve)
     var_dir: Path = Path("var")
