@@ -4,14 +4,13 @@ studies and jobs, by API key and by viewer token, with their request ids."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
 import uuid
 from typing import Any
 
 import orjson
-from conftest import ROOT, LiveApi, new_key  # type: ignore[import-not-found]
+from cli import run_cli_on  # type: ignore[import-not-found]
+from conftest import LiveApi, new_key  # type: ignore[import-not-found]
 from seeding import create_job, finish_succeeded, small_zip, upload  # type: ignore[import-not-found]
 
 from app.config import Settings
@@ -19,17 +18,7 @@ from app.db import connect
 
 
 def _audit_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
-    env["S4CT_DATABASE_URL"] = str(settings.database_url)
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "audit", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli_on(str(settings.database_url), "audit", *args)
 
 
 def test_reads_and_deletions_are_audited_with_key_and_request_id(api: LiveApi, settings: Settings) -> None:

@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import subprocess
-import sys
 import uuid
 
 import pytest
-from conftest import ROOT, LiveApi, list_keys, new_key, storage_of  # type: ignore[import-not-found]
+from cli import run_cli_on  # type: ignore[import-not-found]
+from conftest import LiveApi, list_keys, new_key, storage_of  # type: ignore[import-not-found]
 from seeding import create_job, finish_succeeded, small_zip, upload  # type: ignore[import-not-found]
 
 from app.config import Settings
@@ -120,17 +119,7 @@ def test_delete_study_deletes_its_zip_and_the_ct_images_of_its_jobs(api: LiveApi
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
-    env["S4CT_DATABASE_URL"] = str(settings.database_url)
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "client", "retention", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli_on(str(settings.database_url), "client", "retention", *args)
 
 
 def _age(settings: Settings, table: str, ids: list[str], days: int) -> None:
