@@ -141,10 +141,12 @@ _EXPIRED = (
 
 
 def expired_studies(conn: Conn, default_days: int | None, limit: int) -> list[uuid.UUID]:
-    """Up to ``limit`` studies past their client's retention, locked (SKIP LOCKED: janitors share work)."""
+    """Up to ``limit`` studies past their client's retention, locked (SKIP LOCKED: janitors share
+    work); a study with a queued or running job waits for it to finish."""
     rows = conn.execute(
-        "SELECT s.id FROM studies s " + _EXPIRED.format(t="s") + "ORDER BY s.created_at LIMIT %(limit)s "
-        "FOR UPDATE OF s SKIP LOCKED",
+        "SELECT s.id FROM studies s " + _EXPIRED.format(t="s") + "AND NOT EXISTS (SELECT 1 FROM jobs k "
+        " WHERE k.study_id = s.id AND k.state IN ('queued', 'running')) "
+        "ORDER BY s.created_at LIMIT %(limit)s FOR UPDATE OF s SKIP LOCKED",
         {"days": default_days, "limit": limit},
     ).fetchall()
     return [r["id"] for r in rows]

@@ -163,17 +163,22 @@ def test_retention_janitors_delete_what_is_past_each_clients_days(
             with cf.ThreadPoolExecutor(2) as pool:  # two janitors at once share the work
                 counts = list(pool.map(lambda db: retention_pass(db, storage, s), dbs))
             again = retention_pass(dbs[0], storage, s)
+            assert sum(n.jobs for n in counts) == 4 and sum(n.studies for n in counts) == 0
+            assert again == RetentionCounts()  # idempotent: nothing left
+            for j in old_jobs[:4]:
+                assert c.get(f"/v1/jobs/{j}").status_code == 404
+                assert list_keys(storage, f"jobs/{j}/") == []
+            # a queued job (and its study) wait until it is finished
+            assert c.get(f"/v1/jobs/{running}").json()["state"] == "queued"
+            assert c.get(f"/v1/studies/{old_study}").status_code == 200
+            assert c.post(f"/v1/jobs/{running}/cancel").status_code == 200
+            assert retention_pass(dbs[1], storage, s) == RetentionCounts(studies=1, jobs=1)
         finally:
             for db in dbs:
                 db.close()
-        assert sum(n.jobs for n in counts) == 4 and sum(n.studies for n in counts) == 1
-        assert again == RetentionCounts()  # idempotent: nothing left
-        for j in old_jobs[:4]:
-            assert c.get(f"/v1/jobs/{j}").status_code == 404
-            assert list_keys(storage, f"jobs/{j}/") == []
+        assert c.get(f"/v1/jobs/{running}").status_code == 404
         assert c.get(f"/v1/studies/{old_study}").status_code == 404
         assert list_keys(storage, f"studies/{old_study}/") == []
-        assert c.get(f"/v1/jobs/{running}").json()["state"] == "queued"  # active: kept
         assert c.get(f"/v1/jobs/{new_job}").status_code == 200
         assert c.get(f"/v1/studies/{new_study}").status_code == 200
         assert k.get(f"/v1/jobs/{kept_job}/result").status_code == 200  # retention 0: kept
