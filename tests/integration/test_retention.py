@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import subprocess
 import uuid
+from typing import Any
 
 import pytest
 from cli import run_cli_on  # type: ignore[import-not-found]
@@ -15,6 +16,7 @@ from seeding import create_job, finish_succeeded, small_zip, upload  # type: ign
 
 from app.config import Settings
 from app.db import Database, connect
+from app.repository import BlobRef, ExplanationRecord, claim_job, finish_job, upsert_explanation
 from app.retention import RetentionCounts, retention_pass, sweep_due
 
 #: what the worker writes for an explanation (ml.explain.files.write_saliency), CT images included
@@ -84,6 +86,57 @@ def test_delete_job_refuses_active_deletes_rows_and_every_file(api: LiveApi, set
         _due_now(settings)
         assert _sweep(settings) >= 2 and list_keys(storage, f"jobs/{done}/") == []
         assert _sweeps_left(settings) == 0
+
+
+def _explained_by_child(api: LiveApi, c: Any, parent: str) -> tuple[str, str]:
+    """An explain job of ``parent`` finished as a worker would: (its id, its blob key)."""
+    r = c.post(f"/v1/jobs/{parent}/explain", json={"method": "saliency"})
+    assert r.status_code == 202, r.text
+    child = r.json()["job_id"]
+    with connect(str(api.settings.database_url)) as conn:
+        job = claim_job(conn, uuid.UUID(child), "seed-worker", 60.0)
+        assert job is not None
+        key = f"jobs/{child}/attempt-{job.attempt}/saliency/saliency/saliency.nii.gz"
+        storage_of(api.settings).put_bytes(key, b"nifti")
+        with conn.transaction():
+            assert finish_job(conn, job.id, job.attempt, timings={"total": 0.1}) is not None
+            upsert_explanation(
+                conn,
+                ExplanationRecord(
+                    job_id=uuid.UUID(parent),
+                    method="saliency",
+                    produced_by=job.id,
+                    attempt=job.attempt,
+                    params={},
+                    stats={"max": 1.0},
+                    geometry={"shape_zyx": [4, 8, 8]},
+                    blobs={"nifti": BlobRef(key, "application/gzip")},
+                    model_name="m",
+                    model_version="1",
+                ),
+            )
+    return child, key
+
+
+def test_deleting_an_explain_job_or_its_parent_deletes_its_explanation(
+    api: LiveApi, settings: Settings
+) -> None:
+    storage = storage_of(settings)
+    with api.client(new_key(settings, "del-explain")) as c:
+        parent = create_job(c, upload(c, small_zip(f"explain-{uuid.uuid4().hex[:6]}")))
+        finish_succeeded(api, parent, files=FILES)
+        child, _ = _explained_by_child(api, c, parent)
+        assert c.get(f"/v1/jobs/{parent}/explanation", params={"method": "saliency"}).status_code == 200
+        assert c.delete(f"/v1/jobs/{child}").status_code == 204
+        r = c.get(f"/v1/jobs/{parent}/explanation", params={"method": "saliency"})
+        assert r.status_code == 404 and r.json()["error"] == "explanation_not_found"
+        assert list_keys(storage, f"jobs/{child}/") == []
+        assert c.get(f"/v1/jobs/{parent}/explanation").status_code == 200  # gradcam: its own
+
+        child, _ = _explained_by_child(api, c, parent)
+        assert c.delete(f"/v1/jobs/{parent}").status_code == 204  # takes its explain jobs along
+        assert c.get(f"/v1/jobs/{child}").status_code == 404
+        assert list_keys(storage, f"jobs/{child}/") == [] and list_keys(storage, f"jobs/{parent}/") == []
 
 
 def test_delete_study_deletes_its_zip_and_the_ct_images_of_its_jobs(api: LiveApi, settings: Settings) -> None:
