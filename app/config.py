@@ -12,12 +12,13 @@ travel with each model in the weights manifest (architecture rule 5).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ml.explain import ExplainMethod
 
@@ -25,6 +26,8 @@ __all__ = ["DEFAULT_MANIFEST", "Settings", "load_settings"]
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
 MiB = 1 << 20
+#: a browser origin: scheme, host and optional port, nothing after
+_ORIGIN = re.compile(r"https?://[^/\s,?#]+")
 GiB = 1 << 30
 
 
@@ -205,8 +208,34 @@ class Settings(BaseSettings):
     #: server-side encryption requested on every stored object ("" = none; "AES256" = SSE-S3)
     s3_sse: Literal["", "AES256"] = ""
 
+    # --- retention and audit (docs/api.md, Retention and deletion)
+    #: days studies and jobs are kept from their creation (None: until deleted); a client's own overrides it
+    retention_days: int | None = Field(None, ge=1)
+    #: worker: how often the janitor deletes what is past its retention (and sweeps deleted blobs)
+    retention_interval_s: float = Field(300.0, gt=0)
+    #: rows deleted per transaction by the janitor
+    retention_batch: int = Field(100, ge=1, le=10_000)
+
+    # --- CORS (docs/security.md): pages of other origins (the React worklist) calling the API
+    #: origins whose pages may call the API, e.g. `https://worklist.example.org` (comma-separated)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    #: API: at startup, let these origins GET the bucket's presigned files (bucket CORS; empty: left as is)
+    s3_cors_origins: Annotated[list[str], NoDecode] = []
+
     # --- embedded stack (service4ct serve)
     var_dir: Path = Path("var")
+
+    @field_validator("cors_origins", "s3_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: Any) -> Any:
+        items = [o.strip() for o in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(items, list):
+            return v
+        items = [o for o in items if o != ""]
+        for origin in items:
+            if not isinstance(origin, str) or not (origin == "*" or _ORIGIN.fullmatch(origin)):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path) or *")
+        return items
 
     @field_validator("database_url", "redis_url", "s3_endpoint", mode="before")
     @classmethod

@@ -75,6 +75,8 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     # the worklist: cancelling
     "job_finished": (409, "The job already finished (succeeded or failed): it cannot be cancelled."),
     "job_cancelled": (409, "The job was cancelled: it has no result or explanation."),
+    # retention and deletion
+    "job_active": (409, "The job is queued or running: cancel it before deleting it."),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

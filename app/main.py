@@ -20,10 +20,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import start_http_server
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.cors import add_cors, set_bucket_cors
 from app.api.deps import Services
 from app.api.edge import EdgeGuard, EdgeLimits
 from app.api.routes import dicom, dicomweb, docs, health, jobs, models, studies, viewer
@@ -144,6 +146,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app.state.services = svc
         svc.revocations.start()
         metrics_server = _serve_metrics(app, settings)
+        if settings.s3_cors_origins:
+            await run_in_threadpool(_bucket_cors, svc, settings.s3_cors_origins)
         app.state.metrics.watch_queue(lambda: _counts(svc), svc.queue.depth, lambda: _oldest_queued_age(svc))
         logger.info("API ready (model default {})", svc.manifest.default)
         try:
@@ -228,6 +232,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     if settings.docs_enabled:
         app.include_router(docs.router)
     app.add_middleware(EdgeGuard, limits=EdgeLimits.from_settings(settings))  # inside RequestContext
+    add_cors(app, settings)  # outside EdgeGuard: preflights need no credentials
     app.add_middleware(RequestContext, metrics=app.state.metrics, header=settings.request_id_header)
     return app
 
@@ -242,6 +247,14 @@ def _serve_metrics(app: FastAPI, settings: Settings) -> Any:
     app.state.metrics_port = int(server.server_port)
     logger.info("metrics on {}:{}", settings.metrics_host, app.state.metrics_port)
     return server
+
+
+def _bucket_cors(svc: Services, origins: list[str]) -> None:
+    try:
+        set_bucket_cors(svc.storage, origins)
+        logger.info("bucket CORS: GET allowed from {} origin(s)", len(origins))
+    except StorageError as e:  # the API still serves; browsers of other origins cannot read files
+        logger.warning("the object store refused bucket CORS ({}): set it there (docs/security.md)", e.code)
 
 
 def _oldest_queued_age(svc: Services) -> float:

@@ -35,6 +35,7 @@ __all__ = [
     "ObjectNotFoundError",
     "Storage",
     "StorageError",
+    "translate_errors",
 ]
 
 MiB = 1024 * 1024
@@ -73,6 +74,10 @@ def _translate(operation: str) -> Iterator[None]:
     except BotoCoreError as exc:
         name = type(exc).__name__
         raise StorageError(f"S3 {operation} failed ({name})", code=name) from exc
+
+
+#: the same for callers outside this module (e.g. bucket settings)
+translate_errors = _translate
 
 
 def _etag(value: Any) -> str:

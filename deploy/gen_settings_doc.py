@@ -126,6 +126,13 @@ USES: dict[str, tuple[str, str]] = {
     "metrics_host": ("api", "`0.0.0.0` in a pod whose Service does not publish the metrics port"),
     "key_cache_ttl_s": ("api", "bounds a revocation only when the Redis broadcast was missed"),
     "s3_sse": ("both", "`AES256`: SSE-S3 (AWS S3, SeaweedFS; MinIO needs a KMS configured)"),
+    # retention and audit
+    "retention_days": ("worker", "set a client's own with `service4ct client retention`"),
+    "retention_interval_s": ("worker", ""),
+    "retention_batch": ("worker", ""),
+    # CORS
+    "cors_origins": ("api", "`*` allows every origin; preflights need no key"),
+    "s3_cors_origins": ("api", "AWS S3 and SeaweedFS; MinIO: its own `MINIO_API_CORS_ALLOW_ORIGIN`"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,9 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def run_cli_on(database_url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``service4ct ARGS`` configured by ``S4CT_DATABASE_URL`` alone (no other S4CT_* setting)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
+    return run_cli(*args, timeout=timeout, env={**env, "S4CT_DATABASE_URL": database_url})

@@ -10,7 +10,7 @@ from app.cli.service import ConfigOpt, _database_url, _settings
 
 __all__ = ["client_cli"]
 
-client_cli = typer.Typer(no_args_is_help=True, help="Manage clients (quotas).")
+client_cli = typer.Typer(no_args_is_help=True, help="Manage clients (quotas, retention).")
 
 _RESET = "0 resets it to the service's default setting."
 
@@ -47,3 +47,38 @@ def client_quota(
 
     typer.echo(f"rate per minute: {show(quota.rate_limit_per_minute, settings.rate_limit_per_minute)}")
     typer.echo(f"max queued jobs: {show(quota.max_queued_jobs, settings.max_queued_jobs_per_client)}")
+
+
+@client_cli.command("retention")
+def client_retention(
+    client: Annotated[str, typer.Argument(help="Client name.")],
+    days: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Keep studies and jobs this many days from their creation; 0: until deleted."
+        ),
+    ] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Use the service's retention_days setting.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show CLIENT's retention, or set it (the worker's janitor deletes what is older)."""
+    from app.db import connect
+    from app.repository.retention import get_retention, set_retention
+
+    settings = _settings(config)
+    with connect(_database_url(settings)) as conn:
+        found = True
+        if default or days is not None:
+            found = set_retention(conn, client, None if default else days)
+        found, own = get_retention(conn, client) if found else (False, None)
+    if not found:
+        typer.echo(f"error: no client {client!r} (service4ct apikey create {client} creates it)", err=True)
+        raise typer.Exit(2)
+    if own is not None:
+        typer.echo("retention: kept until deleted" if own == 0 else f"retention: {own} days")
+    elif settings.retention_days is not None:
+        typer.echo(f"retention: {settings.retention_days} days (default)")
+    else:
+        typer.echo("retention: kept until deleted (default)")

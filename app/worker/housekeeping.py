@@ -3,7 +3,8 @@
 - **housekeeping**: heartbeats (lease extension of held jobs, the worker row), the
   stage/progress updates coming from the preprocessing pool, and the reconciler
   (expired leases, jobs over ``max_attempts``, queued jobs Redis lost).
-- **janitor**: aborts multipart uploads abandoned for ``upload_abandon_s``.
+- **janitor**: aborts multipart uploads abandoned for ``upload_abandon_s``; deletes what is past
+  its retention and the blobs of deleted studies and jobs (:mod:`app.retention`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from app.logs import logger
 from app.repository import extend_leases, mark_enqueued, reconcile_jobs, set_stage, worker_seen
+from app.retention import retention_pass
 from app.storage import StorageError
 from app.worker.context import WorkerContext
 from app.worker.persisting import Outcomes
@@ -111,10 +113,24 @@ class Housekeeping:
 
 def janitor_loop(ctx: WorkerContext) -> None:
     """Abort multipart uploads abandoned for ``upload_abandon_s`` (an API killed mid-upload, or
-    an abort that could not reach S3). Its own thread: a hung object store must not delay
-    the heartbeats."""
-    abandon_s = ctx.settings.upload_abandon_s
-    while not ctx.stop_event.wait(min(abandon_s / 4, 900.0)):
+    an abort that could not reach S3), and delete what is past its retention and the blobs of
+    deleted studies and jobs (:func:`app.retention.retention_pass`, every ``retention_interval_s``).
+    Its own thread: a hung object store must not delay the heartbeats."""
+    s = ctx.settings
+    abandon_s = s.upload_abandon_s
+    every = {"uploads": min(abandon_s / 4, 900.0), "retention": s.retention_interval_s}
+    last = dict.fromkeys(every, time.monotonic())
+    while not ctx.stop_event.wait(min(every.values())):
+        now = time.monotonic()
+        if now - last["retention"] >= every["retention"]:
+            last["retention"] = now
+            try:
+                retention_pass(ctx.db, ctx.storage, s)
+            except Exception:
+                logger.exception("janitor: retention pass failed (retried next pass)")
+        if now - last["uploads"] < every["uploads"]:
+            continue
+        last["uploads"] = now
         try:
             aborted = ctx.storage.abort_incomplete_uploads("", older_than_s=abandon_s)
         except StorageError as e:

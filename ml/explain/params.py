@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 
 __all__ = [
     "AIR",
+    "CT_PIXEL_FILES",
     "DEFAULT_SMOOTH_VOXELS",
     "EXPLAIN_METHODS",
     "FORWARD_BYTES_PER_VOXEL",
@@ -50,6 +51,11 @@ __all__ = [
     "occlusion_evaluations",
     "resolve_params",
 ]
+
+#: the files of :func:`~ml.explain.files.write_saliency` that hold CT pixels (the overlays drawn on
+#: the CT and the viewer's CT layer); the others (NIfTI, stats, saliency and heat layers) hold none.
+#: Here, not in ``files``, so that a service can name them without importing the imaging libraries.
+CT_PIXEL_FILES: frozenset[str] = frozenset({"saliency_sprite.png", "saliency_peak.png", "layer_ct.png"})
 
 #: the saliency methods (the keys of :data:`METHODS`)
 MethodName = Literal["gradcam", "integrated_gradients", "saliency", "occlusion"]

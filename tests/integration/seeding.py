@@ -77,8 +77,21 @@ def _claim(conn: Any, job_id: str) -> int:
     return job.attempt
 
 
-def finish_succeeded(api: LiveApi, job_id: str, method: str = "gradcam") -> list[str]:
-    """Finish ``job_id`` as a worker would: blobs in S3, then result + explanation rows; returns blob keys."""
+#: file extension → (bytes, content type) of a seeded blob
+_FAKE = {
+    "json": (b'{"max": 1.0}', "application/json"),
+    "png": (b"\x89PNG\r\n\x1a\n", "image/png"),
+    "gz": (b"\x1f\x8b\x08\x00", "application/gzip"),
+}
+
+
+def finish_succeeded(
+    api: LiveApi, job_id: str, method: str = "gradcam", files: dict[str, str] | None = None
+) -> list[str]:
+    """Finish ``job_id`` as a worker would: blobs in S3, then result + explanation rows; returns blob keys.
+
+    ``files``: role → file name of the explanation's blobs (default: a stats JSON and a PNG).
+    """
     settings = api.settings
     assert settings.database_url
     storage = storage_of(settings)
@@ -87,8 +100,8 @@ def finish_succeeded(api: LiveApi, job_id: str, method: str = "gradcam") -> list
         attempt = _claim(conn, job_id)
         prefix = f"jobs/{job_id}/attempt-{attempt}/saliency"
         blobs = {
-            "stats": (f"{prefix}/stats.json", b'{"max": 1.0}', "application/json"),
-            "png": (f"{prefix}/ct.png", b"\x89PNG\r\n\x1a\n", "image/png"),
+            role: (f"{prefix}/{name}", *_FAKE[name.rpartition(".")[2]])
+            for role, name in (files or {"stats": "stats.json", "png": "ct.png"}).items()
         }
         for key, data, ctype in blobs.values():
             storage.put_bytes(key, data, ctype)

@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 
+from app.api.audit import AuditDep
 from app.api.checks import check_explain_cost, checked_callback_url, existing_explanation
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
@@ -36,6 +37,8 @@ from app.repository import (
     recent_stats,
     study_series,
 )
+from app.repository.retention import remove_job
+from app.retention import sweep_after_s, sweep_now
 from app.schemas import (
     ExplainRequest,
     Explanation,
@@ -330,18 +333,42 @@ def succeeded_prediction(conn: Conn, job_id: uuid.UUID, client: str) -> Job:
     return job
 
 
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    summary="Delete a finished job: its result, explanations, explain jobs and every file",
+    responses=error_responses("unauthorized", "job_not_found", "job_active"),
+)
+def delete_job_route(job_id: uuid.UUID, services: ServicesDep, audit: AuditDep) -> Response:
+    """A queued or running job is refused with 409 ``job_active``: cancel it first (``POST
+    /v1/jobs/{id}/cancel``). Deleting a predict job deletes its explain jobs too (a running one
+    stops: nothing it stores afterwards is kept); its study stays."""
+    with services.db.tx() as conn:
+        done = remove_job(conn, audit.client, job_id, sweep_after_s(services.settings))
+        if done not in (None, "active"):
+            audit.record(conn, "delete", "job", job_id)
+    if done is None:
+        raise ServiceError("job_not_found")
+    if done == "active":
+        raise ServiceError("job_active", "cancel it first: POST /v1/jobs/{id}/cancel")
+    sweep_now(services.storage, done)
+    logger.info("job {} deleted", job_id)
+    return Response(status_code=204)
+
+
 @router.get(
     "/jobs/{job_id}/result",
     response_model=JobResult,
     summary="Probability, label, operating points, QC, series and model of a finished job",
     responses=error_responses(*_NEEDS_SUCCEEDED),
 )
-def read_result(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
+def read_result(job_id: uuid.UUID, services: ServicesDep, audit: AuditDep) -> Any:
     with services.db.conn() as conn:
-        job = succeeded_prediction(conn, job_id, client)
+        job = succeeded_prediction(conn, job_id, audit.client)
         result = get_result(conn, job_id)
-    if result is None:
-        raise ServiceError("job_not_finished")
+        if result is None:
+            raise ServiceError("job_not_finished")
+        audit.record(conn, "read", "result", job_id)
     return result.model_copy(update={"client_ref": job.client_ref, "metadata": job.metadata})
 
 
@@ -431,22 +458,21 @@ def _selected_series(conn: Conn, job_id: uuid.UUID) -> str | None:
 def read_explanation(
     job_id: uuid.UUID,
     services: ServicesDep,
-    client: Client,
+    audit: AuditDep,
     method: Annotated[str | None, Query(description="default: the most recent explanation")] = None,
 ) -> Any:
     with services.db.conn() as conn:
-        job = _job_or_404(conn, job_id, client)
+        job = _job_or_404(conn, job_id, audit.client)
         if job.kind == "explain" and job.parent_job_id is not None:
             job_id, method = job.parent_job_id, method or job.explain
             if job.state != "succeeded":
                 _require_succeeded(job)
         else:
             _require_succeeded(job)
-        found = get_explanations(conn, job_id)
-    if method is not None:
-        found = [e for e in found if e.method == method]
-    if not found:
-        raise ServiceError("explanation_not_found")
+        found = [e for e in get_explanations(conn, job_id) if method is None or e.method == method]
+        if not found:
+            raise ServiceError("explanation_not_found")
+        audit.record(conn, "read", "explanation", job_id)
     ttl = services.settings.presign_ttl_s
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
     return found[0].view(lambda key: services.storage.presign_get(key, ttl), expires)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from app.api.audit import AuditDep
 from app.api.deps import Client, Services, ServicesDep
 from app.api.idempotency import run_idempotent
 from app.api.paging import ClientRefQ, CreatedAfter, CreatedBefore, Cursor, Limit, utc
@@ -23,13 +24,14 @@ from app.errors import ServiceError
 from app.logs import logger
 from app.repository import (
     StudyFilter,
-    delete_study,
     get_study,
     insert_study,
     list_studies,
     store_study_series,
     study_series,
 )
+from app.repository.retention import remove_study
+from app.retention import sweep_after_s, sweep_now
 from app.schemas import ClientRef, Metadata, StudyOut
 from app.schemas_worklist import StudyPage, StudySeries
 from app.series_scan import scan_series
@@ -254,11 +256,12 @@ def list_studies_route(
     summary="A study's metadata",
     responses=error_responses("unauthorized", "study_not_found"),
 )
-def read_study(study_id: uuid.UUID, services: ServicesDep, client: Client) -> dict[str, Any]:
+def read_study(study_id: uuid.UUID, services: ServicesDep, audit: AuditDep) -> dict[str, Any]:
     with services.db.conn() as conn:
-        row = get_study(conn, client, study_id)
-    if row is None:
-        raise ServiceError("study_not_found")
+        row = get_study(conn, audit.client, study_id)
+        if row is None:
+            raise ServiceError("study_not_found")
+        audit.record(conn, "read", "study", study_id)
     return study_out(row, existing=True)
 
 
@@ -311,14 +314,20 @@ def read_study_series(study_id: uuid.UUID, services: ServicesDep, client: Client
 @router.delete(
     "/studies/{study_id}",
     status_code=204,
-    summary="Delete a study's ZIP and row (jobs keep their results)",
+    summary="Delete a study: its ZIP, its row and the CT images of its jobs (jobs keep their results)",
     responses=error_responses("unauthorized", "study_not_found"),
 )
-def remove_study(study_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
+def remove_study_route(study_id: uuid.UUID, services: ServicesDep, audit: AuditDep) -> Response:
+    """Deletes the ZIP and every image of its jobs' explanations that shows CT pixels (the
+    overlays ``sprite_png``, ``peak_png`` and the viewer's ``ct_layer``: they leave the
+    explanations' ``files``). The jobs keep their results and the saliency files, which hold
+    no CT pixels. A job still running on the study loses the CT images it stores later too."""
     with services.db.tx() as conn:
-        row = delete_study(conn, client, study_id)
-    if row is None:
+        prefixes = remove_study(conn, audit.client, study_id, sweep_after_s(services.settings))
+        if prefixes is not None:
+            audit.record(conn, "delete", "study", study_id)
+    if prefixes is None:
         raise ServiceError("study_not_found")
-    services.storage.delete_prefix(f"studies/{study_id}/")
+    sweep_now(services.storage, prefixes)
     logger.info("study {} deleted", study_id)
     return Response(status_code=204)

@@ -30,3 +30,17 @@ def test_secrets_are_not_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S4CT_S3_SECRET_KEY", "very-secret-value")
     s = load_settings(None)
     assert "very-secret-value" not in repr(s) and "very-secret-value" not in str(s.model_dump())
+
+
+def test_cors_origins_from_the_environment_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S4CT_CORS_ORIGINS", " https://worklist.example.org, http://127.0.0.1:5173 ")
+    assert load_settings().cors_origins == ["https://worklist.example.org", "http://127.0.0.1:5173"]
+    monkeypatch.setenv("S4CT_CORS_ORIGINS", "")
+    assert load_settings().cors_origins == []
+    monkeypatch.delenv("S4CT_CORS_ORIGINS")
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("s3_cors_origins: ['*']\n")
+    assert load_settings(cfg).s3_cors_origins == ["*"]
+    for bad in ("https://worklist.example.org/app", "worklist.example.org", "ftp://x"):
+        with pytest.raises(ValueError, match="is not an origin"):
+            load_settings(cors_origins=bad)

@@ -17,6 +17,7 @@ from test_preprocess import CASES, FLIP_YZ, make_volume
 
 from ml.explain.files import round_mantissa, write_saliency
 from ml.explain.methods import explain
+from ml.explain.params import CT_PIXEL_FILES
 from ml.explain.save import save_explanation
 from ml.explain.source_grid import to_source
 from ml.geometry import VolumeGeometry
@@ -194,6 +195,25 @@ def test_pngs_sprite_layout_and_content_types(tmp_path: Path) -> None:
     assert (
         b[:th, :tw].max() == 0 and colourful(b[r * th : (r + 1) * th, c * tw : (c + 1) * tw].astype(int)) > 20
     )
+
+
+def test_ct_pixel_files_are_exactly_those_that_change_with_the_ct(tmp_path: Path) -> None:
+    """CT_PIXEL_FILES (what deleting a study deletes) = the files that differ when the CT differs."""
+    geom = VolumeGeometry(size=(24, 20, 12), spacing_mm=(1.0, 1.0, 2.0), origin_mm=(0.0, 0.0, 0.0))
+    sal = _blob_on(geom, (6, 10, 12), sigma=2.0)
+    vol = make_volume(geom).hu()
+    a = write_saliency(sal, geom, vol, tmp_path / "a", max_tiles=8, sprite_width=256, layer_tile_px=32)
+    b = write_saliency(
+        sal, geom, vol + 300.0, tmp_path / "b", max_tiles=8, sprite_width=256, layer_tile_px=32
+    )
+    names = {p.name for p, _ in a.named().values()}
+    assert names == {p.name for p, _ in b.named().values()} and names >= CT_PIXEL_FILES
+    changed = {
+        n
+        for n in names
+        if n != "stats.json" and (a.nifti.parent / n).read_bytes() != (b.nifti.parent / n).read_bytes()
+    }
+    assert changed == CT_PIXEL_FILES
 
 
 def test_mantissa_rounding_keeps_float32_within_its_bound(tmp_path: Path) -> None:

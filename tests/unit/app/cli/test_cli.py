@@ -19,6 +19,7 @@ COMMANDS = [
     "api",
     "worker",
     "migrate",
+    "audit",
     "apikey",
     "client",
     "dicomweb",
