@@ -31,6 +31,8 @@ NOT_IN_API = {
     "nibabel": "saliency NIfTI files (worker)",
     "matplotlib": "saliency PNGs and evaluation plots (worker, offline)",
     "openpyxl": "the offline `predict` report",
+    "imagecodecs": "libjpeg-turbo decoding of JPEG pixel data (worker, offline)",
+    "isal": "fast gzip of the saliency NIfTI (worker)",
 }
 #: ... and that the worker image leaves out
 NOT_IN_WORKER = {k: v for k, v in NOT_IN_API.items() if "embedded" in v}
