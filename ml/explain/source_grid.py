@@ -136,28 +136,33 @@ def to_source(
     az, ay, ax = (_axis_lerp(float(a[k, k]), float(b[k]), out_shape[k], size[k]) for k in range(3))
     if az.hi <= az.lo or ay.hi <= ay.lo or ax.hi <= ax.lo:
         return out
-    out_t = torch.from_numpy(out)
-    x0, x1, xw = torch.from_numpy(ax.i0), torch.from_numpy(ax.i1), torch.from_numpy(ax.w1)
-    y0, y1, yw = torch.from_numpy(ay.i0), torch.from_numpy(ay.i1), torch.from_numpy(ay.w1)[:, None]
-    cache: dict[int, torch.Tensor] = {}
+    # NumPy, one thread: each step is a 512² plane, too small for torch's thread pool, whose
+    # hand-offs cost more than the arithmetic (seconds when other processes load the cores)
+    mm = m.numpy()
+    xw, yw = ax.w1, ay.w1[:, None]
+    cache: dict[int, F32Array] = {}
 
-    def plane(i: int) -> torch.Tensor:
+    def plane(i: int) -> F32Array:
         """Model plane i interpolated onto the source (rows, columns) region."""
         p = cache.get(i)
         if p is None:
-            q = m[i]
-            q = torch.lerp(q[:, x0], q[:, x1], xw)
-            p = torch.lerp(q[y0], q[y1], yw)
+            q = mm[i]
+            q0 = q[:, ax.i0]
+            q = q0 + (q[:, ax.i1] - q0) * xw
+            r0 = q[ay.i0]
+            p = r0 + (q[ay.i1] - r0) * yw
             cache[i] = p
         return p
 
-    with torch.no_grad():
-        for s in range(az.lo, az.hi):
-            i0, i1 = int(az.i0[s - az.lo]), int(az.i1[s - az.lo])
-            p0, p1 = plane(i0), plane(i1)
-            for k in [k for k in cache if k not in (i0, i1)]:
-                del cache[k]
-            torch.lerp(p0, p1, float(az.w1[s - az.lo]), out=out_t[s, ay.lo : ay.hi, ax.lo : ax.hi])
+    for s in range(az.lo, az.hi):
+        i0, i1 = int(az.i0[s - az.lo]), int(az.i1[s - az.lo])
+        p0, p1 = plane(i0), plane(i1)
+        for k in [k for k in cache if k not in (i0, i1)]:
+            del cache[k]
+        dst = out[s, ay.lo : ay.hi, ax.lo : ax.hi]
+        np.subtract(p1, p0, out=dst)
+        dst *= az.w1[s - az.lo]
+        dst += p0
     return out
 
 
