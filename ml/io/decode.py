@@ -2,8 +2,9 @@
 
 JPEG pixel data (baseline 1.2.840.10008.1.2.4.50, lossless .57 and lossless SV1 .70)
 is decoded by libjpeg-turbo through ``imagecodecs``: the same stored values as pydicom
-(checked bit for bit by the tests), about 5× faster than pydicom's GDCM handler. Anything it does not take (other transfer
-syntaxes, colour, odd bit depths, a frame libjpeg-turbo refuses) goes through
+(checked bit for bit by the tests), about 5× faster than pydicom's GDCM handler.
+Anything it does not take (other transfer syntaxes, colour, odd bit depths, a frame
+libjpeg-turbo refuses) goes through
 pydicom (GDCM, pylibjpeg), which also produces the error codes. Slices are read and
 decoded by a small thread pool (the codecs release the GIL), each written straight into
 the volume.
