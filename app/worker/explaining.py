@@ -25,7 +25,7 @@ from app.worker.pipeline import Prepared
 from app.worker.retry import storage_retry
 from ml.inference import Predictor
 
-__all__ = ["Saliency", "compute_saliency", "upload"]
+__all__ = ["Saliency", "compute_saliency", "upload", "warm_up"]
 
 
 class _Buffers:
@@ -104,6 +104,31 @@ def compute_saliency(predictor: Predictor, item: InFlight, prep: Prepared) -> Sa
         model_version=predictor.entry.version,
     )
     return Saliency(record, files)
+
+
+def warm_up(predictor: Predictor, workdir: Path) -> None:
+    """One small synthetic study through what a job runs in this process, before the first job.
+
+    Imports Captum, the imaging libraries and the writers, and runs the model, Grad-CAM,
+    the map back to the source grid and the files once, so that the first job costs what
+    the next ones do (the worker registers, and ``/readyz`` turns ready, only afterwards).
+    """
+    import tempfile
+
+    from app.worker.pipeline import warm_volume
+    from ml.explain.files import write_saliency
+    from ml.explain.methods import explain
+    from ml.explain.source_grid import to_source
+    from ml.preprocess import preprocess
+
+    vol = warm_volume()
+    prep = preprocess(vol, predictor.preprocess_config)
+    with torch.inference_mode():
+        predictor.predict(prep.tensor, [prep.geometry.model_voxel_mm()])
+    out = explain(predictor, prep.tensor, "gradcam")
+    source_map = to_source(out, prep.geometry)
+    with tempfile.TemporaryDirectory(prefix="warm-", dir=workdir) as tmp:
+        write_saliency(source_map, vol.geometry, vol, tmp, sprite=False, extra_stats=out.stats())
 
 
 def upload(saliency: Saliency, storage: Storage, *, retry_s: float, stop: threading.Event) -> None:
