@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,11 @@ from app.worker.pipeline import Prepared
 from app.worker.retry import storage_retry
 from ml.inference import Predictor
 
-__all__ = ["Saliency", "compute_saliency", "upload", "warm_up"]
+if TYPE_CHECKING:
+    from ml.explain.files import SaliencyFiles
+    from ml.explain.methods import ExplainOutput
+
+__all__ = ["Saliency", "compute_saliency", "saliency_files", "upload", "upload_files", "warm_up"]
 
 
 class _Buffers:
@@ -66,22 +70,22 @@ class Saliency:
     files: dict[str, tuple[str, Path, str]]
 
 
-def compute_saliency(predictor: Predictor, item: InFlight, prep: Prepared) -> Saliency:
-    """Saliency in the source geometry, written to local files (uploaded by :func:`upload`)."""
+def saliency_files(
+    predictor: Predictor, prep: Prepared, method: str, params: dict[str, Any], out_dir: Path
+) -> tuple[ExplainOutput, SaliencyFiles]:
+    """The map of ``method`` on the source grid, written as the job's files into ``out_dir``."""
     from ml.explain.files import write_saliency
     from ml.explain.methods import explain
     from ml.explain.source_grid import to_source
 
-    job = item.job
-    tensor = torch.from_numpy(prep.tensor)
-    out = explain(predictor, tensor, job.explain, job.explain_params)
+    out = explain(predictor, torch.from_numpy(prep.tensor), method, params)
     shape = prep.geometry.source.shape_zyx
     source_map = to_source(out, prep.geometry, out=_buffers.f32(shape))
     written = write_saliency(
         source_map,
         prep.geometry.source,
         prep.volume,  # the stored volume: only the slices drawn are converted to HU
-        item.workdir / "saliency",
+        out_dir,
         method=out.method,
         params=out.params,
         nifti_dtype=str(out.params.get("nifti", "uint8")),  # float32: the exact map, on request
@@ -89,6 +93,13 @@ def compute_saliency(predictor: Predictor, item: InFlight, prep: Prepared) -> Sa
         sprite=False,  # the viewer layers show the same slices; no composite sprite
         extra_stats=out.stats(),  # outside_body_fraction: the map is masked to the body
     )
+    return out, written
+
+
+def compute_saliency(predictor: Predictor, item: InFlight, prep: Prepared) -> Saliency:
+    """Saliency in the source geometry, written to local files (uploaded by :func:`upload`)."""
+    job = item.job
+    out, written = saliency_files(predictor, prep, job.explain, job.explain_params, item.workdir / "saliency")
     prefix = f"jobs/{item.job_id}/attempt-{item.attempt}/saliency/{job.explain}"
     files = {name: (f"{prefix}/{path.name}", path, ctype) for name, (path, ctype) in written.named().items()}
     record = ExplanationRecord(
@@ -114,26 +125,30 @@ def warm_up(predictor: Predictor, workdir: Path) -> None:
     the next ones do (the worker registers, and ``/readyz`` turns ready, only afterwards).
     """
     import tempfile
+    import uuid
 
     from app.worker.pipeline import warm_volume
-    from ml.explain.files import write_saliency
-    from ml.explain.methods import explain
-    from ml.explain.source_grid import to_source
     from ml.preprocess import preprocess
 
     vol = warm_volume()
-    prep = preprocess(vol, predictor.preprocess_config)
+    res = preprocess(vol, predictor.preprocess_config)
     with torch.inference_mode():
-        predictor.predict(prep.tensor, [prep.geometry.model_voxel_mm()])
-    out = explain(predictor, prep.tensor, "gradcam")
-    source_map = to_source(out, prep.geometry)
+        predictor.predict(res.tensor, [res.geometry.model_voxel_mm()])
+    prep = Prepared(uuid.uuid4(), 0, res.tensor.numpy(), res.geometry, {}, {}, volume=vol)
     with tempfile.TemporaryDirectory(prefix="warm-", dir=workdir) as tmp:
-        write_saliency(source_map, vol.geometry, vol, tmp, sprite=False, extra_stats=out.stats())
+        saliency_files(predictor, prep, "gradcam", {}, Path(tmp))
 
 
 def upload(saliency: Saliency, storage: Storage, *, retry_s: float, stop: threading.Event) -> None:
     """Write the saliency files to the object store, a few at a time (each retried through an outage)."""
-    files = list(saliency.files.values())
+    upload_files(saliency.files, storage, retry_s=retry_s, stop=stop)
+
+
+def upload_files(
+    named: dict[str, tuple[str, Path, str]], storage: Storage, *, retry_s: float, stop: threading.Event
+) -> None:
+    """Files (role → (key, path, content type)) to the object store, up to 4 at a time."""
+    files = list(named.values())
     with ThreadPoolExecutor(max_workers=min(4, len(files)) or 1, thread_name_prefix="s4ct-upload") as pool:
         futures = [
             pool.submit(
