@@ -13,7 +13,7 @@ DEMO_DIR ?= var/demo
 DEMO_STUDY := $(DEMO_DIR)/corpus/studies/ph0000-0000.zip
 PORT ?= 8000
 
-.PHONY: venv run demo test test-all lint fmt bench clean
+.PHONY: venv run demo test test-all lint fmt bench bench-gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -69,9 +69,14 @@ test: lint
 test-all: lint
 	$(call run_pytest,-m "slow or not slow")
 
-## bench: every benchmark (preprocess, inference, explain, service, load) → docs/performance.md (~35 min)
+## bench: every benchmark (preprocess, inference, explain, ood, service, e2e, load) → docs/performance.md (~35 min)
 bench: venv
 	$(BIN)/python bench/report.py
+
+## bench-gpu: the GPU rows (ResNet-34 @256³ throughput, Grad-CAM, IG-32, e2e p50) on a CUDA host, ≤ 8 min
+bench-gpu: venv
+	$(BIN)/python bench/gpu.py
+	$(BIN)/python bench/report.py --reuse --no-run
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
