@@ -138,7 +138,9 @@ def peer_section(peer: Peer, zip_path: Path, key: str | None, n: int) -> dict[st
 # --------------------------------------------------------------------------- the service
 
 
-def service_section(stack: Any, tmp: Path, name: str, zip_path: Path, n: int, peer: Peer) -> dict[str, Any]:
+def service_section(
+    stack: Any, tmp: Path, name: str, zip_path: Path, n: int, peer: Peer | None
+) -> dict[str, Any]:
     """A fresh API and worker on ``stack``: the first job and ``n`` warm ones; then the peer."""
     with api_on(stack, tmp, name) as (env, api):
         worker = Child(
@@ -170,6 +172,8 @@ def service_section(stack: Any, tmp: Path, name: str, zip_path: Path, n: int, pe
         res["first"] = jobs[0]
         res["warm"] = {"runs": jobs[1:], "median": medians([j["stages"] for j in jobs[1:]])}
         res["warm"]["job_s_median"] = statistics.median(j["job_s"] for j in jobs[1:])
+        if peer is None:
+            return res
         peer.storage = env.storage()  # the same S3 and bucket, the same study object
         try:
             res["peer"] = peer_section(peer, zip_path, f"studies/{study_id}/source.zip", n)
@@ -188,7 +192,7 @@ def _cell(v: float | None) -> str:
 def report_study(name: str, r: dict[str, Any]) -> None:
     first = r.get("first", {}).get("stages", {})
     warm = r.get("warm", {}).get("median", {})
-    peer = r["peer"]["median"]
+    peer = r["peer"]["median"] if "peer" in r else {}
     print(f"\n{name}: seconds per stage (service: the job's stage_timings; peer: same stages in-process)")
     print(f"{'stage':<16}{'first':>10}{'warm p50':>10}{'peer p50':>10}{'warm/peer':>11}")
     for k in STAGES:
@@ -237,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zip", action="append", help="study ZIP(s) instead of the phantom and the sample")
     p.add_argument("--no-real", action="store_true", help="leave the real sample out")
     p.add_argument("--peer-only", action="store_true", help="only the in-process peer (no stack)")
+    p.add_argument("--no-peer", action="store_true", help="only the service (no in-process peer)")
     p.add_argument("--cache-dir", default=str(ROOT / "var" / "bench"), help="phantom ZIP cache")
     p.add_argument("--json", default=str(ROOT / "var" / "bench" / "e2e.json"), help="'' = none")
     args = p.parse_args(argv)
     n = args.jobs or (2 if args.quick else 5)
+    if args.peer_only and args.no_peer:
+        p.error("--peer-only and --no-peer leave nothing to measure")
     t_start = time.perf_counter()
     res: dict[str, Any] = {
         "machine": machine_info(),
@@ -251,11 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = studies(args)
     with tempfile.TemporaryDirectory(prefix="s4ct-bench-e2e-") as td, contextlib.ExitStack() as es:
         tmp = Path(td)
-        peer = Peer(None, tmp)
+        peer = None if args.no_peer else Peer(None, tmp)
         stack = None if args.peer_only else start_stack(es, tmp / "stack")
         for name, path in chosen.items():
             print(f"\n== {name}: {path.name} ({path.stat().st_size / 1e6:.1f} MB) ==", flush=True)
             if stack is None:
+                assert peer is not None
                 res["studies"][name] = {"peer": peer_section(peer, path, None, n)}
             else:
                 res["studies"][name] = service_section(stack, tmp, name, path, n, peer)
