@@ -3,7 +3,7 @@
 The seed pipeline's 1 mm grid keeps the source series' origin and direction, so grid index
 ``j`` along an axis is the source's continuous index ``j · out_mm / source_mm``: trilinear
 interpolation is three 1-D linear interpolations, one axis after the other, computed here with
-NumPy on a few slices at a time, slabs on a few threads (no full-volume float64 or boolean temporaries;
+NumPy one slice at a time, runs of slices on a few threads (no full-volume float64 or boolean temporaries;
 ``np.take`` gathers along the last axis ~40× faster than torch's ``index_select``). The values
 are SimpleITK's linear ``Resample`` (what the reference pipeline runs) to float32 round-off:
 a point whose continuous index lies within half a voxel outside the first or last source
@@ -25,7 +25,6 @@ __all__ = ["AxisLerp", "axis_lerp", "resample_parallel"]
 
 F32Array = npt.NDArray[np.float32]
 _TOL = 1e-6  # continuous-index slack for round-off in the spacing ratio
-_CHUNK = 16  # source slices converted to float32 at a time
 
 
 @dataclass(frozen=True)
@@ -101,41 +100,43 @@ def resample_parallel(
     az, ay, ax = axes
     if az.hi <= az.lo or ay.hi <= ay.lo or ax.hi <= ax.lo:
         return out
-    # the source slices, rows and columns the valid points need
-    zs = np.unique(np.concatenate([az.i0, az.i1]))
+    # the source rows and columns the valid points need
     y_lo, y_hi = int(min(ay.i0.min(), ay.i1.min())), int(max(ay.i0.max(), ay.i1.max())) + 1
     x_lo, x_hi = int(min(ax.i0.min(), ax.i1.min())), int(max(ax.i0.max(), ax.i1.max())) + 1
     ay_rel = AxisLerp(ay.lo, ay.hi, ay.i0 - y_lo, ay.i1 - y_lo, ay.w1)
     ax_rel = AxisLerp(ax.lo, ax.hi, ax.i0 - x_lo, ax.i1 - x_lo, ax.w1)
-    planes = np.empty((zs.size, ay.hi - ay.lo, ax.hi - ax.lo), dtype=np.float32)
 
-    def in_plane(s: int) -> None:
-        """(y, x) interpolation of needed source slices s … s + _CHUNK − 1."""
-        idx = zs[s : s + _CHUNK]
-        # fancy indexing copies: ``block`` never aliases the caller's array
-        block = np.asarray(array_zyx[idx[0] : idx[-1] + 1, y_lo:y_hi, x_lo:x_hi])[idx - idx[0]]
-        block = block.astype(np.float32, copy=False)
+    def in_plane(z: int) -> F32Array:
+        """Source slice ``z`` interpolated onto the output's (y, x) points."""
+        plane = np.array(array_zyx[z, y_lo:y_hi, x_lo:x_hi], dtype=np.float32)  # a copy, never a view
         if scale is not None and scale[0] != 1.0:
-            block *= np.float32(scale[0])
+            plane *= np.float32(scale[0])
         if scale is not None and scale[1] != 0.0:
-            block += np.float32(scale[1])
-        planes[s : s + idx.size] = _lerp_axis(_lerp_axis(block, ay_rel, 1), ax_rel, 2)
-
-    where = {int(z): i for i, z in enumerate(zs)}
+            plane += np.float32(scale[1])
+        return _lerp_axis(_lerp_axis(plane, ay_rel, 0), ax_rel, 1)
 
     def along_z(j0: int, j1: int) -> None:
-        """Output planes j0 … j1 − 1 from two interpolated planes each, straight into ``out``."""
+        """Output planes j0 … j1 − 1, each from two interpolated source slices (the last two kept)."""
+        cache: dict[int, F32Array] = {}
         for j in range(j0, j1):
             k = j - az.lo
-            p0, p1 = planes[where[int(az.i0[k])]], planes[where[int(az.i1[k])]]
+            z0, z1 = int(az.i0[k]), int(az.i1[k])
+            for z in [z for z in cache if z not in (z0, z1)]:
+                del cache[z]
+            p0 = cache[z0] if z0 in cache else cache.setdefault(z0, in_plane(z0))
+            p1 = cache[z1] if z1 in cache else cache.setdefault(z1, in_plane(z1))
             dst = out[j, ay.lo : ay.hi, ax.lo : ax.hi]
             np.subtract(p1, p0, out=dst)
             dst *= az.w1[k]
             dst += p0
 
-    # NumPy releases the GIL in these loops: the slabs run on ``threads`` threads
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        list(pool.map(in_plane, range(0, zs.size, _CHUNK)))
-        bounds = np.linspace(az.lo, az.hi, max(1, threads) * 4 + 1).astype(int)
-        list(pool.map(along_z, bounds[:-1], bounds[1:]))
+    # NumPy releases the GIL in these loops: runs of output planes on ``threads`` threads, each
+    # holding two interpolated slices at a time (no array of every interpolated source slice)
+    n = max(1, threads)
+    bounds = np.linspace(az.lo, az.hi, n + 1).astype(int)
+    if n == 1:
+        along_z(az.lo, az.hi)
+    else:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            list(pool.map(along_z, bounds[:-1], bounds[1:]))
     return out
