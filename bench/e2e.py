@@ -17,7 +17,8 @@ preprocessing, inference, explaining, saving; ``total``: the worker's time from 
 job to finishing it). The peer runs the same stages with the same functions in this process,
 one job after the other without the queue, the database or the pool: the ZIP fetched from the
 same S3 (``Storage.get_to_file``), :func:`app.worker.pipeline.prepare_study`, the model's
-forward (:meth:`ml.inference.Predictor.predict`), :func:`app.worker.explaining.saliency_files`
+forward with Grad-CAM fused (:func:`ml.explain.fused.forward_with_gradcam`,
+:meth:`ml.inference.Predictor.predict`), :func:`app.worker.explaining.saliency_files`
 and :func:`app.worker.explaining.upload_files` back to the same S3; one unrecorded warm-up run,
 then ``--jobs`` timed runs. Per stage the medians; service ÷ peer is the service's overhead.
 
@@ -87,6 +88,7 @@ class Peer:
 
         from app.worker.explaining import saliency_files, upload_files
         from app.worker.pipeline import prepare_study
+        from ml.explain.fused import can_fuse, forward_with_gradcam
 
         work = Path(tempfile.mkdtemp(prefix="peer-", dir=self.workdir))
         t: dict[str, float] = {}
@@ -101,11 +103,14 @@ class Peer:
         prep = prepare_study(uuid.uuid4(), 1, str(local), None, p.preprocess_config, True)
         t.update(prep.timings)
         t0 = time.perf_counter()
+        batch, voxel_mm = torch.from_numpy(prep.tensor), [prep.geometry.model_voxel_mm()]
+        fused = forward_with_gradcam(p, batch) if can_fuse(p, "gradcam", {}) else None  # as the worker
         with torch.inference_mode():
-            p.predict(torch.from_numpy(prep.tensor), [prep.geometry.model_voxel_mm()])
+            p.predict(batch, voxel_mm, forward=None if fused is None else (fused.logits, fused.features))
         t["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _, written = saliency_files(p, prep, "gradcam", {}, work / "saliency")
+        raw = None if fused is None else fused.maps[0]
+        _, written = saliency_files(p, prep, "gradcam", {}, work / "saliency", raw)
         t["explaining"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.storage is not None:

@@ -71,14 +71,23 @@ class Saliency:
 
 
 def saliency_files(
-    predictor: Predictor, prep: Prepared, method: str, params: dict[str, Any], out_dir: Path
+    predictor: Predictor,
+    prep: Prepared,
+    method: str,
+    params: dict[str, Any],
+    out_dir: Path,
+    raw_map: torch.Tensor | None = None,
 ) -> tuple[ExplainOutput, SaliencyFiles]:
-    """The map of ``method`` on the source grid, written as the job's files into ``out_dir``."""
+    """The map of ``method`` on the source grid, written as the job's files into ``out_dir``.
+
+    ``raw_map``: the method's model-space map from the prediction's fused pass
+    (:func:`ml.explain.fused.forward_with_gradcam`); only the body mask is left to compute.
+    """
     from ml.explain.files import write_saliency
     from ml.explain.methods import explain
     from ml.explain.source_grid import to_source
 
-    out = explain(predictor, torch.from_numpy(prep.tensor), method, params)
+    out = explain(predictor, torch.from_numpy(prep.tensor), method, params, raw_map=raw_map)
     shape = prep.geometry.source.shape_zyx
     source_map = to_source(out, prep.geometry, out=_buffers.f32(shape))
     written = write_saliency(
@@ -96,10 +105,13 @@ def saliency_files(
     return out, written
 
 
-def compute_saliency(predictor: Predictor, item: InFlight, prep: Prepared) -> Saliency:
+def compute_saliency(
+    predictor: Predictor, item: InFlight, prep: Prepared, raw_map: torch.Tensor | None = None
+) -> Saliency:
     """Saliency in the source geometry, written to local files (uploaded by :func:`upload`)."""
     job = item.job
-    out, written = saliency_files(predictor, prep, job.explain, job.explain_params, item.workdir / "saliency")
+    workdir = item.workdir / "saliency"
+    out, written = saliency_files(predictor, prep, job.explain, job.explain_params, workdir, raw_map)
     prefix = f"jobs/{item.job_id}/attempt-{item.attempt}/saliency/{job.explain}"
     files = {name: (f"{prefix}/{path.name}", path, ctype) for name, (path, ctype) in written.named().items()}
     record = ExplanationRecord(
