@@ -49,15 +49,15 @@ if str(ROOT) not in sys.path:
 from bench.common import machine_info, write_json  # noqa: E402
 from bench.service import (  # noqa: E402
     STAGES,
-    Child,
+    _stage_medians,
     _submit,
-    _tail,
     _upload,
     _wait_jobs,
     api_on,
     bench_setup,
     phantom,
     start_stack,
+    start_worker,
 )
 
 REAL_ZIP = ROOT.parent / "shared" / "data" / "real-ct" / "cap002.zip"
@@ -125,19 +125,10 @@ class Peer:
         return t
 
 
-def medians(runs: list[dict[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k in STAGES:
-        vals = [float(r[k]) for r in runs if k in r]
-        if vals:
-            out[k] = statistics.median(vals)
-    return out
-
-
 def peer_section(peer: Peer, zip_path: Path, key: str | None, n: int) -> dict[str, Any]:
     peer.run(zip_path, key)  # imports, first allocations: not recorded
     runs = [peer.run(zip_path, key) for _ in range(n)]
-    return {"runs": runs, "median": medians(runs), "min_total_s": min(r["total"] for r in runs)}
+    return {"runs": runs, "median": _stage_medians(runs), "min_total_s": min(r["total"] for r in runs)}
 
 
 # --------------------------------------------------------------------------- the service
@@ -148,19 +139,10 @@ def service_section(
 ) -> dict[str, Any]:
     """A fresh API and worker on ``stack``: the first job and ``n`` warm ones; then the peer."""
     with api_on(stack, tmp, name) as (env, api):
-        worker = Child(
-            "worker", [sys.executable, "-m", "app.worker"], env.child_env(), env.dir / "worker.log"
-        )
         res: dict[str, Any] = {}
+        worker, res["worker_ready_s"] = start_worker(env, api)
         try:
-            t0 = time.perf_counter()
-            deadline = time.monotonic() + 300
             with api.client() as c:
-                while c.get("/readyz").status_code != 200:
-                    if worker.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"worker not ready\n{_tail(worker.log)}")
-                    time.sleep(0.1)
-                res["worker_ready_s"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 study_id = _upload(c, zip_path)
                 res["upload_s"] = time.perf_counter() - t0
@@ -175,7 +157,7 @@ def service_section(
         finally:
             worker.stop(timeout=40)
         res["first"] = jobs[0]
-        res["warm"] = {"runs": jobs[1:], "median": medians([j["stages"] for j in jobs[1:]])}
+        res["warm"] = {"runs": jobs[1:], "median": _stage_medians([j["stages"] for j in jobs[1:]])}
         res["warm"]["job_s_median"] = statistics.median(j["job_s"] for j in jobs[1:])
         if peer is None:
             return res

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, write_json  # noqa: E402
+from bench.common import machine_info, run_logged, write_json  # noqa: E402
 
 PARTS = ("inference", "explain", "e2e")
 GOAL_GRADCAM_S = 0.030
@@ -64,13 +63,7 @@ def run_part(name: str, cmd: list[str], limit_s: float, log: Path) -> dict[str, 
     """A bench script as a subprocess, killed after ``limit_s``; its exit status and wall time."""
     print(f"\n### {name}: {' '.join(cmd[1:])} (limit {limit_s:.0f} s)", flush=True)
     t0 = time.perf_counter()
-    with log.open("w") as fh:
-        try:
-            rc: int | str = subprocess.run(
-                cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, timeout=limit_s, check=False
-            ).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timeout after {limit_s:.0f} s"
+    rc = run_logged(cmd, log, limit_s)
     wall = time.perf_counter() - t0
     print(f"    {name}: exit {rc} in {wall:.0f} s (log {log})", flush=True)
     print(log.read_text(errors="replace")[-2500:], flush=True)

@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, machine_label, write_json  # noqa: E402
+from bench.common import machine_info, machine_label, run_logged, write_json  # noqa: E402
 
 NO_GPU = "not measured: needs a CUDA GPU"
 # the hardware the CPU benches' ``Bench.est_full_min`` were timed on (their runs in docs/benchmarks.md)
@@ -147,13 +146,7 @@ def run_bench(b: Bench, out_dir: Path, quick: bool, timeout_s: float) -> dict[st
     log = out_dir / f"{b.name}.log"
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    with log.open("w") as fh:
-        try:
-            rc: int | str = subprocess.run(
-                cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
-            ).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timeout after {timeout_s:.0f} s"
+    rc = run_logged(cmd, log, timeout_s)
     meta = {
         "bench": b.name,
         "command": shown,

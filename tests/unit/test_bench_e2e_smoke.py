@@ -16,17 +16,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = {
-    "fetching",
-    "reading",
-    "qc",
-    "decoding",
-    "preprocessing",
-    "inference",
-    "explaining",
-    "saving",
-    "total",
-}
+sys.path.insert(0, str(ROOT))
+from bench.service import STAGES as STAGE_NAMES  # noqa: E402
+
+STAGES = set(STAGE_NAMES)
 
 
 def _run(args: list[str], timeout: float, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
@@ -73,7 +66,6 @@ def test_gpu_bench_refuses_without_cuda(tmp_path: Path) -> None:
 
 
 def test_gpu_explain_timing_runs_on_cpu() -> None:
-    sys.path.insert(0, str(ROOT))
     from bench.gpu import explain_timing
 
     res = explain_timing(32, 2, 1, "cpu")
