@@ -214,6 +214,25 @@ def _layer_tile(geom: VolumeGeometry, tile_px: int) -> tuple[int, int]:
     return max(1, min(tile_px, round(w_mm / pixel_mm))), max(1, min(tile_px, round(h_mm / pixel_mm)))
 
 
+def _ct_slice_hu(ct: CTVolume | npt.NDArray[Any], z: int) -> F32Array:
+    hu = _ct_slice(ct, z)
+    assert hu is not None
+    return hu
+
+
+def _grid(tiles: npt.NDArray[np.uint8], nrow: int, ncol: int) -> npt.NDArray[np.uint8]:
+    """Tiles (n, h, w[, c]) laid out row-major on a ``nrow`` × ``ncol`` grid (empty tiles 0)."""
+    n, h, w = tiles.shape[:3]
+    rest = tiles.shape[3:]
+    grid = np.zeros((nrow * ncol, h, w, *rest), dtype=tiles.dtype)
+    grid[:n] = tiles
+    order = (0, 2, 1, 3, *range(4, 4 + len(rest)))
+    out: npt.NDArray[np.uint8] = np.ascontiguousarray(
+        grid.reshape(nrow, ncol, h, w, *rest).transpose(order).reshape(nrow * h, ncol * w, *rest)
+    )
+    return out
+
+
 def write_layers(
     source_map: F32Array,
     geom: VolumeGeometry,
@@ -239,29 +258,28 @@ def write_layers(
     tw, th = _layer_tile(geom, tile_px)
     ncol = math.ceil(math.sqrt(len(slices)))
     nrow = math.ceil(len(slices) / ncol)
-    shape = (nrow * th, ncol * tw)
-    sal8 = np.zeros(shape, dtype=np.uint8)
-    heat = np.zeros((*shape, 4), dtype=np.uint8)
-    gray = np.zeros(shape, dtype=np.uint8) if ct is not None else None
     f = style.threshold_fraction
     a0, a1 = HEAT_ALPHA
     lut8 = np.rint(style.lut * 255.0).astype(np.uint8)
-    for t, z in enumerate(slices):
-        r, c = divmod(t, ncol)
-        box = (slice(r * th, (r + 1) * th), slice(c * tw, (c + 1) * tw))
-        sal = _resize(np.asarray(source_map[z]), tw, th)
-        s = np.clip(sal / style.vmax, 0.0, 1.0) if style.vmax > 0 else np.zeros_like(sal)
-        s8 = np.rint(s * 255.0).astype(np.uint8)
-        sal8[box] = s8
-        alpha = np.where(s > f, a0 + (a1 - a0) * (s - f) / max(1.0 - f, 1e-6), 0.0)
-        heat[box][..., :3] = lut8[s8]
-        heat[box][..., 3] = np.rint(alpha * 255.0).astype(np.uint8)
-        if gray is not None:
-            hu = _ct_slice(ct, z)
-            assert hu is not None
-            g = np.clip((_resize(hu, tw, th) - style.lo_hu) / (style.hi_hu - style.lo_hu), 0.0, 1.0)
-            gray[box] = np.rint(g * 255.0).astype(np.uint8)
-    heat[heat[..., 3] == 0] = 0  # transparent pixels carry no colour: a smaller file
+    n = len(slices)
+    # every tile resampled first (PIL, per slice), then the arithmetic on the whole stack at once
+    sal = np.stack([_resize(np.asarray(source_map[z]), tw, th) for z in slices])
+    s_ = np.clip(sal / style.vmax, 0.0, 1.0) if style.vmax > 0 else np.zeros_like(sal)
+    s8 = np.rint(s_ * 255.0).astype(np.uint8)
+    alpha = np.where(s_ > f, a0 + (a1 - a0) * (s_ - f) / max(1.0 - f, 1e-6), 0.0)
+    heat_t = np.empty((n, th, tw, 4), dtype=np.uint8)
+    heat_t[..., 3] = np.rint(alpha * 255.0).astype(np.uint8)
+    heat_t[..., :3] = lut8[s8]
+    heat_t[..., :3] *= (heat_t[..., 3:] > 0).astype(np.uint8)  # transparent pixels carry no colour
+    del sal, s_, alpha
+    gray_t: npt.NDArray[np.uint8] | None = None
+    if ct is not None:
+        hu = np.stack([_resize(_ct_slice_hu(ct, z), tw, th) for z in slices])
+        g = np.clip((hu - style.lo_hu) / (style.hi_hu - style.lo_hu), 0.0, 1.0)
+        gray_t = np.rint(g * 255.0).astype(np.uint8)
+        del hu, g
+    sal8, heat = _grid(s8, nrow, ncol), _grid(heat_t, nrow, ncol)
+    gray = None if gray_t is None else _grid(gray_t, nrow, ncol)
     paths: dict[str, Path] = {}
     saves: list[Future[None]] = []
     for role, arr in (("ct_layer", gray), ("saliency_layer", sal8), ("heat_layer", heat)):

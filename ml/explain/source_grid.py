@@ -117,10 +117,10 @@ def to_source(
         p = cache.get(i)
         if p is None:
             q = mm[i]
-            q0 = q[:, ax.i0]
-            q = q0 + (q[:, ax.i1] - q0) * xw
-            r0 = q[ay.i0]
-            p = r0 + (q[ay.i1] - r0) * yw
+            q0 = np.take(q, ax.i0, axis=1)  # np.take: far faster than fancy indexing on columns
+            q = q0 + (np.take(q, ax.i1, axis=1) - q0) * xw
+            r0 = np.take(q, ay.i0, axis=0)
+            p = r0 + (np.take(q, ay.i1, axis=0) - r0) * yw
             cache[i] = p
         return p
 
