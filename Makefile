@@ -13,7 +13,7 @@ DEMO_DIR ?= var/demo
 DEMO_STUDY := $(DEMO_DIR)/corpus/studies/ph0000-0000.zip
 PORT ?= 8000
 
-.PHONY: venv run demo test test-all lint fmt bench clean test-laravel
+.PHONY: venv run demo test test-all lint fmt bench bench-gpu clean test-laravel
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -73,9 +73,14 @@ test-all: lint
 test-laravel: venv
 	$(call run_pytest,-m slow tests/integration/test_laravel.py -p no:randomly -rP --show-capture=stdout)
 
-## bench: every benchmark (preprocess, inference, explain, service, load) → docs/performance.md (~35 min)
+## bench: every benchmark (preprocess, inference, explain, ood, service, e2e, load) → docs/performance.md (~35 min)
 bench: venv
 	$(BIN)/python bench/report.py
+
+## bench-gpu: the GPU rows (ResNet-34 @256³ throughput, Grad-CAM, IG-32, e2e p50) on a CUDA host, ≤ 8 min
+bench-gpu: venv
+	$(BIN)/python bench/gpu.py
+	$(BIN)/python bench/report.py --reuse --no-run
 
 ## images: build the api and worker images with docker or podman (deploy/docker/build.sh: API_IMAGE,
 ## WORKER_IMAGE, PYTHON_IMAGE, WORKER_TORCH_SPEC; extra CAs in deploy/docker/certs, wheels in deploy/docker/wheels)

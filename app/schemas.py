@@ -140,7 +140,8 @@ class PredictRequest(BaseModel):
         default_factory=dict,
         description=(
             'method parameters, e.g. {"steps": 32} for integrated_gradients; integrated_gradients and '
-            "saliency take smooth_voxels (σ of a Gaussian blur, model voxels; default 3 for IG, 0 = raw)"
+            "saliency take smooth_voxels (σ of a Gaussian blur, model voxels; default 3 for IG, 0 = raw); "
+            'every method takes nifti: "uint8" (default, 8 bits with scl_slope) or "float32" (the exact map)'
         ),
     )
     callback_url: AnyHttpUrl | None = Field(None, description="POSTed (signed) when the job finishes")

@@ -23,6 +23,7 @@ __all__ = [
     "machine_label",
     "percentiles",
     "phantom_spec",
+    "run_logged",
     "used_seeds",
     "write_json",
 ]
@@ -97,6 +98,19 @@ def percentiles(xs: list[float], qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> d
     out["max"] = s[-1] if s else float("nan")
     out["n"] = float(len(s))
     return out
+
+
+def run_logged(cmd: list[str], log: Path, timeout_s: float) -> int | str:
+    """Run ``cmd`` in the repository root with its output in ``log``: the exit status, or why it stopped."""
+    import subprocess
+
+    with log.open("w") as fh:
+        try:
+            return subprocess.run(
+                cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return f"timeout after {timeout_s:.0f} s"
 
 
 def write_json(path: Path, obj: Any) -> None:

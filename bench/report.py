@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, machine_label, write_json  # noqa: E402
+from bench.common import machine_info, machine_label, run_logged, write_json  # noqa: E402
 
 NO_GPU = "not measured: needs a CUDA GPU"
 # the hardware the CPU benches' ``Bench.est_full_min`` were timed on (their runs in docs/benchmarks.md)
@@ -110,6 +109,8 @@ BENCHES = (
         cache_dir=True,
         est_full_min=15.0,
     ),
+    Bench("e2e", "bench/e2e.py", "", "--quick", cache_dir=True, est_full_min=5.0),
+    Bench("gpu", "bench/gpu.py", "", "--quick", gpu_only=True, est_full_min=8.0),
     Bench(
         "e2e_gpu",
         "bench/load.py",
@@ -145,13 +146,7 @@ def run_bench(b: Bench, out_dir: Path, quick: bool, timeout_s: float) -> dict[st
     log = out_dir / f"{b.name}.log"
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    with log.open("w") as fh:
-        try:
-            rc: int | str = subprocess.run(
-                cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
-            ).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timeout after {timeout_s:.0f} s"
+    rc = run_logged(cmd, log, timeout_s)
     meta = {
         "bench": b.name,
         "command": shown,
@@ -342,6 +337,20 @@ def _h100_e2e(d: dict[str, Any]) -> Cells:
     }
 
 
+def _h100_explain(key: str, goal_s: float) -> Extract:
+    def f(d: dict[str, Any]) -> Cells:
+        e = d["explain"]
+        v = float(e[key])
+        return {
+            "ours": f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s",
+            "peer": f"{e['forward_s'] * 1000:.1f} ms (one forward)",
+            "ratio": _x(v, float(e["forward_s"])),
+            "met": yes(v <= goal_s),
+        }
+
+    return f
+
+
 # ---- explain
 
 
@@ -465,6 +474,74 @@ def _svc_queued(d: dict[str, Any]) -> Cells:
     }
 
 
+# ---- e2e (one study, stage by stage)
+
+E2E_STAGES = ("fetching", "reading", "qc", "decoding", "preprocessing", "inference", "explaining", "saving")
+
+
+def _e2e_study(d: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name = "real" if "real" in d["studies"] else "phantom"
+    return name, d["studies"][name]
+
+
+def _e2e_warm(d: dict[str, Any]) -> Cells:
+    name, r = _e2e_study(d)
+    warm, peer = r["warm"]["median"]["total"], r["peer"]["median"]["total"]  # KeyError: no peer, no row
+    g = _goal_entry(d, f"{name}: warm")
+    n = len(r["warm"]["runs"])
+    return {
+        "measure": f"e2e: {name} study upload → result with Grad-CAM, worker time (warm p50 of {n}); "
+        "peer: the same stages in-process",
+        "ours": f"{warm:.2f} s",
+        "peer": f"{peer:.2f} s",
+        "ratio": _x(warm, peer),
+        "met": yes(bool(g["pass"])) if g else "—",
+    }
+
+
+def _e2e_first(d: dict[str, Any]) -> Cells:
+    name, r = _e2e_study(d)
+    first, warm = r["first"]["stages"]["total"], r["warm"]["median"]["total"]
+    g = _goal_entry(d, f"{name}: first")
+    return {
+        "measure": f"e2e: {name} study, first job of a fresh worker, worker time; peer: its warm jobs",
+        "ours": f"{first:.2f} s",
+        "peer": f"{warm:.2f} s",
+        "ratio": _x(first, warm),
+        "met": yes(bool(g["pass"])) if g else "—",
+    }
+
+
+def _e2e_phantom(d: dict[str, Any]) -> Cells:
+    r = d["studies"]["phantom"]
+    warm, peer = r["warm"]["median"]["total"], r["peer"]["median"]["total"]
+    return {"ours": f"{warm:.2f} s", "peer": f"{peer:.2f} s", "ratio": _x(warm, peer)}
+
+
+def e2e_stage_lines(d: dict[str, Any]) -> list[str]:
+    """The per-stage table of each study of ``bench/e2e.py``: first job, warm p50, peer p50."""
+    lines = ["", "## One study, stage by stage (`bench/e2e.py`)", ""]
+    for name, r in d["studies"].items():
+        if "warm" not in r:
+            continue
+        first, warm = r["first"]["stages"], r["warm"]["median"]
+        peer = r["peer"]["median"] if "peer" in r else {}
+        lines += [
+            f"{name}: seconds per stage, the job's own `stage_timings` (worker time in `total`); peer: the "
+            "same stages in the bench's process.",
+            "",
+            "| stage | first job | warm p50 | peer p50 | warm ÷ peer |",
+            "|---|---|---|---|---|",
+        ]
+        for k in (*E2E_STAGES, "total"):
+            w, p = warm.get(k), peer.get(k)
+            cells = [f"{v:.3f}" if v is not None else "—" for v in (first.get(k), w, p)]
+            ratio = f"{w / p:.2f}×" if w is not None and p else "—"
+            lines.append(f"| {k} | " + " | ".join(cells) + f" | {ratio} |")
+        lines.append("")
+    return lines
+
+
 # ---- load
 
 
@@ -564,6 +641,18 @@ SPECS = (
     ),
     Spec("e2e_gpu", "H100: end to end p50, 300-slice study", f"≤ {GOAL_H100_E2E_S:g} s", _h100_e2e),
     Spec(
+        "gpu",
+        "H100: Grad-CAM per study, ResNet-34 @256³ (`make bench-gpu`); peer: one forward",
+        "≤ 30 ms",
+        _h100_explain("gradcam_s", 0.030),
+    ),
+    Spec(
+        "gpu",
+        "H100: Integrated Gradients, 32 steps, per study (`make bench-gpu`); peer: one forward",
+        "≤ 1 s",
+        _h100_explain("ig_s", 1.0),
+    ),
+    Spec(
         "explain",
         "explain: Grad-CAM pointing game (hit rate); peer: random point in the lungs",
         "≥ 0.90",
@@ -605,6 +694,19 @@ SPECS = (
         _svc_e2e,
     ),
     Spec("service", "service: jobs queued at once, studies/min; peer: one at a time", "—", _svc_queued),
+    Spec(
+        "e2e",
+        "e2e: real study → result with Grad-CAM, warm worker time; peer: in-process",
+        "≤ 2.5 s",
+        _e2e_warm,
+    ),
+    Spec("e2e", "e2e: first job of a fresh worker, worker time; peer: its warm jobs", "≤ 3.5 s", _e2e_first),
+    Spec(
+        "e2e",
+        "e2e: 150×512² JPEG-lossless phantom → result with Grad-CAM, warm worker time; peer: in-process",
+        "—",
+        _e2e_phantom,
+    ),
     Spec("load", "load: concurrent uploads, total MB/s; peer: boto3 straight to S3", "≥ 0.7×", _load_upload),
     Spec("load", "load: concurrent uploads answered 201", "all", _load_201),
     Spec("load", "load: API RSS before / peak / after the concurrent uploads", "bounded, no leak", _load_rss),
@@ -671,7 +773,14 @@ def build_rows(results: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | 
     return rows
 
 
-def render(rows: list[Row], runs: list[dict[str, Any]], command: str, quick: bool, results_dir: Path) -> str:
+def render(
+    rows: list[Row],
+    runs: list[dict[str, Any]],
+    command: str,
+    quick: bool,
+    results_dir: Path,
+    e2e: dict[str, Any] | None = None,
+) -> str:
     shown_dir = _relative(str(results_dir.resolve()))
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -698,6 +807,8 @@ def render(rows: list[Row], runs: list[dict[str, Any]], command: str, quick: boo
     for r in rows:
         cells = [r.measure, r.ours, r.peer, r.ratio, r.goal, r.met, r.machine]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if e2e is not None:
+        lines += e2e_stage_lines(e2e)
     lines += ["", "## Runs", "", "| bench | command | date (UTC) | wall | exit |", "|---|---|---|---|---|"]
     for m in runs:
         wall = f"{m['wall_s'] / 60:.1f} min" if isinstance(m.get("wall_s"), float) else "?"
@@ -776,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     rows = build_rows(results)
-    md = render(rows, runs, command, args.quick, out_dir)
+    md = render(rows, runs, command, args.quick, out_dir, results.get("e2e", (None, None, ""))[0])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(md)

@@ -1149,23 +1149,33 @@ def _stage_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def start_worker(env: Env, api: Api, timeout: float = 300.0) -> tuple[Child, float]:
+    """A worker process (``python -m app.worker``) on ``env``, and the seconds until ``/readyz`` said 200."""
+    worker = Child("worker", [sys.executable, "-m", "app.worker"], env.child_env(), env.dir / "worker.log")
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    try:
+        with api.client() as c:
+            while c.get("/readyz").status_code != 200:
+                if worker.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker not ready\n{_tail(worker.log)}")
+                time.sleep(0.1)
+    except BaseException:
+        worker.stop(timeout=40)
+        raise
+    return worker, time.perf_counter() - t0
+
+
 def section_e2e(env: Env, api: Api, n: int, real_like: bool, cache: Path) -> dict[str, Any]:
     print(f"\n== 3. end to end: {n} phantom studies per pass, demo model on CPU ==", flush=True)
     t0 = time.perf_counter()
     small = [phantom(cache, 1000 + i) for i in range(n)]
     big = phantom(cache, 0, "real_like") if real_like else None
     print(f"phantoms ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    worker = Child("worker", [sys.executable, "-m", "app.worker"], env.child_env(), env.dir / "worker.log")
     res: dict[str, Any] = {"n": n, "sequential": {}, "queued": {}}
+    worker, res["worker_ready_s"] = start_worker(env, api)
     try:
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + 180
         with api.client() as c:
-            while c.get("/readyz").status_code != 200:
-                if worker.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker not ready\n{_tail(worker.log)}")
-                time.sleep(0.1)
-            res["worker_ready_s"] = time.perf_counter() - t0
             res["first_job"] = _one_study(c, small[0], "gradcam")  # cold: pool process, captum imports
             print(
                 f"worker ready in {res['worker_ready_s']:.1f} s; first (cold) job "

@@ -292,6 +292,8 @@ class Predictor:
         self,
         batch: torch.Tensor,
         voxel_mm: Sequence[tuple[float, float, float]] | None = None,
+        *,
+        forward: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> list[Prediction]:
         """Predictions for ``batch`` [B, 1, D, H, W] (one per volume, in order).
 
@@ -301,10 +303,12 @@ class Predictor:
                 (:meth:`ml.preprocess.PreprocessGeometry.model_voxel_mm`); when given, each
                 volume is also checked for chest-CT plausibility. Without it only the OOD
                 score (if the model has OOD statistics) can make a prediction indeterminate.
+            forward: (logits, pooled features) of ``batch`` computed already (e.g. by
+                :func:`ml.explain.fused.forward_with_gradcam`): no second forward pass.
         """
         if voxel_mm is not None and len(voxel_mm) != batch.shape[0]:
             raise ValueError(f"voxel_mm has {len(voxel_mm)} entries for a batch of {batch.shape[0]}")
-        logits, feats = self.logits_and_features(batch)
+        logits, feats = forward if forward is not None else self.logits_and_features(batch)
         margins = self.margins(logits.double()).tolist()
         oods = self._ood(feats, logits)
         out: list[Prediction] = []

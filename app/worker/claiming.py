@@ -23,8 +23,9 @@ from app.worker.context import InFlight, JobRefusedError, WorkerContext
 from app.worker.importing import import_study
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
-from app.worker.pipeline import Prepared, init_pool_process, mp_context, prepare_study
+from app.worker.pipeline import Prepared, init_pool_process, mp_context, pool_ready, prepare_study
 from app.worker.retry import storage_retry
+from ml.preprocess import PreprocessConfig
 
 __all__ = ["Intake"]
 
@@ -45,8 +46,13 @@ class Intake:
         self.pool_generation = 0
 
     # ------------------------------------------------------------------ the preprocessing pool
-    def new_pool(self) -> None:
-        """Start a (new) pool: at start, and after a preprocessing process died."""
+    def new_pool(self, warm: PreprocessConfig | None = None) -> list[Future[int]]:
+        """Start a (new) pool: at start, and after a preprocessing process died.
+
+        With ``warm`` (a preprocessing configuration) every process starts now and warms up
+        (:func:`~app.worker.pipeline.init_pool_process`); the returned futures finish when
+        they have. Without it processes start with the first studies.
+        """
         old = self.pool
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)
@@ -56,8 +62,12 @@ class Intake:
             max_workers=self.s.preprocess_workers,
             mp_context=self.mp,
             initializer=init_pool_process,
-            initargs=(self.progress, torch_threads),
+            initargs=(self.progress, torch_threads, warm),
         )
+        if warm is None:
+            return []
+        # spawned on demand: as many tasks at once as processes, so that each one starts
+        return [self.pool.submit(pool_ready) for _ in range(self.s.preprocess_workers)]
 
     def shutdown(self) -> None:
         if self.pool is not None:

@@ -31,13 +31,17 @@ from ml.inference import Prediction
 from ml.model import ModelEntry
 from ml.preprocess import PreprocessConfig, PreprocessGeometry
 
-__all__ = ["Prepared", "build_result", "init_pool_process", "prepare_study"]
+__all__ = ["Prepared", "build_result", "init_pool_process", "pool_ready", "prepare_study", "warm_volume"]
 
 _progress: Any = None  # set in each pool process by init_pool_process
 
 
-def init_pool_process(progress_queue: Any, torch_threads: int) -> None:
+def init_pool_process(progress_queue: Any, torch_threads: int, warm: PreprocessConfig | None = None) -> None:
     """Pool initializer: remember the progress queue; keep each process to ``torch_threads`` threads.
+
+    With ``warm`` (the default model's preprocessing), the process also imports what
+    :func:`prepare_study` uses and preprocesses a small synthetic volume, so that the first
+    study it gets costs what the next ones do (:func:`warm_volume`).
 
     The process also ends when the worker that started it dies: after a ``kill -9`` of the
     worker nothing else would stop it (it holds both ends of its task pipe and would wait
@@ -55,6 +59,38 @@ def init_pool_process(progress_queue: Any, torch_threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, torch_threads))
+    if warm is not None:
+        _warm_process(warm)
+
+
+def warm_volume() -> CTVolume:
+    """A small synthetic chest-like volume (32 slices of 64², 5 mm): a body with two air lungs."""
+    from ml.geometry import VolumeGeometry
+
+    z, y, x = np.mgrid[0:32, 0:64, 0:64]
+    body = ((y - 32) / 26.0) ** 2 + ((x - 32) / 30.0) ** 2 < 1.0
+    lungs = (((y - 30) / 14.0) ** 2 + ((np.abs(x - 32) - 13) / 9.0) ** 2 < 1.0) & (z > 2) & (z < 29)
+    hu = np.where(body, np.where(lungs, -850, 40), -1000).astype(np.int16)
+    geom = VolumeGeometry(size=(64, 64, 32), spacing_mm=(5.0, 5.0, 5.0), origin_mm=(-160.0, -160.0, 0.0))
+    return CTVolume(stored=hu + 1024, slope=1.0, intercept=-1024.0, geometry=geom, series_uid="warm")
+
+
+def _warm_process(config: PreprocessConfig) -> None:
+    """Import the study reader and its codecs, preprocess :func:`warm_volume` once."""
+    import imagecodecs
+    import pydicom.pixels  # noqa: F401  (pydicom's decoders, loaded on first use otherwise)
+
+    import ml.io.study  # noqa: F401
+    from ml.preprocess import preprocess
+
+    tile = np.arange(64, dtype=np.uint16).reshape(8, 8) * 64
+    imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(tile, lossless=True, bitspersample=16))
+    preprocess(warm_volume(), config)
+
+
+def pool_ready() -> int:
+    """A no-op task: its result says the process that ran it is started (and warm)."""
+    return os.getpid()
 
 
 def _exit_with_parent(parent: int, interval_s: float = 0.5) -> None:

@@ -47,6 +47,7 @@ from app.webhooks import WebhookDispatcher
 from app.worker.batching import Inference
 from app.worker.claiming import Intake
 from app.worker.context import HeldJobs, WorkerContext
+from app.worker.explaining import warm_up
 from app.worker.housekeeping import Housekeeping, janitor_loop
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
@@ -98,6 +99,8 @@ class Worker:
         self.webhooks: WebhookDispatcher | None = None
         self._threads: list[threading.Thread] = []
         self._last_autoclaim = 0.0
+        #: seconds :meth:`start` spent loading the model and warming up (None before)
+        self.warm_up_s: float | None = None
 
     @property
     def predictors(self) -> dict[str, Predictor]:
@@ -125,10 +128,9 @@ class Worker:
         self.jobs.ensure_group()
         self.storage.ping()
         self.s.work_path.mkdir(parents=True, exist_ok=True)
-        self.predictor(None)  # the default model is loaded once, before taking work
-        self.intake.new_pool()
+        self._warm_up()
         self.webhooks = _MeteredDispatcher(self.db, self.s, self.metrics)
-        self.housekeeping.beat()
+        self.housekeeping.beat()  # registered (``/readyz`` ready) only now, warm
         for target, name in (
             (self.inference.loop, "inference"),
             (self.housekeeping.loop, "housekeeping"),
@@ -146,6 +148,26 @@ class Worker:
             self.s.max_batch,
             self.s.preprocess_workers,
         )
+
+    def _warm_up(self) -> None:
+        """Load the default model, start the preprocessing pool and warm both up, concurrently.
+
+        The pool's processes import the study reader and preprocess a small synthetic volume;
+        this process imports Captum and the writers and runs that volume through the model,
+        Grad-CAM and the files. The first job then costs what the next ones do.
+        """
+        t0 = time.perf_counter()
+        predictor = self.predictor(None)  # the default model is loaded once, before taking work
+        started = self.intake.new_pool(warm=predictor.preprocess_config)
+        warm_up(predictor, self.s.work_path)
+        try:
+            for f in started:
+                f.result(timeout=600)
+        except Exception:
+            logger.exception("the preprocessing pool did not warm up; starting a fresh one")
+            self.intake.new_pool()
+        self.warm_up_s = time.perf_counter() - t0
+        logger.info("worker {} warm in {:.1f} s", self.id, self.warm_up_s)
 
     def stop(self, drain_s: float = 30.0) -> None:
         """Stop taking work, let held jobs finish for up to ``drain_s``, give the rest back."""

@@ -383,13 +383,15 @@ def explain(
     params: Mapping[str, Any] | None = None,
     *,
     mask_body: bool = True,
+    raw_map: torch.Tensor | None = None,
 ) -> ExplainOutput:
     """Saliency of one preprocessed volume ``tensor`` [1, 1, D, H, W] with ``method``.
 
     ``method`` and ``params``: see :data:`ml.explain.METHODS`. The map is masked
     to the patient's body (:func:`body_mask`, :func:`mask_to_body`) and the
     share of positive attribution that fell outside it is recorded;
-    ``mask_body=False`` returns the method's raw map (benches, tests).
+    ``mask_body=False`` returns the method's raw map (benches, tests). ``raw_map``: the
+    method's map [D, H, W] computed already (:mod:`ml.explain.fused`): only the body mask runs.
 
     Raises:
         ValueError: wrong tensor shape, unknown method or parameter, value out of bounds
@@ -400,7 +402,7 @@ def explain(
         raise ValueError(f"explain takes one volume [1, 1, D, H, W], got {list(tensor.shape)}")
     x = _input(predictor, tensor)
     t0 = time.perf_counter()
-    out = RUNNERS[method](predictor, x, params_resolved)
+    out = RUNNERS[method](predictor, x, params_resolved) if raw_map is None else raw_map
     outside: float | None = None
     if mask_body:
         out, outside = mask_to_body(out, body_mask(predictor, tensor))

@@ -39,6 +39,7 @@ __all__ = [
     "GRAD_BYTES_PER_VOXEL",
     "METHODS",
     "METHOD_NAMES",
+    "NIFTI_ENCODINGS",
     "BudgetError",
     "ExplainCost",
     "ExplainMethod",
@@ -72,6 +73,9 @@ AIR = -1.0
 DEFAULT_SMOOTH_VOXELS = 3.0
 TARGETS = ("margin", "pathology")
 SIGNS = ("positive", "absolute", "signed")
+#: encodings of the explanation's NIfTI (every method's ``nifti`` parameter): 8 bits with
+#: scl_slope/scl_inter (default), or the exact float32 map
+NIFTI_ENCODINGS = ("uint8", "float32")
 GRADCAM_LAYERS = ("layer3", "layer4")
 
 
@@ -148,6 +152,8 @@ class MethodSpec:
 
 # the explained score and σ of the Gaussian blur of gradient maps (model voxels): 0 = raw
 _TARGET = _choice(TARGETS, "margin", api=False)
+# how the NIfTI stores the map (the PNG layers and stats do not depend on it)
+_NIFTI = _choice(NIFTI_ENCODINGS, "uint8")
 _SMOOTH_MAX = 8.0
 
 #: the saliency methods and their parameters
@@ -156,7 +162,9 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
         "gradcam": MethodSpec(
             "gradcam",
             "Grad-CAM of a ResNet stage, ReLU, trilinear upsampling to the input",
-            MappingProxyType({"target": _TARGET, "layer": _choice(GRADCAM_LAYERS, "layer4", api=False)}),
+            MappingProxyType(
+                {"target": _TARGET, "layer": _choice(GRADCAM_LAYERS, "layer4", api=False), "nifti": _NIFTI}
+            ),
         ),
         "integrated_gradients": MethodSpec(
             "integrated_gradients",
@@ -169,13 +177,16 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                     "baseline": _choice(("black", "body_mean"), "black"),
                     "sign": _choice(SIGNS, "positive", api=False),
                     "smooth_voxels": _number(0.0, _SMOOTH_MAX, DEFAULT_SMOOTH_VOXELS),
+                    "nifti": _NIFTI,
                 }
             ),
         ),
         "saliency": MethodSpec(
             "saliency",
             "absolute gradient of the score with respect to the input voxels",
-            MappingProxyType({"target": _TARGET, "smooth_voxels": _number(0.0, _SMOOTH_MAX, 0.0)}),
+            MappingProxyType(
+                {"target": _TARGET, "smooth_voxels": _number(0.0, _SMOOTH_MAX, 0.0), "nifti": _NIFTI}
+            ),
         ),
         "occlusion": MethodSpec(
             "occlusion",
@@ -190,6 +201,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                     "sign": _choice(SIGNS, "positive", api=False),
                     "perturbations_per_eval": _int(1, 64, 1, api=False),
                     "max_evaluations": _int(1, 10**6, 4096, api=False),
+                    "nifti": _NIFTI,
                 }
             ),
         ),

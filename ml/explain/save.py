@@ -45,6 +45,7 @@ def save_explanation(
     src = to_source(ex.map, result.geometry)
     t1 = time.perf_counter()
     extra = dict(render.pop("extra_stats", None) or {})
+    render.setdefault("nifti_dtype", str(ex.params.get("nifti", "uint8")))
     files = write_saliency(
         src,
         result.geometry.source,

@@ -53,6 +53,7 @@ from ml.errors import InputError
 from ml.geometry import CTVolume, VolumeGeometry
 from ml.preprocess.config import PreprocessConfig, Size3
 from ml.preprocess.geometry import CropBox, PreprocessGeometry, output_grid
+from ml.preprocess.resample import resample_parallel
 
 if TYPE_CHECKING:
     import SimpleITK as sitk  # noqa: N813
@@ -293,9 +294,21 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
 
     # 2. resample only that region, stored units → float32, air fill in stored units
     t = time.perf_counter()
-    owner, region = _resample_region(
-        volume.stored, src, grid, reg_lo, reg_hi, to_stored(cfg.outside_value_hu), cfg.interpolation
-    )
+    owner: Any = None
+    if cfg.interpolation == "linear":  # separable, in float32 (SimpleITK's values, 3–4× faster)
+        ratio = np.asarray(grid.spacing_mm, np.float64)[::-1] / np.asarray(src.spacing_mm, np.float64)[::-1]
+        lo3 = (int(reg_lo[0]), int(reg_lo[1]), int(reg_lo[2]))
+        shape3 = (
+            int(reg_hi[0] - reg_lo[0] + 1),
+            int(reg_hi[1] - reg_lo[1] + 1),
+            int(reg_hi[2] - reg_lo[2] + 1),
+        )
+        r3 = (float(ratio[0]), float(ratio[1]), float(ratio[2]))
+        region = resample_parallel(volume.stored, r3, lo3, shape3, to_stored(cfg.outside_value_hu))
+    else:
+        owner, region = _resample_region(
+            volume.stored, src, grid, reg_lo, reg_hi, to_stored(cfg.outside_value_hu), cfg.interpolation
+        )
     v_slope, v_icpt = slope, icpt
     timings["resample"] = time.perf_counter() - t
 
@@ -309,7 +322,7 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
         del region, owner
         owner, region = _resample_region(
             volume.stored, src, grid, reg_lo, reg_hi, cfg.outside_value_hu, cfg.interpolation, (slope, icpt)
-        )
+        )  # SimpleITK, as the reference: ties are decided on its exact values
         v_slope, v_icpt = 1.0, 0.0
         found = _body_box(region, True, thr)
     if found is None:
@@ -325,18 +338,17 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     rel_lo, rel_hi = box_lo - reg_lo, box_hi - reg_lo + 1
     timings["refine_crop"] = time.perf_counter() - t
 
-    # 4. clip in the region's units into a fresh contiguous crop
+    # 4. clip in the region's units: in place when the region is ours, else into a fresh crop
     t = time.perf_counter()
     w_lo, w_hi = cfg.hu_window
     c_lo, c_hi = sorted(((w_lo - v_icpt) / v_slope, (w_hi - v_icpt) / v_slope))
-    cropped = np.empty(tuple(int(v) for v in rel_hi - rel_lo), dtype=np.float32)
-    np.clip(
-        region[rel_lo[0] : rel_hi[0], rel_lo[1] : rel_hi[1], rel_lo[2] : rel_hi[2]],
-        np.float32(c_lo),
-        np.float32(c_hi),
-        out=cropped,
-    )
-    del region, owner
+    view = region[rel_lo[0] : rel_hi[0], rel_lo[1] : rel_hi[1], rel_lo[2] : rel_hi[2]]
+    if owner is None and view.flags.c_contiguous:  # the crop is the whole region (or whole slices)
+        cropped = np.clip(view, np.float32(c_lo), np.float32(c_hi), out=view)
+    else:
+        cropped = np.empty(view.shape, dtype=np.float32)
+        np.clip(view, np.float32(c_lo), np.float32(c_hi), out=cropped)
+    del view, region, owner
     timings["clip"] = time.perf_counter() - t
 
     # 5. resize (linear weights sum to 1, so the affine scaling commutes with it)

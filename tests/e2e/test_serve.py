@@ -139,7 +139,7 @@ def test_serve_runs_the_whole_flow(served: Served, tmp_path: Path) -> None:
         res = c.get(f"/v1/jobs/{st['job_id']}/result").json()
         assert res["model"]["name"] == "resnet10-demo"
         expl = c.get(f"/v1/jobs/{st['job_id']}/explanation").json()
-        assert httpx.get(expl["files"]["sprite_png"]["url"]).status_code == 200
+        assert httpx.get(expl["files"]["heat_layer"]["url"]).status_code == 200
 
 
 @pytest.fixture(scope="module")

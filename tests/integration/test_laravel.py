@@ -215,7 +215,7 @@ def test_study_through_laravel_with_the_webhook(
     print(f"result read through Laravel: {json.dumps(read)}")
     assert read["label"] in ("normal", "pathology", "indeterminate") and 0 <= read["probability"] <= 1
     assert read["model"] == "resnet10-demo" and read["explanation_method"] == "gradcam"
-    assert "sprite_png" in read["explanation_links"] and "nifti" in read["explanation_links"], read
+    assert "heat_layer" in read["explanation_links"] and "nifti" in read["explanation_links"], read
 
     accepted = laravel.records("service4ct webhook accepted", job_id=job_id)
     assert len(accepted) == 1, accepted

@@ -125,7 +125,16 @@ def test_end_to_end_with_saliency_and_webhook(
 
         expl = client.get(f"/v1/jobs/{job}/explanation").json()
         assert expl["method"] == "gradcam"
-        assert {"nifti", "stats_json", "sprite_png"} <= set(expl["files"])
+        # no composite sprite: the viewer layers show the same slices
+        assert set(expl["files"]) == {
+            "nifti",
+            "stats_json",
+            "peak_png",
+            "ct_layer",
+            "saliency_layer",
+            "heat_layer",
+        }
+        assert expl["stats"]["nifti"]["dtype"] == "uint8" and expl["params"]["nifti"] == "uint8"
         nifti = httpx.get(expl["files"]["nifti"]["url"])  # presigned: no API key needed
         assert nifti.status_code == 200
         img = nib.Nifti1Image.from_bytes(gzip.decompress(nifti.content))
@@ -133,7 +142,9 @@ def test_end_to_end_with_saliency_and_webhook(
         assert (slices, rows, cols) == tuple(expl["geometry"]["shape_zyx"]) or (
             (rows, cols, slices) == tuple(expl["geometry"]["shape_zyx"])
         )
+        assert img.get_data_dtype() == np.uint8  # 8 bits, scl_slope/scl_inter applied by the readers
         assert np.isfinite(np.asarray(img.dataobj)).all()
+        assert float(np.asarray(img.dataobj).max()) == pytest.approx(expl["stats"]["max"], rel=1 / 255)
         assert "max" in expl["stats"]
         # masked to the body in the worker: the share of attribution outside it is recorded
         assert 0.0 <= expl["stats"]["outside_body_fraction"] <= 1.0
@@ -154,12 +165,15 @@ def test_end_to_end_with_saliency_and_webhook(
     }
 
     # explain again with another method: a new explain job, the explanation is added
-    r = client.post(f"/v1/jobs/{job}/explain", json={"method": "saliency"})
+    # (with the full-precision float32 NIfTI, on request)
+    r = client.post(f"/v1/jobs/{job}/explain", json={"method": "saliency", "params": {"nifti": "float32"}})
     assert r.status_code == 202, r.text
     ej = r.json()["job_id"]
     assert wait_job(client, ej)["state"] == "succeeded"
     sal = client.get(f"/v1/jobs/{job}/explanation", params={"method": "saliency"}).json()
-    assert sal["method"] == "saliency"
+    assert sal["method"] == "saliency" and sal["stats"]["nifti"]["dtype"] == "float32"
+    exact = nib.Nifti1Image.from_bytes(gzip.decompress(httpx.get(sal["files"]["nifti"]["url"]).content))
+    assert exact.get_data_dtype() == np.float32
     assert (
         client.get(f"/v1/jobs/{job}/explanation", params={"method": "gradcam"}).json()["method"] == "gradcam"
     )

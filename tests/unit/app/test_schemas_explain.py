@@ -94,8 +94,9 @@ def test_explain_params_contract() -> None:
         (ig, {"steps": 0}, f"{ig}.steps must be an integer in [1, 256]"),
         ("integrated_gradients", {"steps": True}, None),
         (ig, {"baseline": "white"}, f"{ig}.baseline must be one of ['black', 'body_mean']"),
-        ("gradcam", {"steps": 4}, "gradcam takes no parameter 'steps' (allowed: [])"),
+        ("gradcam", {"steps": 4}, "gradcam takes no parameter 'steps' (allowed: ['nifti'])"),
         ("gradcam", {"layer": "layer3"}, None),
+        ("gradcam", {"nifti": "float16"}, "gradcam.nifti must be one of ['uint8', 'float32']"),
         ("occlusion", {"window": 1000}, "occlusion.window must be an integer in [2, 64]"),
     ):
         with pytest.raises(ValueError) as e:

@@ -32,6 +32,8 @@ NOT_IN_API = {
     "matplotlib": "saliency PNGs and evaluation plots (worker, offline)",
     "openpyxl": "the offline `predict` report",
     "highdicom": "DICOM results (SR, Secondary Capture) written by the worker",
+    "imagecodecs": "libjpeg-turbo decoding of JPEG pixel data (worker, offline)",
+    "isal": "fast gzip of the saliency NIfTI (worker)",
 }
 #: ... and that the worker image leaves out
 NOT_IN_WORKER = {k: v for k, v in NOT_IN_API.items() if "embedded" in v}

@@ -58,18 +58,34 @@ NIFTI_GEOMS = {
 
 
 @pytest.mark.parametrize("name", sorted(NIFTI_GEOMS))
-def test_nifti_world_position_of_the_peak_equals_the_dicom_geometry(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoding", ["uint8", "float32"])
+def test_nifti_world_position_of_the_peak_equals_the_dicom_geometry(
+    name: str, encoding: str, tmp_path: Path
+) -> None:
     geom = NIFTI_GEOMS[name]
     nz, ny, nx = geom.shape_zyx
     at = (nz // 3, 2 * ny // 3, nx // 4)
     sal = _blob_on(geom, at)
     hu = make_volume(geom).hu()
-    files = write_saliency(sal, geom, hu, tmp_path, method="gradcam", params={"layer": "layer4"})
+    files = write_saliency(
+        sal, geom, hu, tmp_path, method="gradcam", params={"layer": "layer4"}, nifti_dtype=encoding
+    )
 
     img = nib.load(str(files.nifti))
-    data = np.asarray(img.dataobj)
-    assert data.dtype == np.float32 and data.shape == geom.size  # (i, j, k) = (column, row, slice)
-    assert np.array_equal(data, sal.transpose(2, 1, 0))
+    raw = np.asarray(img.dataobj.get_unscaled())
+    assert raw.shape == geom.size  # (i, j, k) = (column, row, slice)
+    enc = files.stats["nifti"]
+    assert enc["dtype"] == encoding and raw.dtype == np.dtype(encoding)
+    if encoding == "float32":
+        assert np.array_equal(raw, sal.transpose(2, 1, 0))
+        data = raw
+    else:  # 8 bits: the readers apply scl_slope/scl_inter; the map's zeros stay 0
+        slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+        assert slope == pytest.approx(enc["scl_slope"]) and inter == pytest.approx(enc["scl_inter"]) == 0.0
+        assert enc["scl_slope"] == pytest.approx(sal.max() / 255) and raw.max() == 255
+        data = img.get_fdata(dtype=np.float32)
+        assert np.abs(data - sal.transpose(2, 1, 0)).max() <= enc["max_error"] * (1 + 1e-5)
+        assert np.all(data[sal.transpose(2, 1, 0) == 0] == 0)
     ijk = np.unravel_index(np.argmax(data), data.shape)
     assert ijk == (at[2], at[1], at[0])
     ras = img.affine @ np.array([*ijk, 1.0])
@@ -84,6 +100,7 @@ def test_nifti_world_position_of_the_peak_equals_the_dicom_geometry(name: str, t
 
     # ITK (3D Slicer's reader) sees the same grid as the DICOM geometry
     its = sitk.ReadImage(str(files.nifti))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(its), data.transpose(2, 1, 0), atol=1e-6)
     np.testing.assert_allclose(its.GetOrigin(), geom.origin_mm, atol=1e-4)
     np.testing.assert_allclose(its.GetSpacing(), geom.spacing_mm, atol=1e-5)
     np.testing.assert_allclose(its.GetDirection(), geom.direction, atol=1e-5)
@@ -226,7 +243,7 @@ def test_mantissa_rounding_keeps_float32_within_its_bound(tmp_path: Path) -> Non
         assert np.all(np.abs(r - a) <= np.abs(a) * 2.0 ** -(bits + 1) * (1 + 1e-6))
         assert np.all(r.view(np.uint32) & np.uint32((1 << (23 - bits)) - 1) == 0)
     geom = VolumeGeometry(size=(8, 8, 20), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0))
-    files = write_saliency(np.abs(a), geom, None, tmp_path, nifti_mantissa_bits=10)
+    files = write_saliency(np.abs(a), geom, None, tmp_path, nifti_dtype="float32", nifti_mantissa_bits=10)
     data = np.asarray(nib.load(str(files.nifti)).dataobj)
     np.testing.assert_allclose(data, np.abs(a).transpose(2, 1, 0), rtol=2.0**-11)
     assert files.stats["nifti"]["mantissa_bits"] == 10 and files.stats["max"] == float(np.abs(a).max())
@@ -257,14 +274,26 @@ def test_save_explanation_end_to_end(tmp_path: Path) -> None:
     files = save_explanation(predictor, res, tmp_path, "gradcam", ct=vol)
     st = json.loads(files.stats_json.read_text())
     assert set(st["seconds"]) == {"explain", "to_source", "write"}
-    assert st["method"] == "gradcam" and st["params"] == {"target": "margin", "layer": "layer4"}
+    assert st["method"] == "gradcam" and st["params"] == {
+        "target": "margin",
+        "layer": "layer4",
+        "nifti": "uint8",
+    }
+    assert st["nifti"]["dtype"] == "uint8"
     data = np.asarray(nib.load(str(files.nifti)).dataobj)
     assert data.shape == geom.size and np.isfinite(data).all() and data.max() > 0
     ex = explain(predictor, res.tensor, "gradcam")
     assert ex.outside_body_fraction is not None and 0.0 <= ex.outside_body_fraction <= 1.0
     assert st["outside_body_fraction"] == pytest.approx(ex.outside_body_fraction)
     assert 0 < st["max"] <= float(ex.map.max()) * (1 + 1e-6)  # interpolation never overshoots
-    np.testing.assert_array_equal(to_source(ex, res.geometry), data.transpose(2, 1, 0))
+    err = st["nifti"]["max_error"]  # the 8-bit NIfTI: within half a step of the map
+    np.testing.assert_allclose(
+        data.transpose(2, 1, 0), to_source(ex, res.geometry), rtol=0, atol=err * (1 + 1e-5)
+    )
+    again = save_explanation(predictor, res, tmp_path / "f", "gradcam", {"nifti": "float32"}, ct=vol)
+    exact = np.asarray(nib.load(str(again.nifti)).dataobj)
+    assert exact.dtype == np.float32 and again.stats["params"]["nifti"] == "float32"
+    np.testing.assert_array_equal(to_source(ex, res.geometry), exact.transpose(2, 1, 0))
     assert all(p.grad is None for p in predictor.model.parameters()) and not predictor.model.training
 
 

@@ -27,7 +27,11 @@ SIZE = (32, 32, 32)
     ("method", "params", "match"),
     [
         ("nope", {}, "unknown saliency method"),
-        ("gradcam", {"steps": 3}, r"gradcam takes no parameter 'steps' \(allowed: \['layer', 'target'\]\)"),
+        (
+            "gradcam",
+            {"steps": 3},
+            r"gradcam takes no parameter 'steps' \(allowed: \['layer', 'nifti', 'target'\]\)",
+        ),
         ("gradcam", {"layer": "layer9"}, r"gradcam.layer must be one of \['layer3', 'layer4'\]"),
         ("saliency", {"target": "normal"}, "saliency.target must be one of"),
         (
@@ -80,6 +84,7 @@ def test_resolved_defaults() -> None:
         "baseline": "body_mean",
         "sign": "positive",
         "smooth_voxels": 3.0,
+        "nifti": "uint8",
     }
     assert resolve_params("saliency", None, SIZE)["smooth_voxels"] == 0.0  # raw by default
     # NumPy scalars are taken and come back as plain (JSON-able) int and float
@@ -101,17 +106,18 @@ def test_the_table_is_consistent() -> None:
     # a request sets the limits it sees; the library alone may pick the score, layer, sign and budget
     api = {m: sorted(s.allowed(api=True)) for m, s in METHODS.items()}
     assert api == {
-        "gradcam": [],
-        "integrated_gradients": ["baseline", "internal_batch_size", "smooth_voxels", "steps"],
-        "saliency": ["smooth_voxels"],
-        "occlusion": ["stride", "window"],
+        "gradcam": ["nifti"],
+        "integrated_gradients": ["baseline", "internal_batch_size", "nifti", "smooth_voxels", "steps"],
+        "saliency": ["nifti", "smooth_voxels"],
+        "occlusion": ["nifti", "stride", "window"],
     }
+    assert all(s.params["nifti"].choices == ("uint8", "float32") for s in METHODS.values())
     with pytest.raises(ValueError, match=r"none takes no parameter 'steps' \(allowed: \[\]\)"):
         check_params("none", {"steps": 1}, api=True)
     with pytest.raises(ValueError, match="unknown saliency method 'none'"):
         check_params("none", {})
     with pytest.raises(
-        ValueError, match=r"saliency takes no parameter 'target' \(allowed: \['smooth_voxels'\]\)"
+        ValueError, match=r"saliency takes no parameter 'target' \(allowed: \['nifti', 'smooth_voxels'\]\)"
     ):
         check_params("saliency", {"target": "margin"}, api=True)
 
