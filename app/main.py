@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
 from app.api.edge import EdgeGuard, EdgeLimits
-from app.api.routes import docs, health, jobs, models, studies, viewer
+from app.api.routes import docs, health, jobs, models, studies, viewer, webhook
 from app.config import Settings
 from app.db import Database
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
@@ -221,7 +221,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         err.headers.update(exc.headers or {})  # e.g. the Allow header of a 405 (RFC 9110)
         return _error(request, err)
 
-    for module in (studies, jobs, models, health, viewer):  # viewer: /viewer/{job_id}, not in the schema
+    for module in (
+        studies,
+        jobs,
+        models,
+        health,
+        viewer,
+        webhook,
+    ):  # viewer: /viewer/{job_id}, not in the schema
         app.include_router(module.router)
     app.include_router(viewer.token_router)
     if settings.docs_enabled:

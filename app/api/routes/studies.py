@@ -29,6 +29,7 @@ from app.repository import (
     store_study_series,
     study_series,
 )
+from app.repository.events import study_deleted
 from app.schemas import ClientRef, Metadata, StudyOut
 from app.schemas_worklist import StudyPage, StudySeries
 from app.series_scan import scan_series
@@ -286,12 +287,14 @@ def read_study_series(study_id: uuid.UUID, services: ServicesDep, client: Client
 @router.delete(
     "/studies/{study_id}",
     status_code=204,
-    summary="Delete a study's ZIP and row (jobs keep their results)",
+    summary="Delete a study's ZIP and row (jobs keep their results); sends study.deleted",
     responses=error_responses("unauthorized", "study_not_found"),
 )
 def remove_study(study_id: uuid.UUID, services: ServicesDep, client: Client) -> Response:
     with services.db.tx() as conn:
         row = delete_study(conn, client, study_id)
+        if row is not None:
+            study_deleted(conn, row)
     if row is None:
         raise ServiceError("study_not_found")
     services.storage.delete_prefix(f"studies/{study_id}/")
