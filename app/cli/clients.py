@@ -70,7 +70,7 @@ def client_webhook(
     """Show CLIENT's default webhook URL and event selection, or set them (a job callback_url wins)."""
     from app.callbacks import CallbackURLError, check_callback_url, policy_of
     from app.db import connect
-    from app.repository.events import EVENTS, get_webhook_config, set_webhook_config
+    from app.repository.events import get_webhook_config, set_webhook_config
 
     settings = _settings(config)
     with connect(_database_url(settings)) as conn:
@@ -87,8 +87,8 @@ def client_webhook(
             if new_url is not None and new_url != current.url:
                 check_callback_url(new_url, policy_of(settings))
             updated = set_webhook_config(conn, client, new_url, chosen)
-        except (CallbackURLError, ValueError) as e:
-            typer.echo(f"error: {e} (events: {', '.join(EVENTS)})", err=True)
+        except (CallbackURLError, ValueError) as e:  # a refused URL, an unknown event
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
     assert updated is not None
     typer.echo(f"url: {updated.url or '(none: only jobs with a callback_url are called)'}")
