@@ -34,7 +34,7 @@ from app.repository import (
 from app.repository.events import DEFAULT_EVENTS, EVENTS
 from app.schemas import JobResult
 from app.schemas_events import WebhookSettings
-from app.webhooks import SIGNATURE_HEADER, WebhookDispatcher, verify
+from app.webhooks import SIGNATURE_HEADER, WebhookDispatcher, sign, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -293,11 +293,10 @@ def test_cli_webhook_and_secret_rotation_sign_with_both_secrets(
 
     first, second = rx.requests
     assert checks(first) == (True, True)  # either secret verifies during the overlap
-    assert (
-        first[  # the new secret's signatures first
-            "headers"
-        ][SIGNATURE_HEADER].count("v2=")
-        == 2
-    )
+    h = first["headers"]
+    t = int(h[SIGNATURE_HEADER].split(",")[0].removeprefix("t="))
+    delivery, event = h["X-Service4CT-Delivery"], h["X-Service4CT-Event"]
+    # the documented format: t, then v1 and v2 of the new secret, then of the previous one
+    assert h[SIGNATURE_HEADER] == sign([new, old], first["body"], t, delivery=delivery, event=event)
     assert checks(second) == (False, True)  # only the new one after --finish
     assert second["headers"][SIGNATURE_HEADER].count("v2=") == 1
