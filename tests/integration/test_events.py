@@ -7,22 +7,19 @@ delivers the outbox to receivers listening on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveApi, Receiver, new_key, wait_for  # type: ignore[import-not-found]
+from conftest import ROOT, LiveApi, Receiver, dispatching, new_key, run_cli, wait_for  # type: ignore[import-not-found]
 from seeding import create_job, small_zip, upload  # type: ignore[import-not-found]
 
 from app.config import Settings
-from app.db import Database, connect
+from app.db import connect
 from app.repository import (
     BlobRef,
     ExplanationRecord,
@@ -36,22 +33,12 @@ from app.schemas import JobResult
 from app.schemas_events import WebhookSettings
 from app.webhooks import SIGNATURE_HEADER, WebhookDispatcher, sign, verify
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def dispatcher(settings: Settings) -> Iterator[WebhookDispatcher]:
     """The worker's webhook thread, on its own pool."""
-    assert settings.database_url
-    db = Database(settings.database_url, min_size=1, max_size=4, name="events-test")
-    db.open()
-    d = WebhookDispatcher(db, settings)
-    d.start()
-    try:
+    with dispatching(settings, thread=True) as d:
         yield d
-    finally:
-        d.stop()
-        db.close()
 
 
 def _client(api: LiveApi) -> tuple[str, str]:
@@ -233,18 +220,8 @@ def test_webhook_settings_are_validated_and_reset(api: LiveApi) -> None:
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
-    env["S4CT_DATABASE_URL"] = str(settings.database_url)
-    env["S4CT_WEBHOOK_ALLOW_LOOPBACK"] = "true"
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "client", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return run_cli(
+        settings, "client", *args, env={"S4CT_WEBHOOK_ALLOW_LOOPBACK": "true", "PYTHONPATH": str(ROOT)}
     )
 
 
