@@ -169,6 +169,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             {"name": "jobs", "description": "Predictions, their status, results and explanations"},
             {"name": "models", "description": "Servable models (from the weights manifest)"},
             {"name": "health", "description": "Probes and metrics"},
+            {"name": "webhooks", "description": "The client's default webhook URL and event selection"},
         ],
     )
     app.state.metrics = ApiMetrics()
