@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
@@ -152,7 +152,7 @@ def emit(
     conn: Conn,
     client: str,
     event: str,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     *,
     callback_url: str | None = None,
     job_id: uuid.UUID | None = None,
@@ -161,6 +161,7 @@ def emit(
     """Queue ``event`` for ``client`` if selected, to ``callback_url`` or else the default URL.
 
     Call it inside the transaction of the change the event reports. True if a row was queued.
+    ``payload`` may be a function: it is called only when the event is queued.
     """
     config = get_webhook_config(conn, client)
     if config is None or event not in config.events:
@@ -168,7 +169,8 @@ def emit(
     url = callback_url or config.url
     if not url:
         return False
-    outbox_add(conn, job_id, client, url, event, {**payload, "event": event}, study_id=study_id)
+    body = payload() if callable(payload) else payload
+    outbox_add(conn, job_id, client, url, event, {**body, "event": event}, study_id=study_id)
     return True
 
 

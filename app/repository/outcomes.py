@@ -9,6 +9,7 @@ guarded by the attempt: a stale attempt changes nothing and is told so.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ def job_event(conn: Conn, job_id: uuid.UUID) -> dict[str, Any]:
 def _notify(conn: Conn, job: Job) -> None:
     """Queue the ``job.<state>`` event of a job that just finished or started."""
     event = "job.started" if job.state == "running" else f"job.{job.state}"
-    emit(conn, job.client, event, job_event(conn, job.id), callback_url=job.callback_url, job_id=job.id)
+    payload = functools.partial(job_event, conn, job.id)  # read only when the event is selected
+    emit(conn, job.client, event, payload, callback_url=job.callback_url, job_id=job.id)
 
 
 def _notify_explanation(conn: Conn, job: Job, explanation: ExplanationRecord) -> None:
