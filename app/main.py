@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.cors import add_cors, set_bucket_cors
 from app.api.deps import Services
 from app.api.edge import EdgeGuard, EdgeLimits
-from app.api.routes import dicom, dicomweb, docs, health, jobs, models, studies, viewer
+from app.api.routes import dicom, dicomweb, docs, health, jobs, models, studies, viewer, webhook
 from app.config import Settings
 from app.db import Database
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
@@ -173,6 +173,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             {"name": "jobs", "description": "Predictions, their status, results and explanations"},
             {"name": "models", "description": "Servable models (from the weights manifest)"},
             {"name": "health", "description": "Probes and metrics"},
+            {"name": "webhooks", "description": "The client's default webhook URL and event selection"},
         ],
     )
     app.state.metrics = ApiMetrics()
@@ -226,7 +227,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return _error(request, err)
 
     # viewer: /viewer/{job_id}, not in the schema
-    for module in (studies, jobs, dicom, dicomweb, models, health, viewer):
+    for module in (studies, jobs, dicom, dicomweb, models, health, viewer, webhook):
         app.include_router(module.router)
     app.include_router(viewer.token_router)
     if settings.docs_enabled:

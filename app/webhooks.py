@@ -20,7 +20,11 @@ Signature header (docs/api.md, Webhooks)::
                             v2=<hex hmac_sha256(secret, f"{t}.{delivery}.{event}.{body}")>
 
 ``v2`` also covers the delivery id and the event (receivers deduplicate on the id);
-``v1`` stays for receivers written before it. :func:`verify` is the receiver side.
+``v1`` stays for receivers written before it. During a secret rotation
+(:func:`app.repository.events.rotate_secret`) the header carries one ``v1`` and one ``v2``
+per valid secret, the new secret's first: ``t=…,v1=<new>,v2=<new>,v1=<old>,v2=<old>``; a
+receiver accepts the delivery if any ``v2`` matches its secret. :func:`verify` is the
+receiver side.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
@@ -47,7 +52,8 @@ from app.callbacks import (
 from app.config import Settings
 from app.db import Database
 from app.logs import logger
-from app.repository import Delivery, outbox_done, outbox_retry, outbox_take_due, webhook_secret
+from app.repository import Delivery, outbox_done, outbox_retry, outbox_take_due
+from app.repository.events import webhook_secrets
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -67,18 +73,21 @@ def _mac(secret: str, message: bytes) -> str:
 
 
 def sign(
-    secret: str,
+    secret: str | Sequence[str],
     body: bytes,
     timestamp: int | None = None,
     *,
     delivery: str | None = None,
     event: str | None = None,
 ) -> str:
-    """The signature header for ``body``: ``t``, ``v1``, and ``v2`` when delivery and event are given."""
+    """The signature header for ``body``: ``t``, then ``v1`` (and ``v2`` when delivery and event are
+    given) for each secret in order (several while a secret rotation is open)."""
     t = int(time.time()) if timestamp is None else timestamp
-    header = f"t={t},v1={_mac(secret, f'{t}.'.encode() + body)}"
-    if delivery is not None and event is not None:
-        header += f",v2={_mac(secret, f'{t}.{delivery}.{event}.'.encode() + body)}"
+    header = f"t={t}"
+    for key in [secret] if isinstance(secret, str) else secret:
+        header += f",v1={_mac(key, f'{t}.'.encode() + body)}"
+        if delivery is not None and event is not None:
+            header += f",v2={_mac(key, f'{t}.{delivery}.{event}.'.encode() + body)}"
     return header
 
 
@@ -94,20 +103,26 @@ def verify(
 ) -> bool:
     """Check a signature header (what a receiver does); False if wrong or older than ``tolerance_s``.
 
-    With ``delivery`` and ``event`` (the ``X-Service4CT-Delivery`` and ``-Event`` headers) the
-    ``v2`` MAC is required and checked, so neither can be swapped; without them, ``v1``.
+    With ``delivery`` and ``event`` (the ``X-Service4CT-Delivery`` and ``-Event`` headers) a
+    ``v2`` MAC is required and checked, so neither can be swapped; without them, ``v1``. The
+    header may carry several of each (a secret rotation): one matching is enough.
     """
+    parts: dict[str, list[str]] = {}
     try:
-        parts = dict(p.split("=", 1) for p in header.split(","))
-        t = int(parts["t"])
+        for item in header.split(","):
+            name, value = item.strip().split("=", 1)
+            parts.setdefault(name, []).append(value)
+        (t_text,) = parts["t"]
+        t = int(t_text)
     except (ValueError, KeyError):
         return False
     if abs((now if now is not None else time.time()) - t) > tolerance_s:
         return False
     if delivery is not None and event is not None:
-        expected = _mac(secret, f"{t}.{delivery}.{event}.".encode() + body)
-        return hmac.compare_digest(expected, parts.get("v2", ""))
-    return hmac.compare_digest(_mac(secret, f"{t}.".encode() + body), parts.get("v1", ""))
+        expected, scheme = _mac(secret, f"{t}.{delivery}.{event}.".encode() + body), "v2"
+    else:
+        expected, scheme = _mac(secret, f"{t}.".encode() + body), "v1"
+    return any(hmac.compare_digest(expected, got) for got in parts.get(scheme, []))
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -280,11 +295,11 @@ class WebhookDispatcher:
     def _send(self, row: Delivery) -> int:
         body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
         with self.db.conn() as conn:
-            secret = webhook_secret(conn, row.client) or ""
+            secrets = webhook_secrets(conn, row.client) or [""]
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Service4CT-Webhook/1",
-            SIGNATURE_HEADER: sign(secret, body, delivery=str(row.id), event=row.event),
+            SIGNATURE_HEADER: sign(secrets, body, delivery=str(row.id), event=row.event),
             "X-Service4CT-Event": row.event,
             "X-Service4CT-Delivery": str(row.id),
         }
@@ -297,7 +312,7 @@ class WebhookDispatcher:
                 outbox_done(conn, row.id, status)
                 with self._changed:
                     self.delivered += 1
-                logger.info("webhook {} for job {} delivered", row.id, row.job_id)
+                logger.info("webhook {} ({}) delivered", row.id, row.event)
                 return
             give_up = final or attempts >= self.s.webhook_max_attempts
             delay = (
@@ -307,9 +322,9 @@ class WebhookDispatcher:
             )
             outbox_retry(conn, row.id, status, error, delay)
         logger.warning(
-            "webhook {} for job {} failed ({}); {}",
+            "webhook {} ({}) failed ({}); {}",
             row.id,
-            row.job_id,
+            row.event,
             error,
             "giving up" if delay is None else f"retry in {delay:.0f} s",
         )

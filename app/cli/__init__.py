@@ -4,8 +4,8 @@ Offline operator commands work on files and need no running service: ``inspect``
 ``preprocess`` (one study: :mod:`app.cli.study`), ``phantom``, ``train``, ``retune``,
 ``evaluate`` and ``fit-ood`` (corpora and models: :mod:`app.cli.training`), ``predict`` (a batch report:
 :mod:`app.predict`). Service commands run or administer the service: ``serve``, ``api``,
-``worker``, ``migrate`` and ``apikey`` (:mod:`app.cli.service`), ``client`` (quotas, retention:
-:mod:`app.cli.clients`), ``audit`` (:mod:`app.cli.audit`).
+``worker``, ``migrate`` and ``apikey`` (:mod:`app.cli.service`), ``client`` (quotas, retention,
+webhook, secret rotation: :mod:`app.cli.clients`), ``audit`` (:mod:`app.cli.audit`).
 
 Commands print identifiers of studies and series only (UIDs, counts, geometry),
 never patient identifiers or archive member names.

@@ -7,6 +7,7 @@
 - :mod:`~app.repository.results`: results and explanations
 - :mod:`~app.repository.listing`: pages of a client's jobs and studies (filters, keyset cursors)
 - :mod:`~app.repository.outcomes`: each outcome of an attempt as one transaction with its webhook
+- :mod:`~app.repository.events`: which events a client receives, where, and the webhook secrets
 - :mod:`~app.repository.outbox`, :mod:`~app.repository.idempotency`, :mod:`~app.repository.workers`
 
 Functions take a connection (from :meth:`app.db.Database.conn` or ``.tx``).

@@ -1,4 +1,4 @@
-"""The webhook outbox: a row per callback, written in the transaction that finishes the job."""
+"""The webhook outbox: a row per delivery, written in the transaction of the change it reports."""
 
 from __future__ import annotations
 
@@ -15,11 +15,20 @@ __all__ = ["outbox_add", "outbox_done", "outbox_retry", "outbox_rows", "outbox_t
 
 
 def outbox_add(
-    conn: Conn, job_id: uuid.UUID, client: str, url: str, event: str, payload: Mapping[str, Any]
+    conn: Conn,
+    job_id: uuid.UUID | None,
+    client: str,
+    url: str,
+    event: str,
+    payload: Mapping[str, Any],
+    *,
+    study_id: uuid.UUID | None = None,
 ) -> None:
+    """Queue one delivery (:func:`app.repository.events.emit` decides whether and where)."""
     conn.execute(
-        "INSERT INTO webhook_outbox (job_id, client, url, event, payload) VALUES (%s, %s, %s, %s, %s)",
-        (job_id, client, url, event, Jsonb(dict(payload))),
+        "INSERT INTO webhook_outbox (job_id, study_id, client, url, event, payload) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (job_id, study_id, client, url, event, Jsonb(dict(payload))),
     )
 
 

@@ -1,13 +1,15 @@
 """What becomes of a job's attempt, each outcome one transaction with its webhook.
 
-A finished job's callback is queued in the outbox inside the transaction that finishes
-it, so it is never lost nor sent for an uncommitted result. Every function opens its own
+A job's events (``job.started``, ``job.<final state>``, ``explanation.succeeded``) are
+queued in the outbox (:func:`app.repository.events.emit`) inside the transaction that
+makes the change, so they are never lost nor sent for an uncommitted result. Every function opens its own
 transaction on ``conn`` (a savepoint when the caller already holds one). Writes are
 guarded by the attempt: a stale attempt changes nothing and is told so.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 from app.db import Conn
 from app.repository.dicom import DicomOutputs, insert_dicom_outputs, queue_push
+from app.repository.events import emit
 from app.repository.idempotency import purge_idempotency
 from app.repository.jobs import (
     cancel_job,
@@ -28,8 +31,7 @@ from app.repository.jobs import (
     requeue_expired,
     urgent_among,
 )
-from app.repository.outbox import outbox_add
-from app.repository.records import ExplanationRecord, Job
+from app.repository.records import ExplanationRecord, Job, JobLinks
 from app.repository.results import get_result, insert_result, upsert_explanation
 from app.schemas import JobResult
 
@@ -54,22 +56,41 @@ def job_event(conn: Conn, job_id: uuid.UUID) -> dict[str, Any]:
 
 
 def _notify(conn: Conn, job: Job) -> None:
-    """Queue the ``job.<state>`` callback of a job that just finished (when it has a callback URL)."""
-    if job.callback_url:
-        outbox_add(conn, job.id, job.client, job.callback_url, f"job.{job.state}", job_event(conn, job.id))
+    """Queue the ``job.<state>`` event of a job that just finished or started."""
+    event = "job.started" if job.state == "running" else f"job.{job.state}"
+    payload = functools.partial(job_event, conn, job.id)  # read only when the event is selected
+    emit(conn, job.client, event, payload, callback_url=job.callback_url, job_id=job.id)
+
+
+def _notify_explanation(conn: Conn, job: Job, explanation: ExplanationRecord) -> None:
+    """Queue ``explanation.succeeded`` for an explanation ``job`` just stored."""
+    links = JobLinks.of(explanation.job_id)
+    payload = {
+        "job_id": str(explanation.job_id),
+        "produced_by": str(explanation.produced_by),
+        "method": explanation.method,
+        "explanation_url": links.explanation,
+        "status_url": links.status,
+        "client_ref": job.client_ref,
+        "metadata": job.metadata,
+    }
+    emit(conn, job.client, "explanation.succeeded", payload, callback_url=job.callback_url, job_id=job.id)
 
 
 def claim_attempt(conn: Conn, job_id: uuid.UUID, worker_id: str, lease_s: float) -> Job | None:
     """The job claimed for a new attempt (:func:`claim_job`), or None.
 
-    A job that cannot be claimed because its lease expired with no attempts left fails
-    with ``worker_crashed`` here (and its callback is queued).
+    The claim queues ``job.started`` (every attempt: ``attempt`` tells which). A job that
+    cannot be claimed because its lease expired with no attempts left fails with
+    ``worker_crashed`` here (and its callback is queued).
     """
     with conn.transaction():
         job = claim_job(conn, job_id, worker_id, lease_s)
         if job is None:
             for failed in fail_exhausted(conn, job_id):
                 _notify(conn, failed)
+        else:
+            _notify(conn, job)
     return job
 
 
@@ -91,13 +112,14 @@ def mark_succeeded(
             return False
         if result is not None:
             insert_result(conn, result)
-        if explanation is not None:
-            upsert_explanation(conn, explanation)
         if dicom is not None:
             insert_dicom_outputs(conn, dicom)
             if dicom.objects:
                 queue_push(conn, job.id, job.client, [o.key for o in dicom.objects])
         _notify(conn, job)
+        if explanation is not None:
+            upsert_explanation(conn, explanation)
+            _notify_explanation(conn, job, explanation)
     return True
 
 

@@ -273,7 +273,7 @@ class Delivery:
     """A due webhook of the outbox, leased to one dispatcher."""
 
     id: int
-    job_id: uuid.UUID
+    job_id: uuid.UUID | None
     client: str
     url: str
     event: str

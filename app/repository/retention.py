@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from app.db import Conn
+from app.repository.events import study_deleted
 from ml.explain.params import CT_PIXEL_FILES
 
 __all__ = [
@@ -83,7 +84,8 @@ def strip_blobs(conn: Conn, job_ids: Sequence[uuid.UUID], names: Iterable[str]) 
 
 
 def delete_studies(conn: Conn, ids: Sequence[uuid.UUID], sweep_after_s: float) -> Prefixes:
-    """Delete studies (rows locked by the caller) with their ZIPs and the CT-pixel images of their jobs.
+    """Delete studies (rows locked by the caller) with their ZIPs and the CT-pixel images of their jobs;
+    each sends ``study.deleted``.
 
     The jobs keep their results and the images without CT pixels (saliency NIfTI and layers).
     """
@@ -91,7 +93,12 @@ def delete_studies(conn: Conn, ids: Sequence[uuid.UUID], sweep_after_s: float) -
         r["id"] for r in conn.execute("SELECT id FROM jobs WHERE study_id = ANY(%s)", (list(ids),)).fetchall()
     ]
     strip_blobs(conn, jobs, CT_PIXEL_FILES)
-    conn.execute("DELETE FROM studies WHERE id = ANY(%s)", (list(ids),))
+    deleted = conn.execute(
+        "DELETE FROM studies WHERE id = ANY(%s) RETURNING id, client, sha256, client_ref, metadata",
+        (list(ids),),
+    ).fetchall()
+    for row in deleted:
+        study_deleted(conn, row)  # the study.deleted event, in the deleting transaction
     return _add_sweeps(conn, (f"studies/{i}/" for i in ids), None, sweep_after_s) + _add_sweeps(
         conn, (f"jobs/{j}/" for j in jobs), CT_PIXEL_FILES, sweep_after_s
     )

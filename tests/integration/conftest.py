@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -231,3 +234,42 @@ class Receiver:
 
     def payloads(self) -> list[dict[str, Any]]:
         return [json.loads(r["body"]) for r in self.requests]
+
+
+@contextlib.contextmanager
+def dispatching(
+    settings: Settings, resolver: Callable[[str, int], list[str]] | None = None, *, thread: bool = False
+) -> Iterator[Any]:
+    """A webhook dispatcher on its own pool (its loop running when ``thread``), stopped on exit."""
+    from app.callbacks import system_resolver
+    from app.db import Database
+    from app.webhooks import WebhookDispatcher
+
+    assert settings.database_url
+    db = Database(settings.database_url, min_size=1, max_size=4, name="webhook-test")
+    db.open()
+    d = WebhookDispatcher(db, settings, resolver=resolver or system_resolver)
+    if thread:
+        d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        db.close()
+
+
+def run_cli(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``service4ct ARGS`` in a subprocess against ``settings``' database (no other S4CT_ setting)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
+    clean["S4CT_DATABASE_URL"] = str(settings.database_url)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

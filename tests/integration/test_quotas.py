@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from conftest import LiveApi, free_port, new_key  # type: ignore[import-not-found]
+from conftest import LiveApi, free_port, new_key, run_cli  # type: ignore[import-not-found]
 
 from app.config import Settings
 from app.db import Database, connect
 from app.quotas import Quotas
 from app.repository.quotas import KEEP, set_quota
 from ml.phantom import make_study
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -140,19 +135,9 @@ def test_the_rate_limit_lets_requests_through_when_redis_is_unreachable(settings
 def test_operators_set_and_reset_quotas_with_the_cli(settings: Settings) -> None:
     name = f"quota-{uuid.uuid4().hex[:10]}"
     new_key(settings, name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
-    env["S4CT_DATABASE_URL"] = str(settings.database_url)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "app.cli", "client", "quota", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cli(settings, "client", "quota", *args)
 
     r = cli(name, "--rate-per-minute", "120", "--max-queued", "5")
     assert r.returncode == 0, r.stderr

@@ -6,7 +6,6 @@ refused addresses are refused before a connection, and the receivers listen on 1
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import threading
@@ -16,13 +15,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import LiveApi, Receiver, wait_for  # type: ignore[import-not-found]
+from conftest import LiveApi, Receiver, dispatching, wait_for  # type: ignore[import-not-found]
 from seeding import Seeded, seed_client, small_zip, upload  # type: ignore[import-not-found]
 
 from app.config import Settings
-from app.db import Database, connect
+from app.db import connect
 from app.repository import job_event, outbox_add, outbox_rows, webhook_secret
-from app.webhooks import SIGNATURE_HEADER, WebhookDispatcher, verify
+from app.webhooks import SIGNATURE_HEADER, verify
 
 PUBLIC = "93.184.216.34"
 
@@ -96,24 +95,6 @@ def test_poisoned_callback_urls_are_refused_at_post(strict: LiveApi, strict_owne
     assert stored is not None and stored["n"] == 1  # only the public one was stored
 
 
-@contextlib.contextmanager
-def _dispatching(
-    settings: Settings, resolver: Callable[[str, int], list[str]], *, thread: bool = False
-) -> Iterator[WebhookDispatcher]:
-    """A dispatcher on its own pool (its loop running when ``thread``), stopped on exit."""
-    assert settings.database_url
-    db = Database(settings.database_url, min_size=1, max_size=4, name="webhook-test")
-    db.open()
-    d = WebhookDispatcher(db, settings, resolver=resolver)
-    if thread:
-        d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        db.close()
-
-
 def _outbox(settings: Settings, owner: Seeded, url: str, n: int = 1) -> uuid.UUID:
     assert settings.database_url
     job = uuid.UUID(owner.jobs["succeeded"])
@@ -137,7 +118,7 @@ def test_rebinding_at_delivery_is_refused_and_a_pinned_delivery_keeps_the_name(
         port = rx.server.server_address[1]
         url = f"http://rebind.example:{port}/hook"  # checked at POST while it pointed elsewhere
         job = _outbox(settings, strict_owner, url)
-        with _dispatching(settings, _stub_dns({"rebind.example": "127.0.0.1"})) as d:
+        with dispatching(settings, _stub_dns({"rebind.example": "127.0.0.1"})) as d:
             wait_for(
                 lambda: d.deliver_due() >= 0 and d.wait_idle(5) and _rows(settings, job, url)[0]["dead_at"]
             )
@@ -149,7 +130,7 @@ def test_rebinding_at_delivery_is_refused_and_a_pinned_delivery_keeps_the_name(
         dev = settings.model_copy(update={"webhook_allow_loopback": True})
         url2 = f"http://pinned.example:{port}/hook?token=secret"
         job = _outbox(dev, strict_owner, url2)
-        with _dispatching(dev, _stub_dns({"pinned.example": "127.0.0.1"})) as d:
+        with dispatching(dev, _stub_dns({"pinned.example": "127.0.0.1"})) as d:
             wait_for(lambda: d.deliver_due() >= 0 and rx.requests, timeout=30, what="the pinned delivery")
     (delivery,) = rx.requests
     headers = {k.lower(): v for k, v in delivery["headers"].items()}
@@ -176,7 +157,7 @@ def test_any_error_is_an_attempt_with_backoff_and_an_end(strict: LiveApi, strict
 
     url = "https://broken.example/hook"
     job = _outbox(settings, strict_owner, url)
-    with _dispatching(settings, broken) as d:
+    with dispatching(settings, broken) as d:
         wait_for(
             lambda: d.deliver_due() >= 0 and _rows(settings, job, url)[0]["dead_at"],
             timeout=30,
@@ -220,7 +201,7 @@ def test_a_hanging_endpoint_holds_only_its_clients_slots(api: LiveApi, settings:
             _outbox(s, slow_owner, slow_url, n=5)  # the slow client's rows come first
             time.sleep(0.05)
             _outbox(s, fast_owner, rx.url)
-            with _dispatching(s, _stub_dns({}), thread=True) as d:
+            with dispatching(s, _stub_dns({}), thread=True) as d:
                 try:
                     # well inside the hanging deliveries' 60 s read timeout
                     wait_for(lambda: rx.requests, timeout=20, what="the other client's webhook")

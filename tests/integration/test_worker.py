@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import time
 import uuid
 import zipfile
@@ -24,6 +25,7 @@ from conftest import LiveApi, Receiver, list_keys, new_key, storage_of, wait_for
 
 from app.config import Settings
 from app.db import connect
+from app.repository import webhook_secret
 from app.schemas import JobResult, JobStatus
 from app.webhooks import SIGNATURE_HEADER, verify
 from app.worker.runner import Worker
@@ -332,3 +334,36 @@ def test_explain_parameters_the_worker_refuses_fail_the_job_once_with_their_code
         st = wait_job(client, str(job_id))
         assert st["state"] == "failed" and st["error"]["code"] == code, st
         assert st["attempt"] == 1  # refused at once, not retried as an unexpected error
+
+
+def test_a_real_worker_sends_every_selected_job_event_to_the_default_webhook(
+    api: LiveApi, worker: Worker, settings: Settings, tmp_path: Path
+) -> None:
+    """job.started, job.succeeded and explanation.succeeded, from the worker's own transactions."""
+    name = f"site-events-{uuid.uuid4().hex[:6]}"
+    selected = ["job.started", "job.succeeded", "explanation.succeeded"]
+    with Receiver() as hook, api.client(new_key(settings, name)) as c:
+        r = c.put("/v1/webhook", json={"url": hook.url, "events": selected})
+        assert r.status_code == 200, r.text
+        zp = tmp_path / "ev.zip"
+        make_study(zp, seed=23, rows=128, cols=128, pixel_spacing_mm=3.0, slice_spacing_mm=2.5)
+        sid = _upload_file(c, zp)
+        r = c.post("/v1/jobs", json={"study_id": sid, "explain": "gradcam", "client_ref": "wl-9"})
+        assert r.status_code == 202, r.text
+        job = r.json()["job_id"]
+        assert wait_job(c, job)["state"] == "succeeded"
+        wait_for(lambda: len(hook.requests) >= 3, timeout=30, what="three events")
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        secret = webhook_secret(conn, name)
+    assert secret
+    events = {}
+    for req in hook.requests:
+        h = req["headers"]
+        event, delivery = h["X-Service4CT-Event"], h["X-Service4CT-Delivery"]
+        assert verify(secret, req["body"], h[SIGNATURE_HEADER], delivery=delivery, event=event)
+        events[event] = json.loads(req["body"])
+    assert sorted(events) == sorted(selected) and len(hook.requests) == 3
+    assert all(p["job_id"] == job and p["client_ref"] == "wl-9" for p in events.values())
+    assert events["job.started"]["state"] == "running" and events["job.succeeded"]["label"] is not None
+    assert events["explanation.succeeded"]["method"] == "gradcam"

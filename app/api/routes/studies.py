@@ -314,7 +314,7 @@ def read_study_series(study_id: uuid.UUID, services: ServicesDep, client: Client
 @router.delete(
     "/studies/{study_id}",
     status_code=204,
-    summary="Delete a study: its ZIP, its row and the CT images of its jobs (jobs keep their results)",
+    summary="Delete a study: its ZIP, row and the CT images of its jobs (results stay); sends study.deleted",
     responses=error_responses("unauthorized", "study_not_found"),
 )
 def remove_study_route(study_id: uuid.UUID, services: ServicesDep, audit: AuditDep) -> Response:

@@ -41,3 +41,18 @@ def test_v2_signature_covers_the_delivery_id_and_the_event() -> None:
     assert not verify("other", body, header, now=now, delivery="42", event="job.succeeded")
     v1_only = sign("s3cret", body, timestamp=1_700_000_000)  # a v2 check needs the v2 MAC
     assert not verify("s3cret", body, v1_only, now=now, delivery="42", event="job.succeeded")
+
+
+def test_during_a_rotation_either_secret_verifies_and_a_third_does_not() -> None:
+    body, t = b'{"event":"job.started"}', 1_700_000_000
+    header = sign(["new", "old"], body, timestamp=t, delivery="7", event="job.started")
+    assert header.startswith(f"t={t},v1=") and header.count("v1=") == header.count("v2=") == 2
+    assert header == sign("new", body, timestamp=t, delivery="7", event="job.started") + "," + sign(
+        "old", body, timestamp=t, delivery="7", event="job.started"
+    ).removeprefix(f"t={t},")
+    for secret in ("new", "old"):
+        assert verify(secret, body, header, now=t, delivery="7", event="job.started")
+        assert verify(secret, body, header, now=t)  # v1 too
+    assert not verify("other", body, header, now=t, delivery="7", event="job.started")
+    assert not verify("old", body, header, now=t, delivery="8", event="job.started")
+    assert not verify("new", body, f"t={t - 1}," + header, now=t, delivery="7", event="job.started")

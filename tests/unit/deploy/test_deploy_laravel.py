@@ -132,6 +132,12 @@ def test_php_verifies_what_python_signs(tmp_path: Path) -> None:
     assert php_verify("s3cret", body, sign("s3cret", body, now)) == "invalid"  # v1 only: not accepted
     assert php_verify("s3cret", body, header.split(",", 1)[1]) == "invalid"  # no timestamp
     assert php_verify("s3cret", body, "garbage") == "invalid"
+    # a secret rotation: one v2 per valid secret, either verifies; a third secret does not
+    rotating = sign(["n3w", "s3cret"], body, now, delivery=delivery, event=event)
+    assert php_verify("s3cret", body, rotating) == "valid"
+    assert php_verify("n3w", body, rotating) == "valid"
+    assert php_verify("other", body, rotating) == "invalid"
+    assert php_verify("n3w", body, f"t={now - 1}," + rotating) == "invalid"  # two timestamps
 
 
 @needs_laravel

@@ -19,6 +19,10 @@ use Throwable;
  *     X-Service4CT-Delivery:  <delivery id, the same on every redelivery>
  *     X-Service4CT-Event:     job.succeeded | job.failed | job.cancelled | (other types)
  *
+ * While Service4CT rotates the webhook secret the header carries one v1 and one v2 per valid
+ * secret (t=…,v1=…,v2=…,v1=…,v2=…): the delivery is accepted if any v2 matches this app's secret,
+ * so SERVICE4CT_WEBHOOK_SECRET can be switched at any time during the overlap.
+ *
  * The v2 signature is required: it covers the raw body (never re-encoded JSON), the delivery id
  * this controller deduplicates on and the event, so none of them can be swapped or forged. It is
  * checked in constant time, and the timestamp must lie within the tolerance (replays of old
@@ -108,19 +112,23 @@ final class Service4CTWebhookController extends Controller
         foreach (explode(',', $header) as $item) {
             $pair = explode('=', trim($item), 2);
             if (count($pair) === 2) {
-                $parts[$pair[0]] = $pair[1];
+                $parts[$pair[0]][] = $pair[1];  // v1 and v2 repeat during a secret rotation
             }
         }
         if ($delivery === '' || $event === '' || ! isset($parts['t'], $parts['v2'])
-            || preg_match('/^\d{1,12}$/', $parts['t']) !== 1) {
+            || count($parts['t']) !== 1 || preg_match('/^\d{1,12}$/', $parts['t'][0]) !== 1) {
             return false;
         }
-        $timestamp = (int) $parts['t'];
+        $timestamp = (int) $parts['t'][0];
         if (abs($now - $timestamp) > $toleranceSeconds) {
             return false;
         }
         $expected = hash_hmac('sha256', $timestamp . '.' . $delivery . '.' . $event . '.' . $body, $secret);
+        $valid = false;
+        foreach ($parts['v2'] as $signature) {
+            $valid = hash_equals($expected, $signature) || $valid;  // no early exit: constant time
+        }
 
-        return hash_equals($expected, $parts['v2']);
+        return $valid;
     }
 }
