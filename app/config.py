@@ -11,6 +11,7 @@ travel with each model in the weights manifest (architecture rule 5).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -228,6 +229,11 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", "s3_cors_origins", mode="before")
     @classmethod
     def _origins(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().startswith("["):  # a JSON list (as worker_env writes it)
+            try:
+                v = json.loads(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is neither a JSON list nor comma-separated origins") from None
         items = [o.strip() for o in v.split(",")] if isinstance(v, str) else v
         if not isinstance(items, list):
             return v

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import load_settings
+from app.devstack.serve import worker_env
 
 
 def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,6 +38,14 @@ def test_cors_origins_from_the_environment_and_files(tmp_path: Path, monkeypatch
     assert load_settings().cors_origins == ["https://worklist.example.org", "http://127.0.0.1:5173"]
     monkeypatch.setenv("S4CT_CORS_ORIGINS", "")
     assert load_settings().cors_origins == []
+    # the JSON list a parent process hands its worker (app.devstack.serve.worker_env)
+    monkeypatch.setenv("S4CT_CORS_ORIGINS", '["https://worklist.example.org"]')
+    assert load_settings().cors_origins == ["https://worklist.example.org"]
+    monkeypatch.setenv("S4CT_CORS_ORIGINS", "[]")
+    assert load_settings().cors_origins == []
+    env = worker_env(load_settings(cors_origins="https://a.example.org,https://b.example.org"))
+    monkeypatch.setenv("S4CT_CORS_ORIGINS", env["S4CT_CORS_ORIGINS"])
+    assert load_settings().cors_origins == ["https://a.example.org", "https://b.example.org"]
     monkeypatch.delenv("S4CT_CORS_ORIGINS")
     cfg = tmp_path / "s.yaml"
     cfg.write_text("s3_cors_origins: ['*']\n")
