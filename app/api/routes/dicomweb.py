@@ -23,7 +23,7 @@ from app.api.checks import checked_callback_url
 from app.api.deps import Client, ServicesDep
 from app.api.idempotency import body_hash, run_idempotent
 from app.api.responses import error_responses
-from app.api.routes.jobs import _create_job, _enqueue, checked_options
+from app.api.routes.jobs import _create_job, _enqueue, checked_options, job_fields
 from app.api.routes.studies import IdemKey, store_study
 from app.db import Conn
 from app.dicomweb import InstancePacker, parse_related, stow_answer
@@ -165,15 +165,8 @@ def import_study(
             conn,
             client=client,
             study={"id": None, "sha256": ""},  # the worker sets both once it has fetched the study
-            model=model,
             series_uid=req.series_instance_uid or req.series_uid,
-            explain=req.explain,
-            explain_params=params,
-            callback_url=callback_url,
-            max_attempts=services.settings.max_attempts,
-            priority=req.priority,
-            client_ref=req.client_ref,
-            metadata=req.metadata,
+            **job_fields(services, req, model, params, callback_url),
         )
         insert_import(conn, DicomwebImport(job.id, url, req.study_instance_uid, req.series_instance_uid))
         return 202, job.accepted_view()

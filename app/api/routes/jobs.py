@@ -104,6 +104,23 @@ def checked_options(services: Services, req: PredictRequest) -> tuple[str, dict[
     return model, params
 
 
+def job_fields(
+    services: Services, req: PredictRequest, model: str, params: dict[str, Any], callback_url: str | None
+) -> dict[str, Any]:
+    """The :func:`~app.repository.insert_job` fields a prediction request decides: model,
+    explanation, callback, attempts, priority and the client's references."""
+    return {
+        "model": model,
+        "explain": req.explain,
+        "explain_params": params,
+        "callback_url": callback_url,
+        "max_attempts": services.settings.max_attempts,
+        "priority": req.priority,
+        "client_ref": req.client_ref,
+        "metadata": req.metadata,
+    }
+
+
 def _create_job(
     services: Services,
     client: str,
@@ -127,15 +144,8 @@ def _create_job(
             conn,
             client=client,
             study=study,
-            model=model,
             series_uid=req.series_uid,
-            explain=req.explain,
-            explain_params=params,
-            callback_url=callback_url,
-            max_attempts=services.settings.max_attempts,
-            priority=req.priority,
-            client_ref=req.client_ref,
-            metadata=req.metadata,
+            **job_fields(services, req, model, params, callback_url),
         )
         return 202, job.accepted_view()
 
