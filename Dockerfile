@@ -86,7 +86,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     S4CT_PORT=8000 \
     S4CT_LOG_JSON=true \
     S4CT_VAR_DIR=/var/lib/service4ct \
-    S4CT_MANIFEST_PATH=/app/weights/manifest.json
+    S4CT_MANIFEST_PATH=/app/weights/manifest.json \
+    S4CT_API_CHECKS_WEIGHT_FILES=false
 RUN python -m compileall -q /app/app /app/ml
 WORKDIR /app
 USER 10001:10001

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
 
     # --- models
     manifest_path: Path = DEFAULT_MANIFEST
+    #: the API hashes the local weight files the manifest names before accepting a job for the
+    #: model; false where the API cannot read them (the api image carries the manifest only)
+    api_checks_weight_files: bool = True
     weights_cache_dir: Path | None = None  # default: var_dir/weights
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -28,10 +28,14 @@ _S3_TTL_S = 60.0
 class ModelStatus:
     """Availability of each model of one manifest (thread-safe; cached)."""
 
-    def __init__(self, manifest: Manifest, manifest_dir: Path, head: Head) -> None:
+    def __init__(self, manifest: Manifest, manifest_dir: Path, head: Head, local_files: bool = True) -> None:
+        """``local_files``: this process can read the local files the manifest names (False where
+        the API runs apart from the worker's weights, e.g. the api image, which carries the
+        manifest only): then only the manifest and files in S3 are checked here."""
         self.manifest = manifest
         self.dir = manifest_dir
         self.head = head
+        self.local_files = local_files
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._s3: dict[str, tuple[float, bool]] = {}
         self._lock = threading.Lock()
@@ -46,6 +50,8 @@ class ModelStatus:
     def _file_problem(self, what: str, uri: str, sha256: str) -> str | None:
         if uri.startswith("s3://"):
             return None if self._s3_exists(uri) else f"{what} {uri} not found"
+        if not self.local_files:
+            return None  # the worker checks it when it loads the model
         path = Path(uri) if Path(uri).is_absolute() else self.dir / uri
         try:
             st = path.stat()

@@ -60,6 +60,7 @@ USES: dict[str, tuple[str, str]] = {
     "upload_parts_in_flight": ("api", "2 keeps S3 busy while the other part is acknowledged"),
     "max_concurrent_uploads": ("api", "API RSS ≈ base + this × (parts in flight + 1) × part size"),
     "upload_wait_s": ("api", "waiting uploads are not read: TCP back-pressure holds the sender"),
+    "api_checks_weight_files": ("api", "the api image sets false: it carries the manifest, not the weights"),
     "rate_limit_per_minute": ("api", "counted in Redis, shared by all API processes"),
     "max_queued_jobs_per_client": ("api", ""),
     "quota_retry_after_s": ("api", ""),

@@ -50,7 +50,12 @@ class Services:
         self.viewer_tokens = ViewerTokens(self.queue.r, s.viewer_token_ttl_s)
         self.revocations = RevocationListener(self.queue.r, self.keys)
         self.quotas = Quotas(s, self.db, self.queue.r)
-        self.models = ModelStatus(self.manifest, s.manifest_path.parent, self.storage.object_exists)
+        self.models = ModelStatus(
+            self.manifest,
+            s.manifest_path.parent,
+            self.storage.object_exists,
+            local_files=s.api_checks_weight_files,
+        )
 
     def _lookup(self, key_hash: str) -> str | None:
         with self.db.conn() as conn:

@@ -306,7 +306,12 @@ def run_study(stack: Stack, key: str, study: Path) -> None:
     with httpx.Client(
         base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"}, timeout=120
     ) as c:
-        assert c.get("/readyz").status_code == 200, c.get("/readyz").text
+        # the worker registers (and /readyz turns ready) only after its warm-up job
+        deadline = time.monotonic() + 300
+        while (ready := c.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(2)
+        log(f"ready: {ready.text}")
         sid = upload(c, study)
         log(f"study {study.name} uploaded through the api container: {sid}")
         job = c.post("/v1/jobs", json={"study_id": sid, "explain": "gradcam"}).json()["job_id"]

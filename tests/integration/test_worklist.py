@@ -327,3 +327,9 @@ def test_models_that_cannot_be_served_are_marked_and_refused(make_settings: Any,
             assert name in r.json()["detail"]
         assert c.post("/v1/jobs", json={"study_id": study}).status_code == 202
         assert c.get("/v1/jobs").json()["items"][0]["model"] == manifest["default"]
+    # an API apart from the weights (the api image: manifest only) checks the manifest, not the files
+    apart = make_settings(manifest_path=path, api_checks_weight_files=False)
+    with LiveApi(apart) as live, live.client(new_key(apart, "models-apart")) as c:
+        cards = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert cards["bad-sha"]["available"] is True and cards["gone"]["available"] is True
+        assert "no sha256" in cards["resnet34-medicalnet"]["unavailable_reason"]
