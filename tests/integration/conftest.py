@@ -120,21 +120,31 @@ class LiveApi:
 
     def __init__(self, settings: Settings, services: Any = None) -> None:
         self.settings = settings
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, services)
-        config = uvicorn_config(self.app, settings, host="127.0.0.1", port=self.port, lifespan="on")
+        self._serve_on(free_port())
+
+    def _serve_on(self, port: int) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = uvicorn_config(self.app, self.settings, host="127.0.0.1", port=self.port, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveApi:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("API did not start")
-            time.sleep(0.02)
-        return self
+        for attempt in range(3):
+            self.thread.start()
+            deadline = time.monotonic() + 30
+            while not self.server.started:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("API did not start")
+                if not self.thread.is_alive():
+                    break  # the free port was taken meanwhile by another process: try another
+                time.sleep(0.02)
+            if self.server.started:
+                return self
+            if attempt < 2:
+                self._serve_on(free_port())
+        raise RuntimeError("API did not start")
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
