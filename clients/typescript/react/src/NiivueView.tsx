@@ -1,4 +1,4 @@
-import { Niivue, SLICE_TYPE } from "@niivue/niivue";
+import { Niivue, NVImage, SLICE_TYPE } from "@niivue/niivue";
 import { useEffect, useRef, useState } from "react";
 import { type Explanation, fetchBytes } from "./api";
 import { Controls, sliceKeys } from "./Controls";
@@ -61,9 +61,11 @@ export function NiivueView(props: {
       await nv.attachToCanvas(canvasRef.current as HTMLCanvasElement);
       if (ac.signal.aborted) return;
       const max = Number(expl.stats.max) || 1;
-      await nv.loadVolumes([
-        { url: props.ctNiftiName ?? "ct.nii.gz", buffer: ct, name: props.ctNiftiName ?? "ct.nii.gz", colormap: "gray" },
-        {
+      // our own bytes (fetched above, no API auth): NVImage reads a buffer, loadVolumes would re-fetch the URL
+      const ctName = props.ctNiftiName ?? "ct.nii.gz";
+      const images = await Promise.all([
+        NVImage.loadFromUrl({ url: ctName, buffer: ct, name: ctName, colormap: "gray" }),
+        NVImage.loadFromUrl({
           url: "saliency.nii.gz",
           buffer: sal,
           name: "saliency.nii.gz",
@@ -71,8 +73,10 @@ export function NiivueView(props: {
           opacity: props.initialOpacity / 100,
           cal_min: thresholdFraction(expl) * max,
           cal_max: max,
-        },
+        }),
       ]);
+      if (ac.signal.aborted) return;
+      for (const image of images) nv.addVolume(image);
       if (ac.signal.aborted) return;
       nv.setSliceType(SLICE_TYPE.AXIAL);
       nvRef.current = nv;

@@ -16,7 +16,7 @@ export function ResultPanel({ result }: { result: JobResult }) {
   const ood = result.ood;
   const m = result.model;
   return (
-    <section className="s4ct-result" data-label={result.label} aria-label="Result">
+    <section className="s4ct-result" data-label={result.label} aria-label="Result" style={{ maxWidth: 440 }}>
       {result.not_for_clinical_use && (
         <p className="s4ct-banner" role="note" style={{ background: "#fff3cd", padding: "4px 8px", fontWeight: 600 }}>
           NOT FOR CLINICAL USE — research/demo model, not validated for diagnosis or triage
