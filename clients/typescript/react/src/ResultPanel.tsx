@@ -48,15 +48,19 @@ export function ResultPanel({ result }: { result: JobResult }) {
           )}
         </div>
       )}
-      <table className="s4ct-decisions">
+      <table className="s4ct-decisions" style={{ fontSize: "0.9em" }}>
         <caption>Decision at each operating point (* default)</caption>
         <thead>
           <tr>
             <th scope="col">operating point</th>
             <th scope="col">threshold</th>
             <th scope="col">decision</th>
-            <th scope="col">sensitivity</th>
-            <th scope="col">specificity</th>
+            <th scope="col">
+              <abbr title="sensitivity">sens.</abbr>
+            </th>
+            <th scope="col">
+              <abbr title="specificity">spec.</abbr>
+            </th>
           </tr>
         </thead>
         <tbody>
