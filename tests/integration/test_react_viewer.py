@@ -366,6 +366,8 @@ def test_niivue_mode_overlays_the_saliency_nifti_on_the_ct_in_patient_space(
     contrast = float(gray[inner].mean() - gray[ring].mean())
     print(f"CT under the lesion: {gray[inner].mean():.0f}, lung around it {gray[ring].mean():.0f}")
     assert contrast > 60, f"the CT's lesion is not where the saliency's is (contrast {contrast:.1f})"
+    press(browser, ".s4ct-image", "ArrowDown", 40)  # the focused NiiVue canvas steps the slice
+    assert settle(browser, "window.s4ctDemo.state.slice", o.peak_z - 1) == o.peak_z - 1
 
 
 # --------------------------------------------------------------------------- indeterminate

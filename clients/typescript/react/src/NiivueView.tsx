@@ -2,7 +2,7 @@ import { Niivue, NVImage, SLICE_TYPE } from "@niivue/niivue";
 import { useEffect, useRef, useState } from "react";
 import { type Explanation, fetchBytes } from "./api";
 import { Controls, sliceKeys } from "./Controls";
-import { peakOf, thresholdFraction, voxelToRas } from "./layers";
+import { peakOf, rasToVoxel, thresholdFraction, voxelToRas } from "./layers";
 
 const DISPLAY_PX = 512;
 
@@ -44,6 +44,7 @@ export function NiivueView(props: {
   useEffect(() => {
     const ac = new AbortController();
     const nifti = expl.files.nifti;
+    let instance: Niivue | null = null;
     (async () => {
       if (!nifti) throw new Error("the explanation has no saliency NIfTI");
       const [ct, sal] = await Promise.all([
@@ -58,6 +59,7 @@ export function NiivueView(props: {
         isColorbar: false,
         isRadiologicalConvention: true,
       });
+      instance = nv;
       await nv.attachToCanvas(canvasRef.current as HTMLCanvasElement);
       if (ac.signal.aborted) return;
       const max = Number(expl.stats.max) || 1;
@@ -79,6 +81,11 @@ export function NiivueView(props: {
       for (const image of images) nv.addVolume(image);
       if (ac.signal.aborted) return;
       nv.setSliceType(SLICE_TYPE.AXIAL);
+      // NiiVue's own navigation (scroll wheel, its keys) moves the crosshair: the slider follows
+      nv.onLocationChange = () => {
+        const k = Math.round(rasToVoxel(expl, nv.frac2mm(nv.scene.crosshairPos))[2]);
+        if (k >= 0 && k < nz) setSlice(k);
+      };
       nvRef.current = nv;
       setLoaded(true);
     })().catch((err) => {
@@ -86,6 +93,7 @@ export function NiivueView(props: {
     });
     return () => {
       ac.abort();
+      instance?.cleanup(); // its listeners and observers; the canvas goes with the component
       nvRef.current = null;
     };
   }, [expl, props.ctNiftiUrl]); // eslint-disable-line react-hooks/exhaustive-deps

@@ -47,3 +47,19 @@ export function voxelToRas(expl: Explanation, i: number, j: number, k: number): 
 export function thresholdFraction(expl: Explanation): number {
   return layersOf(expl)?.heat?.threshold_fraction ?? 0.2;
 }
+
+const det3 = (m: number[][]): number =>
+  m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) -
+  m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+  m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+
+/** Voxel (i, j, k) of the saliency grid at RAS mm `p`: the inverse of {@link voxelToRas} (Cramer's rule). */
+export function rasToVoxel(expl: Explanation, p: ArrayLike<number>): [number, number, number] {
+  const A = expl.geometry.affine_ras;
+  if (!A) throw new Error("the explanation has no affine_ras");
+  const M = [0, 1, 2].map((r) => A[r].slice(0, 3));
+  const d = [0, 1, 2].map((r) => p[r] - A[r][3]);
+  const det = det3(M);
+  const solve = (c: number): number => det3(M.map((row, r) => row.map((v, k) => (k === c ? d[r] : v)))) / det;
+  return [solve(0), solve(1), solve(2)];
+}
