@@ -77,20 +77,16 @@ export function CanvasView(props: {
     canvas.height = Math.round(h * dpr);
     const ctx = canvas.getContext("2d");
     if (!ctx) return;
-    const sx = (tile % L.columns) * tw;
-    const sy = Math.floor(tile / L.columns) * th;
+    // setting canvas.width reset the context: alpha 1, fill black, smoothing on
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.globalAlpha = 1;
-    ctx.fillStyle = "#000";
-    ctx.fillRect(0, 0, w, h);
-    ctx.imageSmoothingEnabled = true;
     ctx.imageSmoothingQuality = "high";
-    if (images.ct) ctx.drawImage(images.ct, sx, sy, tw, th, 0, 0, w, h);
-    if (opacity > 0) {
-      ctx.globalAlpha = opacity / 100;
-      ctx.drawImage(images.heat, sx, sy, tw, th, 0, 0, w, h);
-      ctx.globalAlpha = 1;
-    }
+    ctx.fillRect(0, 0, w, h);
+    const drawTile = (img: CanvasImageSource, alpha: number): void => {
+      ctx.globalAlpha = alpha;
+      ctx.drawImage(img, (tile % L.columns) * tw, Math.floor(tile / L.columns) * th, tw, th, 0, 0, w, h);
+    };
+    if (images.ct) drawTile(images.ct, 1);
+    if (opacity > 0) drawTile(images.heat, opacity / 100);
     props.onSlice?.(L.slices[tile]);
   }, [images, tile, opacity, w, h]); // eslint-disable-line react-hooks/exhaustive-deps
 
