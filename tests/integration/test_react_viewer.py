@@ -324,9 +324,8 @@ def test_niivue_mode_overlays_the_saliency_nifti_on_the_ct_in_patient_space(
 ) -> None:
     o = oracle_job
     ph = o.study.phantom
-    write_mask_nifti(
-        ph.hu, ph.geometry, data_dir / "ct.nii.gz"
-    )  # the host's CT volume, LPS → RAS by SimpleITK
+    # the host's CT volume: the phantom's HU, LPS → RAS by SimpleITK (not the service's NIfTI writer)
+    write_mask_nifti(ph.hu, ph.geometry, data_dir / "ct.nii.gz")
     page = open_demo(browser, api, o.job, key, "niivue", f"{ORIGIN}/data/ct.nii.gz")
     assert page["phase"] == "ready", page
     assert page["slice"] == o.peak_z
