@@ -92,5 +92,11 @@ images:
 test-images: venv
 	$(call run_pytest,-m slow -s -p no:randomly tests/images)
 
+## react: the React component (clients/typescript/react: npm ci when node_modules is absent, type check,
+## esbuild → dist/ and the demo page's clients/typescript/demo/dist/); its browser tests: test_react_viewer.py
+.PHONY: react
+react:
+	cd clients/typescript/react && { test -d node_modules || npm ci --no-audit --no-fund; } && npm run build
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -38,6 +38,8 @@ CHROMA = 40
 #: a pixel is "hot" when R - B and R - G exceed these: jet at ≥ 0.75 of the maximum, never below 0.65
 #: (at the page's initial 60 % opacity; the heat layer's alpha ramps 0.35 → 1 from 0.2 to 1 of the maximum)
 HOT_RB, HOT_RG = 60, 30
+#: WebGL2 without a GPU: ANGLE on SwiftShader, Chromium's CPU renderer (NiiVue needs WebGL2)
+SWIFTSHADER = ("--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist")
 #: margin around the lesion's box on screen that still counts as "on the lesion"
 MARGIN_MM = 10.0
 
@@ -52,7 +54,7 @@ class Chromium:
     JSON message ended by a NUL byte.
     """
 
-    def __init__(self, binary: str, profile: Path, timeout: float = 60.0) -> None:
+    def __init__(self, binary: str, profile: Path, timeout: float = 60.0, webgl: bool = False) -> None:
         cmd_r, self._cmd_w = os.pipe()
         self._out_r, out_w = os.pipe()
         # the child's ends go to fds ≥ 10 so that the shell can place them on 3 and 4 without clashes
@@ -65,7 +67,7 @@ class Chromium:
             binary,
             "--headless",
             "--no-sandbox",
-            "--disable-gpu",
+            *(SWIFTSHADER if webgl else ("--disable-gpu",)),
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--no-default-browser-check",
