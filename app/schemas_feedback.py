@@ -25,6 +25,8 @@ GroundTruth = Literal["normal", "pathology"]
 #: an opaque reader id: letters, digits and ``_ . : -``, at most 64 (no spaces, no ``@``)
 READER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 COMMENT_MAX = 1000
+#: free text: line breaks and tabs allowed, no other control characters
+COMMENT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
 class FeedbackCreate(BaseModel):
@@ -46,6 +48,7 @@ class FeedbackCreate(BaseModel):
     comment: str | None = Field(
         None,
         max_length=COMMENT_MAX,
+        pattern=COMMENT_PATTERN,
         description=f"free text, at most {COMMENT_MAX} characters; must not contain patient identifiers",
     )
 

@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveApi, new_key, run_cli, wait_job  # type: ignore[import-not-found]
+from conftest import LiveApi, new_key, run_cli, storage_of, wait_job  # type: ignore[import-not-found]
 from seeding import small_zip, upload  # type: ignore[import-not-found]
 
 from app.config import Settings
-from app.db import connect
+from app.db import Database, connect
+from app.retention import retention_pass
 from app.schemas import JobStatus
 from app.schemas_performance import Performance
 from ml.evaluate import bootstrap_ci, ece, roc_auc
@@ -161,6 +162,7 @@ def test_idempotent_feedback_replays_without_a_second_answer(
         {"reader": "r" * 65, "ground_truth": "normal"},
         {"reader": "r1", "ground_truth": "maybe"},
         {"reader": "r1", "ground_truth": "normal", "comment": "x" * 1001},
+        {"reader": "r1", "ground_truth": "normal", "comment": "nul \x00 byte"},
         {"reader": "r1", "ground_truth": "normal", "patient": "x"},
         {"ground_truth": "normal"},
     ],
@@ -264,19 +266,43 @@ def test_the_cli_writes_the_report_as_xlsx_and_html(
     assert text.count("data:image/png;base64,") == 2 and f"{api['live']['auc']['value']:.3f}" in text
 
 
-def test_feedback_is_deleted_with_its_job(
-    settings: Settings, client: httpx.Client, answered: list[str], tmp_path: Path
-) -> None:
-    path = tmp_path / "gone.zip"  # a job of its own: the other tests count the module's jobs
-    make_study(path, seed=200, label=1)
-    r = client.post("/v1/jobs", json={"study_id": upload(client, path.read_bytes()), "explain": "none"})
-    job = str(r.json()["job_id"])
-    assert wait_job(client, job)["state"] == "succeeded"
-    _give(client, job, "r1", "pathology")
-    _give(client, job, "r1", "normal")
-    assert client.delete(f"/v1/jobs/{job}").status_code == 204
-    assert client.get(f"/v1/jobs/{job}/feedback").status_code == 404
+def _feedback_rows(settings: Settings, jobs: list[str]) -> int:
     assert settings.database_url
     with connect(settings.database_url) as conn:
-        row = conn.execute("SELECT count(*) AS n FROM feedback WHERE job_id = %s", (job,)).fetchone()
-    assert row == {"n": 0}
+        row = conn.execute(
+            "SELECT count(*) AS n FROM feedback WHERE job_id = ANY(%s::uuid[])", (jobs,)
+        ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_feedback_is_deleted_with_its_job_and_by_retention(
+    settings: Settings, client: httpx.Client, answered: list[str], tmp_path: Path
+) -> None:
+    gone = []  # jobs of their own: the other tests count the module's jobs
+    for seed in (200, 201):
+        path = tmp_path / f"{seed}.zip"
+        make_study(path, seed=seed, label=1)
+        r = client.post("/v1/jobs", json={"study_id": upload(client, path.read_bytes()), "explain": "none"})
+        gone.append(str(r.json()["job_id"]))
+    for job in gone:
+        assert wait_job(client, job)["state"] == "succeeded"
+        _give(client, job, "r1", "pathology")
+        _give(client, job, "r1", "normal")
+    assert _feedback_rows(settings, gone) == 4
+    deleted, expired = gone
+    assert client.delete(f"/v1/jobs/{deleted}").status_code == 204
+    assert client.get(f"/v1/jobs/{deleted}/feedback").status_code == 404
+    assert _feedback_rows(settings, [deleted]) == 0
+    # the retention janitor deletes a job past its days with its feedback
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        conn.execute("UPDATE jobs SET created_at = now() - interval '3 days' WHERE id = %s", (expired,))
+    db = Database(settings.database_url, min_size=1, max_size=2, name="retention-test")
+    db.open()
+    try:
+        counts = retention_pass(db, storage_of(settings), settings.model_copy(update={"retention_days": 2}))
+    finally:
+        db.close()
+    assert counts.jobs == 1 and _feedback_rows(settings, [expired]) == 0
+    assert client.get(f"/v1/jobs/{expired}").status_code == 404

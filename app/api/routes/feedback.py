@@ -22,11 +22,14 @@ from app.schemas_feedback import FeedbackCreate, FeedbackHistory, JobFeedback
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
 
+_GIVE_SUMMARY = "A reader's answer on a succeeded prediction (replaces that reader's current answer)"
+
+
 @router.post(
     "/jobs/{job_id}/feedback",
-    status_code=201,
     response_model=JobFeedback,
-    summary="A reader's answer on a succeeded prediction (replaces that reader's current answer)",
+    status_code=201,
+    summary=_GIVE_SUMMARY,
     responses=error_responses(
         "unauthorized",
         "job_not_found",
@@ -75,11 +78,12 @@ def give_feedback(
 
 @router.get(
     "/jobs/{job_id}/feedback",
+    responses=error_responses("unauthorized", "job_not_found"),
     response_model=FeedbackHistory,
     summary="A job's current feedback and every answer ever given (replaced ones too)",
-    responses=error_responses("unauthorized", "job_not_found"),
 )
-def read_feedback(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Any:
+def read_feedback(job_id: uuid.UUID, services: ServicesDep, client: Client) -> FeedbackHistory:
+    """Any job of the caller (an explain job, or one without feedback, has an empty history)."""
     with services.db.conn() as conn:
         if get_job(conn, job_id, client) is None:
             raise ServiceError("job_not_found")

@@ -51,7 +51,10 @@ def model_performance(
     if entry is None:
         raise ServiceError("model_not_found", f"no model {name!r}; see GET /v1/models")
     end = utc(until) or dt.datetime.now(dt.UTC)
-    start = utc(since) or end - DEFAULT_WINDOW
+    try:
+        start = utc(since) or end - DEFAULT_WINDOW
+    except OverflowError:
+        raise ServiceError("validation_error", "until is too early for the default window") from None
     if start >= end:
         raise ServiceError("validation_error", "since must be before until")
     with services.db.conn() as conn:
