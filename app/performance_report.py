@@ -108,7 +108,8 @@ def _html(data: LiveData, images: list[Path]) -> str:
     )
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}img{max-width:48%;margin-right:1%;vertical-align:top}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+        "img{max-width:48%;margin-right:1%;vertical-align:top}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Live performance: {esc(r.model)}</title>"
