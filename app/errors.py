@@ -77,6 +77,13 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "job_cancelled": (409, "The job was cancelled: it has no result or explanation."),
     # retention and deletion
     "job_active": (409, "The job is queued or running: cancel it before deleting it."),
+    # feedback and live performance
+    "feedback_not_accepted": (
+        409,
+        "Feedback is accepted on a succeeded prediction job only (not queued, running, failed, "
+        "cancelled or explain jobs).",
+    ),
+    "model_not_found": (404, "No model of this name in the manifest (see GET /v1/models)."),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

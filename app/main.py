@@ -28,7 +28,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.cors import add_cors, set_bucket_cors
 from app.api.deps import Services
 from app.api.edge import EdgeGuard, EdgeLimits
-from app.api.routes import dicom, dicomweb, docs, health, jobs, models, studies, viewer, webhook
+from app.api.routes import (
+    dicom,
+    dicomweb,
+    docs,
+    feedback,
+    health,
+    jobs,
+    models,
+    performance,
+    studies,
+    viewer,
+    webhook,
+)
 from app.config import Settings
 from app.db import Database
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
@@ -230,6 +242,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     for module in (studies, jobs, dicom, dicomweb, models, health, viewer, webhook):
         app.include_router(module.router)
     app.include_router(viewer.token_router)
+    for module in (feedback, performance):  # feedback and live performance
+        app.include_router(module.router)
     if settings.docs_enabled:
         app.include_router(docs.router)
     app.add_middleware(EdgeGuard, limits=EdgeLimits.from_settings(settings))  # inside RequestContext

@@ -30,6 +30,7 @@ from app.schemas_detail import (
     QCReasonOut,
     SourceGeometry,
 )
+from app.schemas_feedback import JobFeedback
 from ml.explain import ExplainMethod, MethodName, check_params
 from ml.ood.reasons import INDETERMINATE_REASONS
 
@@ -265,6 +266,9 @@ class JobStatus(BaseModel):
     )
     client_ref: str | None = Field(None, description="as given at creation")
     metadata: dict[str, JsonValue] = Field(default_factory=dict, description="as given at creation")
+    feedback: JobFeedback | None = Field(
+        None, description="readers' current answers and the ground truth (null: none yet)"
+    )
 
 
 class OperatingPointOut(BaseModel):

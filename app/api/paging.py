@@ -10,7 +10,7 @@ from pydantic import BeforeValidator
 
 from app.schemas import NO_CONTROL
 
-__all__ = ["ClientRefQ", "CreatedAfter", "CreatedBefore", "Cursor", "Limit", "utc"]
+__all__ = ["ClientRefQ", "CreatedAfter", "CreatedBefore", "Cursor", "IsoTime", "Limit", "utc"]
 
 
 def utc(v: dt.datetime | None) -> dt.datetime | None:

@@ -5,7 +5,8 @@ Offline operator commands work on files and need no running service: ``inspect``
 ``evaluate`` and ``fit-ood`` (corpora and models: :mod:`app.cli.training`), ``predict`` (a batch report:
 :mod:`app.predict`). Service commands run or administer the service: ``serve``, ``api``,
 ``worker``, ``migrate`` and ``apikey`` (:mod:`app.cli.service`), ``client`` (quotas, retention,
-webhook, secret rotation: :mod:`app.cli.clients`), ``audit`` (:mod:`app.cli.audit`).
+webhook, secret rotation: :mod:`app.cli.clients`), ``audit`` (:mod:`app.cli.audit`), ``performance`` (a
+model's live performance report: :mod:`app.cli.performance`).
 
 Commands print identifiers of studies and series only (UIDs, counts, geometry),
 never patient identifiers or archive member names.
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 import typer
 
-from app.cli import audit, clients, dicomweb, service, study, training
+from app.cli import audit, clients, dicomweb, performance, service, study, training
 from app.predict import predict_command
 
 __all__ = ["cli", "main"]
@@ -52,6 +53,7 @@ cli.add_typer(service.apikey_cli, name="apikey")
 cli.add_typer(clients.client_cli, name="client")
 cli.add_typer(dicomweb.dicomweb_cli, name="dicomweb")
 cli.command("audit")(audit.audit)
+cli.command("performance")(performance.performance)
 
 
 def main() -> None:

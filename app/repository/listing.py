@@ -68,6 +68,10 @@ class JobFilter(StudyFilter):
     study_id: uuid.UUID | None = None
     label: str | None = None
     priority: str | None = None
+    #: "any": jobs with feedback; "none": jobs without
+    feedback: str | None = None
+    #: the consensus ground truth of the readers' current answers (``feedback_consensus``)
+    ground_truth: str | None = None
 
 
 def _common(
@@ -112,6 +116,12 @@ def list_jobs(conn: Conn, client: str, f: JobFilter, limit: int, cursor: str | N
     if f.priority is not None:
         where += " AND j.priority = %s"
         params.append(f.priority)
+    if f.feedback is not None:
+        negate = "NOT " if f.feedback == "none" else ""
+        where += f" AND {negate}EXISTS (SELECT 1 FROM feedback fb WHERE fb.job_id = j.id AND fb.current)"
+    if f.ground_truth is not None:
+        where += " AND j.id IN (SELECT c.job_id FROM feedback_consensus c WHERE c.ground_truth = %s)"
+        params.append(f.ground_truth)
     rows = conn.execute(
         (
             f"SELECT {JOB_COLS}, r.label, {QUEUE_POSITION} FROM jobs j "

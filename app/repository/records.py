@@ -185,6 +185,7 @@ class Job:
             "label": self.label,
             "client_ref": self.client_ref,
             "metadata": self.metadata,
+            "feedback": None,  # the routes that read it fill it in (app.api.routes.jobs.with_feedback)
         }
 
     def event_view(self, result: JobResult | None) -> dict[str, Any]:

