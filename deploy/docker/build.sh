@@ -8,7 +8,9 @@
 #   API_IMAGE          tag of the api image     (default service4ct-api:local)
 #   WORKER_IMAGE       tag of the worker image  (default service4ct-worker:local)
 #   PYTHON_IMAGE       base image (default: the Dockerfile's digest-pinned python:3.11-slim-bookworm)
-#   WORKER_TORCH_SPEC  the worker's TORCH_SPEC build argument (default: the locked CUDA torch)
+#   WORKER_TORCH_LOCK  the worker's TORCH_LOCK build argument, a hash-locked file under requirements/
+#                      (e.g. requirements/torch-cpu.txt; default: the locked CUDA torch)
+#   WORKER_TORCH_SPEC  the worker's TORCH_SPEC build argument (pip arguments, installed unverified)
 #   BUILD_CONTEXT      build context (default: the repository root)
 #   TARGETS            which targets (default "api worker")
 # Extra CA certificates go in deploy/docker/certs/, extra wheels in deploy/docker/wheels/.
@@ -28,7 +30,7 @@ for target in ${TARGETS:-api worker}; do
   case $target in
     api) image=${API_IMAGE:-service4ct-api:local}; extra=() ;;
     worker) image=${WORKER_IMAGE:-service4ct-worker:local}
-            extra=(--build-arg "TORCH_SPEC=${WORKER_TORCH_SPEC:-}") ;;
+            extra=(--build-arg "TORCH_LOCK=${WORKER_TORCH_LOCK:-}" --build-arg "TORCH_SPEC=${WORKER_TORCH_SPEC:-}") ;;
     *) echo "error: unknown target $target" >&2; exit 2 ;;
   esac
   start=$(date +%s)

@@ -127,8 +127,8 @@ def pip_find_links() -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def build_context(tmp: Path) -> tuple[Path, str]:
-    """A clean build context (sources, extra CAs, a local CPU torch wheel) and the worker's TORCH_SPEC."""
+def build_context(tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A clean build context (sources, extra CAs, a local CPU torch wheel) and how the worker gets torch."""
     ctx = tmp / "context"
     for rel in CONTEXT_PATHS:
         src, dst = ROOT / rel, ctx / rel
@@ -150,9 +150,9 @@ def build_context(tmp: Path) -> tuple[Path, str]:
             except OSError:
                 shutil.copy2(d / wheel_name, dst)
             log(f"CPU torch from the local wheel {d / wheel_name}")
-            return ctx, f"torch=={TORCH}+cpu"
+            return ctx, {"WORKER_TORCH_LOCK": "requirements/torch-cpu.txt"}  # checked against its sha256
     log("CPU torch from PyTorch's CPU index")
-    return ctx, f"torch=={TORCH}+cpu --index-url https://download.pytorch.org/whl/cpu"
+    return ctx, {"WORKER_TORCH_SPEC": f"torch=={TORCH}+cpu --index-url https://download.pytorch.org/whl/cpu"}
 
 
 def free_port() -> int:
@@ -234,8 +234,8 @@ class Stack:
 
 
 def build_images(engine: str, tmp: Path, offline: bool) -> None:
-    ctx, torch_spec = build_context(tmp)
-    env = {**os.environ, "S4CT_ENGINE": engine, "BUILD_CONTEXT": str(ctx), "WORKER_TORCH_SPEC": torch_spec}
+    ctx, torch_env = build_context(tmp)
+    env = {**os.environ, "S4CT_ENGINE": engine, "BUILD_CONTEXT": str(ctx), **torch_env}
     env.update(API_IMAGE=API_IMAGE, WORKER_IMAGE=WORKER_IMAGE)
     if offline:
         have = subprocess.run([engine, "image", "exists" if engine == "podman" else "inspect", OFFLINE_BASE],
