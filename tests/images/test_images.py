@@ -245,6 +245,10 @@ def build_images(engine: str, tmp: Path, offline: bool) -> None:
                 pytest.skip("no registry and no mmdebstrap to build the Python base from Debian packages")
             sh(str(ROOT / "deploy/docker/offline/base.sh"), OFFLINE_BASE, env=env)
         env["PYTHON_IMAGE"] = OFFLINE_BASE
+        env["PYTHON_IMAGE_ID"] = subprocess.run(  # build.sh builds from that very image only
+            [engine, "image", "inspect", "--format", "{{.Id}}", OFFLINE_BASE],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
         fmt = ["--format", "docker"] if engine == "podman" else []
         for target, image in OFFLINE_SERVICES.items():
             sh(engine, "build", *fmt, "-q", "--build-arg", f"BASE_IMAGE={OFFLINE_BASE}", "--target", target,
