@@ -26,7 +26,8 @@ def build(tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
     if not engine.exists():  # answers `image inspect --format {{.Id}} localhost/base:x` only
         engine.write_text(
             "#!/bin/sh\n"
-            '[ "$1 $2" = "image inspect" ] && [ "$5" = localhost/base:x ] && echo ' + LOCAL_ID + " && exit 0\n"
+            '[ "$1 $2" = "image inspect" ] && [ "$5" = localhost/base:x ] && '
+            f"echo {LOCAL_ID} && exit 0\n"
             "exit 1\n"
         )
         engine.chmod(0o755)
