@@ -250,8 +250,10 @@ def build_images(engine: str, tmp: Path, offline: bool) -> None:
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         fmt = ["--format", "docker"] if engine == "podman" else []
+        # podman builds FROM the base's image ID (pinned); docker's BuildKit resolves a tag only
+        base_ref = env["PYTHON_IMAGE_ID"].removeprefix("sha256:") if engine == "podman" else OFFLINE_BASE
         for target, image in OFFLINE_SERVICES.items():
-            sh(engine, "build", *fmt, "-q", "--build-arg", f"BASE_IMAGE={OFFLINE_BASE}", "--target", target,
+            sh(engine, "build", *fmt, "-q", "--build-arg", f"BASE_IMAGE={base_ref}", "--target", target,
                "-t", image, "-f", str(ctx / "deploy/docker/offline/Dockerfile"), str(ctx))  # fmt: skip
     out = sh(str(ROOT / "deploy/docker/build.sh"), env=env, timeout=3000)
     built = re.findall(r"^built (api|worker) (\S+) ([0-9a-f]{64})", out, re.M)
