@@ -339,8 +339,7 @@ def test_children_die_with_their_owner(tmp_path_factory: pytest.TempPathFactory)
         """
         import json, sys
         from pathlib import Path
-        import boto3
-import psycopg
+        import psycopg
         from app.devstack import EmbeddedPostgres
 
         with EmbeddedPostgres(Path(sys.argv[1]) / "orphan-pg") as pg, psycopg.connect(pg.url) as conn:
