@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import psycopg
@@ -165,18 +166,22 @@ def test_redis_refuses_clients_without_the_password(stack: EmbeddedStack) -> Non
     assert str(stack.redis.password) not in Path(f"/proc/{stack.redis.pid}/cmdline").read_text()
 
 
-def test_seaweedfs_internals_refuse_requests_without_a_token(stack: EmbeddedStack) -> None:
-    """Only the S3 gateway (with the S3 keys) serves data; filer and volume HTTP answer 401."""
-    import boto3
-    import httpx
-
-    s3 = boto3.client(
+def _s3(stack: EmbeddedStack) -> Any:
+    """A boto3 S3 client of the stack's gateway, with its keys."""
+    return boto3.client(
         "s3",
         endpoint_url=stack.s3_endpoint,
         aws_access_key_id=stack.s3_access_key,
         aws_secret_access_key=stack.s3_secret_key,
         region_name="us-east-1",
     )
+
+
+def test_seaweedfs_internals_refuse_requests_without_a_token(stack: EmbeddedStack) -> None:
+    """Only the S3 gateway (with the S3 keys) serves data; filer and volume HTTP answer 401."""
+    import httpx
+
+    s3 = _s3(stack)
     s3.create_bucket(Bucket="locked")
     s3.put_object(Bucket="locked", Key="studies/x/source.zip", Body=b"PK" + b"\0" * 100)
     assert len(s3.get_object(Bucket="locked", Key="studies/x/source.zip")["Body"].read()) == 102
@@ -247,13 +252,7 @@ def test_seaweedfs_grpc_needs_the_stacks_client_certificate(stack: EmbeddedStack
                 local.settimeout(5)
                 local.connect(str(unix))
                 assert _h2_answer(local) == b"", role
-    s3 = boto3.client(  # the S3 API is untouched
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        aws_access_key_id=stack.s3_access_key,
-        aws_secret_access_key=stack.s3_secret_key,
-        region_name="us-east-1",
-    )
+    s3 = _s3(stack)  # the S3 API is untouched
     s3.create_bucket(Bucket="mtls")
     s3.put_object(Bucket="mtls", Key="a", Body=b"through the gateway")
     assert s3.get_object(Bucket="mtls", Key="a")["Body"].read() == b"through the gateway"
