@@ -18,11 +18,14 @@
 #                 `docker buildx imagetools inspect python:3.11-slim-bookworm` or
 #                 `skopeo inspect docker://python:3.11-slim-bookworm`, then replace the sha256 below).
 #                 Without a registry, deploy/docker/offline/base.sh builds a stand-in from Debian packages.
-#   TORCH_SPEC    empty: the locked torch (the PyPI build for CUDA 13.0 with its nvidia-* wheels, which
-#                 carry the CUDA user-space libraries: the host supplies only the NVIDIA driver >= 580 and
-#                 the container toolkit). Else pip arguments replacing torch and its CUDA wheels, e.g.
-#                 "torch==2.13.0+cpu" (CPU build, from a wheel in WHEELS_DIR or the index below) or
-#                 "torch==2.13.0+cpu --index-url https://download.pytorch.org/whl/cpu"
+#   TORCH_LOCK    empty: the locked torch of requirements/worker.txt (the PyPI build for CUDA 13.0 with
+#                 its nvidia-* wheels, which carry the CUDA user-space libraries: the host supplies only
+#                 the NVIDIA driver >= 580 and the container toolkit). Else a hash-locked file under
+#                 requirements/ replacing torch and its CUDA wheels, checked with --require-hashes:
+#                 requirements/torch-cpu.txt (the CPU build, from a wheel in WHEELS_DIR or pip's index)
+#   TORCH_SPEC    pip arguments replacing torch and its CUDA wheels, installed WITHOUT hash checks (the
+#                 operator vouches for them), e.g.
+#                 "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 #   WHEELS_DIR    folder of the build context offered to pip as --find-links in the worker build
 #                 (deploy/docker/wheels: drop e.g. the CPU torch wheel there on an offline network)
 #   CA_CERTS_DIR  folder of the build context with extra CA certificates (*.crt, PEM) trusted by apt
@@ -99,22 +102,27 @@ CMD ["service4ct", "api"]
 
 # ---------------------------------------------------------------- worker: locked dependencies + torch
 FROM runtime AS worker-deps
+ARG TORCH_LOCK=""
 ARG TORCH_SPEC=""
 ARG WHEELS_DIR=deploy/docker/wheels
-COPY requirements/worker.txt /tmp/worker.txt
+COPY requirements/worker.txt requirements/torch-*.txt /tmp/ctx/requirements/
 COPY deploy/docker/lock_without.py /tmp/lock_without.py
 COPY ${WHEELS_DIR}/ /tmp/wheels/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# With TORCH_SPEC the locked torch and its CUDA wheels are left out and TORCH_SPEC installs torch
-# over the rest of the locked set (its other dependencies are already there).
-# TORCH_SPEC holds several pip arguments: split on purpose
+# With TORCH_LOCK (a hash-locked file under requirements/, e.g. requirements/torch-cpu.txt) or
+# TORCH_SPEC the locked torch and its CUDA wheels are left out; TORCH_LOCK then installs torch with
+# --require-hashes, TORCH_SPEC as given (unverified), over the rest of the locked set (its other
+# dependencies are already there). TORCH_SPEC holds several pip arguments: split on purpose
 # hadolint ignore=SC2086
 RUN python -m venv /opt/venv \
- && if [ -n "${TORCH_SPEC}" ]; then \
-      python /tmp/lock_without.py torch triton 'nvidia-*' 'cuda-*' </tmp/worker.txt >/tmp/locked.txt; \
-    else cp /tmp/worker.txt /tmp/locked.txt; fi \
+ && if [ -n "${TORCH_LOCK}${TORCH_SPEC}" ]; then \
+      python /tmp/lock_without.py torch triton 'nvidia-*' 'cuda-*' </tmp/ctx/requirements/worker.txt >/tmp/locked.txt; \
+    else cp /tmp/ctx/requirements/worker.txt /tmp/locked.txt; fi \
  && /opt/venv/bin/pip install --no-deps --require-hashes --find-links /tmp/wheels -r /tmp/locked.txt \
- && if [ -n "${TORCH_SPEC}" ]; then \
+ && if [ -n "${TORCH_LOCK}" ]; then \
+      /opt/venv/bin/pip install --no-deps --require-hashes --find-links /tmp/wheels -r "/tmp/ctx/${TORCH_LOCK}"; \
+    elif [ -n "${TORCH_SPEC}" ]; then \
+      echo "TORCH_SPEC is installed without hash checks: ${TORCH_SPEC}" >&2; \
       /opt/venv/bin/pip install --find-links /tmp/wheels ${TORCH_SPEC}; \
     fi \
  && /opt/venv/bin/pip check \

@@ -3,9 +3,12 @@ SHELL := /bin/bash
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch by default (no CUDA wheels on CPU machines); override e.g.
+# CPU build of torch by default (no CUDA wheels on CPU machines), checked against the sha256 of
+# TORCH_LOCK (pip --require-hashes). Another hash-locked file: TORCH_LOCK=path. Or pip arguments,
+# installed as given (unverified: the operator vouches for them), e.g.
 #   make test TORCH_SPEC="torch==2.13.0"   or   TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
-TORCH_SPEC ?= torch==2.13.0+cpu
+TORCH_LOCK ?= requirements/torch-cpu.txt
+TORCH_SPEC ?=
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
@@ -15,10 +18,11 @@ PORT ?= 8000
 
 .PHONY: venv run demo test test-all lint fmt bench bench-gpu clean test-laravel
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(TORCH_LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_SPEC)
+	if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install -q $(TORCH_SPEC); \
+	else $(PIP) install -q --no-deps --require-hashes -r $(TORCH_LOCK); fi
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
@@ -83,7 +87,7 @@ bench-gpu: venv
 	$(BIN)/python bench/report.py --reuse --no-run
 
 ## images: build the api and worker images with docker or podman (deploy/docker/build.sh: API_IMAGE,
-## WORKER_IMAGE, PYTHON_IMAGE, WORKER_TORCH_SPEC; extra CAs in deploy/docker/certs, wheels in deploy/docker/wheels)
+## WORKER_IMAGE, PYTHON_IMAGE, WORKER_TORCH_LOCK, WORKER_TORCH_SPEC; extra CAs in deploy/docker/certs, wheels in deploy/docker/wheels)
 .PHONY: images test-images
 images:
 	deploy/docker/build.sh

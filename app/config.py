@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     body_min_bytes_per_s: int = Field(1024, ge=0)
     #: upload slots one client may hold at once (default: half of max_concurrent_uploads, at least 1)
     max_uploads_per_client: int | None = Field(None, ge=1)
-    #: uvicorn: connections + tasks above this are answered 503 (None: unbounded)
+    #: more connections or requests in progress than this → 503 overloaded (None: unbounded)
     limit_concurrency: int | None = Field(1000, ge=1)
     #: lifetime of a viewer token (POST /v1/jobs/{id}/viewer-token), at most 15 min
     viewer_token_ttl_s: int = Field(600, ge=10, le=900)

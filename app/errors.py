@@ -33,6 +33,7 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "validation_error": (422, "The request body or parameters are invalid."),
     "model_unavailable": (503, "The requested model is unknown or its weights cannot be loaded."),
     "server_busy": (503, "Too many uploads in progress; retry after the Retry-After seconds."),
+    "overloaded": (503, "More connections or requests in progress than the server takes; retry later."),
     "service_unavailable": (503, "A backing service (database, queue, object store) is unreachable."),
     "upload_failed": (502, "The object store refused the upload; retry."),
     "internal_error": (500, "Unexpected server error (reported with the request id)."),

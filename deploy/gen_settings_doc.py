@@ -120,7 +120,7 @@ USES: dict[str, tuple[str, str]] = {
     "body_idle_timeout_s": ("api", "408 `request_timeout`; the upload is aborted and its slot freed"),
     "body_min_bytes_per_s": ("api", "checked once a body has taken `body_idle_timeout_s`"),
     "max_uploads_per_client": ("api", "one client (one leaked key) cannot take every upload slot"),
-    "limit_concurrency": ("api", "uvicorn answers 503 beyond it"),
+    "limit_concurrency": ("api", "503 `overloaded` (JSON, `Retry-After`) beyond it"),
     "viewer_token_ttl_s": ("api", "`POST /v1/jobs/{id}/viewer-token`; tokens live in Redis"),
     "docs_enabled": ("api", "false: no `/docs`, `/redoc`, `/openapi.json`"),
     "metrics_port": ("api", "the k8s manifest sets 9100"),

@@ -9,7 +9,10 @@ tests) builds its server with :func:`uvicorn_config`:
   line and header block within ``header_timeout_s`` of connecting (or of the first byte of
   its next request) gets 408 ``request_timeout`` and is closed — a half-sent or trickled
   header never holds a connection;
-- ``limit_concurrency``: beyond that many connections or tasks uvicorn answers 503.
+- ``limit_concurrency``: a request that finds more than that many connections open or
+  requests in progress (itself included) gets 503 ``overloaded`` with ``Retry-After`` in the
+  stable JSON error format, and its connection is closed. The protocol counts (uvicorn's own
+  ``limit_concurrency``, which answers plain text, is left off).
 """
 
 from __future__ import annotations
@@ -21,12 +24,38 @@ from typing import Any
 
 import h11
 import uvicorn
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.config import Settings
 from app.errors import ServiceError
 
 __all__ = ["header_timeout_protocol", "uvicorn_config"]
+
+
+#: the Retry-After (seconds) of a 503 ``overloaded``
+OVERLOADED_RETRY_AFTER_S = 1
+
+
+def _overloaded_app(app: ASGIApp, protocol: H11Protocol, limit: int, request_id_header: str) -> ASGIApp:
+    """``app`` behind ``limit``: counted when the request's task runs (its task and connection included)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (len(protocol.connections) > limit or len(protocol.tasks) > limit):
+            rid = uuid.uuid4().hex
+            err = ServiceError("overloaded", f"more than {limit} connections or requests in progress; retry")
+            headers = {
+                "Retry-After": str(OVERLOADED_RETRY_AFTER_S),
+                "Connection": "close",
+                request_id_header: rid,
+            }
+            answer = JSONResponse(err.body(rid), status_code=err.http_status, headers=headers)
+            await answer(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return guarded
 
 
 def _timeout_response(request_id_header: str) -> bytes:
@@ -43,12 +72,22 @@ def _timeout_response(request_id_header: str) -> bytes:
     return head.encode("ascii") + body
 
 
-def header_timeout_protocol(timeout_s: float, request_id_header: str = "X-Request-ID") -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline on each request's line and headers."""
+def header_timeout_protocol(
+    timeout_s: float, request_id_header: str = "X-Request-ID", limit_concurrency: int | None = None
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline on each request's line and headers.
+
+    With ``limit_concurrency``, a request beyond it is answered 503 ``overloaded`` (JSON).
+    """
     response = _timeout_response(request_id_header)
 
     class HeaderDeadlineH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if limit_concurrency is not None:
+                self.app = _overloaded_app(self.app, self, limit_concurrency, request_id_header)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -88,9 +127,10 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "http": header_timeout_protocol(settings.header_timeout_s, settings.request_id_header),
+        "http": header_timeout_protocol(
+            settings.header_timeout_s, settings.request_id_header, settings.limit_concurrency
+        ),
         "h11_max_incomplete_event_size": settings.max_header_bytes,
-        "limit_concurrency": settings.limit_concurrency,
         "log_level": "warning",
         "access_log": False,
     }

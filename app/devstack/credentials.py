@@ -1,7 +1,8 @@
 """Secrets of the embedded stack: generated once, kept in files of mode 0600 under the stack directory.
 
 Each service keeps its own (``pg/password``, ``redis/redis.conf``, ``s3/credentials.json``,
-``s3/security.toml``) in its 0700 directory, so a service started on its own is as
+``s3/security.toml``, the gRPC certificates ``s3/ca.crt``, ``s3/grpc.crt``, ``s3/grpc.key``)
+in its 0700 directory, so a service started on its own is as
 locked down as the whole stack.
 """
 

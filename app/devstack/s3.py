@@ -14,6 +14,7 @@ from typing import Any
 from app.devstack.credentials import load_or_create_json, new_secret, write_private
 from app.devstack.processes import LOCALHOST, EmbeddedError, free_ports, port_group_free, unix_socket_fits
 from app.devstack.supervisor import Service
+from app.devstack.tls import write_grpc_certificates
 from app.logs import logger
 
 __all__ = ["WEED_GRPC_OFFSET", "EmbeddedS3", "find_weed"]
@@ -35,6 +36,8 @@ def find_weed() -> str:
 _WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
 #: security.toml sections whose signing keys weed needs: volume writes and reads, filer writes and reads
 _JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+#: security.toml [grpc.*] sections: every gRPC server of ``weed mini``, and its clients (mutual TLS)
+_GRPC_ROLES = ("master", "volume", "filer", "s3", "admin", "worker", "client")
 
 
 class EmbeddedS3(Service):
@@ -47,7 +50,10 @@ class EmbeddedS3(Service):
     Only the S3 gateway is usable without SeaweedFS's own keys: ``data_dir/security.toml``
     (0600, keys from ``data_dir/jwt.json``) sets JWT signing keys for volume and filer
     reads and writes, so their HTTP ports answer 401 to a request without a token signed
-    with them (the S3 gateway and the filer sign theirs).
+    with them (the S3 gateway and the filer sign theirs); and its ``[grpc]`` sections
+    turn on mutual TLS for every gRPC port (TCP and weed's unix sockets), with a CA made
+    anew at every start (:mod:`app.devstack.tls`; ``ca.crt``, ``grpc.crt``, ``grpc.key``,
+    0600): a program without ``grpc.key`` fails the handshake.
     """
 
     name = "weed"
@@ -87,6 +93,11 @@ class EmbeddedS3(Service):
         toml = "".join(
             f'[{section}]\nkey = "{keys[section]}"\nexpires_after_seconds = 10\n\n'
             for section in _JWT_SECTIONS
+        )
+        certs = write_grpc_certificates(self.data_dir)  # a fresh CA at every start
+        toml += f'[grpc]\nca = "{certs["ca"]}"\n\n'
+        toml += "".join(
+            f'[grpc.{role}]\ncert = "{certs["cert"]}"\nkey = "{certs["key"]}"\n\n' for role in _GRPC_ROLES
         )
         write_private(self.data_dir / "security.toml", toml)
 

@@ -127,8 +127,8 @@ def pip_find_links() -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def build_context(tmp: Path) -> tuple[Path, str]:
-    """A clean build context (sources, extra CAs, a local CPU torch wheel) and the worker's TORCH_SPEC."""
+def build_context(tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A clean build context (sources, extra CAs, a local CPU torch wheel) and how the worker gets torch."""
     ctx = tmp / "context"
     for rel in CONTEXT_PATHS:
         src, dst = ROOT / rel, ctx / rel
@@ -150,9 +150,9 @@ def build_context(tmp: Path) -> tuple[Path, str]:
             except OSError:
                 shutil.copy2(d / wheel_name, dst)
             log(f"CPU torch from the local wheel {d / wheel_name}")
-            return ctx, f"torch=={TORCH}+cpu"
+            return ctx, {"WORKER_TORCH_LOCK": "requirements/torch-cpu.txt"}  # checked against its sha256
     log("CPU torch from PyTorch's CPU index")
-    return ctx, f"torch=={TORCH}+cpu --index-url https://download.pytorch.org/whl/cpu"
+    return ctx, {"WORKER_TORCH_SPEC": f"torch=={TORCH}+cpu --index-url https://download.pytorch.org/whl/cpu"}
 
 
 def free_port() -> int:
@@ -234,8 +234,8 @@ class Stack:
 
 
 def build_images(engine: str, tmp: Path, offline: bool) -> None:
-    ctx, torch_spec = build_context(tmp)
-    env = {**os.environ, "S4CT_ENGINE": engine, "BUILD_CONTEXT": str(ctx), "WORKER_TORCH_SPEC": torch_spec}
+    ctx, torch_env = build_context(tmp)
+    env = {**os.environ, "S4CT_ENGINE": engine, "BUILD_CONTEXT": str(ctx), **torch_env}
     env.update(API_IMAGE=API_IMAGE, WORKER_IMAGE=WORKER_IMAGE)
     if offline:
         have = subprocess.run([engine, "image", "exists" if engine == "podman" else "inspect", OFFLINE_BASE],
@@ -245,9 +245,15 @@ def build_images(engine: str, tmp: Path, offline: bool) -> None:
                 pytest.skip("no registry and no mmdebstrap to build the Python base from Debian packages")
             sh(str(ROOT / "deploy/docker/offline/base.sh"), OFFLINE_BASE, env=env)
         env["PYTHON_IMAGE"] = OFFLINE_BASE
+        env["PYTHON_IMAGE_ID"] = subprocess.run(  # build.sh builds from that very image only
+            [engine, "image", "inspect", "--format", "{{.Id}}", OFFLINE_BASE],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
         fmt = ["--format", "docker"] if engine == "podman" else []
+        # podman builds FROM the base's image ID (pinned); docker's BuildKit resolves a tag only
+        base_ref = env["PYTHON_IMAGE_ID"].removeprefix("sha256:") if engine == "podman" else OFFLINE_BASE
         for target, image in OFFLINE_SERVICES.items():
-            sh(engine, "build", *fmt, "-q", "--build-arg", f"BASE_IMAGE={OFFLINE_BASE}", "--target", target,
+            sh(engine, "build", *fmt, "-q", "--build-arg", f"BASE_IMAGE={base_ref}", "--target", target,
                "-t", image, "-f", str(ctx / "deploy/docker/offline/Dockerfile"), str(ctx))  # fmt: skip
     out = sh(str(ROOT / "deploy/docker/build.sh"), env=env, timeout=3000)
     built = re.findall(r"^built (api|worker) (\S+) ([0-9a-f]{64})", out, re.M)

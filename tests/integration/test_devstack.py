@@ -6,13 +6,17 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import psycopg
 import pytest
 import redis
@@ -20,6 +24,8 @@ from conftest import running_stack  # type: ignore[import-not-found]
 
 from app.devstack import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, EmbeddedStack, free_ports
 from app.devstack.processes import port_group_free
+from app.devstack.s3 import WEED_GRPC_OFFSET
+from app.devstack.tls import write_grpc_certificates
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,18 +166,22 @@ def test_redis_refuses_clients_without_the_password(stack: EmbeddedStack) -> Non
     assert str(stack.redis.password) not in Path(f"/proc/{stack.redis.pid}/cmdline").read_text()
 
 
-def test_seaweedfs_internals_refuse_requests_without_a_token(stack: EmbeddedStack) -> None:
-    """Only the S3 gateway (with the S3 keys) serves data; filer and volume HTTP answer 401."""
-    import boto3
-    import httpx
-
-    s3 = boto3.client(
+def _s3(stack: EmbeddedStack) -> Any:
+    """A boto3 S3 client of the stack's gateway, with its keys."""
+    return boto3.client(
         "s3",
         endpoint_url=stack.s3_endpoint,
         aws_access_key_id=stack.s3_access_key,
         aws_secret_access_key=stack.s3_secret_key,
         region_name="us-east-1",
     )
+
+
+def test_seaweedfs_internals_refuse_requests_without_a_token(stack: EmbeddedStack) -> None:
+    """Only the S3 gateway (with the S3 keys) serves data; filer and volume HTTP answer 401."""
+    import httpx
+
+    s3 = _s3(stack)
     s3.create_bucket(Bucket="locked")
     s3.put_object(Bucket="locked", Key="studies/x/source.zip", Body=b"PK" + b"\0" * 100)
     assert len(s3.get_object(Bucket="locked", Key="studies/x/source.zip")["Body"].read()) == 102
@@ -192,11 +202,68 @@ def test_seaweedfs_internals_refuse_requests_without_a_token(stack: EmbeddedStac
     assert [o["Key"] for o in listed] == ["studies/x/source.zip"]
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # + empty SETTINGS
+
+
+def _h2_answer(sock: socket.socket) -> bytes:
+    """The first bytes a gRPC server answers to the HTTP/2 preface (b"" when it hangs up)."""
+    sock.sendall(_H2_PREFACE)
+    try:
+        return sock.recv(64)
+    except (ConnectionResetError, TimeoutError):
+        return b""
+
+
+def _handshake_refused(ctx: ssl.SSLContext, port: int) -> bool:
+    """The TLS handshake with ``ctx`` fails (TLS 1.3 reports a refused client cert at the first read)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+            return _h2_answer(tls) == b""
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def test_seaweedfs_grpc_needs_the_stacks_client_certificate(stack: EmbeddedStack, tmp_path: Path) -> None:
+    """Every gRPC port (TCP and weed's unix sockets) is mutual TLS with the stack's throwaway CA."""
+    assert stack.s3 is not None
+    d = stack.s3.data_dir
+
+    def context(cert: tuple[Path, Path] | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        ctx.check_hostname = False
+        ctx.set_alpn_protocols(["h2"])
+        if cert is not None:
+            ctx.load_cert_chain(*cert)
+        return ctx
+
+    other = write_grpc_certificates(tmp_path, common_name="service4ct-weed")  # same name, another CA
+    for role, port in stack.s3.ports.items():
+        grpc = port + WEED_GRPC_OFFSET
+        with socket.create_connection(("127.0.0.1", grpc), timeout=5) as raw:  # plaintext gRPC
+            assert _h2_answer(raw) == b"", role
+        assert _handshake_refused(context(None), grpc), role  # TLS without a client certificate
+        assert _handshake_refused(context((other["cert"], other["key"])), grpc), role  # another CA's
+        trusted = context((d / "grpc.crt", d / "grpc.key"))  # the stack's own certificate
+        with socket.create_connection(("127.0.0.1", grpc), timeout=5) as raw, trusted.wrap_socket(raw) as tls:
+            assert _h2_answer(tls)[3] == 0x4, role  # a SETTINGS frame: the gRPC server talks to it
+        unix = Path(f"/tmp/seaweedfs-{role}-grpc-{grpc}.sock")
+        if unix.exists():  # weed's local gRPC socket is the same TLS server
+            with socket.socket(socket.AF_UNIX) as local:
+                local.settimeout(5)
+                local.connect(str(unix))
+                assert _h2_answer(local) == b"", role
+    s3 = _s3(stack)  # the S3 API is untouched
+    s3.create_bucket(Bucket="mtls")
+    s3.put_object(Bucket="mtls", Key="a", Body=b"through the gateway")
+    assert s3.get_object(Bucket="mtls", Key="a")["Body"].read() == b"through the gateway"
+
+
 def test_secrets_are_private_files_in_private_directories(stack: EmbeddedStack) -> None:
     root = stack.root
     for d in ("pg", "redis", "s3"):
         assert (root / d).stat().st_mode & 0o777 == 0o700, d
-    for f in ("pg/password", "redis/redis.conf", "s3/credentials.json", "s3/jwt.json", "s3/security.toml"):
+    private = ("pg/password", "redis/redis.conf", "s3/credentials.json", "s3/jwt.json", "s3/security.toml")
+    for f in (*private, "s3/ca.crt", "s3/grpc.crt", "s3/grpc.key"):
         assert (root / f).stat().st_mode & 0o777 == 0o600, f
     assert stack.redis.password in (root / "redis/redis.conf").read_text()
     assert stack.postgres.password == (root / "pg/password").read_text().strip()

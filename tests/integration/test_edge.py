@@ -12,7 +12,8 @@ second:
   one whose body stalls or trickles (a JSON body, an upload: aborted, its slot freed);
 - one client holds at most its share of the upload slots while another client uploads;
 - multipart form fields and chunked bodies count against the upload cap;
-- ``limit_concurrency`` answers 503 beyond the limit;
+- beyond ``limit_concurrency`` (connections or requests in progress) a request gets 503
+  ``overloaded`` in the JSON error format, with ``Retry-After``;
 - unknown keys are looked up once (negative cache), malformed ones never; a revoked key
   stops within 1 s (the revocation is broadcast through Redis).
 """
@@ -304,18 +305,47 @@ def test_multipart_fields_and_chunked_bodies_count_against_the_upload_cap(edge: 
             assert (r.status_code, r.json()["error"]) == (413, "payload_too_large"), r.text
 
 
-def test_limit_concurrency_answers_503_beyond_it(make_settings: Any) -> None:
-    with LiveApi(make_settings(limit_concurrency=4, header_timeout_s=30.0)) as live:
-        idle = [_connect(live) for _ in range(4)]
+def _assert_overloaded(sock: socket.socket) -> None:
+    status, body, response = _answer(sock)
+    assert (status, body["error"]) == (503, "overloaded"), body
+    assert response.getheader("retry-after") == "1"
+    assert response.getheader("content-type") == "application/json"
+    assert body["request_id"] and response.getheader("x-request-id") == body["request_id"]
+    assert _closed(sock)
+
+
+def test_limit_concurrency_answers_json_503_beyond_it(make_settings: Any) -> None:
+    settings = make_settings(limit_concurrency=2, header_timeout_s=30.0, body_idle_timeout_s=30.0)
+    with LiveApi(settings) as live:
+        key = new_key(live.settings, "concurrency")
+        slow_head = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        slow_head["Content-Length"] = "64"
+        slow = [_connect(live) for _ in range(2)]  # two requests in progress: their bodies never finish
         try:
-            wait_for(lambda: len(live.server.server_state.connections) >= 4, timeout=10, what="connections")
+            for sock in slow:
+                sock.sendall(_request(live, "POST", "/v1/jobs", slow_head, b'{"study_id": "'))
+            wait_for(lambda: len(live.server.server_state.tasks) >= 2, timeout=10, what="slow requests")
+            with _connect(live) as sock:  # a third request: over the limit, answered in our JSON format
+                sock.sendall(_request(live, "GET", "/healthz", {}))
+                _assert_overloaded(sock)
+        finally:
+            for s in slow:
+                s.close()
+        wait_for(lambda: httpx.get(f"{live.base}/healthz").status_code == 200, timeout=10, what="recovery")
+        # idle connections count too: two open, a third is refused
+        idle = [_connect(live) for _ in range(2)]
+        try:
+            wait_for(lambda: len(live.server.server_state.connections) >= 2, timeout=10, what="connections")
             with _connect(live) as sock:
                 sock.sendall(_request(live, "GET", "/healthz", {}))
-                assert sock.recv(64).startswith(b"HTTP/1.1 503")
+                _assert_overloaded(sock)
+            r = httpx.get(f"{live.base}/healthz")  # within the limit once one of them leaves
+            assert r.status_code == 503
+            idle.pop().close()
+            wait_for(lambda: httpx.get(f"{live.base}/healthz").status_code == 200, timeout=10, what="freed")
         finally:
             for s in idle:
                 s.close()
-        wait_for(lambda: httpx.get(f"{live.base}/healthz").status_code == 200, timeout=10, what="recovery")
 
 
 def test_unknown_keys_are_looked_up_once_and_malformed_ones_never(edge: LiveApi) -> None:

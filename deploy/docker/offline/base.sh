@@ -6,7 +6,8 @@
 #
 # Needs root, mmdebstrap and docker or podman (S4CT_ENGINE picks one). DEBIAN_MIRROR names the
 # mirror (default http://deb.debian.org/debian; its -security sibling is used for updates).
-# Pass the result as the PYTHON_IMAGE build argument (docs/operations.md, "Offline build").
+# Pass the result as PYTHON_IMAGE to deploy/docker/build.sh (docs/operations.md, "Offline build"),
+# with the image ID printed last as PYTHON_IMAGE_ID: build.sh builds only from that very image.
 set -euo pipefail
 IMAGE=${1:-localhost/service4ct-base:bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}

