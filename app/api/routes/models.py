@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1", tags=["models"])
 @router.get(
     "/models",
     response_model=ModelsOut,
+    response_model_exclude_unset=True,  # the manifest's blocks as written (app/schemas_models.py)
     summary="Servable models: architecture, preprocessing, operating points, metrics, intended use",
     responses=error_responses("unauthorized"),
 )
@@ -48,4 +49,4 @@ def list_models(services: ServicesDep, client: Client) -> Any:
                 unavailable_reason=services.models.reason(name),
             )
         )
-    return ModelsOut(default=m.default, models=cards).model_dump(mode="json")
+    return ModelsOut(default=m.default, models=cards).model_dump(mode="json", exclude_unset=True)
