@@ -94,3 +94,11 @@ test-images: venv
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+
+## clients: regenerate the client kits' contract (clients/typescript/openapi.json and src/schema.d.ts,
+## from app.main without a server) and build the TypeScript client to clients/typescript/dist
+.PHONY: clients
+clients: venv
+	cd clients/typescript && npm ci --no-audit --no-fund --prefer-offline
+	$(BIN)/python clients/generate.py
+	cd clients/typescript && npm run build
