@@ -15,11 +15,12 @@ PORT ?= 8000
 
 .PHONY: venv run demo test test-all lint fmt bench bench-gpu clean test-laravel
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml clients/python/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e clients/python
 	touch $(STAMP)
 
 venv: $(STAMP)

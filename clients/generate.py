@@ -62,7 +62,7 @@ def openapi_document() -> dict[str, Any]:
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("S4CT_")}
     with mock.patch.dict(os.environ, clean, clear=True):
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None)
     doc: dict[str, Any] = create_app(settings).openapi()
     return doc
 

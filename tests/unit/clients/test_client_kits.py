@@ -3,11 +3,13 @@ are what ``make clients`` writes now, and the TypeScript client compiles against
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+import service4ct_client.types
 
 from clients import generate
 
@@ -42,3 +44,13 @@ def test_typescript_client_compiles() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", sorted(service4ct_client.types.__all__))
+def test_python_client_types_match_the_openapi(name: str) -> None:
+    """Each TypedDict of the Python client has the fields of the OpenAPI component of its name."""
+    typed = getattr(service4ct_client.types, name)
+    component = json.loads(generate.OPENAPI.read_text(encoding="utf-8"))["components"]["schemas"][name]
+    assert set(typed.__annotations__) == set(component["properties"]), name
+    required = set(component.get("required", []))
+    assert required <= set(typed.__required_keys__), name
