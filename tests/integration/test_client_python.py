@@ -3,6 +3,8 @@ loopback, a worker in this process, the embedded PostgreSQL, Redis and S3."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +103,20 @@ def test_errors_carry_the_stable_code(api: LiveApi, client: Service4CTClient) ->
     assert (e.value.code, e.value.status) == ("unauthorized", 401)
     with pytest.raises(ValueError, match="api_key"):
         Service4CTClient(api.base)
+
+
+def test_the_demo_script_runs_on_the_client(
+    api: LiveApi, worker: Any, settings: Settings, study_zip: Path
+) -> None:
+    """scripts/demo_client.py (the README's walk-through) predicts a study through the client."""
+    key = new_key(settings, "py-demo")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "demo_client.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(study_zip), "--api", api.base, "--key", key, "--explain", "none"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "upload:" in done.stdout and '"probability"' in done.stdout
