@@ -9,14 +9,20 @@ typed. Non-JSON bodies (DICOM Part 10, FHIR) follow their own standards and are 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.config import Settings
 from app.main import create_app
+from app.schemas import ModelCard
 from app.schemas_explain import PARAMS_MODELS
 from ml.explain import METHODS
+from ml.model.manifest import Manifest
+
+ROOT = Path(__file__).resolve().parents[3]
 
 #: the few places that are opaque by contract, each with its reason
 ALLOWED: dict[str, str] = {
@@ -167,3 +173,40 @@ def test_the_method_models_mirror_the_table() -> None:
             else:
                 assert typed["type"] == {"int": "integer", "number": "number"}[p.kind], (method, name)
                 assert (typed["minimum"], typed["maximum"]) == (p.lo, p.hi), (method, name)
+
+
+def test_model_card_blocks_are_the_manifests_json() -> None:
+    """The typed model card blocks answer the manifest's JSON as it is (no key added or changed)."""
+    manifest = Manifest.load(ROOT / "weights" / "manifest.json")
+    for name, e in manifest.entries.items():
+        d = e.to_dict()
+        ood = (
+            None
+            if e.ood is None
+            else {k: v for k, v in e.ood.to_dict().items() if k not in ("uri", "sha256")}
+        )
+        blocks = {
+            "preprocess": d["preprocess"],
+            "operating_points": d["operating_points"],
+            "calibration": d["calibration"],
+            "metrics": e.metrics,
+            "ood": ood,
+        }
+        card = ModelCard(
+            name=name,
+            version=e.version,
+            default=name == manifest.default,
+            arch=e.spec.arch,
+            input_size=list(e.input_size),
+            default_operating_point=e.default_operating_point,
+            training_data=e.training_data,
+            intended_use=e.intended_use,
+            clinical_use=e.clinical_use,
+            sha256=e.sha256,
+            license=e.license,
+            notes=e.notes,
+            **blocks,
+        )
+        out = card.model_dump(mode="json", exclude_unset=True)
+        for key, block in blocks.items():
+            assert json.dumps(out[key], sort_keys=True) == json.dumps(block, sort_keys=True), (name, key)
