@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from app.api.routes.models import model_card
 from app.config import Settings
 from app.main import create_app
-from app.schemas import ModelCard
 from app.schemas_explain import PARAMS_MODELS
 from ml.explain import METHODS
 from ml.model.manifest import Manifest
@@ -180,33 +180,11 @@ def test_model_card_blocks_are_the_manifests_json() -> None:
     manifest = Manifest.load(ROOT / "weights" / "manifest.json")
     for name, e in manifest.entries.items():
         d = e.to_dict()
-        ood = (
-            None
-            if e.ood is None
-            else {k: v for k, v in e.ood.to_dict().items() if k not in ("uri", "sha256")}
-        )
-        blocks = {
-            "preprocess": d["preprocess"],
-            "operating_points": d["operating_points"],
-            "calibration": d["calibration"],
-            "metrics": e.metrics,
-            "ood": ood,
-        }
-        card = ModelCard(
-            name=name,
-            version=e.version,
-            default=name == manifest.default,
-            arch=e.spec.arch,
-            input_size=list(e.input_size),
-            default_operating_point=e.default_operating_point,
-            training_data=e.training_data,
-            intended_use=e.intended_use,
-            clinical_use=e.clinical_use,
-            sha256=e.sha256,
-            license=e.license,
-            notes=e.notes,
-            **blocks,
-        )
-        out = card.model_dump(mode="json", exclude_unset=True)
+        out = model_card(manifest, name, None).model_dump(mode="json", exclude_unset=True)
+        blocks = {k: d[k] for k in ("preprocess", "operating_points", "calibration")} | {"metrics": e.metrics}
         for key, block in blocks.items():
             assert json.dumps(out[key], sort_keys=True) == json.dumps(block, sort_keys=True), (name, key)
+        ood = None if e.ood is None else e.ood.to_dict()
+        assert out["ood"] == (
+            None if ood is None else {k: v for k, v in ood.items() if k not in ("uri", "sha256")}
+        )
