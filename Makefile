@@ -18,12 +18,13 @@ PORT ?= 8000
 
 .PHONY: venv run demo test test-all lint fmt bench bench-gpu clean test-laravel
 
-$(STAMP): pyproject.toml Makefile $(TORCH_LOCK)
+$(STAMP): pyproject.toml clients/python/pyproject.toml Makefile $(TORCH_LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install -q $(TORCH_SPEC); \
 	else $(PIP) install -q --no-deps --require-hashes -r $(TORCH_LOCK); fi
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e clients/python
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -104,3 +105,11 @@ react:
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+
+## clients: regenerate the client kits' contract (clients/typescript/openapi.json and src/schema.d.ts,
+## from app.main without a server) and build the TypeScript client to clients/typescript/dist
+.PHONY: clients
+clients: venv
+	cd clients/typescript && npm ci --no-audit --no-fund --prefer-offline
+	$(BIN)/python clients/generate.py
+	cd clients/typescript && npm run build

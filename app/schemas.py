@@ -31,6 +31,15 @@ from app.schemas_detail import (
     SourceGeometry,
 )
 from app.schemas_feedback import JobFeedback
+from app.schemas_explain import ExplainParams, ExplainParamsIn
+from app.schemas_models import (
+    Calibration,
+    DicomPushOut,
+    ModelMetrics,
+    ModelOOD,
+    ModelOperatingPoint,
+    ModelPreprocess,
+)
 from ml.explain import ExplainMethod, MethodName, check_params
 from ml.ood.reasons import INDETERMINATE_REASONS
 
@@ -137,7 +146,7 @@ class PredictRequest(BaseModel):
         "see GET /v1/studies/{id}/series",
     )
     explain: ExplainMethod = Field("gradcam", description="saliency method computed after prediction")
-    explain_params: dict[str, Any] = Field(
+    explain_params: ExplainParamsIn = Field(
         default_factory=dict,
         description=(
             'method parameters, e.g. {"steps": 32} for integrated_gradients; integrated_gradients and '
@@ -182,7 +191,9 @@ class ExplainRequest(BaseModel):
         json_schema_extra={"examples": [{"method": "integrated_gradients", "params": {"steps": 32}}]},
     )
     method: MethodName
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: ExplainParamsIn = Field(
+        default_factory=dict, description="the method's parameters (see `explain_params` of POST /v1/jobs)"
+    )
     callback_url: AnyHttpUrl | None = None
     priority: Priority = "routine"
 
@@ -394,7 +405,7 @@ class Explanation(BaseModel):
     )
     job_id: uuid.UUID
     method: str
-    params: dict[str, JsonValue]
+    params: ExplainParams = Field(description="the method's parameters as it ran (defaults filled in)")
     stats: ExplanationStats = Field(
         description=(
             "stats.json: max, peak, regions, layers, timings, and outside_body_fraction (share of the "
@@ -414,18 +425,18 @@ class ModelCard(BaseModel):
     default: bool
     arch: str
     input_size: list[int]
-    preprocess: dict[str, JsonValue]
-    operating_points: dict[str, JsonValue]
+    preprocess: ModelPreprocess
+    operating_points: dict[str, ModelOperatingPoint]
     default_operating_point: str
-    calibration: dict[str, JsonValue]
-    metrics: dict[str, JsonValue]
+    calibration: Calibration
+    metrics: ModelMetrics
     training_data: str
     intended_use: str
     clinical_use: bool
     sha256: str | None
     license: str | None
     notes: str | None
-    ood: dict[str, JsonValue] | None = Field(
+    ood: ModelOOD | None = Field(
         default=None,
         description="the out-of-distribution statistics published with the weights (method, threshold, "
         "fitted_on, n, in_distribution_rate); null: the model cannot answer `indeterminate` for "
@@ -514,7 +525,7 @@ class DicomObjectOut(BaseModel):
 class DicomList(BaseModel):
     job_id: uuid.UUID
     objects: list[DicomObjectOut]
-    push: list[dict[str, Any]] = Field(
+    push: list[DicomPushOut] = Field(
         default_factory=list,
         description="STOW-RS pushes to the client's DICOMweb destination: url, attempts, delivered_at, "
         "dead_at, last_status, last_error",

@@ -142,7 +142,7 @@ def service_section(
         res: dict[str, Any] = {}
         worker, res["worker_ready_s"] = start_worker(env, api)
         try:
-            with api.client() as c:
+            with api.service_client() as c:
                 t0 = time.perf_counter()
                 study_id = _upload(c, zip_path)
                 res["upload_s"] = time.perf_counter() - t0

@@ -249,10 +249,10 @@ def _upload_round(env: Env, api: Api, base: Path, n: int) -> dict[str, Any]:
         runs, wall = _many(_post_tagged, [(url, env.key, base, t) for t in tags])
     time.sleep(1.0)
     after = rss_bytes(api.pid)
-    with api.client() as c:
+    with api.service_client() as c:
         for r in runs:
             if "study_id" in r:
-                c.delete(f"/v1/studies/{r['study_id']}")
+                c.delete_study(r["study_id"])
     return {
         "wall_s": wall,
         "statuses": dict(Counter(str(r["status"]) for r in runs)),
@@ -280,8 +280,8 @@ def section_upload(env: Env, api: Api, tmp: Path, n: int, size_mb: float, rounds
     w = _post_tagged(f"{api.base}/v1/studies", env.key, base, "warmup")
     if w["status"] != 201:
         raise RuntimeError(f"warm-up upload answered {w}")
-    with api.client() as c:
-        c.delete(f"/v1/studies/{w['study_id']}")
+    with api.service_client() as c:
+        c.delete_study(w["study_id"])
     rs = [_upload_round(env, api, base, n) for _ in range(rounds)]
     wall = sum(r["wall_s"] for r in rs)
     statuses = sum((Counter(r["statuses"]) for r in rs), Counter())
@@ -446,7 +446,7 @@ def _warm_up(env: Env, api: Api, workers: list[Child], study_id: str, explain: s
     """Jobs until every worker has finished one (its first job is cold); at most 5 rounds."""
     pids = {str(w.pid) for w in workers}
     n = 0
-    with api.client() as c:
+    with api.service_client() as c:
         for _ in range(5):
             ids = [_submit(c, study_id, explain) for _ in range(2 * len(workers))]
             n += len(ids)
@@ -471,13 +471,13 @@ def burst(env: Env, api: Api, study_ids: list[str], workers: int, jobs: int, exp
     try:
         ready_s = _wait_workers(env, procs)
         warm = _warm_up(env, api, procs, study_ids[0], explain)
-        with api.client() as c, CpuMeter({"api": api.pid}) as cpu:
+        with api.service_client() as c, CpuMeter({"api": api.pid}) as cpu:
             t0 = time.perf_counter()
             ids = [_submit(c, study_ids[i % len(study_ids)], explain) for i in range(jobs)]
             submit_s = time.perf_counter() - t0
             rows = _wait_done(env, ids, timeout=600.0 + 30.0 * jobs)
             wall = time.perf_counter() - t0
-            api_states = Counter(c.get(f"/v1/jobs/{j}").json()["state"] for j in ids)
+            api_states = Counter(c.get_job(j)["state"] for j in ids)
     finally:
         for p in procs:
             p.stop(timeout=60)
@@ -516,7 +516,7 @@ def section_jobs(
     print(f"\n== 3. a burst of {jobs} jobs (explain {explain}) with {workers} CPU worker process(es) ==")
     t0 = time.perf_counter()
     paths = [phantom(cache, 2000 + i) for i in range(max(1, min(studies, jobs)))]
-    with api.client() as c:
+    with api.service_client() as c:
         sids = [_upload(c, p) for p in paths]
     print(f"{len(sids)} phantom studies uploaded in {time.perf_counter() - t0:.1f} s", flush=True)
     res: dict[str, Any] = {"jobs": jobs, "studies": len(sids), "explain": explain, "runs": {}}
@@ -582,7 +582,7 @@ def section_e2e(env: Env, api: Api, slices: int, runs: int, explain: str, cache:
     worker = Child("worker-e2e", [sys.executable, "-m", "app.worker"], child_env, env.dir / "worker-e2e.log")
     try:
         _wait_workers(env, [worker])
-        with api.client() as c:
+        with api.service_client() as c:
             t0 = time.perf_counter()
             sid = _upload(c, path)
             upload_s = time.perf_counter() - t0

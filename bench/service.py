@@ -78,8 +78,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+CLIENT = ROOT / "clients" / "python"  # the typed client (installed by `make venv`; here for a bare checkout)
+if str(CLIENT) not in sys.path:
+    sys.path.insert(1, str(CLIENT))
 
 import httpx  # noqa: E402
+from service4ct_client import Service4CTClient  # noqa: E402
 
 from bench.common import percentiles  # noqa: E402
 
@@ -379,6 +383,10 @@ class Api:
         return httpx.Client(
             base_url=self.base, headers={"Authorization": f"Bearer {self.env.key}"}, timeout=timeout
         )
+
+    def service_client(self, timeout: float = 600.0) -> Service4CTClient:
+        """The typed client (clients/python) with this API's key: what a product would call."""
+        return Service4CTClient(self.base, self.env.key, timeout=timeout)
 
     def stop(self) -> None:
         self.child.stop()
@@ -986,16 +994,10 @@ def section_latency(
     print(f"machine quiet after {waited:.1f} s", flush=True)
     z = env.dir / "latency-study.zip"
     make_study(z, seed=123)
-    with api.client() as c:
-        r = c.post("/v1/studies", content=z.read_bytes(), headers={"content-type": "application/zip"})
-        r.raise_for_status()
-        sid = r.json()["study_id"]
-        jobs = []
-        for _ in range(5):
-            j = c.post("/v1/jobs", json={"study_id": sid, "explain": "none"})
-            j.raise_for_status()
-            jobs.append(j.json()["job_id"])
-        st = c.get(f"/v1/jobs/{jobs[-1]}").json()
+    with api.service_client() as c:
+        sid = _upload(c, z)
+        jobs = [_submit(c, sid, "none") for _ in range(5)]
+        st = c.get_job(jobs[-1])
     print(f"5 jobs queued (last: state {st['state']}, queue position {st['queue_position']})", flush=True)
     paths = {"jobs": [f"/v1/jobs/{j}" for j in jobs], "healthz": ["/healthz"]}
     res: dict[str, Any] = {
@@ -1071,24 +1073,16 @@ def phantom(cache: Path, seed: int, variant: str = "standard") -> Path:
     return path
 
 
-def _upload(c: httpx.Client, path: Path) -> str:
-    with path.open("rb") as f:
-        r = c.post("/v1/studies", content=f, headers={"content-type": "application/zip"})
-    if r.status_code not in (200, 201):
-        raise RuntimeError(f"upload answered {r.status_code}: {r.text[:300]}")
-    sid: str = r.json()["study_id"]
-    return sid
+def _upload(c: Service4CTClient, path: Path) -> str:
+    """Upload a study ZIP (streamed from the file, raw body) with the typed client: its id."""
+    return c.upload_study(path)["study_id"]
 
 
-def _submit(c: httpx.Client, study_id: str, explain: str) -> str:
-    r = c.post("/v1/jobs", json={"study_id": study_id, "explain": explain})
-    if r.status_code != 202:
-        raise RuntimeError(f"POST /v1/jobs answered {r.status_code}: {r.text[:300]}")
-    jid: str = r.json()["job_id"]
-    return jid
+def _submit(c: Service4CTClient, study_id: str, explain: str) -> str:
+    return c.predict(study_id, explain=explain)["job_id"]
 
 
-def _wait_jobs(c: httpx.Client, job_ids: list[str], timeout: float = 600.0) -> dict[str, dict[str, Any]]:
+def _wait_jobs(c: Service4CTClient, job_ids: list[str], timeout: float = 600.0) -> dict[str, dict[str, Any]]:
     """Poll every 25 ms until each job is terminal: {job_id: status body + 'observed_at'}."""
     done: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
@@ -1096,7 +1090,7 @@ def _wait_jobs(c: httpx.Client, job_ids: list[str], timeout: float = 600.0) -> d
         for jid in job_ids:
             if jid in done:
                 continue
-            body = c.get(f"/v1/jobs/{jid}").json()
+            body: dict[str, Any] = dict(c.get_job(jid))
             if body["state"] in ("succeeded", "failed"):
                 body["observed_at"] = time.perf_counter()
                 if body["state"] == "failed":
@@ -1108,7 +1102,7 @@ def _wait_jobs(c: httpx.Client, job_ids: list[str], timeout: float = 600.0) -> d
     return done
 
 
-def _one_study(c: httpx.Client, path: Path, explain: str) -> dict[str, Any]:
+def _one_study(c: Service4CTClient, path: Path, explain: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     sid = _upload(c, path)
     t1 = time.perf_counter()
@@ -1126,7 +1120,7 @@ def _one_study(c: httpx.Client, path: Path, explain: str) -> dict[str, Any]:
     }
 
 
-def _queued(c: httpx.Client, study_ids: list[str], explain: str) -> dict[str, Any]:
+def _queued(c: Service4CTClient, study_ids: list[str], explain: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     jobs = [_submit(c, s, explain) for s in study_ids]
     done = _wait_jobs(c, jobs)
@@ -1175,7 +1169,7 @@ def section_e2e(env: Env, api: Api, n: int, real_like: bool, cache: Path) -> dic
     res: dict[str, Any] = {"n": n, "sequential": {}, "queued": {}}
     worker, res["worker_ready_s"] = start_worker(env, api)
     try:
-        with api.client() as c:
+        with api.service_client() as c:
             res["first_job"] = _one_study(c, small[0], "gradcam")  # cold: pool process, captum imports
             print(
                 f"worker ready in {res['worker_ready_s']:.1f} s; first (cold) job "

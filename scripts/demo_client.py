@@ -2,6 +2,7 @@
 
 Usage: python scripts/demo_client.py STUDY.zip [--api http://127.0.0.1:8000] [--key KEY] [--explain gradcam]
 The key defaults to the dev key that `service4ct serve` wrote to var/dev-api-key.
+Uses the typed Python client (clients/python, installed by `make venv`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "clients" / "python"))  # a bare checkout
+
+from service4ct_client import JobStatus, Service4CTClient, Service4CTError
+
+
+def _progress(st: JobStatus) -> None:
+    print(f"  {st['state']:<9} stage={st['stage']} progress={st['progress']:.2f} eta_s={st['eta_s']}")
 
 
 def main() -> int:
@@ -24,32 +30,26 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
     key = args.key or Path("var/dev-api-key").read_text().strip()
-    with httpx.Client(base_url=args.api, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
-        with args.study.open("rb") as f:
-            r = c.post("/v1/studies", content=f, headers={"Content-Type": "application/zip"})
-        print("upload:", r.status_code, json.dumps(r.json()))
-        if r.status_code >= 300:
+    with Service4CTClient(args.api, key, timeout=120) as c:
+        try:
+            study = c.upload_study(args.study)
+            print("upload:", json.dumps(study))
+            job = c.predict(study["study_id"], explain=args.explain)
+            print("job:", json.dumps(job))
+            st = c.wait_for_job(
+                job["job_id"], initial_delay=1.0, max_delay=1.0, timeout=args.timeout, on_status=_progress
+            )
+        except Service4CTError as e:
+            print(f"error: {e.code} (HTTP {e.status}): {e.detail}")
             return 1
-        r = c.post("/v1/jobs", json={"study_id": r.json()["study_id"], "explain": args.explain})
-        print("job:", r.status_code, json.dumps(r.json()))
-        if r.status_code >= 300:
-            return 1
-        job = r.json()["job_id"]
-        deadline = time.monotonic() + args.timeout
-        while True:
-            st = c.get(f"/v1/jobs/{job}").json()
-            print(f"  {st['state']:<9} stage={st['stage']} progress={st['progress']:.2f} eta_s={st['eta_s']}")
-            if st["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
         if st["state"] != "succeeded":
             print("job did not succeed:", json.dumps(st.get("error")))
             return 1
-        print("result:", json.dumps(c.get(f"/v1/jobs/{job}/result").json(), indent=2))
+        print("result:", json.dumps(c.result(job["job_id"]), indent=2))
         if args.explain != "none":
-            ex = c.get(f"/v1/jobs/{job}/explanation").json()
-            print("explanation stats:", json.dumps(ex.get("stats"), indent=2))
-            for name, f in ex.get("files", {}).items():
+            ex = c.explanation(job["job_id"])
+            print("explanation stats:", json.dumps(ex["stats"], indent=2))
+            for name, f in ex["files"].items():
                 print(f"  {name}: {f['url']}")
     return 0
 

@@ -407,6 +407,20 @@ export interface components {
              */
             expires_at: string;
         };
+        /**
+         * Calibration
+         * @description How logits become probabilities: `none` (softmax) or `temperature` (softmax of logits / T).
+         */
+        Calibration: {
+            /** Method */
+            method: string;
+            /** Temperature */
+            temperature?: number | null;
+            /** Fitted On */
+            fitted_on?: string | null;
+        } & {
+            [key: string]: unknown;
+        };
         /** DicomList */
         DicomList: {
             /**
@@ -420,9 +434,7 @@ export interface components {
              * Push
              * @description STOW-RS pushes to the client's DICOMweb destination: url, attempts, delivered_at, dead_at, last_status, last_error
              */
-            push?: {
-                [key: string]: unknown;
-            }[];
+            push?: components["schemas"]["DicomPushOut"][];
         };
         /**
          * DicomObjectOut
@@ -452,7 +464,7 @@ export interface components {
              * @default application/dicom
              * @constant
              */
-            content_type: "application/dicom";
+            content_type?: "application/dicom";
             /**
              * Download
              * @description API path streaming the object (`application/dicom`)
@@ -465,6 +477,26 @@ export interface components {
             url: string;
             /** Expires At */
             expires_at: string;
+        };
+        /**
+         * DicomPushOut
+         * @description A STOW-RS push of the job's DICOM results to the client's DICOMweb destination.
+         */
+        DicomPushOut: {
+            /** Id */
+            id: number;
+            /** Url */
+            url: string;
+            /** Attempts */
+            attempts: number;
+            /** Delivered At */
+            delivered_at?: string | null;
+            /** Dead At */
+            dead_at?: string | null;
+            /** Last Status */
+            last_status?: number | null;
+            /** Last Error */
+            last_error?: string | null;
         };
         /**
          * ErrorBody
@@ -487,6 +519,38 @@ export interface components {
             request_id?: string | null;
         };
         /**
+         * EvaluationMetrics
+         * @description Metrics of one evaluation split (rates 0–1, 95 % confidence intervals as [low, high]).
+         */
+        EvaluationMetrics: {
+            /** N */
+            n?: number | null;
+            /** N Positive */
+            n_positive?: number | null;
+            /** Prevalence */
+            prevalence?: number | null;
+            /** Auc */
+            auc?: number | null;
+            /** Auc Ci95 */
+            auc_ci95?: number[] | null;
+            /** Threshold */
+            threshold?: number | null;
+            /** Sensitivity */
+            sensitivity?: number | null;
+            /** Sensitivity Ci95 */
+            sensitivity_ci95?: number[] | null;
+            /** Specificity */
+            specificity?: number | null;
+            /** Specificity Ci95 */
+            specificity_ci95?: number[] | null;
+            /** F1 */
+            f1?: number | null;
+            /** F1 Ci95 */
+            f1_ci95?: number[] | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
          * ExplainRequest
          * @description ``POST /v1/jobs/{id}/explain``: explain a predicted job with another method.
          * @example {
@@ -502,10 +566,11 @@ export interface components {
              * @enum {string}
              */
             method: "gradcam" | "integrated_gradients" | "saliency" | "occlusion";
-            /** Params */
-            params?: {
-                [key: string]: unknown;
-            };
+            /**
+             * Params
+             * @description the method's parameters (see `explain_params` of POST /v1/jobs)
+             */
+            params?: components["schemas"]["GradCamParams"] | components["schemas"]["IntegratedGradientsParams"] | components["schemas"]["SaliencyParams"] | components["schemas"]["OcclusionParams"];
             /** Callback Url */
             callback_url?: string | null;
             /**
@@ -513,7 +578,7 @@ export interface components {
              * @default routine
              * @enum {string}
              */
-            priority: "urgent" | "routine";
+            priority?: "urgent" | "routine";
         };
         /** ExplainedModel */
         ExplainedModel: {
@@ -573,9 +638,12 @@ export interface components {
             job_id: string;
             /** Method */
             method: string;
-            /** Params */
+            /**
+             * Params
+             * @description the method's parameters as it ran (defaults filled in)
+             */
             params: {
-                [key: string]: components["schemas"]["JsonValue"];
+                [key: string]: number | string | number[] | null;
             };
             /** @description stats.json: max, peak, regions, layers, timings, and outside_body_fraction (share of the positive attribution outside the patient's body before the map was masked to the body; null when no body was found and the map is unmasked) */
             stats: components["schemas"]["ExplanationStats"];
@@ -624,36 +692,17 @@ export interface components {
             method?: string | null;
             /** Params */
             params?: {
-                [key: string]: components["schemas"]["JsonValue"];
+                [key: string]: number | string | number[] | null;
             };
             /** Shape Zyx */
             shape_zyx?: number[] | null;
-            /**
-             * Nifti
-             * @description the NIfTI file's encoding and affine
-             */
-            nifti?: {
-                [key: string]: components["schemas"]["JsonValue"];
-            } | null;
-            /** Overlay */
-            overlay?: {
-                [key: string]: components["schemas"]["JsonValue"];
-            } | null;
-            /** Sprite */
-            sprite?: {
-                [key: string]: components["schemas"]["JsonValue"];
-            } | null;
-            /** Peak Png */
-            peak_png?: {
-                [key: string]: components["schemas"]["JsonValue"];
-            } | null;
-            /**
-             * Layers
-             * @description the viewer layers' grid: tile size, mm per pixel, slice positions (LPS)
-             */
-            layers?: {
-                [key: string]: components["schemas"]["JsonValue"];
-            } | null;
+            /** @description the NIfTI file's encoding and affine */
+            nifti?: components["schemas"]["NiftiInfo"] | null;
+            overlay?: components["schemas"]["OverlayStyle"] | null;
+            sprite?: components["schemas"]["SpriteLayout"] | null;
+            peak_png?: components["schemas"]["PeakPng"] | null;
+            /** @description the viewer layers' grid: tile size, mm per pixel, slice positions (LPS) */
+            layers?: components["schemas"]["LayersLayout"] | null;
             /**
              * Seconds
              * @description timings of the explanation
@@ -663,6 +712,19 @@ export interface components {
             };
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * GradCamParams
+         * @description ``gradcam``: Grad-CAM of the last ResNet stage.
+         */
+        GradCamParams: {
+            /**
+             * Nifti
+             * @description how the NIfTI stores the map: "uint8" (8 bits with scl_slope, default) or "float32" (exact)
+             * @default uint8
+             * @enum {string}
+             */
+            nifti?: "uint8" | "float32";
         };
         /** Health */
         Health: {
@@ -702,14 +764,12 @@ export interface components {
              * @default gradcam
              * @enum {string}
              */
-            explain: "none" | "gradcam" | "integrated_gradients" | "saliency" | "occlusion";
+            explain?: "none" | "gradcam" | "integrated_gradients" | "saliency" | "occlusion";
             /**
              * Explain Params
              * @description method parameters, e.g. {"steps": 32} for integrated_gradients; integrated_gradients and saliency take smooth_voxels (σ of a Gaussian blur, model voxels; default 3 for IG, 0 = raw); every method takes nifti: "uint8" (default, 8 bits with scl_slope) or "float32" (the exact map)
              */
-            explain_params?: {
-                [key: string]: unknown;
-            };
+            explain_params?: components["schemas"]["GradCamParams"] | components["schemas"]["IntegratedGradientsParams"] | components["schemas"]["SaliencyParams"] | components["schemas"]["OcclusionParams"];
             /**
              * Callback Url
              * @description POSTed (signed) when the job finishes
@@ -721,7 +781,7 @@ export interface components {
              * @default routine
              * @enum {string}
              */
-            priority: "urgent" | "routine";
+            priority?: "urgent" | "routine";
             /**
              * Client Ref
              * @description your own reference (≤ 128 characters), echoed in status, result, lists and webhooks
@@ -746,6 +806,44 @@ export interface components {
              * @description fetch (and predict) this series only
              */
             series_instance_uid?: string | null;
+        };
+        /**
+         * IntegratedGradientsParams
+         * @description ``integrated_gradients``: Integrated Gradients from a baseline volume.
+         */
+        IntegratedGradientsParams: {
+            /**
+             * Steps
+             * @description integration steps (forward and backward passes)
+             * @default 32
+             */
+            steps?: number;
+            /**
+             * Internal Batch Size
+             * @description volumes per pass (memory)
+             * @default 4
+             */
+            internal_batch_size?: number;
+            /**
+             * Baseline
+             * @description black = air
+             * @default black
+             * @enum {string}
+             */
+            baseline?: "black" | "body_mean";
+            /**
+             * Smooth Voxels
+             * @description σ of a Gaussian blur of the map (model voxels); 0 = raw
+             * @default 3
+             */
+            smooth_voxels?: number;
+            /**
+             * Nifti
+             * @description how the NIfTI stores the map: "uint8" (8 bits with scl_slope, default) or "float32" (exact)
+             * @default uint8
+             * @enum {string}
+             */
+            nifti?: "uint8" | "float32";
         };
         /**
          * JobAccepted
@@ -807,14 +905,12 @@ export interface components {
              * @default gradcam
              * @enum {string}
              */
-            explain: "none" | "gradcam" | "integrated_gradients" | "saliency" | "occlusion";
+            explain?: "none" | "gradcam" | "integrated_gradients" | "saliency" | "occlusion";
             /**
              * Explain Params
              * @description method parameters, e.g. {"steps": 32} for integrated_gradients; integrated_gradients and saliency take smooth_voxels (σ of a Gaussian blur, model voxels; default 3 for IG, 0 = raw); every method takes nifti: "uint8" (default, 8 bits with scl_slope) or "float32" (the exact map)
              */
-            explain_params?: {
-                [key: string]: unknown;
-            };
+            explain_params?: components["schemas"]["GradCamParams"] | components["schemas"]["IntegratedGradientsParams"] | components["schemas"]["SaliencyParams"] | components["schemas"]["OcclusionParams"];
             /**
              * Callback Url
              * @description POSTed (signed) when the job finishes
@@ -826,7 +922,7 @@ export interface components {
              * @default routine
              * @enum {string}
              */
-            priority: "urgent" | "routine";
+            priority?: "urgent" | "routine";
             /**
              * Client Ref
              * @description your own reference (≤ 128 characters), echoed in status, result, lists and webhooks
@@ -1091,7 +1187,7 @@ export interface components {
              * @default routine
              * @enum {string}
              */
-            priority: "urgent" | "routine";
+            priority?: "urgent" | "routine";
             /**
              * Label
              * @description the result's label once a prediction succeeded (null otherwise)
@@ -1111,6 +1207,81 @@ export interface components {
             };
         };
         JsonValue: unknown;
+        /**
+         * LayerEncoding
+         * @description One viewer layer's pixel encoding.
+         */
+        LayerEncoding: {
+            /**
+             * Mode
+             * @description PNG mode: L (gray) or RGBA
+             */
+            mode: string;
+            /** Encoding */
+            encoding: string;
+            /** Window Hu */
+            window_hu?: number[] | null;
+            /**
+             * Scale
+             * @description saliency ≈ pixel / 255 * scale
+             */
+            scale?: number | null;
+            /** Threshold Fraction */
+            threshold_fraction?: number | null;
+            /** Alpha */
+            alpha?: number[] | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * LayersLayout
+         * @description The viewer layers' grid (``ct_layer``, ``saliency_layer``, ``heat_layer`` share it).
+         */
+        LayersLayout: {
+            /**
+             * Files
+             * @description role → file name
+             */
+            files: {
+                [key: string]: string;
+            };
+            /** Columns */
+            columns: number;
+            /** Rows */
+            rows: number;
+            /**
+             * Tile Px
+             * @description tile width, height (pixels)
+             */
+            tile_px: number[];
+            /** Image Px */
+            image_px?: number[] | null;
+            /**
+             * Pixel Mm
+             * @description mm per tile pixel (x, y)
+             */
+            pixel_mm?: number[] | null;
+            /** Order */
+            order?: string | null;
+            /** Tile To Source */
+            tile_to_source?: string | null;
+            /** Source Shape Zyx */
+            source_shape_zyx?: number[] | null;
+            /**
+             * Slices
+             * @description source slice index of each tile
+             */
+            slices: number[];
+            /** Slices Origin Lps Mm */
+            slices_origin_lps_mm?: number[][] | null;
+            /** Peak Tile */
+            peak_tile?: number | null;
+            ct?: components["schemas"]["LayerEncoding"] | null;
+            saliency?: components["schemas"]["LayerEncoding"] | null;
+            heat?: components["schemas"]["LayerEncoding"] | null;
+        } & {
+            [key: string]: unknown;
+        };
         /** Links */
         Links: {
             /** Status */
@@ -1132,24 +1303,15 @@ export interface components {
             arch: string;
             /** Input Size */
             input_size: number[];
-            /** Preprocess */
-            preprocess: {
-                [key: string]: components["schemas"]["JsonValue"];
-            };
+            preprocess: components["schemas"]["ModelPreprocess"];
             /** Operating Points */
             operating_points: {
-                [key: string]: components["schemas"]["JsonValue"];
+                [key: string]: components["schemas"]["ModelOperatingPoint"];
             };
             /** Default Operating Point */
             default_operating_point: string;
-            /** Calibration */
-            calibration: {
-                [key: string]: components["schemas"]["JsonValue"];
-            };
-            /** Metrics */
-            metrics: {
-                [key: string]: components["schemas"]["JsonValue"];
-            };
+            calibration: components["schemas"]["Calibration"];
+            metrics: components["schemas"]["ModelMetrics"];
             /** Training Data */
             training_data: string;
             /** Intended Use */
@@ -1162,13 +1324,8 @@ export interface components {
             license: string | null;
             /** Notes */
             notes: string | null;
-            /**
-             * Ood
-             * @description the out-of-distribution statistics published with the weights (method, threshold, fitted_on, n, in_distribution_rate); null: the model cannot answer `indeterminate` for out-of-distribution studies (the pixel plausibility check still runs)
-             */
-            ood?: {
-                [key: string]: components["schemas"]["JsonValue"];
-            } | null;
+            /** @description the out-of-distribution statistics published with the weights (method, threshold, fitted_on, n, in_distribution_rate); null: the model cannot answer `indeterminate` for out-of-distribution studies (the pixel plausibility check still runs) */
+            ood?: components["schemas"]["ModelOOD"] | null;
             /**
              * Unavailable Reason
              * @description why the model cannot be served (no sha256, weight or OOD file missing, wrong sha256); null: it can. Jobs for it are refused with 422 `model_unavailable`
@@ -1179,6 +1336,132 @@ export interface components {
              * @description false: jobs for this model are refused (see `unavailable_reason`)
              */
             readonly available: boolean;
+        };
+        /**
+         * ModelMetrics
+         * @description The evaluation record of the weights: overall metrics, or one block per split, and provenance.
+         */
+        ModelMetrics: {
+            /** N */
+            n?: number | null;
+            /** N Positive */
+            n_positive?: number | null;
+            /** Prevalence */
+            prevalence?: number | null;
+            /** Auc */
+            auc?: number | null;
+            /** Auc Ci95 */
+            auc_ci95?: number[] | null;
+            /** Threshold */
+            threshold?: number | null;
+            /** Sensitivity */
+            sensitivity?: number | null;
+            /** Sensitivity Ci95 */
+            sensitivity_ci95?: number[] | null;
+            /** Specificity */
+            specificity?: number | null;
+            /** Specificity Ci95 */
+            specificity_ci95?: number[] | null;
+            /** F1 */
+            f1?: number | null;
+            /** F1 Ci95 */
+            f1_ci95?: number[] | null;
+            /**
+             * Source
+             * @description where the figures come from
+             */
+            source?: string | null;
+            validation?: components["schemas"]["EvaluationMetrics"] | null;
+            tuning?: components["schemas"]["EvaluationMetrics"] | null;
+            test?: components["schemas"]["EvaluationMetrics"] | null;
+            /** Operating Points Selected On */
+            operating_points_selected_on?: string | null;
+            /** Operating Points Evaluated On */
+            operating_points_evaluated_on?: string | null;
+            /**
+             * Data
+             * @description the studies of each split, failed studies by reason, preprocessing seconds
+             */
+            data?: {
+                [key: string]: components["schemas"]["SplitCounts"] | {
+                    [key: string]: number;
+                } | number;
+            } | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ModelOOD
+         * @description The out-of-distribution statistics published with the weights.
+         */
+        ModelOOD: {
+            /**
+             * Method
+             * @description mahalanobis, energy or msp
+             */
+            method: string;
+            /** Threshold */
+            threshold: number;
+            /** Fitted On */
+            fitted_on: string;
+            /** N */
+            n: number;
+            /** In Distribution Rate */
+            in_distribution_rate: number;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ModelOperatingPoint
+         * @description A named threshold with its sensitivity and specificity (0–1) on the evaluation set.
+         */
+        ModelOperatingPoint: {
+            /**
+             * Threshold
+             * @description probability at or above which the study is `pathology`
+             */
+            threshold: number;
+            /** Sensitivity */
+            sensitivity: number;
+            /** Specificity */
+            specificity: number;
+            /** Sensitivity Ci95 */
+            sensitivity_ci95?: number[] | null;
+            /** Specificity Ci95 */
+            specificity_ci95?: number[] | null;
+        };
+        /**
+         * ModelPreprocess
+         * @description The preprocessing the model was trained with (``ml/preprocess/config.py``; mm, HU, voxels).
+         */
+        ModelPreprocess: {
+            /**
+             * Target Size
+             * @description model input (D, H, W) in voxels
+             */
+            target_size: number[];
+            /**
+             * Spacing Mm
+             * @description resampled voxel spacing (z, y, x) in mm
+             */
+            spacing_mm: number[];
+            /**
+             * Hu Window
+             * @description HU range clipped and scaled to [-1, 1]
+             */
+            hu_window: number[];
+            /** Body Threshold Hu */
+            body_threshold_hu?: number | null;
+            /** Crop Margin Voxels */
+            crop_margin_voxels?: number | null;
+            /** Outside Value Hu */
+            outside_value_hu?: number | null;
+            /** Interpolation */
+            interpolation?: string | null;
+            /** Resize Mode */
+            resize_mode?: string | null;
+        } & {
+            [key: string]: unknown;
         };
         /** ModelRef */
         ModelRef: {
@@ -1197,6 +1480,42 @@ export interface components {
             default: string;
             /** Models */
             models: components["schemas"]["ModelCard"][];
+        };
+        /**
+         * NiftiInfo
+         * @description ``saliency.nii.gz``: its encoding (``ml/explain/nifti.py``) and its RAS affine (mm).
+         */
+        NiftiInfo: {
+            /** File */
+            file: string;
+            /**
+             * Dtype
+             * @enum {string}
+             */
+            dtype: "uint8" | "float32";
+            /** Scl Slope */
+            scl_slope?: number | null;
+            /** Scl Inter */
+            scl_inter?: number | null;
+            /**
+             * Max Error
+             * @description uint8: the largest error of a voxel (map units)
+             */
+            max_error?: number | null;
+            /**
+             * Mantissa Bits
+             * @description float32: mantissa bits kept
+             */
+            mantissa_bits?: number | null;
+            /** Axes */
+            axes?: string | null;
+            /**
+             * Affine Ras
+             * @description voxel (i, j, k) → RAS mm (4×4)
+             */
+            affine_ras?: number[][] | null;
+        } & {
+            [key: string]: unknown;
         };
         /**
          * OODOut
@@ -1221,6 +1540,29 @@ export interface components {
             /** Flagged */
             flagged: boolean;
         };
+        /**
+         * OcclusionParams
+         * @description ``occlusion``: score drop when cubic patches are replaced by air (sliding window).
+         */
+        OcclusionParams: {
+            /**
+             * Window
+             * @description cube side (model voxels); null: 1/8 of the input, non-overlapping
+             */
+            window?: number | null;
+            /**
+             * Stride
+             * @description model voxels ≤ window; null: the window
+             */
+            stride?: number | null;
+            /**
+             * Nifti
+             * @description how the NIfTI stores the map: "uint8" (8 bits with scl_slope, default) or "float32" (exact)
+             * @default uint8
+             * @enum {string}
+             */
+            nifti?: "uint8" | "float32";
+        };
         /** OperatingPointOut */
         OperatingPointOut: {
             /** Threshold */
@@ -1233,6 +1575,45 @@ export interface components {
             ci95: {
                 [key: string]: number[] | null;
             };
+        };
+        /**
+         * OverlayStyle
+         * @description How the PNGs draw the map on the CT: window, threshold and colormap.
+         */
+        OverlayStyle: {
+            /** Window */
+            window?: string | null;
+            /** Window Hu */
+            window_hu?: number[] | null;
+            /**
+             * Threshold Fraction
+             * @description share of the maximum below which nothing shows
+             */
+            threshold_fraction?: number | null;
+            /** Colormap */
+            colormap?: string | null;
+            /**
+             * Ct
+             * @description whether the CT is drawn under the map
+             */
+            ct?: boolean | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * PeakPng
+         * @description The peak's slice at full resolution.
+         */
+        PeakPng: {
+            /** File */
+            file: string;
+            /**
+             * Slice
+             * @description source slice index
+             */
+            slice: number;
+        } & {
+            [key: string]: unknown;
         };
         /**
          * PlausibilityOut
@@ -1283,14 +1664,12 @@ export interface components {
              * @default gradcam
              * @enum {string}
              */
-            explain: "none" | "gradcam" | "integrated_gradients" | "saliency" | "occlusion";
+            explain?: "none" | "gradcam" | "integrated_gradients" | "saliency" | "occlusion";
             /**
              * Explain Params
              * @description method parameters, e.g. {"steps": 32} for integrated_gradients; integrated_gradients and saliency take smooth_voxels (σ of a Gaussian blur, model voxels; default 3 for IG, 0 = raw); every method takes nifti: "uint8" (default, 8 bits with scl_slope) or "float32" (the exact map)
              */
-            explain_params?: {
-                [key: string]: unknown;
-            };
+            explain_params?: components["schemas"]["GradCamParams"] | components["schemas"]["IntegratedGradientsParams"] | components["schemas"]["SaliencyParams"] | components["schemas"]["OcclusionParams"];
             /**
              * Callback Url
              * @description POSTed (signed) when the job finishes
@@ -1302,7 +1681,7 @@ export interface components {
              * @default routine
              * @enum {string}
              */
-            priority: "urgent" | "routine";
+            priority?: "urgent" | "routine";
             /**
              * Client Ref
              * @description your own reference (≤ 128 characters), echoed in status, result, lists and webhooks
@@ -1349,6 +1728,25 @@ export interface components {
             severity: "reject" | "warn";
             /** Detail */
             detail: string;
+        };
+        /**
+         * SaliencyParams
+         * @description ``saliency``: absolute gradient of the score with respect to the input voxels.
+         */
+        SaliencyParams: {
+            /**
+             * Smooth Voxels
+             * @description σ of a Gaussian blur of the map (model voxels); 0 = raw
+             * @default 0
+             */
+            smooth_voxels?: number;
+            /**
+             * Nifti
+             * @description how the NIfTI stores the map: "uint8" (8 bits with scl_slope, default) or "float32" (exact)
+             * @default uint8
+             * @enum {string}
+             */
+            nifti?: "uint8" | "float32";
         };
         /**
          * SaliencyPeak
@@ -1519,6 +1917,46 @@ export interface components {
             [key: string]: unknown;
         };
         /**
+         * SplitCounts
+         * @description Studies of a data split.
+         */
+        SplitCounts: {
+            /** N */
+            n: number;
+            /** Positives */
+            positives?: number | null;
+            /** Negatives */
+            negatives?: number | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * SpriteLayout
+         * @description The composite sprite: tiles in row-major order, one per listed slice.
+         */
+        SpriteLayout: {
+            /** File */
+            file: string;
+            /** Columns */
+            columns: number;
+            /** Rows */
+            rows: number;
+            /**
+             * Tile Px
+             * @description tile width, height (pixels)
+             */
+            tile_px: number[];
+            /**
+             * Slices
+             * @description source slice index of each tile
+             */
+            slices: number[];
+            /** Slices Origin Lps Mm */
+            slices_origin_lps_mm?: number[][] | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
          * StudyOut
          * @example {
          *       "created_at": "2026-11-23T10:00:00Z",
@@ -1560,7 +1998,7 @@ export interface components {
              * @description true if this client had uploaded the same bytes before
              * @default false
              */
-            existing: boolean;
+            existing?: boolean;
             /**
              * Client Ref
              * @description the X-Client-Ref of the upload
@@ -1674,7 +2112,7 @@ export interface components {
              * @default Bearer
              * @constant
              */
-            token_type: "Bearer";
+            token_type?: "Bearer";
             /**
              * Job Id
              * Format: uuid
