@@ -391,6 +391,55 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/jobs/{job_id}/feedback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A job's current feedback and every answer ever given (replaced ones too)
+         * @description Any job of the caller (an explain job, or one without feedback, has an empty history).
+         */
+        get: operations["read_feedback_v1_jobs__job_id__feedback_get"];
+        put?: never;
+        /**
+         * A reader's answer on a succeeded prediction (replaces that reader's current answer)
+         * @description Several readers may answer; each reader has one current answer (a new one replaces it,
+         *     the old one stays in the history). Answers the job's current feedback.
+         */
+        post: operations["give_feedback_v1_jobs__job_id__feedback_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/{name}/performance": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Live AUC, rates at every operating point, calibration and refusal rates, with 95 % CIs
+         * @description The caller's prediction jobs of model ``name`` created in ``[since, until)``: counts, the
+         *     ground truth of the readers' current answers, and the model card's test figures beside.
+         *
+         *     An API key sees its own client's jobs only: ``client`` other than the caller is refused with
+         *     403 ``forbidden``. Operators read every client's figures with ``service4ct performance``.
+         */
+        get: operations["model_performance_v1_models__name__performance_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -420,6 +469,43 @@ export interface components {
             fitted_on?: string | null;
         } & {
             [key: string]: unknown;
+        };
+        /** CalibrationFigures */
+        CalibrationFigures: {
+            /**
+             * Ece
+             * @description expected calibration error over the bins
+             */
+            ece: number | null;
+            /** Brier */
+            brier: number | null;
+            /** Bins */
+            bins: components["schemas"]["ReliabilityBin"][];
+        };
+        /**
+         * CardFigures
+         * @description The model card's test figures, as GET /v1/models serves them.
+         */
+        CardFigures: {
+            /**
+             * Evaluated On
+             * @description the card's test set (null when the card does not say)
+             */
+            evaluated_on: string | null;
+            /** N */
+            n: number | null;
+            auc: components["schemas"]["Estimate"];
+            /** Operating Points */
+            operating_points: {
+                [key: string]: components["schemas"]["CardOperatingPoint"];
+            };
+        };
+        /** CardOperatingPoint */
+        CardOperatingPoint: {
+            /** Threshold */
+            threshold: number;
+            sensitivity: components["schemas"]["Estimate"];
+            specificity: components["schemas"]["Estimate"];
         };
         /** DicomList */
         DicomList: {
@@ -517,6 +603,22 @@ export interface components {
             detail: string;
             /** Request Id */
             request_id?: string | null;
+        };
+        /**
+         * Estimate
+         * @description A figure and its percentile-bootstrap 95 % confidence interval (null when undefined).
+         */
+        Estimate: {
+            /** Value */
+            value: number | null;
+            /**
+             * Ci95
+             * @description [low, high]; null when undefined
+             */
+            ci95: [
+                number,
+                number
+            ] | null;
         };
         /**
          * EvaluationMetrics
@@ -712,6 +814,81 @@ export interface components {
             };
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * FeedbackCreate
+         * @description One reader's answer about a succeeded prediction; it replaces that reader's current answer.
+         * @example {
+         *       "agrees": true,
+         *       "comment": "RUL",
+         *       "ground_truth": "pathology",
+         *       "reader": "rad-17"
+         *     }
+         */
+        FeedbackCreate: {
+            /**
+             * Ground Truth
+             * @description what the reader found in the study
+             * @enum {string}
+             */
+            ground_truth: "normal" | "pathology";
+            /**
+             * Reader
+             * @description the calling product's opaque id of the reader (1–64 of `A-Z a-z 0-9 _ . : -`); never a name or an e-mail address
+             */
+            reader: string;
+            /**
+             * Agrees
+             * @description whether the reader agrees with the service's label
+             */
+            agrees?: boolean | null;
+            /**
+             * Comment
+             * @description free text, at most 1000 characters; must not contain patient identifiers
+             */
+            comment?: string | null;
+        };
+        /** FeedbackEntry */
+        FeedbackEntry: {
+            /** Reader */
+            reader: string;
+            /**
+             * Ground Truth
+             * @enum {string}
+             */
+            ground_truth: "normal" | "pathology";
+            /** Agrees */
+            agrees: boolean | null;
+            /** Comment */
+            comment: string | null;
+            /**
+             * Current
+             * @description false: replaced by a later answer of the same reader
+             */
+            current: boolean;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /**
+         * FeedbackHistory
+         * @description ``GET /v1/jobs/{id}/feedback``: the current feedback and every answer ever given.
+         */
+        FeedbackHistory: {
+            /**
+             * Job Id
+             * Format: uuid
+             */
+            job_id: string;
+            /** @description null: no reader answered yet */
+            feedback: components["schemas"]["JobFeedback"] | null;
+            /**
+             * History
+             * @description every answer, oldest first (replaced ones too)
+             */
+            history: components["schemas"]["FeedbackEntry"][];
         };
         /**
          * GradCamParams
@@ -947,6 +1124,23 @@ export interface components {
             code: string;
             /** Detail */
             detail?: string | null;
+        };
+        /**
+         * JobFeedback
+         * @description A job's current feedback: one answer per reader and the ground truth they give.
+         */
+        JobFeedback: {
+            /**
+             * Ground Truth
+             * @description the majority of the current answers; a tie goes to the most recent one
+             * @enum {string}
+             */
+            ground_truth: "normal" | "pathology";
+            /**
+             * Readers
+             * @description the current answer of each reader, oldest first
+             */
+            readers: components["schemas"]["FeedbackEntry"][];
         };
         /**
          * JobPage
@@ -1205,6 +1399,8 @@ export interface components {
             metadata?: {
                 [key: string]: components["schemas"]["JsonValue"];
             };
+            /** @description readers' current answers and the ground truth (null: none yet) */
+            feedback?: components["schemas"]["JobFeedback"] | null;
         };
         JsonValue: unknown;
         /**
@@ -1336,6 +1532,27 @@ export interface components {
              * @description false: jobs for this model are refused (see `unavailable_reason`)
              */
             readonly available: boolean;
+        };
+        /**
+         * ModelFigures
+         * @description One model's figures on studies with a ground truth (ml.evaluate's recipe).
+         */
+        ModelFigures: {
+            /**
+             * N
+             * @description studies with a ground truth
+             */
+            n: number;
+            /** N Pathology */
+            n_pathology: number;
+            /** Prevalence */
+            prevalence: number | null;
+            auc: components["schemas"]["Estimate"];
+            /** Operating Points */
+            operating_points: {
+                [key: string]: components["schemas"]["OperatingPointFigures"];
+            };
+            calibration: components["schemas"]["CalibrationFigures"];
         };
         /**
          * ModelMetrics
@@ -1563,6 +1780,26 @@ export interface components {
              */
             nifti?: "uint8" | "float32";
         };
+        /** OperatingPointFigures */
+        OperatingPointFigures: {
+            /**
+             * Threshold
+             * @description called pathology when the probability is >= threshold
+             */
+            threshold: number;
+            /** Tp */
+            tp: number;
+            /** Fp */
+            fp: number;
+            /** Tn */
+            tn: number;
+            /** Fn */
+            fn: number;
+            sensitivity: components["schemas"]["Estimate"];
+            specificity: components["schemas"]["Estimate"];
+            ppv: components["schemas"]["Estimate"];
+            npv: components["schemas"]["Estimate"];
+        };
         /** OperatingPointOut */
         OperatingPointOut: {
             /** Threshold */
@@ -1614,6 +1851,72 @@ export interface components {
             slice: number;
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * Performance
+         * @description A model's live performance in a time window (jobs by their creation time).
+         */
+        Performance: {
+            /** Model */
+            model: string;
+            /**
+             * Version
+             * @description the manifest's version now (jobs of the window may predate it)
+             */
+            version: string;
+            /**
+             * Since
+             * Format: date-time
+             */
+            since: string;
+            /**
+             * Until
+             * Format: date-time
+             */
+            until: string;
+            /**
+             * Client
+             * @description the jobs of this client only; null: every client
+             */
+            client: string | null;
+            /**
+             * Jobs
+             * @description prediction jobs created in the window (any state)
+             */
+            jobs: number;
+            /**
+             * Studies
+             * @description distinct studies (by content hash) of those jobs
+             */
+            studies: number;
+            /** Succeeded */
+            succeeded: number;
+            /** Failed */
+            failed: number;
+            /**
+             * With Feedback
+             * @description succeeded jobs with at least one reader's current answer
+             */
+            with_feedback: number;
+            /** Ground Truth Rule */
+            ground_truth_rule: string;
+            /** @description succeeded jobs labelled indeterminate */
+            indeterminate: components["schemas"]["Rate"];
+            /** @description succeeded jobs the OOD check flagged (of those it checked) */
+            ood_flagged: components["schemas"]["Rate"];
+            /**
+             * Refusals
+             * @description failed jobs by error code, of the finished jobs
+             */
+            refusals: components["schemas"]["RefusalRate"][];
+            /**
+             * Bootstrap
+             * @description bootstrap resamples of every CI (stratified, seed 0)
+             */
+            bootstrap: number;
+            /** @description the model's figures against the readers' ground truth */
+            live: components["schemas"]["ModelFigures"];
+            card: components["schemas"]["CardFigures"];
         };
         /**
          * PlausibilityOut
@@ -1728,6 +2031,54 @@ export interface components {
             severity: "reject" | "warn";
             /** Detail */
             detail: string;
+        };
+        /** Rate */
+        Rate: {
+            /** Count */
+            count: number;
+            /** Of */
+            of: number;
+            /**
+             * Rate
+             * @description count / of; null when of is 0
+             */
+            rate: number | null;
+        };
+        /** RefusalRate */
+        RefusalRate: {
+            /** Count */
+            count: number;
+            /** Of */
+            of: number;
+            /**
+             * Rate
+             * @description count / of; null when of is 0
+             */
+            rate: number | null;
+            /**
+             * Code
+             * @description the job's error code (QC refusals: the input error codes)
+             */
+            code: string;
+        };
+        /** ReliabilityBin */
+        ReliabilityBin: {
+            /** Lower */
+            lower: number;
+            /** Upper */
+            upper: number;
+            /** Count */
+            count: number;
+            /**
+             * Mean Probability
+             * @description null for an empty bin
+             */
+            mean_probability: number | null;
+            /**
+             * Fraction Pathology
+             * @description null for an empty bin
+             */
+            fraction_pathology: number | null;
         };
         /**
          * SaliencyParams
@@ -2792,6 +3143,10 @@ export interface operations {
                 /** @description the result's label (succeeded predictions) */
                 label?: ("normal" | "pathology" | "indeterminate") | null;
                 priority?: ("urgent" | "routine") | null;
+                /** @description `any`: jobs with feedback; `none`: without */
+                feedback?: ("any" | "none") | null;
+                /** @description the ground truth of the readers' current answers */
+                ground_truth?: ("normal" | "pathology") | null;
                 /** @description items per page (at most 200) */
                 limit?: number;
                 /** @description `next_cursor` of the previous page (omit for the first) */
@@ -4823,6 +5178,358 @@ export interface operations {
                      * @example {
                      *       "error": "job_not_found",
                      *       "detail": "No job with this id belongs to the caller.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `validation_error`: The request body or parameters are invalid. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "validation_error",
+                     *       "detail": "The request body or parameters are invalid.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `rate_limited`: Too many requests from this client; retry after the Retry-After seconds. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "rate_limited",
+                     *       "detail": "Too many requests from this client; retry after the Retry-After seconds.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `service_unavailable`: A backing service (database, queue, object store) is unreachable. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "service_unavailable",
+                     *       "detail": "A backing service (database, queue, object store) is unreachable.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    read_feedback_v1_jobs__job_id__feedback_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FeedbackHistory"];
+                };
+            };
+            /** @description `unauthorized`: Missing, unknown or revoked API key. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "unauthorized",
+                     *       "detail": "Missing, unknown or revoked API key.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `job_not_found`: No job with this id belongs to the caller. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "job_not_found",
+                     *       "detail": "No job with this id belongs to the caller.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `validation_error`: The request body or parameters are invalid. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "validation_error",
+                     *       "detail": "The request body or parameters are invalid.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `rate_limited`: Too many requests from this client; retry after the Retry-After seconds. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "rate_limited",
+                     *       "detail": "Too many requests from this client; retry after the Retry-After seconds.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `service_unavailable`: A backing service (database, queue, object store) is unreachable. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "service_unavailable",
+                     *       "detail": "A backing service (database, queue, object store) is unreachable.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    give_feedback_v1_jobs__job_id__feedback_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description retries with the same key and body replay the answer */
+                "Idempotency-Key"?: string | null;
+            };
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["FeedbackCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobFeedback"];
+                };
+            };
+            /** @description `unauthorized`: Missing, unknown or revoked API key. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "unauthorized",
+                     *       "detail": "Missing, unknown or revoked API key.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `job_not_found`: No job with this id belongs to the caller. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "job_not_found",
+                     *       "detail": "No job with this id belongs to the caller.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `feedback_not_accepted`: Feedback is accepted on a succeeded prediction job only (not queued, running, failed, cancelled or explain jobs).; `idempotency_conflict`: The Idempotency-Key was used before with another request body.; `idempotency_in_progress`: A request with this Idempotency-Key is still being processed; retry. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "feedback_not_accepted",
+                     *       "detail": "Feedback is accepted on a succeeded prediction job only (not queued, running, failed, cancelled or explain jobs).",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `validation_error`: The request body or parameters are invalid. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "validation_error",
+                     *       "detail": "The request body or parameters are invalid.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `rate_limited`: Too many requests from this client; retry after the Retry-After seconds. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "rate_limited",
+                     *       "detail": "Too many requests from this client; retry after the Retry-After seconds.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `service_unavailable`: A backing service (database, queue, object store) is unreachable. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "service_unavailable",
+                     *       "detail": "A backing service (database, queue, object store) is unreachable.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    model_performance_v1_models__name__performance_get: {
+        parameters: {
+            query?: {
+                /** @description jobs created at or after (ISO 8601; default: until - 30 days) */
+                since?: string | null;
+                /** @description jobs created before (ISO 8601; default: now) */
+                until?: string | null;
+                /** @description the caller's own client name (the only one allowed) */
+                client?: string | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Performance"];
+                };
+            };
+            /** @description `unauthorized`: Missing, unknown or revoked API key. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "unauthorized",
+                     *       "detail": "Missing, unknown or revoked API key.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden`: The API key may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "forbidden",
+                     *       "detail": "The API key may not do this.",
+                     *       "request_id": "…"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `model_not_found`: No model of this name in the manifest (see GET /v1/models). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": "model_not_found",
+                     *       "detail": "No model of this name in the manifest (see GET /v1/models).",
                      *       "request_id": "…"
                      *     }
                      */
