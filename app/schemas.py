@@ -30,8 +30,8 @@ from app.schemas_detail import (
     QCReasonOut,
     SourceGeometry,
 )
-from app.schemas_feedback import JobFeedback
 from app.schemas_explain import ExplainParams, ExplainParamsIn
+from app.schemas_feedback import JobFeedback
 from app.schemas_models import (
     Calibration,
     DicomPushOut,

@@ -62,6 +62,11 @@ def test_upload_predict_wait_result_explanation(
     assert token["token_type"] == "Bearer" and job["job_id"] in token["jobs"]
     models = client.models()
     assert any(m["name"] == models["default"] for m in models["models"])
+    given = client.give_feedback(job["job_id"], "normal", "py-reader", agrees=False)
+    assert given["ground_truth"] == "normal" and given["readers"][0]["agrees"] is False
+    assert len(client.feedback(job["job_id"])["history"]) == 1
+    assert client.get_job(job["job_id"])["feedback"] == given
+    assert client.performance(final["model"])["with_feedback"] >= 1
 
     posts = [r for r in sent if r.method == "POST"]
     assert len(posts) >= 4

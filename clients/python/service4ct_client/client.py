@@ -22,11 +22,14 @@ import httpx
 
 from service4ct_client.types import (
     Explanation,
+    FeedbackHistory,
     JobAccepted,
+    JobFeedback,
     JobPage,
     JobResult,
     JobStatus,
     ModelsOut,
+    Performance,
     StudyOut,
     StudyPage,
     ViewerToken,
@@ -274,6 +277,38 @@ class Service4CTClient:
         """A short-lived read-only token for one job's viewer (hand it over in memory, never in a URL)."""
         out = self.request("POST", f"/v1/jobs/{job_id}/viewer-token", idempotency_key=idempotency_key)
         return cast(ViewerToken, out)
+
+    def give_feedback(
+        self,
+        job_id: str,
+        ground_truth: str,
+        reader: str,
+        *,
+        agrees: bool | None = None,
+        comment: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobFeedback:
+        """A reader's answer about a succeeded prediction (replaces that reader's current one)."""
+        body: dict[str, Any] = {"ground_truth": ground_truth, "reader": reader}
+        if agrees is not None:
+            body["agrees"] = agrees
+        if comment is not None:
+            body["comment"] = comment
+        out = self.request(
+            "POST", f"/v1/jobs/{job_id}/feedback", json_body=body, idempotency_key=idempotency_key
+        )
+        return cast(JobFeedback, out)
+
+    def feedback(self, job_id: str) -> FeedbackHistory:
+        """The job's current feedback and every answer ever given."""
+        return cast(FeedbackHistory, self.request("GET", f"/v1/jobs/{job_id}/feedback"))
+
+    def performance(
+        self, model: str, *, since: str | None = None, until: str | None = None, client: str | None = None
+    ) -> Performance:
+        """A model's live figures against the readers' feedback (the caller's own jobs)."""
+        params = {"since": since, "until": until, "client": client}
+        return cast(Performance, self.request("GET", f"/v1/models/{model}/performance", params=params))
 
     def models(self) -> ModelsOut:
         return cast(ModelsOut, self.request("GET", "/v1/models"))

@@ -16,14 +16,18 @@ __all__ = [
     "BlobLink",
     "ErrorBody",
     "Explanation",
+    "FeedbackEntry",
+    "FeedbackHistory",
     "JobAccepted",
     "JobError",
+    "JobFeedback",
     "JobPage",
     "JobResult",
     "JobStatus",
     "Links",
     "ModelCard",
     "ModelsOut",
+    "Performance",
     "StudyOut",
     "StudyPage",
     "ViewerToken",
@@ -71,6 +75,29 @@ class JobError(TypedDict):
     detail: NotRequired[str | None]
 
 
+GroundTruth = Literal["normal", "pathology"]
+
+
+class FeedbackEntry(TypedDict):
+    reader: str
+    ground_truth: GroundTruth
+    agrees: bool | None
+    comment: str | None
+    current: bool
+    created_at: str
+
+
+class JobFeedback(TypedDict):
+    ground_truth: GroundTruth
+    readers: list[FeedbackEntry]
+
+
+class FeedbackHistory(TypedDict):
+    job_id: str
+    feedback: JobFeedback | None
+    history: list[FeedbackEntry]
+
+
 class JobStatus(TypedDict):
     job_id: str
     study_id: str | None
@@ -96,6 +123,7 @@ class JobStatus(TypedDict):
     label: Label | None
     client_ref: str | None
     metadata: Json
+    feedback: NotRequired[JobFeedback | None]
 
 
 class JobPage(TypedDict):
@@ -174,3 +202,25 @@ class ViewerToken(TypedDict):
     expires_in: int
     expires_at: str
     viewer_url: str
+
+
+class Performance(TypedDict):
+    """``GET /v1/models/{name}/performance``; the figure blocks are described in the OpenAPI."""
+
+    model: str
+    version: str
+    since: str
+    until: str
+    client: str | None
+    jobs: int
+    studies: int
+    succeeded: int
+    failed: int
+    with_feedback: int
+    ground_truth_rule: str
+    indeterminate: Json
+    ood_flagged: Json
+    refusals: list[Json]
+    bootstrap: int
+    live: Json
+    card: Json

@@ -14,14 +14,19 @@ import type {
   ErrorBody,
   ExplainRequest,
   Explanation,
+  FeedbackCreate,
+  FeedbackHistory,
   JobAccepted,
   JobCreate,
+  JobFeedback,
   JobFilters,
   JobPage,
   JobResult,
   JobState,
   JobStatus,
   ModelsOut,
+  Performance,
+  PerformanceQuery,
   PredictRequest,
   StudyFilters,
   StudyOut,
@@ -282,6 +287,21 @@ export class Service4CTClient {
   /** A short-lived read-only token for one job's viewer (hand it over in memory, never in a URL). */
   viewerToken(jobId: string, options: PostOptions = {}): Promise<ViewerToken> {
     return this.request("POST", `/v1/jobs/${encodeURIComponent(jobId)}/viewer-token`, options);
+  }
+
+  /** A reader's answer about a succeeded prediction; it replaces that reader's current answer. */
+  giveFeedback(jobId: string, feedback: FeedbackCreate, options: PostOptions = {}): Promise<JobFeedback> {
+    return this.request("POST", `/v1/jobs/${encodeURIComponent(jobId)}/feedback`, { ...options, json: feedback });
+  }
+
+  /** The job's current feedback and every answer ever given. */
+  feedback(jobId: string): Promise<FeedbackHistory> {
+    return this.request("GET", `/v1/jobs/${encodeURIComponent(jobId)}/feedback`);
+  }
+
+  /** A model's live figures against the readers' feedback, next to its model card's test figures. */
+  performance(model: string, query: PerformanceQuery = {}): Promise<Performance> {
+    return this.request("GET", `/v1/models/${encodeURIComponent(model)}/performance`, { query: query as Query });
   }
 
   models(): Promise<ModelsOut> {

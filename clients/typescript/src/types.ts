@@ -25,6 +25,12 @@ export type ModelCard = Schemas["ModelCard"];
 export type ViewerToken = Schemas["ViewerToken"];
 export type DicomList = Schemas["DicomList"];
 export type WebhookSettings = Schemas["WebhookSettings"];
+export type FeedbackCreate = Schemas["FeedbackCreate"];
+export type JobFeedback = Schemas["JobFeedback"];
+export type FeedbackHistory = Schemas["FeedbackHistory"];
+export type Performance = Schemas["Performance"];
+/** Query of GET /v1/models/{name}/performance. */
+export type PerformanceQuery = NonNullable<paths["/v1/models/{name}/performance"]["get"]["parameters"]["query"]>;
 export type ExplainParams =
   | Schemas["GradCamParams"]
   | Schemas["IntegratedGradientsParams"]

@@ -64,6 +64,19 @@ test("upload, predict, wait, result, explanation, viewer token", async () => {
   const models = await client.models();
   assert.ok(models.models.some((m) => m.name === models.default));
 
+  const given = await client.giveFeedback(accepted.job_id, { ground_truth: "pathology", reader: "ts-reader" });
+  assert.equal(given.ground_truth, "pathology");
+  const history = await client.feedback(accepted.job_id);
+  assert.equal(history.history.length, 1);
+  assert.equal((await client.getJob(accepted.job_id)).feedback.readers[0].reader, "ts-reader");
+  const perf = await client.performance(final.model);
+  assert.ok(perf.with_feedback >= 1);
+  await assert.rejects(client.giveFeedback(accepted.job_id, { ground_truth: "pathology", reader: "a b" }), (e) => {
+    assert.ok(e instanceof Service4CTError);
+    assert.equal(e.code, "validation_error");
+    return true;
+  });
+
   // every POST carried an Idempotency-Key, no URL carried the key
   const posts = sent.filter((r) => r.method === "POST");
   assert.ok(posts.length >= 4);
