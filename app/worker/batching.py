@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.drift import observation
 from app.logs import logger, scrubber
 from app.worker.claiming import Intake
 from app.worker.context import InFlight, WorkerContext
@@ -182,4 +183,7 @@ class Inference:
             if pred is not None
             else None
         )
-        self.outcomes.succeeded(item, result, saliency.record if saliency is not None else None, dicom)
+        observed = observation(result, prep.qc) if result is not None else None
+        self.outcomes.succeeded(
+            item, result, saliency.record if saliency is not None else None, dicom, observation=observed
+        )

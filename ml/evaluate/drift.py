@@ -131,7 +131,9 @@ class DriftReference:
             "fitted_on": self.fitted_on,
             "n": self.n,
             "epsilon": EPSILON,
-            "numeric": {k: {"edges": list(b.edges), "shares": list(b.shares)} for k, b in self.numeric.items()},
+            "numeric": {
+                k: {"edges": list(b.edges), "shares": list(b.shares)} for k, b in self.numeric.items()
+            },
             "categorical": {
                 k: {"categories": list(b.categories), "shares": list(b.shares)}
                 for k, b in self.categorical.items()
@@ -148,7 +150,9 @@ class DriftReference:
                 for k, v in d.get("numeric", {}).items()
             },
             categorical={
-                str(k): CategoricalBins(tuple(str(x) for x in v["categories"]), tuple(float(x) for x in v["shares"]))
+                str(k): CategoricalBins(
+                    tuple(str(x) for x in v["categories"]), tuple(float(x) for x in v["shares"])
+                )
                 for k, v in d.get("categorical", {}).items()
             },
         )
@@ -189,8 +193,8 @@ def build_reference(
         counts = NumericBins(edges, (0.0,) * (len(edges) + 1)).counts(v.tolist())
         nums[name] = NumericBins(edges, _shares(counts))
     cats: dict[str, CategoricalBins] = {}
-    for name, raw in categorical.items():
-        present = [x for x in raw if x is not None]
+    for name, craw in categorical.items():
+        present = [x for x in craw if x is not None]
         if not present:
             continue
         top = tuple(c for c, _ in Counter(present).most_common(max_categories))
