@@ -12,7 +12,10 @@ the manifest, over the window (``drift_window_jobs`` most recent jobs, of the la
   :mod:`ml.evaluate.drift`), once the window holds ``drift_min_jobs`` jobs;
 - ``s4ct_ood_flag_rate{model}``, ``s4ct_indeterminate_rate{model}``: shares of the window;
 - ``s4ct_drift_window_jobs{model}``: jobs in the window;
-- ``s4ct_drift_threshold{kind}``: the settings' thresholds, so that the alert rules follow them.
+- ``s4ct_drift_threshold{kind}``: the settings' thresholds, so that the alert rules follow them;
+- ``s4ct_shadow_agreement{model,shadow}``: share of the ``drift_window_jobs`` most recent jobs
+  both answered where the shadow's label equals the primary's (``s4ct_shadow_window_jobs``: how
+  many), for each shadow model of the manifest (:mod:`app.worker.shadow`).
 
 Cost: one bounded query per model (``LIMIT drift_window_jobs`` on an index), at most every
 ``drift_refresh_s``; scrapes in between reuse the last figures.
@@ -32,7 +35,7 @@ from prometheus_client.registry import Collector
 from app.config import Settings
 from app.db import Database
 from app.logs import logger, scrubber
-from app.repository.drift import drift_window
+from app.repository.drift import drift_window, recent_shadow_agreement
 from app.schemas import JobResult
 from ml.evaluate.drift import CATEGORICAL_SIGNALS, NUMERIC_SIGNALS, DriftReference, window_psi
 from ml.model import Manifest
@@ -81,6 +84,8 @@ class DriftFigures:
     psi: dict[str, float] = field(default_factory=dict)
     ood_flag_rate: float | None = None
     indeterminate_rate: float | None = None
+    #: shadow model name → (jobs both answered in the window, of which the labels agree)
+    shadows: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def window_figures(
@@ -116,7 +121,8 @@ class DriftCollector(Collector):
 
     def __init__(self, db: Database, manifest: Manifest, settings: Settings) -> None:
         self.db, self.manifest, self.s = db, manifest, settings
-        self.models = [n for n, e in sorted(manifest.entries.items()) if not _is_shadow(e)]
+        self.models = [n for n, e in sorted(manifest.entries.items()) if e.shadow_of is None]
+        self.shadows = {n: [e.name for e in manifest.shadows_of(n)] for n in self.models}
         self.references = {n: _reference(manifest, n) for n in self.models}
         self._lock = threading.Lock()
         self._at = -float("inf")
@@ -130,7 +136,12 @@ class DriftCollector(Collector):
                 with self.db.conn() as conn:
                     for name in self.models:
                         rows = drift_window(conn, name, self.s.drift_window_jobs, self.s.drift_window_hours)
-                        out[name] = window_figures(rows, self.references[name], self.s.drift_min_jobs)
+                        f = window_figures(rows, self.references[name], self.s.drift_min_jobs)
+                        for shadow in self.shadows[name]:
+                            f.shadows[shadow] = recent_shadow_agreement(
+                                conn, name, shadow, self.s.drift_window_jobs
+                            )
+                        out[name] = f
                 self._figures, self._at = out, time.monotonic()
             return self._figures
 
@@ -167,7 +178,21 @@ def drift_families(figures: Mapping[str, DriftFigures], s: Settings) -> list[Gau
     ind = GaugeMetricFamily(
         "s4ct_indeterminate_rate", "Share of the drift window labelled indeterminate", labels=["model"]
     )
+    agreement = GaugeMetricFamily(
+        "s4ct_shadow_agreement",
+        "Share of recent jobs where a shadow model's label equals its primary's",
+        labels=["model", "shadow"],
+    )
+    shadow_jobs = GaugeMetricFamily(
+        "s4ct_shadow_window_jobs",
+        "Recent jobs both a primary and its shadow answered",
+        labels=["model", "shadow"],
+    )
     for name, f in figures.items():
+        for shadow, (n, agree) in sorted(f.shadows.items()):
+            shadow_jobs.add_metric([name, shadow], n)
+            if n:
+                agreement.add_metric([name, shadow], agree / n)
         jobs.add_metric([name], f.jobs)
         for signal, value in sorted(f.psi.items()):
             psi.add_metric([name, signal], value)
@@ -175,8 +200,4 @@ def drift_families(figures: Mapping[str, DriftFigures], s: Settings) -> list[Gau
             ood.add_metric([name], f.ood_flag_rate)
         if f.indeterminate_rate is not None:
             ind.add_metric([name], f.indeterminate_rate)
-    return [thresholds, psi, jobs, ood, ind]
-
-
-def _is_shadow(entry: Any) -> bool:
-    return getattr(entry, "shadow_of", None) is not None
+    return [thresholds, psi, jobs, ood, ind, agreement, shadow_jobs]

@@ -77,6 +77,11 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "job_cancelled": (409, "The job was cancelled: it has no result or explanation."),
     # retention and deletion
     "job_active": (409, "The job is queued or running: cancel it before deleting it."),
+    # shadow models (docs/operations.md, Shadow models)
+    "model_is_shadow": (
+        422,
+        "The model is a shadow of another model: it runs beside its primary and cannot serve a job.",
+    ),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

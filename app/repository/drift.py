@@ -20,6 +20,7 @@ __all__ = [
     "drift_window",
     "insert_drift_observation",
     "insert_shadow_result",
+    "recent_shadow_agreement",
     "shadow_pairs",
 ]
 
@@ -117,3 +118,15 @@ def shadow_pairs(
         (primary, shadow, primary, since, since, until, until, client, client, limit),
     ).fetchall()
     return [ShadowPair(r["job_id"], r["pp"], r["pl"], r["sp"], r["sl"], r["created_at"]) for r in rows]
+
+
+def recent_shadow_agreement(conn: Conn, primary: str, shadow: str, limit: int) -> tuple[int, int]:
+    """(jobs, jobs whose labels agree) among the ``limit`` most recent jobs both models answered."""
+    row = conn.execute(
+        "SELECT count(*) AS n, count(*) FILTER (WHERE pl = sl) AS agree FROM ("
+        "SELECT r.label AS pl, s.label AS sl FROM shadow_results s JOIN results r ON r.job_id = s.job_id "
+        "WHERE s.primary_model = %s AND s.model = %s ORDER BY s.created_at DESC LIMIT %s) w",
+        (primary, shadow, limit),
+    ).fetchone()
+    assert row is not None
+    return int(row["n"]), int(row["agree"])

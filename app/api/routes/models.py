@@ -46,6 +46,7 @@ def list_models(services: ServicesDep, client: Client) -> Any:
                 if e.ood is None
                 else {k: v for k, v in e.ood.to_dict().items() if k not in ("uri", "sha256")},
                 unavailable_reason=services.models.reason(name),
+                shadow_of=e.shadow_of,
             )
         )
     return ModelsOut(default=m.default, models=cards).model_dump(mode="json")

@@ -34,7 +34,7 @@ def exported_series() -> set[str]:
     api.latency.labels("GET", "/v1/jobs/{job_id}").observe(0.1)
     api.upload_bytes.inc(10)
     names = set()
-    drift = DriftFigures(jobs=60, psi={"probability": 0.1}, ood_flag_rate=0.0, indeterminate_rate=0.0)
+    drift = DriftFigures(60, {"probability": 0.1}, 0.0, 0.0, shadows={"s": (10, 9)})
     for fam in drift_families({"m": drift}, Settings()):
         names |= {s.name for s in fam.samples}
     registry: CollectorRegistry
@@ -95,5 +95,6 @@ def test_every_query_uses_exported_metric_names() -> None:
         "s4ct_ood_flag_rate",
         "s4ct_indeterminate_rate",
         "s4ct_drift_threshold",
+        "s4ct_shadow_agreement",
     ):
         assert base in used, base
