@@ -3,7 +3,8 @@
 Offline operator commands work on files and need no running service: ``inspect`` and
 ``preprocess`` (one study: :mod:`app.cli.study`), ``phantom``, ``train``, ``retune``,
 ``evaluate``, ``fit-ood`` and ``drift-reference`` (corpora and models: :mod:`app.cli.training`),
-``predict`` (a batch report: :mod:`app.predict`). Service commands run or administer the service: ``serve``, ``api``,
+``predict`` (a batch report: :mod:`app.predict`). Service commands run or administer the
+service: ``serve``, ``api``,
 ``worker``, ``migrate`` and ``apikey`` (:mod:`app.cli.service`), ``client`` (quotas, retention,
 webhook, secret rotation: :mod:`app.cli.clients`), ``audit`` (:mod:`app.cli.audit`).
 
