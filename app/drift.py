@@ -3,9 +3,9 @@
 The worker stores one observation per succeeded predict job (:func:`observation`: the
 probability, the OOD check, the indeterminate label and four header properties of the
 selected series — slice thickness and coverage in mm, kernel, manufacturer; free text that
-carries a registered identifier is withheld). The API's metrics port exports, per model of
-the manifest, over the window (``drift_window_jobs`` most recent jobs, of the last
-``drift_window_hours`` when set):
+carries one of the study's identifiers is withheld, as in the model's reference). The API's
+metrics port exports, per model of the manifest, over the window (``drift_window_jobs`` most
+recent jobs, of the last ``drift_window_hours`` when set):
 
 - ``s4ct_drift_psi{model,signal}``: population stability index of each signal against the
   model's reference (``metrics.drift_reference`` of its manifest entry,
@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from app.config import Settings
 from app.db import Database
-from app.logs import logger, scrubber
+from app.logs import logger
 from app.repository.drift import drift_window, recent_shadow_agreement
 from app.schemas import JobResult
 from ml.evaluate.drift import CATEGORICAL_SIGNALS, NUMERIC_SIGNALS, DriftReference, window_psi
@@ -42,37 +42,17 @@ from ml.model import Manifest
 
 __all__ = ["DriftCollector", "DriftFigures", "drift_families", "observation", "window_figures"]
 
-#: longest stored kernel / manufacturer text (the column's limit)
-_MAX_TEXT = 64
 
-
-def _header_text(value: Any) -> str | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()[:_MAX_TEXT]
-    return "[withheld]" if scrubber.scrub(text) != text else text
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def observation(result: JobResult, qc: Mapping[str, Any]) -> dict[str, Any]:
-    """The drift observation of a succeeded job (columns of :data:`app.repository.drift.DRIFT_COLUMNS`)."""
-    selected = qc.get("selected_series_uid")
-    summary: Mapping[str, Any] = next(
-        (s.get("summary", {}) for s in qc.get("series", []) if s.get("series_uid") == selected), {}
-    )
+def observation(result: JobResult, header: Mapping[str, Any]) -> dict[str, Any]:
+    """The drift observation of a succeeded job (columns of :data:`app.repository.drift.DRIFT_COLUMNS`);
+    ``header``: the selected series' :func:`ml.evaluate.drift.header_signals`."""
     return {
         "model": result.model.name,
         "probability": result.probability,
         "ood_score": None if result.ood is None else result.ood.score,
         "ood_flagged": None if result.ood is None else result.ood.flagged,
         "indeterminate": result.label == "indeterminate",
-        "slice_thickness_mm": _number(summary.get("slice_thickness_mm")),
-        "coverage_mm": _number(summary.get("coverage_mm")),
-        "kernel": _header_text(summary.get("kernel")),
-        "manufacturer": _header_text(summary.get("manufacturer")),
+        **{k: header.get(k) for k in ("slice_thickness_mm", "coverage_mm", "kernel", "manufacturer")},
     }
 
 

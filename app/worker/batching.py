@@ -189,7 +189,7 @@ class Inference:
             if pred is not None
             else None
         )
-        observed = observation(result, prep.qc) if result is not None else None
+        observed = observation(result, prep.drift_header) if result is not None else None
         self.outcomes.succeeded(
             item, result, saliency.record if saliency is not None else None, dicom, observation=observed
         )

@@ -40,10 +40,12 @@ __all__ = [
     "EPSILON",
     "NUMERIC_SIGNALS",
     "OTHER",
+    "WITHHELD",
     "CategoricalBins",
     "DriftReference",
     "NumericBins",
     "build_reference",
+    "header_signals",
     "psi",
     "window_psi",
 ]
@@ -54,8 +56,39 @@ EPSILON = 1e-4
 OTHER = "other"
 NUMERIC_SIGNALS = ("probability", "ood_score", "slice_thickness_mm", "coverage_mm")
 CATEGORICAL_SIGNALS = ("kernel", "manufacturer")
+#: a kernel or manufacturer text that carries one of the study's identifiers
+WITHHELD = "[withheld]"
+#: longest kept kernel / manufacturer text (characters)
+MAX_TEXT = 64
 #: fixed probability bin edges (interior cut points): ten bins of 0.1
 PROBABILITY_EDGES = tuple(round(0.1 * i, 1) for i in range(1, 10))
+
+
+def header_signals(summary: Mapping[str, Any], phi_tokens: Iterable[str]) -> dict[str, Any]:
+    """The input-property signals of a series summary (:meth:`ml.io.series.SeriesInfo.summary`).
+
+    ``slice_thickness_mm`` and ``coverage_mm`` (mm, None when absent); ``kernel`` and
+    ``manufacturer`` (None when empty, cut to :data:`MAX_TEXT` characters, :data:`WITHHELD` when
+    one of the study's identifier tokens appears in them, as the series picker does).
+    """
+    tokens = [t.upper() for t in phi_tokens if t]
+
+    def text(value: Any) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            return None
+        v = value.strip()[:MAX_TEXT]
+        return WITHHELD if any(t in v.upper() for t in tokens) else v
+
+    def number(value: Any) -> float | None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
+    return {
+        "slice_thickness_mm": number(summary.get("slice_thickness_mm")),
+        "coverage_mm": number(summary.get("coverage_mm")),
+        "kernel": text(summary.get("kernel")),
+        "manufacturer": text(summary.get("manufacturer")),
+    }
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], eps: float = EPSILON) -> float:

@@ -2,7 +2,8 @@
 
 Reads each study with the model's preprocessing, runs the model once (probability and
 OOD score), takes the selected series' header properties (slice thickness and coverage
-in mm, kernel, manufacturer; never an identifier), bins them (:func:`ml.evaluate.drift.build_reference`)
+in mm, kernel, manufacturer; withheld when they carry an identifier, as the worker does:
+:func:`ml.evaluate.drift.header_signals`), bins them (:func:`ml.evaluate.drift.build_reference`)
 and records the result in the manifest entry's ``metrics["drift_reference"]``. The weights
 and the OOD statistics file are read only: their sha256 does not change.
 """
@@ -13,10 +14,15 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from ml.errors import InputError
-from ml.evaluate.drift import CATEGORICAL_SIGNALS, NUMERIC_SIGNALS, DriftReference, build_reference
+from ml.evaluate.drift import (
+    CATEGORICAL_SIGNALS,
+    NUMERIC_SIGNALS,
+    DriftReference,
+    build_reference,
+    header_signals,
+)
 from ml.model import Manifest
 
 __all__ = ["corpus_reference"]
@@ -56,13 +62,13 @@ def corpus_reference(
             continue
         assert read.preprocessed is not None
         pred = predictor.predict(read.preprocessed.tensor, [read.preprocessed.geometry.model_voxel_mm()])[0]
-        summary: dict[str, Any] = read.series.summary()
+        header = header_signals(read.series.summary(), read.phi_tokens)  # as the worker records it
         numeric["probability"].append(pred.probability)
         numeric["ood_score"].append(None if pred.ood is None else pred.ood.score)
-        numeric["slice_thickness_mm"].append(summary["slice_thickness_mm"])
-        numeric["coverage_mm"].append(summary["coverage_mm"])
-        categorical["kernel"].append(summary["kernel"] or None)
-        categorical["manufacturer"].append(summary["manufacturer"] or None)
+        for k in ("slice_thickness_mm", "coverage_mm"):
+            numeric[k].append(header[k])
+        for k in CATEGORICAL_SIGNALS:
+            categorical[k].append(header[k])
     if not numeric["probability"]:
         raise ValueError("no study of the corpus could be read")
     ref = build_reference(numeric, categorical, fitted_on=fitted_on)

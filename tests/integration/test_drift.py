@@ -96,14 +96,15 @@ def _observation(settings: Settings, job: str) -> dict[str, Any]:
     return dict(row)
 
 
-def _bin_values(bins: NumericBins, n: int) -> list[float]:
+def _bin_values(bins: NumericBins, n: int, top: float | None = None) -> list[float]:
     """``n`` values spread over the bins as the reference's shares (largest remainder)."""
     exact = [s * n for s in bins.shares]
     counts = [int(x) for x in exact]
     for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: n - sum(counts)]:
         counts[i] += 1
     edges = list(bins.edges)
-    reps = [*edges, edges[-1] + 1.0]  # bins are right-closed: an edge belongs to the bin it closes
+    # bins are right-closed: an edge belongs to the bin it closes; the last bin: above the last edge
+    reps = [*edges, (edges[-1] + top) / 2 if top is not None else edges[-1] + 1.0]
     return [reps[i] for i, c in enumerate(counts) for _ in range(c)]
 
 
@@ -150,7 +151,7 @@ def test_unshifted_stream_stays_under_the_threshold_and_thick_slices_cross_it(
     seen = [_observation(settings, j) for j in real]
     assert {o["slice_thickness_mm"] for o in seen} == {2.5} and all(o["model"] == model for o in seen)
     n = WINDOW - len(real)
-    columns = {k: _bin_values(b, n) for k, b in ref.numeric.items()}
+    columns = {k: _bin_values(b, n, 1.0 if k == "probability" else None) for k, b in ref.numeric.items()}
     rows = [
         {**seen[i % 2], **{k: v[i] for k, v in columns.items()}, "ood_flagged": False, "indeterminate": False}
         for i in range(n)

@@ -9,10 +9,12 @@ import pytest
 from ml.evaluate.drift import (
     EPSILON,
     OTHER,
+    WITHHELD,
     CategoricalBins,
     DriftReference,
     NumericBins,
     build_reference,
+    header_signals,
     psi,
     window_psi,
 )
@@ -90,3 +92,17 @@ def test_window_psi_by_hand() -> None:
     # too few values: no PSI
     assert window_psi(ref, {"slice_thickness_mm": [5.0]}, {}, min_values=2) == {}
     assert OTHER == "other"
+
+
+def test_header_signals_withhold_identifiers_and_keep_units() -> None:
+    summary = {
+        "slice_thickness_mm": 2.5,
+        "coverage_mm": 300.0,
+        "kernel": " B30f ",
+        "manufacturer": "ACME DOE",
+    }
+    h = header_signals(summary, ["DOE^JOHN", "DOE", ""])
+    assert h == {"slice_thickness_mm": 2.5, "coverage_mm": 300.0, "kernel": "B30f", "manufacturer": WITHHELD}
+    empty = header_signals({"slice_thickness_mm": None, "kernel": "", "manufacturer": "x" * 100}, [])
+    assert empty["slice_thickness_mm"] is None and empty["coverage_mm"] is None and empty["kernel"] is None
+    assert empty["manufacturer"] == "x" * 64
