@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     #: API: at startup, let these origins GET the bucket's presigned files (bucket CORS; empty: left as is)
     s3_cors_origins: Annotated[list[str], NoDecode] = []
 
-    # --- drift monitoring and shadow models (docs/operations.md, Drift; architecture §3.11)
+    # --- drift monitoring and shadow models (docs/operations.md, Drift and OOD alerts; architecture §3.13)
     #: drift window: the most recent succeeded jobs of a model compared with its reference
     drift_window_jobs: int = Field(500, ge=10, le=100_000)
     #: drift window: only jobs of the last this many hours (None: the job count alone)
