@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ml.errors import InputError
 from ml.evaluate.drift import (
     CATEGORICAL_SIGNALS,
     NUMERIC_SIGNALS,
@@ -43,7 +42,7 @@ def corpus_reference(
     Raises ValueError when no study could be read.
     """
     from ml.inference import Predictor
-    from ml.io import read_study
+    from ml.ood.corpus import readable_studies
 
     mpath = Path(manifest_path)
     manifest = Manifest.load(mpath)
@@ -52,14 +51,7 @@ def corpus_reference(
     numeric: dict[str, list[float | None]] = {k: [] for k in NUMERIC_SIGNALS}
     categorical: dict[str, list[str | None]] = {k: [] for k in CATEGORICAL_SIGNALS}
     skipped: Counter[str] = Counter()
-    for i, path in enumerate(studies):
-        if on_study is not None:
-            on_study(i, len(studies))
-        try:
-            read = read_study(path, preprocess=entry.preprocess)
-        except InputError as e:
-            skipped[e.code] += 1
-            continue
+    for _, read in readable_studies(studies, entry.preprocess, skipped, on_study):
         assert read.preprocessed is not None
         pred = predictor.predict(read.preprocessed.tensor, [read.preprocessed.geometry.model_voxel_mm()])[0]
         header = header_signals(read.series.summary(), read.phi_tokens)  # as the worker records it

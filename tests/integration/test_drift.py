@@ -22,6 +22,7 @@ import httpx
 import pytest
 from conftest import LiveApi, new_key, wait_job  # type: ignore[import-not-found]
 from prometheus_client.parser import text_string_to_metric_families
+from seeding import create_job, upload  # type: ignore[import-not-found]
 
 from app.config import Settings
 from app.db import connect
@@ -75,11 +76,7 @@ def _psi(metrics: dict[str, Any], model: str) -> dict[str, float]:
 
 
 def _predict(c: httpx.Client, zip_path: Path) -> str:
-    r = c.post("/v1/studies", content=zip_path.read_bytes(), headers={"content-type": "application/zip"})
-    assert r.status_code in (200, 201), r.text
-    r = c.post("/v1/jobs", json={"study_id": r.json()["study_id"], "explain": "none"})
-    assert r.status_code == 202, r.text
-    job: str = r.json()["job_id"]
+    job = create_job(c, upload(c, zip_path.read_bytes()), explain="none")
     assert wait_job(c, job)["state"] == "succeeded"
     return job
 
