@@ -240,10 +240,8 @@ class ModelEntry:
         license: license of the weights (free text), or None.
         notes: free text, or None.
         ood: the out-of-distribution statistics that travel with the weights, or None (no OOD check).
-        shadow_of: the name of the primary model this entry shadows, or None. A shadow runs on a
-            share of its primary's jobs and is never served to clients; it must take the same
-            input (``input_size``, ``preprocess``, ``spec.in_channels``) and cannot itself be
-            shadowed nor be the default (checked by :class:`Manifest`).
+        shadow_of: the primary model this entry shadows (runs beside it, never served), or None;
+            same input as the primary, no chains, never the default (checked by :class:`Manifest`).
     """
 
     name: str
