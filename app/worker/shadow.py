@@ -6,12 +6,14 @@ the jobs in the ``shadow_share`` (:func:`in_share`: a hash of the job id, so eve
 a job agrees), and its probability, label and OOD check go to ``shadow_results``. Nothing of
 it reaches the client (not the result, the job status, the webhooks or the DICOM outputs). A
 shadow that fails (weights missing, out of memory, PostgreSQL refusing the row) is logged and
-skipped: the primary's jobs have already succeeded.
+skipped: the primary's jobs have already succeeded; one that cannot be loaded is not tried again
+for :data:`RETRY_LOAD_S`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -25,6 +27,9 @@ from ml.inference import Predictor
 from ml.model import Manifest
 
 __all__ = ["ShadowRunner", "in_share"]
+
+#: a shadow that could not be loaded is not tried again for this long (s)
+RETRY_LOAD_S = 300.0
 
 
 def in_share(job_id: uuid.UUID, share: float) -> bool:
@@ -47,6 +52,8 @@ class ShadowRunner:
             manifest = None  # the primary's load reports it
         #: primary name → names of its shadows
         self.shadows: dict[str, list[str]] = {}
+        #: shadow name → monotonic time before which its load is not retried
+        self._unloadable: dict[str, float] = {}
         if manifest is not None:
             for name, entry in manifest.entries.items():
                 if entry.shadow_of is not None:
@@ -65,8 +72,10 @@ class ShadowRunner:
         if not chosen:
             return 0
         for name in self.shadows.get(primary.entry.name, []):
+            if self._unloadable.get(name, 0.0) > time.monotonic():
+                continue
             try:
-                shadow = self.models.get(name)
+                shadow = self._load(name)
                 with torch.inference_mode():
                     preds = shadow.predict(batch[chosen], [voxel_mm[k] for k in chosen])
                 with self.ctx.db.conn() as conn:
@@ -90,3 +99,10 @@ class ShadowRunner:
                     type(e).__name__,
                 )
         return stored
+
+    def _load(self, name: str) -> Predictor:
+        try:
+            return self.models.get(name)
+        except Exception:
+            self._unloadable[name] = time.monotonic() + RETRY_LOAD_S
+            raise

@@ -27,7 +27,7 @@ from seeding import create_job, upload  # type: ignore[import-not-found]
 from app.config import Settings
 from app.db import connect
 from app.repository import claim_job, finish_job, insert_job
-from app.repository.drift import DRIFT_COLUMNS, insert_drift_observation
+from app.repository.drift import DRIFT_COLUMNS, drift_window, insert_drift_observation
 from ml.evaluate.drift import DriftReference, NumericBins
 from ml.model import Manifest
 from ml.phantom import make_study
@@ -174,6 +174,12 @@ def test_unshifted_stream_stays_under_the_threshold_and_thick_slices_cross_it(
     _fill(settings, [shifted[i % 2] for i in range(WINDOW - len(thick))])
     psi = _psi(_scrape(api), model)
     assert psi["slice_thickness_mm"] > settings.drift_psi_alert, psi
+
+    # the window by hours too: everything here is minutes old
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        assert len(drift_window(conn, model, 10, hours=1.0)) == 10
+        assert drift_window(conn, model, 10, hours=1e-9) == []
 
     # an observation goes with its job
     assert client.delete(f"/v1/jobs/{thick[0]}").status_code == 204
