@@ -226,6 +226,26 @@ class Settings(BaseSettings):
     #: API: at startup, let these origins GET the bucket's presigned files (bucket CORS; empty: left as is)
     s3_cors_origins: Annotated[list[str], NoDecode] = []
 
+    # --- drift monitoring and shadow models (docs/operations.md, Drift and OOD alerts; architecture §3.14)
+    #: drift window: the most recent succeeded jobs of a model compared with its reference
+    drift_window_jobs: int = Field(500, ge=10, le=100_000)
+    #: drift window: only jobs of the last this many hours (None: the job count alone)
+    drift_window_hours: float | None = Field(None, gt=0)
+    #: fewest jobs in the window before a PSI gauge is exported (a PSI of few studies is noise)
+    drift_min_jobs: int = Field(50, ge=1)
+    #: drift gauges are recomputed from PostgreSQL at most this often (scrapes in between reuse them)
+    drift_refresh_s: float = Field(60.0, ge=0)
+    #: PSI above this warns (exported as s4ct_drift_threshold{kind="psi_warn"} for the alert rules)
+    drift_psi_warn: float = Field(0.1, gt=0)
+    #: PSI above this alerts (kind="psi_alert")
+    drift_psi_alert: float = Field(0.25, gt=0)
+    #: share of the window flagged out-of-distribution above which the alert fires (kind="ood_rate")
+    drift_ood_rate_alert: float = Field(0.2, ge=0, le=1)
+    #: share of the window labelled indeterminate above which the alert fires (kind="indeterminate_rate")
+    drift_indeterminate_rate_alert: float = Field(0.2, ge=0, le=1)
+    #: worker: share of a primary model's jobs its shadow model also runs on (by job id hash)
+    shadow_share: float = Field(1.0, ge=0, le=1)
+
     # --- embedded stack (service4ct serve)
     var_dir: Path = Path("var")
 

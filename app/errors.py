@@ -85,6 +85,11 @@ SERVICE_ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
         "cancelled or explain jobs).",
     ),
     "model_not_found": (404, "No model of this name in the manifest (see GET /v1/models)."),
+    # shadow models (docs/operations.md, Shadow models)
+    "model_is_shadow": (
+        422,
+        "The model is a shadow of another model: it runs beside its primary and cannot serve a job.",
+    ),
 }
 
 ALL_ERROR_CODES: Final[dict[str, str]] = {

@@ -43,6 +43,7 @@ from app.api.routes import (
 )
 from app.config import Settings
 from app.db import Database
+from app.drift import DriftCollector
 from app.errors import ALL_ERROR_CODES, ServiceError, from_input_error, from_model_error
 from app.logs import logger
 from app.metrics import ApiMetrics
@@ -161,6 +162,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         if settings.s3_cors_origins:
             await run_in_threadpool(_bucket_cors, svc, settings.s3_cors_origins)
         app.state.metrics.watch_queue(lambda: _counts(svc), svc.queue.depth, lambda: _oldest_queued_age(svc))
+        app.state.metrics.registry.register(DriftCollector(svc.db, svc.manifest, settings))
         logger.info("API ready (model default {})", svc.manifest.default)
         try:
             yield

@@ -447,6 +447,11 @@ class ModelCard(BaseModel):
         description="why the model cannot be served (no sha256, weight or OOD file missing, wrong sha256); "
         "null: it can. Jobs for it are refused with 422 `model_unavailable`",
     )
+    shadow_of: str | None = Field(
+        default=None,
+        description="the primary model this one shadows (it runs beside it on a share of its jobs, its "
+        "answers are never served); null: a model jobs may ask for. Jobs for a shadow: 422 `model_is_shadow`",
+    )
 
     @computed_field(description="false: jobs for this model are refused (see `unavailable_reason`)")  # type: ignore[prop-decorator]
     @property

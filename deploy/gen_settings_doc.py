@@ -134,6 +134,16 @@ USES: dict[str, tuple[str, str]] = {
     # CORS
     "cors_origins": ("api", "`*` allows every origin; preflights need no key"),
     "s3_cors_origins": ("api", "AWS S3 and SeaweedFS; MinIO: its own `MINIO_API_CORS_ALLOW_ORIGIN`"),
+    # drift monitoring and shadow models
+    "drift_window_jobs": ("api", "the API's metrics port exports the drift gauges"),
+    "drift_window_hours": ("api", ""),
+    "drift_min_jobs": ("api", ""),
+    "drift_refresh_s": ("api", "bounds the PostgreSQL reads of frequent scrapes"),
+    "drift_psi_warn": ("api", "exported for the alert rules (deploy/prometheus)"),
+    "drift_psi_alert": ("api", "exported for the alert rules"),
+    "drift_ood_rate_alert": ("api", "exported for the alert rules"),
+    "drift_indeterminate_rate_alert": ("api", "exported for the alert rules"),
+    "shadow_share": ("worker", "the same jobs on every retry (hash of the job id)"),
 }
 
 

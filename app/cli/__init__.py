@@ -2,8 +2,9 @@
 
 Offline operator commands work on files and need no running service: ``inspect`` and
 ``preprocess`` (one study: :mod:`app.cli.study`), ``phantom``, ``train``, ``retune``,
-``evaluate`` and ``fit-ood`` (corpora and models: :mod:`app.cli.training`), ``predict`` (a batch report:
-:mod:`app.predict`). Service commands run or administer the service: ``serve``, ``api``,
+``evaluate``, ``fit-ood`` and ``drift-reference`` (corpora and models: :mod:`app.cli.training`),
+``predict`` (a batch report: :mod:`app.predict`). Service commands run or administer the
+service: ``serve``, ``api``,
 ``worker``, ``migrate`` and ``apikey`` (:mod:`app.cli.service`), ``client`` (quotas, retention,
 webhook, secret rotation: :mod:`app.cli.clients`), ``audit`` (:mod:`app.cli.audit`), ``performance`` (a
 model's live performance report: :mod:`app.cli.performance`).
@@ -35,6 +36,7 @@ OFFLINE_COMMANDS: tuple[Callable[..., None], ...] = (
     training.retune,
     training.evaluate,
     training.fit_ood,
+    training.drift_reference,
 )
 SERVICE_COMMANDS: tuple[Callable[..., None], ...] = (
     service.serve,

@@ -15,7 +15,7 @@ from app.config import DEFAULT_MANIFEST
 from app.logs import setup_logging
 from ml.errors import ModelUnavailable
 
-__all__ = ["evaluate", "fit_ood", "phantom", "retune", "train"]
+__all__ = ["drift_reference", "evaluate", "fit_ood", "phantom", "retune", "train"]
 
 
 def phantom(
@@ -216,3 +216,42 @@ def fit_ood(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     typer.echo(json.dumps(fitted.to_dict(), indent=2))
+
+
+def drift_reference(
+    model: Annotated[str, typer.Argument(help="Manifest entry whose drift reference is recorded.")],
+    corpus: Annotated[
+        Path,
+        typer.Argument(
+            help="The model card's test corpus: a folder of study ZIPs or a labels.csv (study_id,label,zip).",
+            exists=True,
+        ),
+    ],
+    manifest: Annotated[Path | None, typer.Option(help="Weights manifest.")] = None,
+    fitted_on: Annotated[str | None, typer.Option(help="Name of the corpus in the manifest.")] = None,
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Record the drift reference of a model: binned probabilities, OOD scores and input properties.
+
+    Runs the model once on each study (on the CPU) and writes the histograms that the drift
+    gauges compare the live window with into the manifest entry's ``metrics.drift_reference``.
+    The weights and the OOD statistics file are only read: their sha256 does not change.
+    """
+    from ml.data import read_labels_csv
+    from ml.evaluate.drift_corpus import corpus_reference
+
+    setup_logging(log_level)
+    if corpus.is_dir():
+        studies = sorted(corpus.glob("*.zip"))
+    else:
+        studies = [r.zip_path for r in read_labels_csv(corpus) if r.zip_path is not None]
+    try:
+        ref, skipped = corpus_reference(
+            manifest or DEFAULT_MANIFEST, model, studies, fitted_on=fitted_on or corpus.name
+        )
+    except ModelUnavailable as e:
+        fail(e, as_json=False)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps({**ref.to_dict(), "skipped": dict(skipped)}, indent=2))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.drift import observation
 from app.logs import logger, scrubber
 from app.worker.claiming import Intake
 from app.worker.context import InFlight, WorkerContext
@@ -23,6 +24,7 @@ from app.worker.explaining import Saliency, check_explain_budget, compute_salien
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
 from app.worker.pipeline import Prepared, build_result
+from app.worker.shadow import ShadowRunner
 from ml.explain.fused import can_fuse, forward_with_gradcam
 from ml.inference import Predictor
 
@@ -40,6 +42,7 @@ class Inference:
         self.intake = intake
         self.models = models
         self.outcomes = outcomes
+        self.shadows = ShadowRunner(ctx, models)
 
     def loop(self) -> None:
         """Run until the worker stops and holds nothing."""
@@ -109,6 +112,8 @@ class Inference:
         predict = [(i, p) for i, p in group if i.job.kind == "predict"]
         preds: list[Any] = []
         maps: dict[Any, torch.Tensor] = {}
+        batch: torch.Tensor | None = None
+        voxel_mm: list[tuple[float, float, float]] = []
         if predict:
             predict = [(i, p) for i, p in predict if self._reached(i, "inference", 0.6)]
         if predict:
@@ -137,6 +142,8 @@ class Inference:
                     self._finish_one(predictor, item, prep, by_job.get(item.job_id), maps.get(item.job_id))
                 except Exception as e:
                     self.outcomes.fail_or_release(item, e)
+        if batch is not None:  # after the primary's results: a shadow never delays nor fails them
+            self.shadows.run(predictor, [i for i, _ in predict], batch, voxel_mm)
 
     def _reached(self, item: InFlight, stage: str, progress: float) -> bool:
         """Record the stage boundary; an attempt no longer held stops here (False)."""
@@ -182,4 +189,7 @@ class Inference:
             if pred is not None
             else None
         )
-        self.outcomes.succeeded(item, result, saliency.record if saliency is not None else None, dicom)
+        observed = observation(result, prep.drift_header) if result is not None else None
+        self.outcomes.succeeded(
+            item, result, saliency.record if saliency is not None else None, dicom, observation=observed
+        )

@@ -14,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from app.logs import logger, scrubber
 from app.repository import ExplanationRecord, mark_failed, mark_succeeded, release_attempt, set_stage
 from app.repository.dicom import DicomOutputs
+from app.repository.drift import insert_drift_observation
 from app.schemas import JobResult
 from app.worker.context import AttemptLostError, InFlight, JobRefusedError, WorkerContext
 from ml.errors import InputError, ModelUnavailable
@@ -47,8 +50,13 @@ class Outcomes:
         result: JobResult | None,
         explanation: ExplanationRecord | None,
         dicom: DicomOutputs | None = None,
+        observation: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store the result, explanation and DICOM rows; a lost lease drops them."""
+        """Store the result, explanation and DICOM rows; a lost lease drops them.
+
+        ``observation``: the job's drift observation (:func:`app.drift.observation`), stored
+        after the result; failing to store it never fails the job.
+        """
         with self.db.conn() as conn:
             held = mark_succeeded(conn, item.job, item.timings, result, explanation, dicom)
         if not held:
@@ -63,6 +71,8 @@ class Outcomes:
         else:
             self.processed += 1
             self.metrics.job_finished("succeeded", None, item.timings)
+            if observation is not None:
+                self._observe(item, observation)
             logger.info(
                 "job {} succeeded in {:.2f} s{}",
                 item.job_id,
@@ -70,6 +80,13 @@ class Outcomes:
                 f" (p={result.probability:.3f})" if result else "",
             )
         self.done(item)
+
+    def _observe(self, item: InFlight, observation: Mapping[str, Any]) -> None:
+        try:
+            with self.db.conn() as conn:
+                insert_drift_observation(conn, item.job_id, observation)
+        except Exception as e:
+            logger.warning("job {}: drift observation not stored ({})", item.job_id, type(e).__name__)
 
     def fail_or_release(self, item: InFlight, err: BaseException) -> None:
         """Record a refusal (failed with its code) or give the attempt back; the item is done.

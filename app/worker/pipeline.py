@@ -117,6 +117,8 @@ class Prepared:
     phi_tokens: list[str] = field(default_factory=list)
     volume: CTVolume | None = None  # kept when a saliency overlay is wanted
     source: SourceReference | None = None  # kept for the DICOM results (identifiers: never log it)
+    #: the selected series' input properties for drift monitoring (:func:`ml.evaluate.drift.header_signals`)
+    drift_header: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_study(
@@ -132,6 +134,7 @@ def prepare_study(
 
     Raises :class:`ml.errors.InputError` subclasses with their stable codes.
     """
+    from ml.evaluate.drift import header_signals
     from ml.io import read_study
 
     # the job's stage and progress when a stage of read_study starts
@@ -161,6 +164,7 @@ def prepare_study(
         phi_tokens=sorted(read.phi_tokens),
         volume=read.volume,
         source=read.source,
+        drift_header=header_signals(read.series.summary(), read.phi_tokens),
     )
 
 

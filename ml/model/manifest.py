@@ -240,6 +240,8 @@ class ModelEntry:
         license: license of the weights (free text), or None.
         notes: free text, or None.
         ood: the out-of-distribution statistics that travel with the weights, or None (no OOD check).
+        shadow_of: the primary model this entry shadows (runs beside it, never served), or None;
+            same input as the primary, no chains, never the default (checked by :class:`Manifest`).
     """
 
     name: str
@@ -261,6 +263,7 @@ class ModelEntry:
     license: str | None = None
     notes: str | None = None
     ood: OODRef | None = None
+    shadow_of: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -321,6 +324,7 @@ class ModelEntry:
             "license": self.license,
             "notes": self.notes,
             **({"ood": self.ood.to_dict()} if self.ood is not None else {}),
+            **({"shadow_of": self.shadow_of} if self.shadow_of is not None else {}),
         }
 
     @classmethod
@@ -371,6 +375,7 @@ class ModelEntry:
             license=_opt_str(d.get("license"), "license"),
             notes=_opt_str(d.get("notes"), "notes"),
             ood=None if d.get("ood") is None else OODRef.from_dict(d["ood"]),
+            shadow_of=_opt_str(d.get("shadow_of"), "shadow_of"),
         )
 
 
@@ -387,6 +392,13 @@ class Manifest:
                 raise ValueError(f"manifest key {key!r} differs from the entry's name {entry.name!r}")
         if self.entries and self.default not in self.entries:
             raise ValueError(f"default model {self.default!r} not in manifest {sorted(self.entries)}")
+        for entry in self.entries.values():
+            if entry.shadow_of is not None:
+                _check_shadow(entry, self.entries, self.default)
+
+    def shadows_of(self, primary: str) -> list[ModelEntry]:
+        """The entries that shadow ``primary`` (sorted by name)."""
+        return [e for _, e in sorted(self.entries.items()) if e.shadow_of == primary]
 
     def get(self, name: str | None = None) -> ModelEntry:
         """The entry ``name`` (None: the default); unknown names raise :class:`ModelUnavailable`."""
@@ -444,6 +456,27 @@ class Manifest:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the manifest as pretty, stable JSON (2-space indent, trailing newline), atomically."""
         _atomic_write(Path(path), _pretty_json(self.to_dict()).encode("utf-8"))
+
+
+def _check_shadow(entry: ModelEntry, entries: Mapping[str, ModelEntry], default: str) -> None:
+    """A shadow's primary exists, is no shadow itself, and takes the same input."""
+    name, primary = entry.name, entries.get(entry.shadow_of or "")
+    if primary is None:
+        raise ValueError(f"{name}: shadow_of names {entry.shadow_of!r}, which is not in the manifest")
+    if primary.name == name:
+        raise ValueError(f"{name}: a model cannot shadow itself")
+    if primary.shadow_of is not None:
+        raise ValueError(f"{name}: shadows {primary.name!r}, itself a shadow (no chains)")
+    if name == default:
+        raise ValueError(f"{name}: a shadow model cannot be the default")
+    if (
+        entry.input_size != primary.input_size
+        or entry.preprocess != primary.preprocess
+        or entry.spec.in_channels != primary.spec.in_channels
+    ):
+        raise ValueError(
+            f"{name}: a shadow must take its primary's input (input_size, preprocess, in_channels)"
+        )
 
 
 #: a JSON array of scalars spread over lines by ``indent`` (raw newlines never occur inside JSON strings)

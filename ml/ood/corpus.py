@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +26,12 @@ from ml.model import Manifest, OODRef, resolve_weights
 from ml.model.checkpoint import load_model
 from ml.ood.scores import OOD_METHODS
 from ml.ood.stats import fit_ood
+from ml.preprocess import PreprocessConfig
 
-__all__ = ["MIN_STUDIES", "FittedOOD", "fit_model_ood"]
+if TYPE_CHECKING:
+    from ml.io.study import StudyRead
+
+__all__ = ["MIN_STUDIES", "FittedOOD", "fit_model_ood", "readable_studies"]
 
 #: fewest readable studies a fit accepts (the threshold is set on a held-out part)
 MIN_STUDIES = 20
@@ -49,6 +53,25 @@ class FittedOOD:
             "used": self.used,
             "skipped": dict(self.skipped),
         }
+
+
+def readable_studies(
+    studies: Sequence[Path],
+    preprocess: PreprocessConfig,
+    skipped: Counter[str],
+    on_study: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, StudyRead]]:
+    """(index, read) of each study that can be read with ``preprocess``; the others are counted
+    in ``skipped`` by error code. ``on_study(i, n)`` is called before each study."""
+    from ml.io import read_study
+
+    for i, path in enumerate(studies):
+        if on_study is not None:
+            on_study(i, len(studies))
+        try:
+            yield i, read_study(path, preprocess=preprocess)
+        except InputError as e:
+            skipped[e.code] += 1
 
 
 def fit_model_ood(
@@ -76,7 +99,6 @@ def fit_model_ood(
         ValueError: unknown method, labels that do not match the studies, or fewer than
             :data:`MIN_STUDIES` readable studies.
     """
-    from ml.io import read_study
 
     if method not in OOD_METHODS:
         raise ValueError(f"method must be one of {OOD_METHODS}, not {method!r}")
@@ -91,14 +113,7 @@ def fit_model_ood(
     feats: list[np.ndarray] = []
     kept: list[int] = []
     skipped: Counter[str] = Counter()
-    for i, path in enumerate(studies):
-        if on_study is not None:
-            on_study(i, len(studies))
-        try:
-            read = read_study(path, preprocess=entry.preprocess)
-        except InputError as e:
-            skipped[e.code] += 1
-            continue
+    for i, read in readable_studies(studies, entry.preprocess, skipped, on_study):
         assert read.preprocessed is not None
         lg, ft = predictor.logits_and_features(read.preprocessed.tensor)
         logits.append(lg.double().numpy()[0])

@@ -87,6 +87,11 @@ def _check_model(services: Services, name: str | None) -> str:
             f"unknown model {model!r}; see GET /v1/models",
             http_status=422,
         )
+    shadow_of = services.manifest.entries[model].shadow_of
+    if shadow_of is not None:
+        raise ServiceError(
+            "model_is_shadow", f"model {model!r} is a shadow of {shadow_of!r}; ask for that one"
+        )
     reason = services.models.reason(model)
     if reason is not None:
         raise ServiceError(

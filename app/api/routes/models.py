@@ -52,4 +52,5 @@ def model_card(manifest: Manifest, name: str, unavailable_reason: str | None) ->
         if e.ood is None
         else {k: v for k, v in e.ood.to_dict().items() if k not in ("uri", "sha256")},
         unavailable_reason=unavailable_reason,
+        **({"shadow_of": e.shadow_of} if e.shadow_of else {}),
     )

@@ -9,6 +9,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from s4ct_deploy import ROOT
 
+from app.config import Settings
+from app.drift import DriftFigures, drift_families
 from app.metrics import ApiMetrics, WorkerMetrics
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "service4ct.json"
@@ -32,6 +34,9 @@ def exported_series() -> set[str]:
     api.latency.labels("GET", "/v1/jobs/{job_id}").observe(0.1)
     api.upload_bytes.inc(10)
     names = set()
+    drift = DriftFigures(60, {"probability": 0.1}, 0.0, 0.0, shadows={"s": (10, 9)})
+    for fam in drift_families({"m": drift}, Settings()):
+        names |= {s.name for s in fam.samples}
     registry: CollectorRegistry
     for registry in (api.registry, worker.registry):
         for fam in registry.collect():
@@ -86,5 +91,10 @@ def test_every_query_uses_exported_metric_names() -> None:
         "s4ct_worker_gpu_memory_bytes",
         "s4ct_webhook_delivery_failures_total",
         "s4ct_worker_jobs_finished_total",
+        "s4ct_drift_psi",
+        "s4ct_ood_flag_rate",
+        "s4ct_indeterminate_rate",
+        "s4ct_drift_threshold",
+        "s4ct_shadow_agreement",
     ):
         assert base in used, base

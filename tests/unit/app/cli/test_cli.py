@@ -14,6 +14,7 @@ COMMANDS = [
     "retune",
     "evaluate",
     "fit-ood",
+    "drift-reference",
     "predict",
     "serve",
     "api",
