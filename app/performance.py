@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,6 +36,7 @@ from app.schemas_performance import (
     Rate,
     RefusalRate,
     ReliabilityBin,
+    ShadowFigures,
 )
 from ml.evaluate import bootstrap_ci, brier_score, confusion_at, ece, reliability_curve, roc_auc
 from ml.evaluate.metrics import metric_at
@@ -50,6 +51,7 @@ __all__ = [
     "card_figures",
     "live_performance",
     "model_figures",
+    "shadow_figures",
 ]
 
 GROUND_TRUTH_RULE: Final = (
@@ -185,6 +187,39 @@ def _rate(count: int, of: int) -> Rate:
     return Rate(count=count, of=of, rate=count / of if of else None)
 
 
+def _thresholds(entry: ModelEntry) -> dict[str, float]:
+    return {name: op.threshold for name, op in entry.operating_points.items()}
+
+
+def shadow_figures(
+    conn: Conn, shadow: ModelEntry, where: str, params: list[Any], primary: ModelEntry, n_boot: int
+) -> ShadowFigures:
+    """``shadow`` beside ``primary`` on the window's succeeded jobs that both answered."""
+    rows = conn.execute(
+        (
+            "SELECT r.probability AS pp, r.label AS pl, s.probability AS sp, s.label AS sl, "
+            "c.ground_truth FROM jobs j JOIN results r ON r.job_id = j.id "
+            "JOIN shadow_results s ON s.job_id = j.id AND s.model = %s "
+            f"LEFT JOIN feedback_consensus c ON c.job_id = j.id WHERE {where} AND j.state = 'succeeded' "
+            "ORDER BY j.created_at, j.id"
+        ).encode(),
+        [shadow.name, *params],
+    ).fetchall()
+    judged = [r for r in rows if r["ground_truth"] is not None]
+    y = np.asarray([int(r["ground_truth"] == "pathology") for r in judged], dtype=np.int64)
+    sp = np.asarray([float(r["sp"]) for r in judged], dtype=np.float64)
+    pp = np.asarray([float(r["pp"]) for r in judged], dtype=np.float64)
+    return ShadowFigures(
+        model=shadow.name,
+        version=shadow.version,
+        paired=len(rows),
+        agreement=_rate(sum(r["pl"] == r["sl"] for r in rows), len(rows)),
+        with_feedback=len(judged),
+        live=model_figures(sp, y, _thresholds(shadow), n_boot=n_boot),
+        primary_live=model_figures(pp, y, _thresholds(primary), n_boot=n_boot),
+    )
+
+
 def live_performance(
     conn: Conn,
     entry: ModelEntry,
@@ -193,8 +228,10 @@ def live_performance(
     client: str | None,
     *,
     n_boot: int = N_BOOT,
+    shadows: Sequence[ModelEntry] = (),
 ) -> LiveData:
-    """``entry``'s prediction jobs created in ``[since, until)`` (of ``client``, or every client)."""
+    """``entry``'s prediction jobs created in ``[since, until)`` (of ``client``, or every client),
+    and each of ``shadows`` (entries with ``shadow_of`` = ``entry``) on the jobs it also answered."""
     where, params = _where(entry.name, since, until, client)
     counts = conn.execute(
         (
@@ -227,7 +264,7 @@ def live_performance(
     p = np.asarray([float(r["probability"]) for r in pairs], dtype=np.float64)
     y = np.asarray([int(r["ground_truth"] == "pathology") for r in pairs], dtype=np.int64)
     finished = int(counts["succeeded"]) + int(counts["failed"])
-    thresholds = {name: op.threshold for name, op in entry.operating_points.items()}
+    thresholds = _thresholds(entry)
     report = Performance(
         model=entry.name,
         version=entry.version,
@@ -249,5 +286,6 @@ def live_performance(
         bootstrap=n_boot,
         live=model_figures(p, y, thresholds, n_boot=n_boot),
         card=card_figures(entry),
+        shadows=[shadow_figures(conn, s, where, params, entry, n_boot) for s in shadows],
     )
     return LiveData(report, p, y)

@@ -62,6 +62,15 @@ def _counts(report: Performance) -> list[tuple[str, str]]:
         ("CIs", f"stratified percentile bootstrap, {r.bootstrap} resamples, seed 0"),
     ]
     out += [(f"refused: {x.code}", _rate(x.count, x.of)) for x in r.refusals]
+    for sh in r.shadows:
+        auc = f"AUC {_fmt(sh.live.auc.value)} ({_ci(sh.live.auc) or 'no CI'})"
+        primary = sh.primary_live.auc
+        same = f"primary on the same jobs {_fmt(primary.value)} ({_ci(primary) or 'no CI'})"
+        out += [
+            (f"shadow {sh.model} {sh.version}", f"{sh.paired} jobs paired, {sh.with_feedback} with feedback"),
+            (f"shadow {sh.model}: agreement", _rate(sh.agreement.count, sh.agreement.of)),
+            (f"shadow {sh.model}: AUC", f"{auc}; {same}"),
+        ]
     return out
 
 

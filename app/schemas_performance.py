@@ -23,6 +23,7 @@ __all__ = [
     "Rate",
     "RefusalRate",
     "ReliabilityBin",
+    "ShadowFigures",
 ]
 
 
@@ -95,6 +96,20 @@ class RefusalRate(Rate):
     code: str = Field(description="the job's error code (QC refusals: the input error codes)")
 
 
+class ShadowFigures(BaseModel):
+    """A shadow model beside its primary on the same jobs (docs/operations.md, Shadow models)."""
+
+    model: str
+    version: str
+    paired: int = Field(description="succeeded jobs of the window that the shadow also answered")
+    agreement: Rate = Field(description="paired jobs where the shadow's label equals the primary's")
+    with_feedback: int = Field(description="paired jobs with a ground truth")
+    live: ModelFigures = Field(description="the shadow's figures against the ground truth of the paired jobs")
+    primary_live: ModelFigures = Field(
+        description="the primary's figures on the same jobs, so that the two compare like for like"
+    )
+
+
 class Performance(BaseModel):
     """A model's live performance in a time window (jobs by their creation time)."""
 
@@ -115,3 +130,6 @@ class Performance(BaseModel):
     bootstrap: int = Field(description="bootstrap resamples of every CI (stratified, seed 0)")
     live: ModelFigures = Field(description="the model's figures against the readers' ground truth")
     card: CardFigures
+    shadows: list[ShadowFigures] = Field(
+        default_factory=list, description="each shadow model of this one, on the jobs it also answered"
+    )

@@ -46,7 +46,8 @@ def performance(
         typer.echo("error: the report (-o) must end in .xlsx or .html", err=True)
         raise typer.Exit(2)
     settings = _settings(config)
-    entry = Manifest.load(settings.manifest_path).entries.get(model)
+    manifest = Manifest.load(settings.manifest_path)
+    entry = manifest.entries.get(model)
     if entry is None:
         typer.echo(f"error: model_not_found: no model {model!r} in {settings.manifest_path}", err=True)
         raise typer.Exit(2)
@@ -55,7 +56,7 @@ def performance(
         typer.echo("error: --since must be before --until", err=True)
         raise typer.Exit(2)
     with connect(_database_url(settings)) as conn:
-        data = live_performance(conn, entry, start, end, client)
+        data = live_performance(conn, entry, start, end, client, shadows=manifest.shadows_of(model))
     write_report(data, output)
     r = data.performance
     auc = r.live.auc

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import DEFAULT_MANIFEST, Settings
 from app.db import connect
+from app.performance import model_figures
 from app.repository.drift import shadow_pairs
 from app.worker.shadow import in_share
 from ml.phantom import make_study
@@ -75,7 +76,7 @@ def _shadow_rows(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def test_models_mark_the_shadow_and_jobs_refuse_it(client: httpx.Client, tmp_path: Path) -> None:
     cards = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-    assert cards[SHADOW]["shadow_of"] == PRIMARY and cards[PRIMARY]["shadow_of"] is None
+    assert cards[SHADOW]["shadow_of"] == PRIMARY and cards[PRIMARY].get("shadow_of") is None
     study = make_study(tmp_path / "s.zip", seed=3)
     r = client.post(
         "/v1/studies", content=study.zip_path.read_bytes(), headers={"content-type": "application/zip"}
@@ -151,6 +152,26 @@ def test_only_the_primary_answer_is_visible(
     agree = sum(p.primary_label == p.shadow_label for p in pairs) / len(pairs)
     assert samples[("s4ct_shadow_agreement", SHADOW)] == pytest.approx(agree)
     assert ("s4ct_shadow_agreement", BROKEN) not in samples
+
+    # the performance report: the shadow beside the primary on the jobs it answered, against feedback
+    for job in jobs:
+        truth = "pathology" if rows.get(job, {"probability": 0.0})["probability"] >= 0.5 else "normal"
+        r = client.post(f"/v1/jobs/{job}/feedback", json={"ground_truth": truth, "reader": "r1"})
+        assert r.status_code == 201, r.text
+    report = client.get(f"/v1/models/{PRIMARY}/performance").json()
+    shadows = {s["model"]: s for s in report["shadows"]}
+    assert set(shadows) == {SHADOW, BROKEN}
+    assert shadows[BROKEN]["paired"] == 0 and shadows[BROKEN]["agreement"]["rate"] is None
+    mine = shadows[SHADOW]
+    assert (mine["paired"], mine["with_feedback"]) == (len(chosen), len(chosen))
+    assert mine["agreement"]["count"] == sum(p.primary_label == p.shadow_label for p in pairs)
+    labels = [int(rows[str(p.job_id)]["probability"] >= 0.5) for p in pairs]
+    expected = model_figures(
+        [p.shadow_probability for p in pairs], labels, {"t": 0.5}, n_boot=report["bootstrap"]
+    )
+    assert mine["live"]["n"] == expected.n and mine["live"]["n_pathology"] == expected.n_pathology
+    assert mine["live"]["auc"]["value"] == expected.auc.value
+    assert mine["primary_live"]["n"] == len(chosen)
 
     # shadow results go with their job
     gone = next(iter(chosen))

@@ -58,4 +58,5 @@ def model_performance(
     if start >= end:
         raise ServiceError("validation_error", "since must be before until")
     with services.db.conn() as conn:
-        return live_performance(conn, entry, start, end, caller).performance
+        shadows = services.manifest.shadows_of(name)
+        return live_performance(conn, entry, start, end, caller, shadows=shadows).performance

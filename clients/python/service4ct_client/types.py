@@ -187,6 +187,7 @@ class ModelCard(TypedDict):
     ood: Json | None
     unavailable_reason: str | None
     available: bool
+    shadow_of: NotRequired[str | None]
 
 
 class ModelsOut(TypedDict):

@@ -1528,6 +1528,11 @@ export interface components {
              */
             unavailable_reason?: string | null;
             /**
+             * Shadow Of
+             * @description the primary model this one shadows (it runs beside it on a share of its jobs, its answers are never served); null: a model jobs may ask for. Jobs for a shadow: 422 `model_is_shadow`
+             */
+            shadow_of?: string | null;
+            /**
              * Available
              * @description false: jobs for this model are refused (see `unavailable_reason`)
              */
@@ -1917,6 +1922,11 @@ export interface components {
             /** @description the model's figures against the readers' ground truth */
             live: components["schemas"]["ModelFigures"];
             card: components["schemas"]["CardFigures"];
+            /**
+             * Shadows
+             * @description each shadow model of this one, on the jobs it also answered
+             */
+            shadows?: components["schemas"]["ShadowFigures"][];
         };
         /**
          * PlausibilityOut
@@ -2240,6 +2250,32 @@ export interface components {
             slices: number;
             /** Reasons */
             reasons: components["schemas"]["QCReasonOut"][];
+        };
+        /**
+         * ShadowFigures
+         * @description A shadow model beside its primary on the same jobs (docs/operations.md, Shadow models).
+         */
+        ShadowFigures: {
+            /** Model */
+            model: string;
+            /** Version */
+            version: string;
+            /**
+             * Paired
+             * @description succeeded jobs of the window that the shadow also answered
+             */
+            paired: number;
+            /** @description paired jobs where the shadow's label equals the primary's */
+            agreement: components["schemas"]["Rate"];
+            /**
+             * With Feedback
+             * @description paired jobs with a ground truth
+             */
+            with_feedback: number;
+            /** @description the shadow's figures against the ground truth of the paired jobs */
+            live: components["schemas"]["ModelFigures"];
+            /** @description the primary's figures on the same jobs, so that the two compare like for like */
+            primary_live: components["schemas"]["ModelFigures"];
         };
         /**
          * SourceGeometry
