@@ -225,3 +225,4 @@ class Performance(TypedDict):
     bootstrap: int
     live: Json
     card: Json
+    shadows: list[Json]
