@@ -78,19 +78,23 @@ def round_mantissa(a: F32Array, bits: int) -> F32Array:
     return out
 
 
-def encode_uint8(a: F32Array, out: U8Array | None = None) -> tuple[U8Array, float, float]:
+def encode_uint8(
+    a: F32Array, out: U8Array | None = None, value_range: tuple[float, float] | None = None
+) -> tuple[U8Array, float, float]:
     """(q, scl_slope, scl_inter): ``a ≈ q · scl_slope + scl_inter`` with q uint8 (0–255).
 
     ``scl_inter`` = min(0, min a) and ``scl_slope`` = (max a − scl_inter) / 255 (1.0
     for a constant map), so a map ≥ 0 keeps its zeros exactly; the error is at most
-    ``scl_slope`` / 2. ``out``: a C-contiguous uint8 array of ``a``'s shape to fill.
+    ``scl_slope`` / 2. ``out``: a C-contiguous uint8 array of ``a``'s shape to fill;
+    ``value_range``: ``a``'s (min, max) when the caller has them already.
     """
     if out is None:
         out = np.empty(a.shape, dtype=np.uint8)
     elif out.shape != a.shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous uint8 array of shape {a.shape}")
-    lo = min(0.0, float(a.min())) if a.size else 0.0
-    hi = float(a.max()) if a.size else 0.0
+    if value_range is None:
+        value_range = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    lo, hi = min(0.0, value_range[0]), value_range[1]
     slope = (hi - lo) / 255.0 if hi > lo else 1.0
     scale = np.float32(1.0 / slope)
     tmp = np.empty((min(_SLAB, a.shape[0]), *a.shape[1:]), dtype=np.float32)
@@ -134,6 +138,7 @@ def write_nifti(
     cal_max: float | None = None,
     mantissa_bits: int | None = None,
     buffer: U8Array | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``source_map`` (z, y, x) as a gzipped NIfTI-1 with the RAS affine; its encoding for stats.json.
 
@@ -141,6 +146,7 @@ def write_nifti(
     array of the map's shape) or ``"float32"`` (``mantissa_bits`` None keeps every
     bit). sform = qform = :meth:`VolumeGeometry.affine_ras` (code 1, scanner).
     ``cal_max`` (the viewers' display maximum): default the map's maximum (≥ 0).
+    ``value_range``: the map's (min, max) when the caller has them already.
     Returns ``{"dtype", "scl_slope", "scl_inter"}`` and ``max_error`` (uint8) or
     ``mantissa_bits`` (float32).
     """
@@ -148,10 +154,13 @@ def write_nifti(
         raise ValueError(f"nifti dtype must be one of {list(NIFTI_DTYPES)}, got {dtype!r}")
     info: dict[str, Any] = {"dtype": dtype}
     if cal_max is None:
-        cal_max = max(0.0, float(source_map.max())) if source_map.size else 0.0
+        top = (
+            value_range[1] if value_range is not None else float(source_map.max()) if source_map.size else 0.0
+        )
+        cal_max = max(0.0, top)
     data: npt.NDArray[Any]
     if dtype == "uint8":
-        data, slope, inter = encode_uint8(source_map, buffer)
+        data, slope, inter = encode_uint8(source_map, buffer, value_range)
         hdr = _header(geom, np.uint8, descrip, cal_max)
         hdr.set_slope_inter(slope, inter)
         info.update({"scl_slope": slope, "scl_inter": inter, "max_error": slope / 2.0})

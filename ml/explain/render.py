@@ -7,7 +7,6 @@ where it exceeds a fraction of its maximum.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from concurrent.futures import Executor, Future
@@ -233,6 +232,73 @@ def _grid(tiles: npt.NDArray[np.uint8], nrow: int, ncol: int) -> npt.NDArray[np.
     return out
 
 
+def _encode_png(arr: npt.NDArray[np.uint8], path: Path) -> None:
+    """``arr`` (h, w) gray or (h, w, 4) RGBA as a PNG at :data:`PNG_LEVEL` (libpng through imagecodecs).
+
+    libpng releases the GIL (Pillow's PNG encoder does not), so the layers encode in parallel;
+    the "sub" row filter (and run-length matching for the gray layers) is ≈ 2.5× faster than
+    Pillow's adaptive filters at level 1, for files no larger.
+    """
+    import imagecodecs
+
+    gray = arr.ndim == 2
+    path.write_bytes(imagecodecs.png_encode(arr, level=PNG_LEVEL, filter=16, strategy=3 if gray else 0))
+
+
+def _ct_layer(
+    ct: CTVolume | npt.NDArray[Any],
+    slices: list[int],
+    tw: int,
+    th: int,
+    grid: tuple[int, int],
+    st: Style,
+    path: Path,
+) -> None:
+    """The CT layer: each slice resampled, in the window, 8-bit, on the grid, as a PNG."""
+    hu = np.stack([_resize(_ct_slice_hu(ct, z), tw, th) for z in slices])
+    hu -= st.lo_hu  # in place, the same operations as clip((hu - lo) / (hi - lo), 0, 1) · 255
+    hu /= st.hi_hu - st.lo_hu
+    np.clip(hu, 0.0, 1.0, out=hu)
+    hu *= 255.0
+    np.rint(hu, out=hu)
+    _encode_png(_grid(hu.astype(np.uint8), *grid), path)
+
+
+def _heat_tiles(
+    sal: F32Array, st: Style, a0: float, a1: float
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint32]]:
+    """(8-bit saliency, RGBA heat as little-endian uint32) of resampled tiles; ``sal`` is overwritten.
+
+    8-bit saliency = rint(255 · clip(sal / vmax, 0, 1)); heat colour = the colormap of it,
+    alpha = rint(255 · (a0 + (a1 − a0) · (s − f) / (1 − f))) where s > f, else 0 with no colour.
+    """
+    f = st.threshold_fraction
+    s = sal
+    if st.vmax > 0:
+        s /= st.vmax
+        np.clip(s, 0.0, 1.0, out=s)
+    else:
+        s[...] = 0.0
+    above = s > f
+    t = s * np.float32(255.0)
+    np.rint(t, out=t)
+    s8 = t.astype(np.uint8)
+    np.subtract(s, f, out=t)  # the alpha ramp, in the order of a0 + (a1 - a0) * (s - f) / (1 - f)
+    t *= a1 - a0
+    t /= max(1.0 - f, 1e-6)
+    t += a0
+    t *= 255.0
+    np.rint(t, out=t)
+    np.copyto(t, 0.0, where=~above)
+    lut8 = np.rint(st.lut * 255.0).astype(np.uint32)
+    lut32 = (lut8[:, 0] | lut8[:, 1] << 8 | lut8[:, 2] << 16).astype("<u4")
+    heat = lut32.take(s8)  # R, G, B bytes in memory order, alpha 0
+    alpha = t.astype("<u4")
+    heat |= alpha << 24
+    np.copyto(heat, 0, where=alpha == 0)  # transparent pixels carry no colour
+    return s8, heat
+
+
 def write_layers(
     source_map: F32Array,
     geom: VolumeGeometry,
@@ -250,50 +316,34 @@ def write_layers(
     Same grid for all three: tiles of ``slices`` in row-major order (tile ``t`` at
     column ``t % columns``, row ``t // columns``), each the whole slice resampled
     (bilinear, antialiased) to square pixels. Returns (role → path, layout for stats).
-    ``pool``: encode the PNGs there, concurrently (they are written when this returns).
+    ``pool``: the CT layer is made there, beside the other two (they are written when
+    this returns).
     """
-    from PIL import Image
-
     nz, ny, nx = source_map.shape
     tw, th = _layer_tile(geom, tile_px)
     ncol = math.ceil(math.sqrt(len(slices)))
     nrow = math.ceil(len(slices) / ncol)
-    f = style.threshold_fraction
     a0, a1 = HEAT_ALPHA
-    lut8 = np.rint(style.lut * 255.0).astype(np.uint8)
-    n = len(slices)
+    paths = {role: out / name for role, name in LAYER_FILES.items() if ct is not None or role != "ct_layer"}
+    ct_job: Future[None] | None = None
+    if ct is not None:
+        args = (ct, slices, tw, th, (nrow, ncol), style, paths["ct_layer"])
+        if pool is None:
+            _ct_layer(*args)
+        else:
+            ct_job = pool.submit(_ct_layer, *args)
     # every tile resampled first (PIL, per slice), then the arithmetic on the whole stack at once
     sal = np.stack([_resize(np.asarray(source_map[z]), tw, th) for z in slices])
-    s_ = np.clip(sal / style.vmax, 0.0, 1.0) if style.vmax > 0 else np.zeros_like(sal)
-    s8 = np.rint(s_ * 255.0).astype(np.uint8)
-    alpha = np.where(s_ > f, a0 + (a1 - a0) * (s_ - f) / max(1.0 - f, 1e-6), 0.0)
-    heat_t = np.empty((n, th, tw, 4), dtype=np.uint8)
-    heat_t[..., 3] = np.rint(alpha * 255.0).astype(np.uint8)
-    heat_t[..., :3] = lut8[s8]
-    heat_t[..., :3] *= (heat_t[..., 3:] > 0).astype(np.uint8)  # transparent pixels carry no colour
-    del sal, s_, alpha
-    gray_t: npt.NDArray[np.uint8] | None = None
-    if ct is not None:
-        hu = np.stack([_resize(_ct_slice_hu(ct, z), tw, th) for z in slices])
-        g = np.clip((hu - style.lo_hu) / (style.hi_hu - style.lo_hu), 0.0, 1.0)
-        gray_t = np.rint(g * 255.0).astype(np.uint8)
-        del hu, g
-    sal8, heat = _grid(s8, nrow, ncol), _grid(heat_t, nrow, ncol)
-    gray = None if gray_t is None else _grid(gray_t, nrow, ncol)
-    paths: dict[str, Path] = {}
-    saves: list[Future[None]] = []
-    for role, arr in (("ct_layer", gray), ("saliency_layer", sal8), ("heat_layer", heat)):
-        if arr is None:
-            continue
-        paths[role] = out / LAYER_FILES[role]
-        img = Image.fromarray(arr, mode="RGBA" if arr.ndim == 3 else "L")
-        save = functools.partial(img.save, paths[role], format="PNG", compress_level=PNG_LEVEL)
-        if pool is None:
-            save()
-        else:
-            saves.append(pool.submit(save))
-    for job in saves:
-        job.result()
+    s8, heat = _heat_tiles(sal, style, a0, a1)
+    del sal
+    _encode_png(_grid(s8, nrow, ncol), paths["saliency_layer"])
+    del s8
+    heat_grid = _grid(heat.view(np.uint8).reshape(*heat.shape, 4), nrow, ncol)
+    _encode_png(heat_grid, paths["heat_layer"])
+    del heat, heat_grid
+    if ct_job is not None:
+        ct_job.result()
+    f = style.threshold_fraction
     layout = {
         "files": {role: p.name for role, p in paths.items()},
         "columns": ncol,
@@ -311,7 +361,7 @@ def write_layers(
         "slices_origin_lps_mm": [geom.index_to_lps([0.0, 0.0, float(z)]).tolist() for z in slices],
         "peak_tile": slices.index(peak_z) if peak_z in slices else None,
         "ct": None
-        if gray is None
+        if ct is None
         else {
             "mode": "L",
             "window_hu": [style.lo_hu, style.hi_hu],

@@ -10,6 +10,7 @@ lies outside the model grid's voxel edges).
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from ml.explain.methods import ExplainOutput
 from ml.geometry import VolumeGeometry
-from ml.preprocess.resample import axis_lerp
+from ml.preprocess.resample import AxisLerp, axis_lerp
 
 if TYPE_CHECKING:
     from ml.preprocess import PreprocessGeometry
@@ -63,6 +64,7 @@ def to_source(
     geometry: PreprocessGeometry,
     *,
     out: F32Array | None = None,
+    threads: int = 2,
 ) -> F32Array:
     """Resample a model-space map [D, H, W] onto the source series grid.
 
@@ -74,6 +76,8 @@ def to_source(
         out: optional C-contiguous float32 array of the source shape to fill and
             return (a worker can reuse one buffer: first-touching ~300 MB of fresh
             memory costs more than the resampling itself in these VMs).
+        threads: fill this many runs of slices at once (Python threads; at least 16
+            slices each).
 
     Returns:
         float32 array with the source series' shape (z, y, x) = (slices, rows,
@@ -93,11 +97,9 @@ def to_source(
     a, b = source_to_model_affine(geometry)
     out_shape = geometry.source.shape_zyx
     if out is None:
-        out = np.zeros(out_shape, dtype=np.float32)
+        out = np.empty(out_shape, dtype=np.float32)
     elif out.shape != out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {out_shape}")
-    else:
-        out.fill(0.0)
     off = np.abs(a - np.diag(np.diag(a))).max()
     if off > 1e-9 * np.abs(np.diag(a)).max():
         out[...] = _to_source_sitk(m, geometry)
@@ -105,10 +107,39 @@ def to_source(
     # source index s → model coordinate a·s + b; the half-voxel edge of F.interpolate and ITK
     az, ay, ax = (axis_lerp(float(a[k, k]), float(b[k]), out_shape[k], size[k]) for k in range(3))
     if az.hi <= az.lo or ay.hi <= ay.lo or ax.hi <= ax.lo:
+        out.fill(0.0)
         return out
-    # NumPy, one thread: each step is a 512² plane, too small for torch's thread pool, whose
-    # hand-offs cost more than the arithmetic (seconds when other processes load the cores)
+    # 0 outside the region filled below (the rest is written once)
+    out[: az.lo] = 0.0
+    out[az.hi :] = 0.0
+    inside = out[az.lo : az.hi]
+    inside[:, : ay.lo] = 0.0
+    inside[:, ay.hi :] = 0.0
+    inside[:, ay.lo : ay.hi, : ax.lo] = 0.0
+    inside[:, ay.lo : ay.hi, ax.hi :] = 0.0
+    # NumPy on planes: each step is a 512² plane, too small for torch's thread pool, whose
+    # hand-offs cost more than the arithmetic (seconds when other processes load the cores);
+    # ``threads`` Python threads fill runs of slices apart (NumPy releases the GIL)
     mm = m.numpy()
+    n = az.hi - az.lo
+    parts = max(1, min(threads, n // 16))
+    cuts = [az.lo + n * k // parts for k in range(parts + 1)]
+    if parts == 1:
+        _fill_slices(out, mm, az, ay, ax, cuts[0], cuts[1])
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="s4ct-to-source") as pool:
+            jobs = [pool.submit(_fill_slices, out, mm, az, ay, ax, a, b) for a, b in itertools.pairwise(cuts)]
+            for job in jobs:
+                job.result()
+    return out
+
+
+def _fill_slices(
+    out: F32Array, mm: F32Array, az: AxisLerp, ay: AxisLerp, ax: AxisLerp, lo: int, hi: int
+) -> None:
+    """Source slices ``lo:hi`` of :func:`to_source`: model planes interpolated in (x, y), then in z."""
     xw, yw = ax.w1, ay.w1[:, None]
     cache: dict[int, F32Array] = {}
 
@@ -124,7 +155,7 @@ def to_source(
             cache[i] = p
         return p
 
-    for s in range(az.lo, az.hi):
+    for s in range(lo, hi):
         i0, i1 = int(az.i0[s - az.lo]), int(az.i1[s - az.lo])
         p0, p1 = plane(i0), plane(i1)
         for k in [k for k in cache if k not in (i0, i1)]:
@@ -133,7 +164,6 @@ def to_source(
         np.subtract(p1, p0, out=dst)
         dst *= az.w1[s - az.lo]
         dst += p0
-    return out
 
 
 def _sitk_image(array_zyx: npt.NDArray[Any], geom: VolumeGeometry) -> Any:

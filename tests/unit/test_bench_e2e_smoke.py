@@ -8,6 +8,7 @@ JPEG-lossless phantom and prints the stage table (the whole service run is marke
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,27 @@ def test_gpu_explain_timing_runs_on_cpu() -> None:
     assert res["arch"] == "resnet34" and res["ig_steps"] == 2
     assert res["forward_s"] > 0 and res["gradcam_s"] > 0 and res["ig_s"] > 0
     assert [g["goal"] for g in res["goals"]] == ["Grad-CAM ≤ 30 ms", "IG-2 ≤ 1 s"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_tree_cpu_counts_the_live_children() -> None:
+    """A job's CPU-seconds (``cpu_s``) include the worker's pool processes: the process tree's."""
+    import time
+
+    from bench.e2e import tree_cpu_s
+
+    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    burn += "sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while tree_cpu_s(child.pid) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own = tree_cpu_s(child.pid)
+        assert own >= 0.25
+        assert tree_cpu_s(os.getpid()) >= own + time.process_time() * 0.5  # this process and its child
+        assert tree_cpu_s(2**22 + 7) == 0.0  # no such process
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)

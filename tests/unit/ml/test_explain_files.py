@@ -20,6 +20,7 @@ from ml.explain.methods import explain
 from ml.explain.params import CT_PIXEL_FILES
 from ml.explain.save import save_explanation
 from ml.explain.source_grid import to_source
+from ml.explain.stats import map_summary
 from ml.geometry import VolumeGeometry
 from ml.inference import Predictor
 from ml.phantom import PhantomSpec, generate_phantom, write_series
@@ -396,3 +397,16 @@ def test_viewer_layers_all_slices_no_ct_and_opt_out(tmp_path: Path) -> None:
         write_saliency(sal, geom, None, tmp_path / "d", layer_max_slices=0)
     with pytest.raises(ValueError, match="layer_tile_px"):
         write_saliency(sal, geom, None, tmp_path / "d", layer_tile_px=1024)
+
+
+def test_map_summary_matches_numpy() -> None:
+    """Max, first peak, min, float64 sum and nonzero count (-0.0 is zero) in one helper."""
+    rng = np.random.default_rng(3)
+    a = np.where(rng.random((19, 23, 17)) < 0.6, rng.normal(0, 1, (19, 23, 17)), 0.0).astype(np.float32)
+    a[0, 0, :3] = -0.0
+    a[4, 5, 6] = a[11, 2, 3] = 9.0  # two equal maxima: the first in C order is the peak
+    m = map_summary(a)
+    assert (m.max, m.min, m.peak_zyx) == (9.0, float(a.min()), (4, 5, 6))
+    assert m.nonzero == np.count_nonzero(a)
+    assert m.sum == pytest.approx(float(a.sum(dtype=np.float64)), rel=1e-12)
+    assert map_summary(np.zeros((2, 3, 4), np.float32)).nonzero == 0

@@ -99,6 +99,11 @@ def test_to_source_is_zero_outside_the_crop_box_and_positive_inside(name: str) -
     buf = np.full(geom.shape_zyx, 7.0, np.float32)  # a reused buffer: filled, zeros outside
     assert to_source(np.ones(g.model_size_zyx, np.float32), g, out=buf) is buf
     np.testing.assert_array_equal(buf, src)
+    # runs of slices filled by threads: the same bits as one thread (this crop spans ≥ 32 slices)
+    blob = gaussian_blob(g.model_size_zyx, np.asarray(g.model_size_zyx) / 2.0, sigma=9.0)
+    one = to_source(blob, g, threads=1)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(to_source(blob, g, out=np.full_like(buf, np.nan), threads=threads), one)
     with pytest.raises(ValueError, match="out must be"):
         to_source(np.ones(g.model_size_zyx, np.float32), g, out=np.zeros(geom.shape_zyx, np.float64))
 
