@@ -15,21 +15,13 @@ import io
 import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from isal import isal_zlib
 
 from ml.errors import DicomError, ZipError
-from ml.io.zipsafe import (
-    _LOCAL_HEADER,
-    ExtractReport,
-    ZipLimits,
-    _check_declared_members,
-    _check_overlaps,
-    _open_zip,
-    _skip_reason,
-    _vet_infos,
-)
+from ml.io.zipsafe import _LOCAL_HEADER, ExtractReport, ZipLimits, member_errors, open_level
 
 __all__ = ["MemberStore", "read_members"]
 
@@ -70,7 +62,7 @@ def _member_bytes(archive: memoryview, zf: zipfile.ZipFile, info: zipfile.ZipInf
     fields = _LOCAL_HEADER.unpack_from(archive, info.header_offset)  # bounds checked by _check_overlaps
     start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
     raw = archive[start : start + info.compress_size]
-    try:
+    with member_errors():  # isal_zlib.error and friends
         if info.compress_type == zipfile.ZIP_STORED:
             data = bytes(raw)
         else:
@@ -78,10 +70,6 @@ def _member_bytes(archive: memoryview, zf: zipfile.ZipFile, info: zipfile.ZipInf
             data = inflater.decompress(raw, info.file_size + 1)
             if len(data) <= info.file_size and not inflater.eof:
                 raise ZipError("zip_invalid", "a member could not be decompressed (corrupt or truncated)")
-    except ZipError:
-        raise
-    except Exception as e:  # isal_zlib.error and friends
-        raise ZipError("zip_invalid", "a member could not be decompressed (corrupt or truncated)") from e
     # a member longer or shorter than declared fails its CRC, as with zipfile's reader (which
     # stops at the declared size): the same code as extraction to disk
     if len(data) != info.file_size or isal_zlib.crc32(data) != info.CRC:
@@ -93,45 +81,27 @@ def _member_bytes(archive: memoryview, zf: zipfile.ZipFile, info: zipfile.ZipInf
 
 def _member_via_zipfile(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     """Other compression methods (bzip2, LZMA): through :mod:`zipfile` (which checks size and CRC)."""
-    try:
-        with zf.open(info) as src:
-            data: bytes = src.read(info.file_size)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
-        raise ZipError("zip_invalid", "a member could not be decompressed (corrupt or truncated)") from e
-    except Exception as e:  # zlib.error is not an OSError subclass
-        raise ZipError("zip_invalid", "a member could not be decompressed") from e
+    with member_errors(), zf.open(info) as src:
+        data: bytes = src.read(info.file_size)
     return data
 
 
-def _read_into(
-    archive: bytes,
-    store: MemberStore,
-    limits: ZipLimits,
-    report: ExtractReport,
-    depth: int,
-    prefix: str,
-    threads: int,
-) -> None:
+@dataclass
+class _Reading:
+    """What every level of one archive shares while it is read."""
+
+    store: MemberStore
+    limits: ZipLimits
+    report: ExtractReport
+    threads: int
+
+
+def _read_into(archive: bytes, run: _Reading, depth: int, prefix: str) -> None:
+    store, limits, report, threads = run.store, run.limits, run.report, run.threads
     fp = io.BytesIO(archive)
-    _check_declared_members(fp, limits, report.members)
-    zf = _open_zip(fp)
+    zf, members = open_level(fp, len(archive), limits, report, prefix)
     with zf:
-        try:
-            infos = zf.infolist()
-        except Exception as e:
-            raise ZipError("zip_invalid", "unreadable central directory") from e
-        _vet_infos(infos, limits, report)
-        _check_overlaps(fp, infos, len(archive))
-        report.members += len(infos)
-        todo: list[tuple[zipfile.ZipInfo, Path]] = []
-        for i, info in enumerate(infos):
-            if info.is_dir():
-                continue
-            reason = _skip_reason(info.filename)
-            if reason:
-                report.skipped[reason] += 1
-                continue
-            todo.append((info, Path(f"{prefix}{i:06d}.bin")))
+        todo = [(info, Path(name)) for info, name in members]
         view = memoryview(archive)
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="s4ct-inflate") as pool:
             blobs = list(pool.map(lambda job: _member_bytes(view, zf, job[0]), todo))
@@ -140,7 +110,7 @@ def _read_into(
         if data[:4] == _ZIP_MAGIC:
             if depth >= limits.max_nesting:
                 raise ZipError("zip_bomb", f"archives nested deeper than {limits.max_nesting} level(s)")
-            _read_into(data, store, limits, report, depth + 1, f"{name.stem}_", threads)
+            _read_into(data, run, depth + 1, f"{name.stem}_")
             continue
         store.put(name, data)
         report.files.append(name)
@@ -161,5 +131,5 @@ def read_members(
     archive = source if isinstance(source, bytes) else Path(source).read_bytes()
     report = ExtractReport()
     store = MemberStore()
-    _read_into(archive, store, limits, report, depth=0, prefix="m", threads=threads)
+    _read_into(archive, _Reading(store, limits, report, threads), depth=0, prefix="m")
     return report, store
