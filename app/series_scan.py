@@ -25,6 +25,9 @@ from ml.io.series import Study
 __all__ = ["scan_series"]
 
 _WITHHELD = "[withheld]"
+#: the API process reads archives up to this size in memory (two scans may run at once); larger
+#: ones are extracted to the scan's temporary directory
+_SCAN_IN_MEMORY_MAX_BYTES = 512 << 20
 
 
 def _text(value: str, phi: frozenset[str]) -> str:
@@ -93,7 +96,7 @@ def scan_series(fetch: Callable[[Path], object], workdir: Path | None = None) ->
         archive = tmp / "study.zip"
         fetch(archive)
         try:
-            with open_study(archive, workdir=tmp) as study:
+            with open_study(archive, workdir=tmp, in_memory_max_bytes=_SCAN_IN_MEMORY_MAX_BYTES) as study:
                 return _ranked(study)
         except InputError as e:
             return {"error": {"code": e.code, "detail": e.detail}}
