@@ -15,7 +15,7 @@ from pathlib import Path
 from ml.io.discovery import discover_series
 from ml.io.members import read_members
 from ml.io.series import Study
-from ml.io.zipsafe import ZipLimits, precheck_zip, safe_extract
+from ml.io.zipsafe import ZipLimits, safe_extract, summarize_zip
 
 __all__ = ["IN_MEMORY_MAX_BYTES", "open_study"]
 
@@ -41,10 +41,10 @@ def open_study(
     :func:`~ml.io.decode.load_volume` inside the context.
     """
     if isinstance(source, bytes):
-        summary = precheck_zip(io.BytesIO(source), limits)
+        summary = summarize_zip(io.BytesIO(source), limits)
     else:
         with Path(source).open("rb") as fp:
-            summary = precheck_zip(fp, limits)
+            summary = summarize_zip(fp, limits)
     if summary.uncompressed_bytes <= in_memory_max_bytes:
         report, store = read_members(source, limits)
         try:

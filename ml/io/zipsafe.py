@@ -227,6 +227,14 @@ def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     Raises :class:`~ml.errors.ZipError`; an archive without any file member is
     ``zip_invalid``.
     """
+    summary = summarize_zip(fp, limits)
+    if not summary.files:
+        raise ZipError("zip_invalid", "the archive contains no file")
+    return summary
+
+
+def summarize_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
+    """:func:`precheck_zip` without its refusal of an archive that has no file member."""
     limits = limits or ZipLimits()
     _check_declared_members(fp, limits, 0)
     zf = _open_zip(fp)
@@ -235,8 +243,6 @@ def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     _vet_infos(infos, limits, ExtractReport())
     _check_overlaps_from_directory(infos)
     files = [i for i in infos if not i.is_dir()]
-    if not files:
-        raise ZipError("zip_invalid", "the archive contains no file")
     return ZipSummary(
         members=len(infos), files=len(files), uncompressed_bytes=sum(i.file_size for i in files)
     )

@@ -92,3 +92,19 @@ def test_read_study_either_way(tmp_path: Path, in_memory: bool) -> None:
     assert reference.volume is not None
     np.testing.assert_array_equal(volume.stored, reference.volume.stored)
     assert list(tmp_path.glob("s4ct-study-*")) == []  # the temporary directory is removed
+
+
+def test_codes_of_open_study_unchanged_for_empty_and_junk_archives(tmp_path: Path) -> None:
+    """An archive without DICOM is ``no_dicom`` (not ``zip_invalid``) whichever way it is read."""
+    for i, members in enumerate([{}, {"readme.txt": b"hello " * 100}]):
+        archive = tmp_path / f"a{i}.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        for limit in (0, 1 << 30):
+            with (
+                pytest.raises(InputError) as e,
+                open_study(archive, in_memory_max_bytes=limit, workdir=tmp_path),
+            ):
+                pass
+            assert e.value.code == "no_dicom"
