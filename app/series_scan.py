@@ -1,7 +1,7 @@
 """The series picker: every series of a study with its ranking, usability and QC reasons.
 
 Read from DICOM headers only (``stop_before_pixels``, architecture rule 6): the archive is
-vetted and extracted like the worker does (``ml.io.zipsafe``), series are discovered from
+vetted and read like the worker does (``ml.io.reading.open_study``), series are discovered from
 their headers (``ml.io.discovery``) and assessed and ranked by the same QC as a prediction
 (``ml.io.qc``); no pixel is decoded and torch is never imported. The API runs it once per
 study, on the first ``GET /v1/studies/{id}/series``, and keeps the answer in
@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from ml.errors import InputError, QCError
-from ml.io.discovery import discover_series
 from ml.io.qc import SeriesQC, assess_series, rank_series
+from ml.io.reading import open_study
 from ml.io.series import Study
-from ml.io.zipsafe import safe_extract
 
 __all__ = ["scan_series"]
 
 _WITHHELD = "[withheld]"
+#: the API process reads archives up to this size in memory (two scans may run at once); larger
+#: ones are extracted to the scan's temporary directory
+_SCAN_IN_MEMORY_MAX_BYTES = 512 << 20
 
 
 def _text(value: str, phi: frozenset[str]) -> str:
@@ -94,13 +96,11 @@ def scan_series(fetch: Callable[[Path], object], workdir: Path | None = None) ->
         archive = tmp / "study.zip"
         fetch(archive)
         try:
-            report = safe_extract(archive, tmp / "members")
-            study = discover_series(report.files)
+            with open_study(archive, workdir=tmp, in_memory_max_bytes=_SCAN_IN_MEMORY_MAX_BYTES) as study:
+                return _ranked(study)
         except InputError as e:
             return {"error": {"code": e.code, "detail": e.detail}}
         except RecursionError:  # pydicom on a hostile header (rule 6)
             return {"error": {"code": "dicom_invalid", "detail": "a DICOM header could not be parsed"}}
-        study.skipped.update(report.skipped)
-        return _ranked(study)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -154,10 +154,10 @@ def _clean(kw: str, value: Any) -> Any:
 
 
 def read_source(series: SeriesInfo) -> SourceReference:
-    """Read the reference of ``series`` from its first file's header (the files must still exist)."""
+    """Read the reference of ``series`` from its first file's header (its file must still exist)."""
     if not series.slices:
         raise ValueError("the series has no slices")
-    ds = read_header(series.slices[0].path) or Dataset()
+    ds = read_header(series.slices[0].source()) or Dataset()
     ps = Dataset()
     charset = header_value(ds, "SpecificCharacterSet")
     if charset:

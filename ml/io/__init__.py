@@ -2,12 +2,15 @@
 
 - :mod:`ml.io.zipsafe`: vetting and extraction of hostile archives (:class:`ZipLimits`,
   :func:`precheck_zip`, :func:`safe_extract`).
+- :mod:`ml.io.members`: the same vetting, members inflated into memory (:func:`read_members`,
+  :class:`MemberStore`).
 - :mod:`ml.io.headers`: guarded access to hostile DICOM headers, SOP classes, PHI tokens.
 - :mod:`ml.io.series`: what discovery finds (:class:`SliceRef`, :class:`SeriesInfo`, :class:`Study`).
 - :mod:`ml.io.discovery`: series discovery from headers only (:func:`discover_series`).
 - :mod:`ml.io.decode`: pixel decoding into a :class:`~ml.geometry.CTVolume` (:func:`load_volume`).
 - :mod:`ml.io.qc`: QC reason codes, series assessment and ranking (:func:`rank_series`).
-- :mod:`ml.io.study`: :func:`open_study` and :func:`read_study`, the one study reader.
+- :mod:`ml.io.reading`: :func:`open_study`: a study's archive read safely, its series discovered.
+- :mod:`ml.io.study`: :func:`read_study`, the one study reader.
 - :mod:`ml.io.files`: file hashing.
 
 Nothing here imports torch (preprocessing, when :func:`read_study` is asked for it, does).
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
         PHI_KEYWORDS,
         read_header,
     )
+    from ml.io.members import MemberStore, read_members
     from ml.io.qc import (
         QC_CODES,
         QCConfig,
@@ -42,8 +46,9 @@ if TYPE_CHECKING:
         assess_series,
         rank_series,
     )
+    from ml.io.reading import open_study
     from ml.io.series import SeriesInfo, SliceRef, Study
-    from ml.io.study import STAGES, StudyRead, open_study, read_study
+    from ml.io.study import STAGES, StudyRead, read_study
     from ml.io.zipsafe import ExtractReport, ZipLimits, ZipSummary, precheck_zip, safe_extract
 
 __all__ = [
@@ -55,6 +60,7 @@ __all__ = [
     "QC_CODES",
     "STAGES",
     "ExtractReport",
+    "MemberStore",
     "QCConfig",
     "QCReason",
     "QCReport",
@@ -73,13 +79,25 @@ __all__ = [
     "precheck_zip",
     "rank_series",
     "read_header",
+    "read_members",
     "read_study",
     "safe_extract",
     "sha256_file",
 ]
 
 #: submodules in the order a name is looked up in: the light ones first
-_SUBMODULES = ("files", "zipsafe", "headers", "series", "qc", "discovery", "decode", "study")
+_SUBMODULES = (
+    "files",
+    "zipsafe",
+    "members",
+    "headers",
+    "series",
+    "qc",
+    "discovery",
+    "reading",
+    "decode",
+    "study",
+)
 
 
 def __getattr__(name: str) -> Any:

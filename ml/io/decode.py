@@ -12,6 +12,7 @@ the volume.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from pydicom.dataset import Dataset
 from ml.errors import DicomError
 from ml.geometry import CTVolume
 from ml.io.headers import header_int
-from ml.io.series import SeriesInfo
+from ml.io.series import SeriesInfo, SliceRef
 
 __all__ = ["JPEG_TRANSFER_SYNTAXES", "decode_threads", "load_volume", "read_pixels"]
 
@@ -121,13 +122,13 @@ def _jpeg_pixels(ds: Dataset) -> npt.NDArray[Any] | None:
     return out[0] if frames == 1 else out
 
 
-def read_pixels(path: Path) -> npt.NDArray[Any]:
-    """The stored values of one DICOM file: (rows, cols), or (frames, rows, cols) for a multi-frame.
+def read_pixels(path: Path | bytes) -> npt.NDArray[Any]:
+    """The stored values of one DICOM file (a path or its bytes): (rows, cols), or (frames, rows, cols).
 
     Raises ``dicom_invalid`` / ``unsupported_transfer_syntax``.
     """
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(path) if isinstance(path, bytes) else path)
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             raise DicomError("dicom_invalid", "an image has no pixel data")
         fast = _native_pixels(ds)
@@ -162,10 +163,11 @@ class _Frames:
         self._path: Path | None = None
         self._frames: npt.NDArray[Any] | None = None
 
-    def get(self, path: Path, frame: int) -> npt.NDArray[Any]:
+    def get(self, ref: SliceRef, frame: int) -> npt.NDArray[Any]:
+        path = ref.path
         with self._lock:
             if self._path != path or self._frames is None:
-                frames = read_pixels(path)
+                frames = read_pixels(ref.source())
                 self._frames, self._path = (frames[None] if frames.ndim == 2 else frames), path
             frames = self._frames
         if frame >= frames.shape[0]:
@@ -193,7 +195,7 @@ def load_volume(series: SeriesInfo, *, max_bytes: int = 6 << 30, threads: int | 
 
     def pixels(z: int) -> npt.NDArray[Any]:
         s = series.slices[z]
-        img = read_pixels(s.path) if s.frame is None else multi.get(s.path, s.frame)
+        img = read_pixels(s.source()) if s.frame is None else multi.get(s, s.frame)
         if img.shape != (ny, nx):
             raise DicomError("dicom_invalid", f"slice {z} has shape {img.shape}, expected {(ny, nx)}")
         return img

@@ -25,6 +25,7 @@ from ml.io.headers import (
     to_float,
     to_floats,
 )
+from ml.io.members import MemberStore
 from ml.io.series import SeriesInfo, SliceRef, Study
 
 __all__ = ["discover_series"]
@@ -46,7 +47,7 @@ def _check_pixel_header(ds: Dataset, idx: int) -> tuple[int, int]:
     return rows, cols
 
 
-def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
+def _slices_of(ds: Dataset, path: Path, idx: int, store: MemberStore | None = None) -> list[SliceRef]:
     """SliceRefs of one file: one for classic images, one per frame for multi-frame objects."""
     rows, cols = _check_pixel_header(ds, idx)
     nframes = header_int(ds, "NumberOfFrames", 1)
@@ -77,6 +78,7 @@ def _slices_of(ds: Dataset, path: Path, idx: int) -> list[SliceRef]:
             ori,
             to_float(th),
             sop_uid,
+            store,
         )
 
     if "PerFrameFunctionalGroupsSequence" not in ds and nframes == 1:
@@ -123,8 +125,11 @@ def _icpt(icpt: float | None, idx: int) -> float:
     return icpt
 
 
-def discover_series(files: Sequence[Path]) -> Study:
+def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> Study:
     """Group DICOM files into series and sort each series along its slice normal.
+
+    ``store``: the files are members read into memory (:func:`ml.io.members.read_members`),
+    ``files`` their names in it.
 
     Non-DICOM files are skipped and counted. Raises ``no_dicom`` when nothing
     readable is found.
@@ -133,7 +138,7 @@ def discover_series(files: Sequence[Path]) -> Study:
     skipped: Counter[str] = Counter()
     phi: set[str] = set()
     for idx, p in enumerate(files):
-        ds = read_header(p)
+        ds = read_header(p if store is None else store.get(p))
         if ds is None:
             skipped["not_dicom"] += 1
             continue
@@ -147,7 +152,7 @@ def discover_series(files: Sequence[Path]) -> Study:
         raise DicomError("no_dicom", "the archive contains no DICOM image")
     series: list[SeriesInfo] = []
     for uid, items in groups.items():
-        series.append(_build_series(uid, items, skipped))
+        series.append(_build_series(uid, items, skipped, store))
     if skipped["invalid_header"] and not any(s.slices for s in series):
         # every image was refused for its header values: say so, not 'too few slices'
         raise DicomError(
@@ -157,7 +162,9 @@ def discover_series(files: Sequence[Path]) -> Study:
     return Study(series=series, skipped=skipped, files=len(files), phi_tokens=frozenset(phi))
 
 
-def _build_series(uid: str, items: list[tuple[Dataset, Path, int]], skipped: Counter[str]) -> SeriesInfo:
+def _build_series(
+    uid: str, items: list[tuple[Dataset, Path, int]], skipped: Counter[str], store: MemberStore | None
+) -> SeriesInfo:
     ds0 = items[0][0]
     slices: list[SliceRef] = []
     issues: list[str] = []
@@ -166,7 +173,7 @@ def _build_series(uid: str, items: list[tuple[Dataset, Path, int]], skipped: Cou
     tilt_tag = 0.0
     for ds, p, idx in items:
         try:
-            refs = _slices_of(ds, p, idx)
+            refs = _slices_of(ds, p, idx, store)
         except DicomError as e:
             issues.append(e.code)
             skipped["invalid_header"] += 1

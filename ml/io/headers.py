@@ -8,6 +8,7 @@ scrubbing must remove.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import struct
@@ -147,18 +148,23 @@ def phi_tokens(ds: Dataset) -> set[str]:
     return out
 
 
-def read_header(path: Path) -> Dataset | None:
-    """Read a DICOM header without pixel data, or None when the file is not DICOM.
+def read_header(path: Path | bytes) -> Dataset | None:
+    """Read a DICOM header without pixel data (from a file or its bytes), or None when it is not DICOM.
 
     Files without the 128-byte preamble are accepted only if they parse to a
     dataset with an SOP Class UID. pydicom's RecursionError (deeply nested
     sequences) and any parse failure count as 'not DICOM'.
     """
     try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
+        if isinstance(path, bytes):
+            head = path[:132]
+            src: Path | io.BytesIO = io.BytesIO(path)
+        else:
+            with path.open("rb") as fh:
+                head = fh.read(132)
+            src = path
         has_magic = len(head) == 132 and head[128:132] == b"DICM"
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=not has_magic, defer_size="64 KB")
+        ds = pydicom.dcmread(src, stop_before_pixels=True, force=not has_magic, defer_size="64 KB")
         if not has_magic and "SOPClassUID" not in ds:
             return None
         _ = ds.get("SOPClassUID")  # force parsing of the top level

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ml.geometry import VolumeGeometry
+from ml.io.members import MemberStore
 
 __all__ = ["SeriesInfo", "SliceRef", "Study"]
 
@@ -36,6 +37,13 @@ class SliceRef:
     slice_thickness_mm: float | None
     #: SOPInstanceUID of the file (as read, unchecked); "" when absent
     sop_instance_uid: str = ""
+    #: where the file's bytes are when the archive was read into memory (``path`` is then its
+    #: generated name in the store); None: ``path`` is a file on disk
+    store: MemberStore | None = field(default=None, compare=False, repr=False)
+
+    def source(self) -> Path | bytes:
+        """The file to read: its path on disk, or its bytes from the in-memory store."""
+        return self.path if self.store is None else self.store.get(self.path)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """One study archive → its series → QC and ranking → the selected volume (→ the model input).
 
-:func:`open_study` extracts an archive into a private temporary directory and discovers
-its series (the directory is removed when the context exits). :func:`read_study` is the
+:func:`open_study` reads an archive safely (into memory, or a very large one into a private
+temporary directory) and discovers its series (the members are released when the context
+exits). :func:`read_study` is the
 one way the service, the batch report, the CLI, training and the benches read a study:
 open, rank and select a series, decode it, remove the extracted files and, when asked,
 run the preprocessing. It reports each stage to optional callbacks and hands the PHI
@@ -12,8 +13,6 @@ they are scrubbed from a log even when a later stage refuses the study.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,43 +21,20 @@ from pathlib import Path
 from ml.dicom_out.source import SourceReference, read_source
 from ml.geometry import CTVolume
 from ml.io.decode import load_volume
-from ml.io.discovery import discover_series
 from ml.io.qc import QCConfig, QCReport, rank_series
+from ml.io.reading import IN_MEMORY_MAX_BYTES, open_study
 from ml.io.series import SeriesInfo, Study
-from ml.io.zipsafe import ZipLimits, safe_extract
+from ml.io.zipsafe import ZipLimits
 from ml.preprocess import PreprocessConfig, PreprocessResult
 from ml.preprocess import preprocess as run_preprocess
 
-__all__ = ["STAGES", "StudyRead", "open_study", "read_study"]
+__all__ = ["IN_MEMORY_MAX_BYTES", "STAGES", "StudyRead", "open_study", "read_study"]
 
-#: the stages of :func:`read_study`, in the order they run. ``reading``: safe extraction and
-#: header scan; ``qc``: assessment, ranking and selection; ``decoding``: the selected series'
-#: pixels; ``cleanup``: removal of the extracted files; ``preprocessing``: the model input.
+#: the stages of :func:`read_study`, in the order they run. ``reading``: safe reading of the
+#: archive (in memory, or extraction) and header scan; ``qc``: assessment, ranking and
+#: selection; ``decoding``: the selected series' pixels; ``cleanup``: release of the members
+#: (removal of the extracted files); ``preprocessing``: the model input.
 STAGES = ("reading", "qc", "decoding", "cleanup", "preprocessing")
-
-
-@contextlib.contextmanager
-def open_study(
-    source: str | Path | bytes, limits: ZipLimits | None = None, workdir: str | Path | None = None
-) -> Iterator[Study]:
-    """Extract a study ZIP (a path, or its bytes) into a private temporary directory and discover its series.
-
-    The directory (and everything extracted) is removed when the context exits;
-    decode volumes with :func:`~ml.io.decode.load_volume` inside the context.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix="s4ct-study-", dir=workdir))
-    try:
-        if isinstance(source, bytes):
-            archive = tmp / "study.zip"
-            archive.write_bytes(source)
-            report = safe_extract(archive, tmp / "members", limits)
-        else:
-            report = safe_extract(source, tmp, limits)
-        study = discover_series(report.files)
-        study.skipped.update(report.skipped)
-        yield study
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass

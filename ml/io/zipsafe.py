@@ -8,12 +8,13 @@ their own: archive member names often embed patient identifiers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import stat
 import struct
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -226,6 +227,14 @@ def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     Raises :class:`~ml.errors.ZipError`; an archive without any file member is
     ``zip_invalid``.
     """
+    summary = summarize_zip(fp, limits)
+    if not summary.files:
+        raise ZipError("zip_invalid", "the archive contains no file")
+    return summary
+
+
+def summarize_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
+    """:func:`precheck_zip` without its refusal of an archive that has no file member."""
     limits = limits or ZipLimits()
     _check_declared_members(fp, limits, 0)
     zf = _open_zip(fp)
@@ -234,25 +243,16 @@ def precheck_zip(fp: BinaryIO, limits: ZipLimits | None = None) -> ZipSummary:
     _vet_infos(infos, limits, ExtractReport())
     _check_overlaps_from_directory(infos)
     files = [i for i in infos if not i.is_dir()]
-    if not files:
-        raise ZipError("zip_invalid", "the archive contains no file")
     return ZipSummary(
         members=len(infos), files=len(files), uncompressed_bytes=sum(i.file_size for i in files)
     )
 
 
-def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> int:
-    written = 0
+@contextlib.contextmanager
+def member_errors() -> Iterator[None]:
+    """Any failure to inflate a member (zlib errors, bad CRC, truncated data, ...) as ``zip_invalid``."""
     try:
-        with zf.open(info) as src, dest.open("wb") as out:
-            while True:
-                chunk = src.read(_CHUNK)
-                if not chunk:
-                    break
-                written += len(chunk)
-                if written > info.file_size:
-                    raise ZipError("zip_bomb", "member expands beyond its declared size")
-                out.write(chunk)
+        yield
     except ZipError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
@@ -260,7 +260,53 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> int:
         raise ZipError("zip_invalid", "a member could not be decompressed (corrupt or truncated)") from e
     except Exception as e:  # zlib.error is not an OSError subclass
         raise ZipError("zip_invalid", "a member could not be decompressed") from e
+
+
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> int:
+    written = 0
+    with member_errors(), zf.open(info) as src, dest.open("wb") as out:
+        while True:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > info.file_size:
+                raise ZipError("zip_bomb", "member expands beyond its declared size")
+            out.write(chunk)
     return written
+
+
+def open_level(
+    fp: BinaryIO, size: int, limits: ZipLimits, report: ExtractReport, prefix: str
+) -> tuple[zipfile.ZipFile, list[tuple[zipfile.ZipInfo, str]]]:
+    """Vet one archive level (every rule that needs no member data) and name the members to read.
+
+    Returns the open archive and its file members under generated names (``prefix`` +
+    index); directories are left out, junk is counted in ``report.skipped``.
+    """
+    _check_declared_members(fp, limits, report.members)
+    zf = _open_zip(fp)
+    try:
+        try:
+            infos = zf.infolist()
+        except Exception as e:
+            raise ZipError("zip_invalid", "unreadable central directory") from e
+        _vet_infos(infos, limits, report)
+        _check_overlaps(fp, infos, size)
+    except BaseException:
+        zf.close()
+        raise
+    report.members += len(infos)
+    todo: list[tuple[zipfile.ZipInfo, str]] = []
+    for i, info in enumerate(infos):
+        if info.is_dir():
+            continue
+        reason = _skip_reason(info.filename)
+        if reason:
+            report.skipped[reason] += 1
+            continue
+        todo.append((info, f"{prefix}{i:06d}.bin"))
+    return zf, todo
 
 
 def _extract_into(
@@ -273,43 +319,28 @@ def _extract_into(
     threads: int,
 ) -> None:
     with zip_path.open("rb") as fp:
-        _check_declared_members(fp, limits, report.members)
-    zf = _open_zip(zip_path)
-    with zf:
-        try:
-            infos = zf.infolist()
-        except Exception as e:
-            raise ZipError("zip_invalid", "unreadable central directory") from e
-        _vet_infos(infos, limits, report)
-        with zip_path.open("rb") as fp:
-            _check_overlaps(fp, infos, zip_path.stat().st_size)
-        report.members += len(infos)
-        todo: list[tuple[zipfile.ZipInfo, Path]] = []
-        for i, info in enumerate(infos):
-            if info.is_dir():
-                continue
-            reason = _skip_reason(info.filename)
-            if reason:
-                report.skipped[reason] += 1
-                continue
-            todo.append((info, dest / f"{prefix}{i:06d}.bin"))
-        # inflating releases the GIL: members are copied in parallel. Declared sizes were
-        # vetted above and each copy stops past its declared size, so the total stays bounded.
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            sizes = list(pool.map(lambda job: _copy_member(zf, job[0], job[1]), todo))
-        for (_info, target), n in zip(todo, sizes, strict=True):
-            report.total_bytes += n
-            with target.open("rb") as fh:
-                magic = fh.read(4)
-            if magic == b"PK\x03\x04":
-                if depth >= limits.max_nesting:
-                    raise ZipError("zip_bomb", f"archives nested deeper than {limits.max_nesting} level(s)")
-                _extract_into(target, dest, limits, report, depth + 1, f"{target.stem}_", threads)
-                target.unlink()
-                continue
-            report.files.append(target)
-        if report.total_bytes > limits.max_total_uncompressed:
-            raise ZipError("zip_too_large", "archive expands beyond the size limit")
+        zf, members = open_level(fp, zip_path.stat().st_size, limits, report, prefix)
+        with zf:
+            todo = [(info, dest / name) for info, name in members]
+            # inflating releases the GIL: members are copied in parallel. Declared sizes were
+            # vetted above and each copy stops past its declared size, so the total stays bounded.
+            with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+                sizes = list(pool.map(lambda job: _copy_member(zf, job[0], job[1]), todo))
+            for (_info, target), n in zip(todo, sizes, strict=True):
+                report.total_bytes += n
+                with target.open("rb") as fh:
+                    magic = fh.read(4)
+                if magic == b"PK\x03\x04":
+                    if depth >= limits.max_nesting:
+                        raise ZipError(
+                            "zip_bomb", f"archives nested deeper than {limits.max_nesting} level(s)"
+                        )
+                    _extract_into(target, dest, limits, report, depth + 1, f"{target.stem}_", threads)
+                    target.unlink()
+                    continue
+                report.files.append(target)
+            if report.total_bytes > limits.max_total_uncompressed:
+                raise ZipError("zip_too_large", "archive expands beyond the size limit")
 
 
 def safe_extract(

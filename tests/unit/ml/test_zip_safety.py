@@ -1,4 +1,4 @@
-"""Every refusal of ml.io.safe_extract, with generated archives."""
+"""Every refusal of ml.io.safe_extract and ml.io.members.read_members (the same), generated archives."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from zipcraft import many_members, raw_zip, symlink_zip, wide_central_directory
 
 from ml.errors import InputError, ZipError
 from ml.io import ZipLimits, discover_series, precheck_zip, safe_extract
+from ml.io.members import read_members
 
 
 def _zip(
@@ -28,10 +29,14 @@ def _zip(
 
 
 def _code(zip_path: Path, tmp_path: Path, limits: ZipLimits | None = None) -> str:
+    """The refusal code of extraction to disk, checked to be that of reading into memory too."""
     out = tmp_path / "out"
     with pytest.raises(InputError) as ei:
         safe_extract(zip_path, out, limits)
     # nothing half-extracted may remain usable: refusals happen before writing, or raise mid-way
+    with pytest.raises(InputError) as in_memory:
+        read_members(zip_path, limits)
+    assert in_memory.value.code == ei.value.code
     return ei.value.code
 
 
