@@ -18,7 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from isal import isal_zlib
+try:  # ISA-L inflates about twice as fast; the API image (series picker) does without it
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency of the worker
+    import zlib as isal_zlib  # type: ignore[no-redef]
 
 from ml.errors import DicomError, ZipError
 from ml.io.zipsafe import _LOCAL_HEADER, ExtractReport, ZipLimits, member_errors, open_level

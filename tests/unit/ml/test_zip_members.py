@@ -108,3 +108,24 @@ def test_codes_of_open_study_unchanged_for_empty_and_junk_archives(tmp_path: Pat
             ):
                 pass
             assert e.value.code == "no_dicom"
+
+
+def test_plain_zlib_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ISA-L (the API image) members inflate through zlib to the same bytes; damage is refused."""
+    import zlib
+
+    from ml.io import members
+
+    archive = tmp_path / "study.zip"
+    make_study(archive, seed=3, rows=32, cols=32, n_slices=8)
+    fast_report, fast = read_members(archive)
+    expected = {str(n): fast.get(n) for n in fast_report.files}
+    monkeypatch.setattr(members, "isal_zlib", zlib)
+    report, store = read_members(archive)
+    assert {str(n): store.get(n) for n in report.files} == expected
+    data = bytearray(archive.read_bytes())
+    first = zipfile.ZipFile(archive).infolist()[0]
+    data[first.header_offset + 30 + len(first.filename.encode()) + 2] ^= 0xFF
+    with pytest.raises(InputError) as e:
+        read_members(bytes(data))
+    assert e.value.code == "zip_invalid"
