@@ -96,10 +96,17 @@ def resample_parallel(
         axis_lerp(ratio_zyx[k], ratio_zyx[k] * lo_zyx[k], shape_zyx[k], n_src[k], upper_inclusive=False)
         for k in range(3)
     ]
-    out = np.full(shape_zyx, np.float32(default_value), dtype=np.float32)
     az, ay, ax = axes
     if az.hi <= az.lo or ay.hi <= ay.lo or ax.hi <= ax.lo:
-        return out
+        return np.full(shape_zyx, np.float32(default_value), dtype=np.float32)
+    out = np.empty(shape_zyx, dtype=np.float32)  # written once: the valid points below, the rest here
+    fill = np.float32(default_value)
+    out[: az.lo] = fill
+    out[az.hi :] = fill
+    out[az.lo : az.hi, : ay.lo] = fill
+    out[az.lo : az.hi, ay.hi :] = fill
+    out[az.lo : az.hi, ay.lo : ay.hi, : ax.lo] = fill
+    out[az.lo : az.hi, ay.lo : ay.hi, ax.hi :] = fill
     # the source rows and columns the valid points need
     y_lo, y_hi = int(min(ay.i0.min(), ay.i1.min())), int(max(ay.i0.max(), ay.i1.max())) + 1
     x_lo, x_hi = int(min(ax.i0.min(), ax.i1.min())), int(max(ax.i0.max(), ax.i1.max())) + 1
@@ -124,8 +131,11 @@ def resample_parallel(
             for z in [z for z in cache if z not in (z0, z1)]:
                 del cache[z]
             p0 = cache[z0] if z0 in cache else cache.setdefault(z0, in_plane(z0))
-            p1 = cache[z1] if z1 in cache else cache.setdefault(z1, in_plane(z1))
             dst = out[j, ay.lo : ay.hi, ax.lo : ax.hi]
+            if az.w1[k] == 0:  # on a source slice (e.g. the same slice spacing): (p1 − p0)·0 + p0
+                np.copyto(dst, p0)
+                continue
+            p1 = cache[z1] if z1 in cache else cache.setdefault(z1, in_plane(z1))
             np.subtract(p1, p0, out=dst)
             dst *= az.w1[k]
             dst += p0
