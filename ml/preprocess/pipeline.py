@@ -398,7 +398,8 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     # 6. scale to [-1, 1]: y = ((v·slope + icpt) − w_lo) / (w_hi − w_lo) · 2 − 1
     t = time.perf_counter()
     k = 2.0 / (w_hi - w_lo)
-    y.mul_(v_slope * k).add_((v_icpt - w_lo) * k - 1.0).clamp_(-1.0, 1.0)
+    offset = torch.tensor((v_icpt - w_lo) * k - 1.0, dtype=torch.float32)
+    torch.add(offset, y, alpha=v_slope * k, out=y).clamp_(-1.0, 1.0)  # one pass for the affine map
     y = y.contiguous()
     timings["scale"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
