@@ -376,7 +376,7 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     w_lo, w_hi = cfg.hu_window
     c_lo, c_hi = sorted(((w_lo - v_icpt) / v_slope, (w_hi - v_icpt) / v_slope))
     view = region[rel_lo[0] : rel_hi[0], rel_lo[1] : rel_hi[1], rel_lo[2] : rel_hi[2]]
-    if owner is None and view.flags.c_contiguous:  # the crop is the whole region (or whole slices)
+    if owner is None:  # our region: clipped in place, resized from the (strided) view, no copy
         cropped = np.clip(view, np.float32(c_lo), np.float32(c_hi), out=view)
     else:
         cropped = np.empty(view.shape, dtype=np.float32)
