@@ -152,7 +152,7 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
             ds = read_header(p)
         else:
             data = store.get(p)
-            ds, stop = store.parsed(p) or read_header_at(data)
+            ds, stop = read_header_at(data)
             native = None if ds is None else native_pixel_span(ds, data, stop)
         if ds is None:
             skipped["not_dicom"] += 1

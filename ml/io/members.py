@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from isal import isal_zlib
 
@@ -34,17 +33,9 @@ class MemberStore:
 
     def __init__(self) -> None:
         self._data: dict[Path, bytes] = {}
-        self._parsed: dict[Path, Any] = {}
 
-    def put(self, name: Path, data: bytes, parsed: Any = None) -> None:
-        """Keep ``data`` under ``name``, with what ``read_members``' ``parse`` made of it."""
+    def put(self, name: Path, data: bytes) -> None:
         self._data[name] = data
-        if parsed is not None:
-            self._parsed[name] = parsed
-
-    def parsed(self, name: Path) -> Any:
-        """What ``parse`` returned for the member while it was read; None when it was not parsed."""
-        return self._parsed.get(name)
 
     def get(self, name: Path) -> bytes:
         """The member's bytes; ``dicom_invalid`` once the store is released."""
@@ -59,7 +50,6 @@ class MemberStore:
     def release(self) -> None:
         """Drop every member's bytes (the in-memory counterpart of removing the extracted files)."""
         self._data.clear()
-        self._parsed.clear()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -104,7 +94,6 @@ class _Reading:
     limits: ZipLimits
     report: ExtractReport
     threads: int
-    parse: Callable[[bytes], Any] | None = None
 
 
 def _read_into(archive: bytes, run: _Reading, depth: int, prefix: str) -> None:
@@ -114,46 +103,33 @@ def _read_into(archive: bytes, run: _Reading, depth: int, prefix: str) -> None:
     with zf:
         todo = [(info, Path(name)) for info, name in members]
         view = memoryview(archive)
-        parse = run.parse
-
-        def member(info: zipfile.ZipInfo) -> tuple[bytes, Any]:
-            data = _member_bytes(view, zf, info)
-            return data, (None if parse is None or data[:4] == _ZIP_MAGIC else parse(data))
-
-        # each thread parses the member it has just inflated (``parse`` holds the GIL while
-        # the other thread's inflating does not)
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="s4ct-inflate") as pool:
-            blobs = list(pool.map(lambda job: member(job[0]), todo))
-    for (_info, name), (data, parsed) in zip(todo, blobs, strict=True):
+            blobs = list(pool.map(lambda job: _member_bytes(view, zf, job[0]), todo))
+    for (_info, name), data in zip(todo, blobs, strict=True):
         report.total_bytes += len(data)
         if data[:4] == _ZIP_MAGIC:
             if depth >= limits.max_nesting:
                 raise ZipError("zip_bomb", f"archives nested deeper than {limits.max_nesting} level(s)")
             _read_into(data, run, depth + 1, f"{name.stem}_")
             continue
-        store.put(name, data, parsed)
+        store.put(name, data)
         report.files.append(name)
     if report.total_bytes > limits.max_total_uncompressed:
         raise ZipError("zip_too_large", "archive expands beyond the size limit")
 
 
 def read_members(
-    source: str | Path | bytes,
-    limits: ZipLimits | None = None,
-    threads: int = 2,
-    parse: Callable[[bytes], Any] | None = None,
+    source: str | Path | bytes, limits: ZipLimits | None = None, threads: int = 2
 ) -> tuple[ExtractReport, MemberStore]:
     """Vet ``source`` (a ZIP path or its bytes) and inflate its members into memory.
 
     The same rules and refusal codes as :func:`~ml.io.zipsafe.safe_extract`
     (``zip_invalid``, ``zip_too_large``, ``zip_unsafe_path``, ``zip_bomb``); the report's
-    ``files`` are the members' generated names, keys of the returned store. ``parse``
-    (which must not raise), when given, is applied to each member's bytes while the next
-    members are inflated; :meth:`MemberStore.parsed` returns what it made of each.
+    ``files`` are the members' generated names, keys of the returned store.
     """
     limits = limits or ZipLimits()
     archive = source if isinstance(source, bytes) else Path(source).read_bytes()
     report = ExtractReport()
     store = MemberStore()
-    _read_into(archive, _Reading(store, limits, report, threads, parse), depth=0, prefix="m")
+    _read_into(archive, _Reading(store, limits, report, threads), depth=0, prefix="m")
     return report, store

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ml.io.discovery import discover_series
-from ml.io.headers import read_header_at
 from ml.io.members import read_members
 from ml.io.series import Study
 from ml.io.zipsafe import ZipLimits, safe_extract, summarize_zip
@@ -47,7 +46,7 @@ def open_study(
         with Path(source).open("rb") as fp:
             summary = summarize_zip(fp, limits)
     if summary.uncompressed_bytes <= in_memory_max_bytes:
-        report, store = read_members(source, limits, parse=read_header_at)  # headers parsed meanwhile
+        report, store = read_members(source, limits)
         try:
             study = discover_series(report.files, store)
             study.skipped.update(report.skipped)

@@ -112,25 +112,3 @@ def test_codes_of_open_study_unchanged_for_empty_and_junk_archives(tmp_path: Pat
             ):
                 pass
             assert e.value.code == "no_dicom"
-
-
-def test_members_parsed_while_read(tmp_path: Path) -> None:
-    """``parse`` sees each member's bytes (not those of a nested archive); its results are kept."""
-    inner = io.BytesIO()
-    with zipfile.ZipFile(inner, "w") as zf:
-        zf.writestr("b.txt", b"bb")
-    archive = tmp_path / "a.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("a.txt", b"a" * 1000)
-        zf.writestr("inner.zip", inner.getvalue())
-    seen: list[bytes] = []
-
-    def parse(data: bytes) -> int:
-        seen.append(data)
-        return len(data)
-
-    report, store = read_members(archive, parse=parse)
-    assert sorted(seen) == [b"a" * 1000, b"bb"]
-    assert sorted(store.parsed(name) for name in report.files) == [2, 1000]
-    store.release()
-    assert all(store.parsed(name) is None for name in report.files)
