@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -146,6 +147,7 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
     groups: dict[str, list[tuple[Dataset, Path, int, tuple[int, str] | None]]] = defaultdict(list)
     skipped: Counter[str] = Counter()
     phi: set[str] = set()
+    phi_seen: dict[tuple[Any, ...], set[str]] = {}
     for idx, p in enumerate(files):
         native = None
         if store is None:
@@ -160,7 +162,7 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
         if "Rows" not in ds and "NumberOfFrames" not in ds:
             skipped["no_image"] += 1
             continue
-        phi |= phi_tokens(ds)
+        phi |= phi_tokens(ds, phi_seen)
         uid = header_str(ds, "SeriesInstanceUID") or "unknown-series"
         groups[uid].append((ds, p, idx, native))
     if not groups:

@@ -122,29 +122,58 @@ def _raw_text(ds: Dataset, kw: str) -> list[str]:
     return bytes(value).decode("latin-1").split("\\")
 
 
-def phi_tokens(ds: Dataset) -> set[str]:
+def phi_tokens(ds: Dataset, cache: dict[tuple[Any, ...], set[str]] | None = None) -> set[str]:
     """Identifier strings of ``ds`` (names, IDs, dates) that log scrubbing must remove.
 
     An element that does not decode (hostile or corrupted VR) contributes its raw
-    bytes as text, so a mangled PatientName is still known to the scrubber.
+    bytes as text, so a mangled PatientName is still known to the scrubber. ``cache``
+    (one per study) keeps the tokens of each raw value already seen (with its VR and the
+    dataset's character set), so the same names in every file are decoded once.
     """
     out: set[str] = set()
+    charset = _raw_key(ds, "SpecificCharacterSet")
     for kw in PHI_KEYWORDS:
-        try:
-            v = ds.get(kw)
-        except Exception:
-            v = _raw_text(ds, kw) or None
-        if v is None:
+        raw = _raw_key(ds, kw) if cache is not None else None
+        key = None if raw is None else (kw, raw, charset)
+        if cache is not None and key is not None and key in cache:
+            out |= cache[key]
             continue
-        values = v if isinstance(v, list | tuple | pydicom.multival.MultiValue) else [v]
-        for item in values:
-            try:
-                s = str(item).strip()
-            except Exception:  # a PersonName decodes its components lazily too
-                continue
-            if len(s) >= 3:
-                out.add(s)
-                out.update(p for p in s.replace("^", " ").split() if len(p) >= 3)
+        tokens = _tokens_of(ds, kw)
+        if cache is not None and key is not None:
+            cache[key] = tokens
+        out |= tokens
+    return out
+
+
+def _raw_key(ds: Dataset, kw: str) -> tuple[str, bytes] | None:
+    """(VR, bytes) of element ``kw`` while it is still undecoded, else None (no element, or decoded)."""
+    try:
+        raw = ds.get_item(kw)
+    except Exception:
+        return None
+    value = getattr(raw, "value", None)
+    if not isinstance(raw, tuple) or not isinstance(value, bytes):  # RawDataElement is a NamedTuple
+        return None
+    return str(getattr(raw, "VR", "")), value
+
+
+def _tokens_of(ds: Dataset, kw: str) -> set[str]:
+    out: set[str] = set()
+    try:
+        v = ds.get(kw)
+    except Exception:
+        v = _raw_text(ds, kw) or None
+    if v is None:
+        return out
+    values = v if isinstance(v, list | tuple | pydicom.multival.MultiValue) else [v]
+    for item in values:
+        try:
+            s = str(item).strip()
+        except Exception:  # a PersonName decodes its components lazily too
+            continue
+        if len(s) >= 3:
+            out.add(s)
+            out.update(p for p in s.replace("^", " ").split() if len(p) >= 3)
     return out
 
 
