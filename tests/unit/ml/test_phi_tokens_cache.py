@@ -5,26 +5,20 @@ from __future__ import annotations
 import io
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 
 from ml.io.headers import phi_tokens, read_header
 
 
 def _header(name: bytes, charset: str | None) -> Dataset:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = "1.2.3"
+    """A header without preamble or file meta (read as DICOM because it has an SOP Class UID)."""
     ds = Dataset()
-    ds.file_meta = meta
     if charset is not None:
         ds.SpecificCharacterSet = charset
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.PatientName = name.decode("latin-1")
-    ds.PatientID = "ID-12345"
+    ds.PatientName, ds.PatientID = name.decode("latin-1"), "ID-12345"
     buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True)
     out = read_header(buf.getvalue())
     assert out is not None
     return out
@@ -41,4 +35,5 @@ def test_cached_tokens_are_each_headers_own() -> None:
         alone = phi_tokens(_header(name, charset))
         assert phi_tokens(_header(name, charset), cache) == alone
         assert "ID-12345" in alone
+    assert len(cache) >= 4  # raw values were cached (names in two character sets, the ID)
     assert phi_tokens(_header(b"M\xfcller^Hans", "ISO_IR 100")) >= {"Müller^Hans", "Müller", "Hans"}
