@@ -131,7 +131,7 @@ def phi_tokens(ds: Dataset, cache: dict[tuple[Any, ...], set[str]] | None = None
     dataset's character set), so the same names in every file are decoded once.
     """
     out: set[str] = set()
-    charset = _raw_key(ds, "SpecificCharacterSet")
+    charset = repr(header_value(ds, "SpecificCharacterSet"))  # pydicom decodes it while reading
     for kw in PHI_KEYWORDS:
         raw = _raw_key(ds, kw) if cache is not None else None
         key = None if raw is None else (kw, raw, charset)
