@@ -195,7 +195,12 @@ def load_volume(series: SeriesInfo, *, max_bytes: int = 6 << 30, threads: int | 
 
     def pixels(z: int) -> npt.NDArray[Any]:
         s = series.slices[z]
-        img = read_pixels(s.source()) if s.frame is None else multi.get(s, s.frame)
+        if s.native is not None and s.store is not None:  # uncompressed: a view of the member's bytes
+            offset, dtype = s.native
+            img = np.frombuffer(s.store.get(s.path), dtype=dtype, count=s.rows * s.columns, offset=offset)
+            img = img.reshape(s.rows, s.columns)
+        else:
+            img = read_pixels(s.source()) if s.frame is None else multi.get(s, s.frame)
         if img.shape != (ny, nx):
             raise DicomError("dicom_invalid", f"slice {z} has shape {img.shape}, expected {(ny, nx)}")
         return img

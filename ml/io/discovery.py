@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -20,8 +21,10 @@ from ml.io.headers import (
     header_int,
     header_str,
     header_value,
+    native_pixel_span,
     phi_tokens,
     read_header,
+    read_header_at,
     to_float,
     to_floats,
 )
@@ -47,7 +50,13 @@ def _check_pixel_header(ds: Dataset, idx: int) -> tuple[int, int]:
     return rows, cols
 
 
-def _slices_of(ds: Dataset, path: Path, idx: int, store: MemberStore | None = None) -> list[SliceRef]:
+def _slices_of(
+    ds: Dataset,
+    path: Path,
+    idx: int,
+    store: MemberStore | None = None,
+    native: tuple[int, str] | None = None,
+) -> list[SliceRef]:
     """SliceRefs of one file: one for classic images, one per frame for multi-frame objects."""
     rows, cols = _check_pixel_header(ds, idx)
     nframes = header_int(ds, "NumberOfFrames", 1)
@@ -79,6 +88,7 @@ def _slices_of(ds: Dataset, path: Path, idx: int, store: MemberStore | None = No
             to_float(th),
             sop_uid,
             store,
+            native if frame is None else None,
         )
 
     if "PerFrameFunctionalGroupsSequence" not in ds and nframes == 1:
@@ -134,20 +144,27 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
     Non-DICOM files are skipped and counted. Raises ``no_dicom`` when nothing
     readable is found.
     """
-    groups: dict[str, list[tuple[Dataset, Path, int]]] = defaultdict(list)
+    groups: dict[str, list[tuple[Dataset, Path, int, tuple[int, str] | None]]] = defaultdict(list)
     skipped: Counter[str] = Counter()
     phi: set[str] = set()
+    phi_seen: dict[tuple[Any, ...], set[str]] = {}
     for idx, p in enumerate(files):
-        ds = read_header(p if store is None else store.get(p))
+        native = None
+        if store is None:
+            ds = read_header(p)
+        else:
+            data = store.get(p)
+            ds, stop = read_header_at(data)
+            native = None if ds is None else native_pixel_span(ds, data, stop)
         if ds is None:
             skipped["not_dicom"] += 1
             continue
         if "Rows" not in ds and "NumberOfFrames" not in ds:
             skipped["no_image"] += 1
             continue
-        phi |= phi_tokens(ds)
+        phi |= phi_tokens(ds, phi_seen)
         uid = header_str(ds, "SeriesInstanceUID") or "unknown-series"
-        groups[uid].append((ds, p, idx))
+        groups[uid].append((ds, p, idx, native))
     if not groups:
         raise DicomError("no_dicom", "the archive contains no DICOM image")
     series: list[SeriesInfo] = []
@@ -163,7 +180,10 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
 
 
 def _build_series(
-    uid: str, items: list[tuple[Dataset, Path, int]], skipped: Counter[str], store: MemberStore | None
+    uid: str,
+    items: list[tuple[Dataset, Path, int, tuple[int, str] | None]],
+    skipped: Counter[str],
+    store: MemberStore | None,
 ) -> SeriesInfo:
     ds0 = items[0][0]
     slices: list[SliceRef] = []
@@ -171,9 +191,9 @@ def _build_series(
     tsyntaxes: set[str] = set()
     multiframe = False
     tilt_tag = 0.0
-    for ds, p, idx in items:
+    for ds, p, idx, native in items:
         try:
-            refs = _slices_of(ds, p, idx, store)
+            refs = _slices_of(ds, p, idx, store, native)
         except DicomError as e:
             issues.append(e.code)
             skipped["invalid_header"] += 1

@@ -40,6 +40,9 @@ class SliceRef:
     #: where the file's bytes are when the archive was read into memory (``path`` is then its
     #: generated name in the store); None: ``path`` is a file on disk
     store: MemberStore | None = field(default=None, compare=False, repr=False)
+    #: (byte offset, NumPy dtype) of the uncompressed pixels in the member's bytes, when they
+    #: can be copied without a second parse (:func:`ml.io.headers.native_pixel_span`)
+    native: tuple[int, str] | None = field(default=None, compare=False, repr=False)
 
     def source(self) -> Path | bytes:
         """The file to read: its path on disk, or its bytes from the in-memory store."""

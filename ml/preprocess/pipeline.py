@@ -26,8 +26,9 @@ difference ~1e-6) but faster and with far less memory:
    that region is resampled, from the matching source slab, in stored units
    with a float32 output and the air fill converted to stored units.
 3. The box is refined on the resampled region so that it equals the box of
-   the plain pipeline (threshold ties within ``_TIE_TOLERANCE_HU`` trigger an
-   exact HU re-resample of the region; rare).
+   the plain pipeline, from the plane extremes and the (y, x) projection the
+   resampling takes while each plane is in cache (threshold ties within
+   ``_TIE_TOLERANCE_HU`` trigger an exact HU re-resample of the region; rare).
 4. The crop is clipped in stored units, resized with torch, and *then* scaled
    to [-1, 1] (exact: the interpolation weights sum to 1; the clip stays before
    the resize).
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +55,7 @@ from ml.errors import InputError
 from ml.geometry import CTVolume, VolumeGeometry
 from ml.preprocess.config import PreprocessConfig, Size3
 from ml.preprocess.geometry import CropBox, PreprocessGeometry, output_grid
-from ml.preprocess.resample import resample_parallel
+from ml.preprocess.resample import Extremes, resample_parallel
 
 if TYPE_CHECKING:
     import SimpleITK as sitk  # noqa: N813
@@ -114,13 +116,31 @@ def _body_box(values: npt.NDArray[Any], above: bool, thr: float) -> tuple[Size3,
     along z), never a boolean or float64 copy of the volume.
     """
     nz = values.shape[0]
-    flat = values.reshape(nz, -1)
-    if above:
-        z_hit = flat.max(axis=1) > thr
-        yx_hit = values.max(axis=0) > thr
+    # two halves on two threads (NumPy's reductions release the GIL)
+    parts = [values] if nz < 2 else [values[: nz // 2], values[nz // 2 :]]
+    reduce = np.max if above else np.min
+
+    def extremes(part: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        return reduce(part.reshape(part.shape[0], -1), axis=1), reduce(part, axis=0)
+
+    if len(parts) == 1 or values.size < 1 << 22:
+        found = [extremes(part) for part in parts]
     else:
-        z_hit = flat.min(axis=1) < thr
-        yx_hit = values.min(axis=0) < thr
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            found = list(pool.map(extremes, parts))
+    z_ext = np.concatenate([z for z, _ in found])
+    yx_ext = reduce(np.stack([yx for _, yx in found]), axis=0)
+    return _box_of_extremes(z_ext, yx_ext, above, thr)
+
+
+def _box_of_extremes(
+    z_ext: npt.NDArray[Any], yx_ext: npt.NDArray[Any], above: bool, thr: float
+) -> tuple[Size3, Size3] | None:
+    """:func:`_body_box` from the plane extremes (z) and the (y, x) extreme projection along z."""
+    if above:
+        z_hit, yx_hit = z_ext > thr, yx_ext > thr
+    else:
+        z_hit, yx_hit = z_ext < thr, yx_ext < thr
     zs = np.flatnonzero(z_hit)
     if zs.size == 0:
         return None
@@ -145,6 +165,19 @@ def _faces_confirmed(
         if not ok:
             return False
     return True
+
+
+def _faces_of_extremes(ext: Extremes, box: tuple[Size3, Size3], thr: float) -> bool:
+    """:func:`_faces_confirmed` from the extremes of the region whose loose box is ``box``.
+
+    Outside ``box`` no value is beyond the loose threshold, hence none beyond the strict
+    ``thr``: a face holds a voxel beyond ``thr`` iff its whole plane (z) or line set (y, x) does.
+    """
+    (z0, y0, x0), (z1, y1, x1) = box
+    faces = (ext.z[z0 : z0 + 1], ext.z[z1 : z1 + 1], ext.yx[y0], ext.yx[y1], ext.yx[:, x0], ext.yx[:, x1])
+    if ext.above:
+        return all(bool((f > thr).any()) for f in faces)
+    return all(bool((f < thr).any()) for f in faces)
 
 
 def _resample_region(
@@ -295,6 +328,8 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     # 2. resample only that region, stored units → float32, air fill in stored units
     t = time.perf_counter()
     owner: Any = None
+    ext: Extremes | None = None  # the region's extremes, when the resampling took them
+
     if cfg.interpolation == "linear":  # separable, in float32 (SimpleITK's values, 3–4× faster)
         ratio = np.asarray(grid.spacing_mm, np.float64)[::-1] / np.asarray(src.spacing_mm, np.float64)[::-1]
         lo3 = (int(reg_lo[0]), int(reg_lo[1]), int(reg_lo[2]))
@@ -304,7 +339,11 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
             int(reg_hi[2] - reg_lo[2] + 1),
         )
         r3 = (float(ratio[0]), float(ratio[1]), float(ratio[2]))
-        region = resample_parallel(volume.stored, r3, lo3, shape3, to_stored(cfg.outside_value_hu))
+        # the extremes for the crop box taken from each plane as it is made
+        ext = Extremes(above)
+        region = resample_parallel(
+            volume.stored, r3, lo3, shape3, to_stored(cfg.outside_value_hu), extremes=ext
+        )
     else:
         owner, region = _resample_region(
             volume.stored, src, grid, reg_lo, reg_hi, to_stored(cfg.outside_value_hu), cfg.interpolation
@@ -315,10 +354,16 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     # 3. refine the box exactly (loose box, confirmed by strict voxels on its 6 faces)
     t = time.perf_counter()
     exact_fallback = False
-    found = _body_box(region, above, to_stored(thr - tol))
-    if found is not None and not _faces_confirmed(region, found, to_stored(thr + tol), above):
+    if ext is not None:
+        found = _box_of_extremes(ext.z, ext.yx, above, to_stored(thr - tol))
+        confirmed = found is None or _faces_of_extremes(ext, found, to_stored(thr + tol))
+    else:
+        found = _body_box(region, above, to_stored(thr - tol))
+        confirmed = found is None or _faces_confirmed(region, found, to_stored(thr + tol), above)
+    if not confirmed:
         # threshold ties: redo the region from float32 HU exactly as the reference does
         exact_fallback = True
+        ext = None
         del region, owner
         owner, region = _resample_region(
             volume.stored, src, grid, reg_lo, reg_hi, cfg.outside_value_hu, cfg.interpolation, (slope, icpt)
@@ -343,7 +388,7 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     w_lo, w_hi = cfg.hu_window
     c_lo, c_hi = sorted(((w_lo - v_icpt) / v_slope, (w_hi - v_icpt) / v_slope))
     view = region[rel_lo[0] : rel_hi[0], rel_lo[1] : rel_hi[1], rel_lo[2] : rel_hi[2]]
-    if owner is None and view.flags.c_contiguous:  # the crop is the whole region (or whole slices)
+    if owner is None:  # our region: clipped in place, resized from the (strided) view, no copy
         cropped = np.clip(view, np.float32(c_lo), np.float32(c_hi), out=view)
     else:
         cropped = np.empty(view.shape, dtype=np.float32)
@@ -365,7 +410,8 @@ def preprocess(volume: CTVolume, config: PreprocessConfig | None = None) -> Prep
     # 6. scale to [-1, 1]: y = ((v·slope + icpt) − w_lo) / (w_hi − w_lo) · 2 − 1
     t = time.perf_counter()
     k = 2.0 / (w_hi - w_lo)
-    y.mul_(v_slope * k).add_((v_icpt - w_lo) * k - 1.0).clamp_(-1.0, 1.0)
+    offset = torch.tensor((v_icpt - w_lo) * k - 1.0, dtype=torch.float32)
+    torch.add(offset, y, alpha=v_slope * k, out=y).clamp_(-1.0, 1.0)  # one pass for the affine map
     y = y.contiguous()
     timings["scale"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

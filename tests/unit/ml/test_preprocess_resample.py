@@ -8,7 +8,7 @@ import pytest
 from ml.geometry import VolumeGeometry
 from ml.preprocess.geometry import output_grid
 from ml.preprocess.pipeline import _resample_region
-from ml.preprocess.resample import axis_lerp, resample_parallel
+from ml.preprocess.resample import Extremes, axis_lerp, resample_parallel
 
 CASES = [
     ((40, 36, 20), (0.7, 0.7, 2.0)),  # 2 mm slices: the last 1 mm plane lies exactly on the buffer's edge
@@ -59,3 +59,20 @@ def test_axis_lerp_upper_edge() -> None:
     itk = axis_lerp(0.5, 0.0, 10, 5, upper_inclusive=False)  # ITK: just outside
     assert (inside.lo, inside.hi, itk.hi) == (0, 10, 9)
     assert int(inside.i1[-1]) == 4 and float(inside.w1[-1]) == 1.0
+
+
+@pytest.mark.parametrize("above", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_extremes_are_the_regions_projections(above: bool, threads: int) -> None:
+    """The plane extremes and (y, x) projection taken while resampling, fill points included."""
+    geom = VolumeGeometry(size=(30, 28, 12), spacing_mm=(0.8, 0.8, 2.5), origin_mm=(0.0, 0.0, 0.0))
+    grid = output_grid(geom, (1.0, 1.0, 1.0))
+    arr = np.random.default_rng(3).integers(0, 3000, geom.shape_zyx).astype(np.int16)
+    ratio = tuple(float(o / s) for o, s in zip(grid.spacing_mm[::-1], geom.spacing_mm[::-1], strict=True))
+    shape = tuple(int(n) + 4 for n in grid.shape_zyx)  # points beyond the source: fill planes and lines
+    ext = Extremes(above)
+    got = resample_parallel(arr, ratio, (0, 0, 0), shape, -5.0, extremes=ext, threads=threads)  # type: ignore[arg-type]
+    assert (got == -5.0).any()
+    reduce = np.max if above else np.min
+    np.testing.assert_array_equal(ext.z, reduce(got, axis=(1, 2)))
+    np.testing.assert_array_equal(ext.yx, reduce(got, axis=0))

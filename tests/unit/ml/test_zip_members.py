@@ -80,14 +80,18 @@ def test_bad_crc_is_refused(tmp_path: Path) -> None:
     assert e.value.code == "zip_invalid"
 
 
+@pytest.mark.parametrize("variant", ["jpeg_lossless", "standard"])
 @pytest.mark.parametrize("in_memory", [True, False])
-def test_read_study_either_way(tmp_path: Path, in_memory: bool) -> None:
+def test_read_study_either_way(tmp_path: Path, in_memory: bool, variant: str) -> None:
     archive = tmp_path / "study.zip"
-    make_study(archive, seed=2, variant="jpeg_lossless", rows=40, cols=40, n_slices=20)
-    reference = read_study(archive)
+    make_study(archive, seed=2, variant=variant, rows=40, cols=40, n_slices=20)
+    reference = read_study(archive)  # in memory: the other way is compared with it
     limit = 1 << 40 if in_memory else 0
     with open_study(archive.read_bytes(), in_memory_max_bytes=limit, workdir=tmp_path) as study:
         assert (study.series[0].slices[0].store is not None) is in_memory
+        # uncompressed slices in memory are copied from their bytes without a second parse
+        native = in_memory and variant == "standard"
+        assert all((s.native is not None) is native for s in study.series[0].slices)
         volume = load_volume(study.series[0])
     assert reference.volume is not None
     np.testing.assert_array_equal(volume.stored, reference.volume.stored)
