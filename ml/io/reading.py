@@ -6,6 +6,7 @@ No pixel is decoded and nothing heavy is imported here: the series picker uses i
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import shutil
 import tempfile
@@ -22,6 +23,25 @@ __all__ = ["IN_MEMORY_MAX_BYTES", "open_study"]
 #: archives that expand to at most this many bytes are read in memory (one pass, no temp files);
 #: larger ones are extracted to a private temporary directory
 IN_MEMORY_MAX_BYTES = 2 << 30
+
+
+@contextlib.contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a burst of allocations, then restore it.
+
+    The header scan allocates tens of thousands of small containers (a pydicom dataset per
+    file), which triggers full collections that walk every object of the process (in a
+    worker, all of torch's): 0.03-0.04 s of a 300-file study. Reference counting still frees
+    everything meanwhile; only reference cycles wait for the next collection. The collector
+    is re-enabled only if it was enabled on entry (nested or concurrent uses leave it on).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager
@@ -46,9 +66,11 @@ def open_study(
         with Path(source).open("rb") as fp:
             summary = summarize_zip(fp, limits)
     if summary.uncompressed_bytes <= in_memory_max_bytes:
-        report, store = read_members(source, limits)
+        with cycle_collection_paused():
+            report, store = read_members(source, limits)
         try:
-            study = discover_series(report.files, store)
+            with cycle_collection_paused():
+                study = discover_series(report.files, store)
             study.skipped.update(report.skipped)
             yield study
         finally:
@@ -62,7 +84,8 @@ def open_study(
             report = safe_extract(archive, tmp / "members", limits)
         else:
             report = safe_extract(source, tmp, limits)
-        study = discover_series(report.files)
+        with cycle_collection_paused():
+            study = discover_series(report.files)
         study.skipped.update(report.skipped)
         yield study
     finally:

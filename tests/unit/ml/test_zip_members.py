@@ -133,3 +133,27 @@ def test_plain_zlib_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(InputError) as e:
         read_members(bytes(data))
     assert e.value.code == "zip_invalid"
+
+
+def test_cycle_collector_paused_during_the_scan_and_restored() -> None:
+    import gc
+
+    from ml.io.reading import cycle_collection_paused
+
+    assert gc.isenabled()
+    with cycle_collection_paused():
+        assert not gc.isenabled()
+        with cycle_collection_paused():  # nested: the inner exit leaves it paused
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cycle_collection_paused():
+            pass
+        assert not gc.isenabled()  # never turned on when it was off on entry
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), cycle_collection_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
