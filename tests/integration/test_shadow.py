@@ -130,8 +130,9 @@ def test_only_the_primary_answer_is_visible(
         result = client.get(f"/v1/jobs/{job}/result").json()
         assert result["model"]["name"] == PRIMARY
         assert payloads[job]["probability"] == pytest.approx(result["probability"])
-        if job in rows:  # the shadow answered something else, and that stays inside
-            assert rows[job]["probability"] != pytest.approx(result["probability"], abs=1e-6)
+        # where the shadow answered something else (both models can saturate at p = 1.0 on the
+        # same study), that answer stays inside
+        if job in rows and abs(rows[job]["probability"] - result["probability"]) > 1e-6:
             assert f"{rows[job]['probability']:.6f}" not in "".join(texts)
 
     # the pairs the performance report reads, and the agreement gauge
