@@ -16,7 +16,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ml.errors import DicomError
+from ml.io.flatheader import FlatHeader, read_flat_header
 from ml.io.headers import (
+    Header,
     functional_item,
     header_int,
     header_str,
@@ -38,7 +40,7 @@ _MAX_PIXELS_PER_SLICE = 4096 * 4096
 _COSINE_TOLERANCE = 0.01
 
 
-def _check_pixel_header(ds: Dataset, idx: int) -> tuple[int, int]:
+def _check_pixel_header(ds: Header, idx: int) -> tuple[int, int]:
     rows = header_int(ds, "Rows", 0)
     cols = header_int(ds, "Columns", 0)
     if rows <= 0 or cols <= 0 or rows * cols > _MAX_PIXELS_PER_SLICE:
@@ -51,7 +53,7 @@ def _check_pixel_header(ds: Dataset, idx: int) -> tuple[int, int]:
 
 
 def _slices_of(
-    ds: Dataset,
+    ds: Header,
     path: Path,
     idx: int,
     store: MemberStore | None = None,
@@ -64,7 +66,7 @@ def _slices_of(
     sop_uid = header_str(ds, "SOPInstanceUID")[:64]
 
     def ref(
-        frame: int | None, plane: Dataset, orientation: Dataset, measures: Dataset, values: Dataset
+        frame: int | None, plane: Header, orientation: Header, measures: Header, values: Header
     ) -> SliceRef | None:
         """The slice from the items holding its position, orientation, pixel measures and rescale."""
         pos_v, ori_v = plane.get("ImagePositionPatient"), orientation.get("ImageOrientationPatient")
@@ -94,6 +96,7 @@ def _slices_of(
     if "PerFrameFunctionalGroupsSequence" not in ds and nframes == 1:
         r = ref(None, ds, ds, ds, ds)
         return [] if r is None else [r]  # no plane geometry: not part of a volume (e.g. a secondary capture)
+    assert isinstance(ds, Dataset)  # the fast reader leaves multi-frame objects to pydicom
     per = ds.get("PerFrameFunctionalGroupsSequence") or []
     out: list[SliceRef] = []
     for k in range(nframes):
@@ -144,25 +147,30 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
     Non-DICOM files are skipped and counted. Raises ``no_dicom`` when nothing
     readable is found.
     """
-    groups: dict[str, list[tuple[Dataset, Path, int, tuple[int, str] | None]]] = defaultdict(list)
+    groups: dict[str, list[tuple[Header, Path, int, tuple[int, str] | None]]] = defaultdict(list)
     skipped: Counter[str] = Counter()
     phi: set[str] = set()
     phi_seen: dict[tuple[Any, ...], set[str]] = {}
     for idx, p in enumerate(files):
         native = None
+        ds: Header | None
         if store is None:
             ds = read_header(p)
         else:
             data = store.get(p)
-            ds, stop = read_header_at(data)
-            native = None if ds is None else native_pixel_span(ds, data, stop)
+            ds = read_flat_header(data)  # the plain case, fast; anything else through pydicom
+            if ds is not None:
+                native = native_pixel_span(ds, data, ds.pixel_offset)
+            else:
+                ds, stop = read_header_at(data)
+                native = None if ds is None else native_pixel_span(ds, data, stop)
         if ds is None:
             skipped["not_dicom"] += 1
             continue
         if "Rows" not in ds and "NumberOfFrames" not in ds:
             skipped["no_image"] += 1
             continue
-        phi |= phi_tokens(ds, phi_seen)
+        phi |= _phi_tokens(ds, phi_seen)
         uid = header_str(ds, "SeriesInstanceUID") or "unknown-series"
         groups[uid].append((ds, p, idx, native))
     if not groups:
@@ -179,9 +187,20 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
     return Study(series=series, skipped=skipped, files=len(files), phi_tokens=frozenset(phi))
 
 
+def _phi_tokens(ds: Header, cache: dict[tuple[Any, ...], set[str]]) -> set[str]:
+    """The identifier tokens of one file (the fast reader's decoded once per distinct raw identifiers)."""
+    if not isinstance(ds, FlatHeader):
+        return phi_tokens(ds, cache)
+    key = ds.phi_key
+    tokens = cache.get(key)
+    if tokens is None:
+        tokens = cache[key] = phi_tokens(ds.phi_dataset(), cache)
+    return tokens
+
+
 def _build_series(
     uid: str,
-    items: list[tuple[Dataset, Path, int, tuple[int, str] | None]],
+    items: list[tuple[Header, Path, int, tuple[int, str] | None]],
     skipped: Counter[str],
     store: MemberStore | None,
 ) -> SeriesInfo:

@@ -13,14 +13,24 @@ import logging
 import math
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pydicom
 import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+if TYPE_CHECKING:
+    from ml.io.flatheader import FlatHeader
+
 log = logging.getLogger(__name__)
+
+#: a parsed header: pydicom's dataset, or the fast reader's kept values (:mod:`ml.io.flatheader`)
+Header: TypeAlias = "Dataset | FlatHeader"
+
+
+class UnknownKeywordError(LookupError):
+    """A keyword the fast header reader does not keep: a programming error, never hostile input."""
 
 
 # pydicom's validation warnings quote the offending value, which can be a patient
@@ -57,7 +67,7 @@ def to_float(v: Any, default: float | None = None) -> float | None:
     return x if math.isfinite(x) else default
 
 
-def header_int(ds: Dataset, kw: str, default: Any) -> Any:
+def header_int(ds: Header, kw: str, default: Any) -> Any:
     """An integer header value, or ``default`` when absent, empty or unparseable (hostile input)."""
     v = header_value(ds, kw)
     try:
@@ -97,7 +107,7 @@ def functional_item(ds: Dataset, per_frame: Dataset | None, seq_kw: str) -> Data
     return _first_item(shared, seq_kw) if shared is not None else None
 
 
-def header_value(ds: Dataset, kw: str) -> Any:
+def header_value(ds: Header, kw: str) -> Any:
     """``ds.get(kw)``, or None when the element cannot be decoded.
 
     pydicom decodes header values lazily, so a corrupted element (an unknown VR,
@@ -106,6 +116,8 @@ def header_value(ds: Dataset, kw: str) -> Any:
     """
     try:
         return ds.get(kw)
+    except UnknownKeywordError:
+        raise
     except Exception:
         return None
 
@@ -233,7 +245,7 @@ _IMPLICIT_LE, _EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little-endian
 
 
-def native_pixel_span(ds: Dataset, data: bytes, pos: int) -> tuple[int, str] | None:
+def native_pixel_span(ds: Header, data: bytes, pos: int) -> tuple[int, str] | None:
     """Where a single uncompressed 16-bit frame lies in ``data``: (byte offset, NumPy dtype), or None.
 
     ``ds`` is the header parsed from ``data`` up to ``pos`` (:func:`read_header_at`). Only
@@ -263,7 +275,7 @@ def native_pixel_span(ds: Dataset, data: bytes, pos: int) -> tuple[int, str] | N
     return start, "<i2" if header_int(ds, "PixelRepresentation", 0) == 1 else "<u2"
 
 
-def header_str(ds: Dataset, kw: str) -> str:
+def header_str(ds: Header, kw: str) -> str:
     v = header_value(ds, kw)
     if v is None:
         return ""
