@@ -63,8 +63,11 @@ from ml.geometry import CTVolume, VolumeGeometry  # noqa: E402
 from ml.io import StudyRead, read_study  # noqa: E402
 from ml.preprocess import PreprocessConfig, preprocess  # noqa: E402
 
-GOAL_MONAI_RATIO = 3.0
-GOAL_R = 0.999
+#: goals, ZIP → tensor end to end: speed against each peer, exactness, extra memory (0.6 GB)
+GOAL_MONAI_RATIO = 10.0
+GOAL_REFERENCE_RATIO = 3.0
+GOAL_R = 0.99999
+GOAL_PEAK_MIB = 0.6e9 / 2**20
 PIPELINES = ("ours", "reference", "monai")
 
 
@@ -428,28 +431,37 @@ def end_to_end(args: argparse.Namespace) -> int:
         )
     t_ours = ours["total_s"]
     ratios = {"reference_over_ours": ref["total_s"] / t_ours}
+    ratios["reference_over_ours_best_runs"] = min(ref["runs_s"]) / min(ours["runs_s"])
     pre_ours = ours["stages_s"]["preprocess"]
     ratios["reference_over_ours_preprocess_only"] = ref["stages_s"]["reference_preprocess"] / pre_ours
     print()
     print(f"reference/ours = {ratios['reference_over_ours']:.2f}x ZIP → tensor", end="")
+    print(f" (best runs {ratios['reference_over_ours_best_runs']:.2f}x)", end="")
     print(f"; preprocess only {ratios['reference_over_ours_preprocess_only']:.2f}x")
-    goal = None
+    checks = {
+        f"≥ {GOAL_REFERENCE_RATIO:g}× the reference": ratios["reference_over_ours"] >= GOAL_REFERENCE_RATIO,
+        f"r ≥ {GOAL_R} vs reference": ours["r_vs_reference"] >= GOAL_R,
+        f"peak ≤ {GOAL_PEAK_MIB:.0f} MiB": ours["peak_rss_above_baseline_mib"] <= GOAL_PEAK_MIB,
+    }
     if "monai" in res:
         m = res["monai"]
         ratios["monai_over_ours"] = m["total_s"] / t_ours
+        ratios["monai_over_ours_best_runs"] = min(m["runs_s"]) / min(ours["runs_s"])
         after_load = sum(
             v for k, v in m["stages_s"].items() if k not in ("extract (zipfile)", "LoadImage", "cleanup")
         )
         ratios["monai_over_ours_preprocess_only"] = after_load / pre_ours
-        goal = bool(ratios["monai_over_ours"] >= GOAL_MONAI_RATIO and ours["r_vs_reference"] >= GOAL_R)
+        checks[f"≥ {GOAL_MONAI_RATIO:g}× MONAI"] = ratios["monai_over_ours"] >= GOAL_MONAI_RATIO
         print(
-            f"monai/ours     = {ratios['monai_over_ours']:.2f}x ZIP → tensor; transforms after LoadImage vs "
+            f"monai/ours     = {ratios['monai_over_ours']:.2f}x ZIP → tensor "
+            f"(best runs {ratios['monai_over_ours_best_runs']:.2f}x); transforms after LoadImage vs "
             f"our preprocess {ratios['monai_over_ours_preprocess_only']:.2f}x"
         )
-        print(
-            f"goal (≥ {GOAL_MONAI_RATIO:g}× MONAI ZIP → tensor, r ≥ {GOAL_R} vs reference): "
-            f"{'MET' if goal else 'NOT MET'}"
-        )
+    goal = all(checks.values())
+    print(
+        "goals, ZIP → tensor (ratios of medians): "
+        + "; ".join(f"{name}: {'met' if ok else 'NOT MET'}" for name, ok in checks.items())
+    )
     print("peak MiB = peak RSS of the pipeline's own subprocess over its timed runs − its RSS after imports")
     if args.json:
         out = {
@@ -481,7 +493,14 @@ def end_to_end(args: argparse.Namespace) -> int:
             "memory_method": "ru_maxrss of a fresh per-pipeline subprocess minus its post-import RSS",
             "pipelines": {n: {k: v for k, v in r.items() if k != "out"} for n, r in res.items()},
             "ratios": ratios,
-            "goal": {"monai_ratio_min": GOAL_MONAI_RATIO, "r_min": GOAL_R, "met": goal},
+            "goal": {
+                "monai_ratio_min": GOAL_MONAI_RATIO,
+                "reference_ratio_min": GOAL_REFERENCE_RATIO,
+                "r_min": GOAL_R,
+                "peak_mib_max": GOAL_PEAK_MIB,
+                "checks": checks,
+                "met": goal,
+            },
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
@@ -676,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=str(ROOT / "var" / "bench"), help="phantom ZIP cache ('' = temp)")
     p.add_argument("--zip", type=str, default=None, help="benchmark this DICOM ZIP instead of a phantom")
     p.add_argument("--target", type=int, default=256, help="model input edge in voxels (default 256)")
-    p.add_argument("--repeat", "--repeats", dest="repeat", type=int, default=3, help="timed runs (median)")
+    p.add_argument("--repeat", "--repeats", dest="repeat", type=int, default=5, help="timed runs (median)")
     p.add_argument("--reader", default="PydicomReader", help="MONAI LoadImage reader (ITKReader needs itk)")
     p.add_argument("--no-orientation", action="store_true", help="leave Orientation('RAS') out of MONAI")
     p.add_argument("--skip-monai", action="store_true")

@@ -87,7 +87,10 @@ USES: dict[str, tuple[str, str]] = {
     ),
     "drain_s": ("worker", "keep below Kubernetes' terminationGracePeriodSeconds"),
     "max_batch": ("worker", "studies per forward pass; bounded by GPU memory (docs: scaling)"),
-    "max_wait_ms": ("worker", "how long a batch waits to fill up"),
+    "max_wait_ms": (
+        "worker",
+        "how long a batch waits to fill up (while another held study is being prepared)",
+    ),
     "preprocess_workers": ("worker", "CPU processes preparing studies (each ~1–2 GiB for a 512² series)"),
     "prefetch": ("worker", "a worker holds up to prefetch + max_batch jobs"),
     "work_dir": ("worker", ""),

@@ -1,8 +1,9 @@
 """The inference thread: prepared studies in batches through the model, then saliency and saving.
 
-Batches hold up to ``max_batch`` studies of one model (waiting at most ``max_wait_ms``
-for more). Each job of a batch then gets its saliency (when asked for), its files
-uploaded, and its result row written guarded by its attempt.
+Batches hold up to ``max_batch`` studies of one model, waiting at most ``max_wait_ms``
+for more, and only while another held study is still being prepared. Each job of a batch
+then gets its saliency (when asked for), its files uploaded, and its result row written
+guarded by its attempt.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Inference:
         deadline = time.monotonic() + self.s.max_wait_ms / 1000.0
         while len(batch) < self.s.max_batch:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not self._more_coming(batch):
                 break
             try:
                 nxt = ready.get(timeout=remaining)
@@ -76,6 +77,15 @@ class Inference:
             if isinstance(nxt[1], BaseException):
                 break
         return batch
+
+    def _more_coming(self, batch: list[Ready]) -> bool:
+        """Whether another study may still join ``batch``: one this worker holds is being prepared.
+
+        A study arrives only through a claimed attempt, and a study claimed from now on needs
+        its fetch and preprocessing (far longer than ``max_wait_ms``) before it could join: when
+        the worker holds nothing besides the batch, waiting would only delay it.
+        """
+        return len(self.ctx.held) > len(batch)
 
     def step(self) -> None:
         batch = self._next_batch()
