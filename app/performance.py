@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.db import Conn
+from app.repository.drift import shadow_pairs
 from app.schemas_performance import (
     CalibrationFigures,
     CardFigures,
@@ -192,28 +193,25 @@ def _thresholds(entry: ModelEntry) -> dict[str, float]:
 
 
 def shadow_figures(
-    conn: Conn, shadow: ModelEntry, where: str, params: list[Any], primary: ModelEntry, n_boot: int
+    conn: Conn,
+    shadow: ModelEntry,
+    primary: ModelEntry,
+    since: dt.datetime,
+    until: dt.datetime,
+    client: str | None,
+    n_boot: int,
 ) -> ShadowFigures:
     """``shadow`` beside ``primary`` on the window's succeeded jobs that both answered."""
-    rows = conn.execute(
-        (
-            "SELECT r.probability AS pp, r.label AS pl, s.probability AS sp, s.label AS sl, "
-            "c.ground_truth FROM jobs j JOIN results r ON r.job_id = j.id "
-            "JOIN shadow_results s ON s.job_id = j.id AND s.model = %s "
-            f"LEFT JOIN feedback_consensus c ON c.job_id = j.id WHERE {where} AND j.state = 'succeeded' "
-            "ORDER BY j.created_at, j.id"
-        ).encode(),
-        [shadow.name, *params],
-    ).fetchall()
-    judged = [r for r in rows if r["ground_truth"] is not None]
-    y = np.asarray([int(r["ground_truth"] == "pathology") for r in judged], dtype=np.int64)
-    sp = np.asarray([float(r["sp"]) for r in judged], dtype=np.float64)
-    pp = np.asarray([float(r["pp"]) for r in judged], dtype=np.float64)
+    pairs = shadow_pairs(conn, primary.name, shadow.name, since, until, client)
+    judged = [p for p in pairs if p.ground_truth is not None]
+    y = np.asarray([int(p.ground_truth == "pathology") for p in judged], dtype=np.int64)
+    sp = np.asarray([p.shadow_probability for p in judged], dtype=np.float64)
+    pp = np.asarray([p.primary_probability for p in judged], dtype=np.float64)
     return ShadowFigures(
         model=shadow.name,
         version=shadow.version,
-        paired=len(rows),
-        agreement=_rate(sum(r["pl"] == r["sl"] for r in rows), len(rows)),
+        paired=len(pairs),
+        agreement=_rate(sum(p.primary_label == p.shadow_label for p in pairs), len(pairs)),
         with_feedback=len(judged),
         live=model_figures(sp, y, _thresholds(shadow), n_boot=n_boot),
         primary_live=model_figures(pp, y, _thresholds(primary), n_boot=n_boot),
@@ -286,6 +284,6 @@ def live_performance(
         bootstrap=n_boot,
         live=model_figures(p, y, thresholds, n_boot=n_boot),
         card=card_figures(entry),
-        shadows=[shadow_figures(conn, s, where, params, entry, n_boot) for s in shadows],
+        shadows=[shadow_figures(conn, s, entry, since, until, client, n_boot) for s in shadows],
     )
     return LiveData(report, p, y)

@@ -85,14 +85,16 @@ def insert_shadow_result(
 
 @dataclass(frozen=True, slots=True)
 class ShadowPair:
-    """A job both models answered: the primary's result and the shadow's (probabilities in [0, 1])."""
+    """A job both models answered: the primary's result and the shadow's (probabilities in [0, 1]),
+    and the readers' consensus on it (``pathology`` / ``normal``, None without one)."""
 
     job_id: uuid.UUID
     primary_probability: float
     primary_label: str
     shadow_probability: float
     shadow_label: str
-    created_at: dt.datetime
+    created_at: dt.datetime  # the job's
+    ground_truth: str | None = None
 
 
 def shadow_pairs(
@@ -104,20 +106,25 @@ def shadow_pairs(
     client: str | None = None,
     limit: int = 100_000,
 ) -> list[ShadowPair]:
-    """The jobs of ``primary`` that ``shadow`` also answered, in ``[since, until)`` (by the shadow
-    row's time), optionally of one client, oldest first; for the performance report's agreement."""
+    """The succeeded prediction jobs of ``primary`` created in ``[since, until)`` (optionally of one
+    client) that ``shadow`` also answered, oldest first, each with its feedback consensus: what the
+    live performance report compares the two models on."""
     rows = conn.execute(
-        "SELECT s.job_id, r.probability AS pp, r.label AS pl, s.probability AS sp, s.label AS sl, "
-        "s.created_at FROM shadow_results s JOIN results r ON r.job_id = s.job_id "
-        "JOIN jobs j ON j.id = s.job_id "
-        "WHERE s.primary_model = %s AND s.model = %s AND j.model = %s "
-        "AND (%s::timestamptz IS NULL OR s.created_at >= %s) "
-        "AND (%s::timestamptz IS NULL OR s.created_at < %s) "
+        "SELECT j.id AS job_id, r.probability AS pp, r.label AS pl, s.probability AS sp, s.label AS sl, "
+        "j.created_at, c.ground_truth FROM jobs j JOIN results r ON r.job_id = j.id "
+        "JOIN shadow_results s ON s.job_id = j.id AND s.model = %s "
+        "LEFT JOIN feedback_consensus c ON c.job_id = j.id "
+        "WHERE j.kind = 'predict' AND j.model = %s AND j.state = 'succeeded' "
+        "AND (%s::timestamptz IS NULL OR j.created_at >= %s) "
+        "AND (%s::timestamptz IS NULL OR j.created_at < %s) "
         "AND (%s::text IS NULL OR j.client = %s) "
-        "ORDER BY s.created_at, s.job_id LIMIT %s",
-        (primary, shadow, primary, since, since, until, until, client, client, limit),
+        "ORDER BY j.created_at, j.id LIMIT %s",
+        (shadow, primary, since, since, until, until, client, client, limit),
     ).fetchall()
-    return [ShadowPair(r["job_id"], r["pp"], r["pl"], r["sp"], r["sl"], r["created_at"]) for r in rows]
+    return [
+        ShadowPair(r["job_id"], r["pp"], r["pl"], r["sp"], r["sl"], r["created_at"], r["ground_truth"])
+        for r in rows
+    ]
 
 
 def recent_shadow_agreement(conn: Conn, primary: str, shadow: str, limit: int) -> tuple[int, int]:

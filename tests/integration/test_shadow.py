@@ -9,6 +9,7 @@ worker → result and webhook; the shadow's rows land in ``shadow_results`` for 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator
@@ -159,6 +160,13 @@ def test_only_the_primary_answer_is_visible(
         truth = "pathology" if rows.get(job, {"probability": 0.0})["probability"] >= 0.5 else "normal"
         r = client.post(f"/v1/jobs/{job}/feedback", json={"ground_truth": truth, "reader": "r1"})
         assert r.status_code == 201, r.text
+    with connect(settings.database_url) as conn:
+        judged = shadow_pairs(conn, PRIMARY, SHADOW)
+        later = shadow_pairs(conn, PRIMARY, SHADOW, since=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+        other_client = shadow_pairs(conn, PRIMARY, SHADOW, client="someone-else")
+    assert [p.job_id for p in judged] == [p.job_id for p in pairs]  # the job-time window, oldest first
+    assert all(p.ground_truth == ("pathology" if p.shadow_probability >= 0.5 else "normal") for p in judged)
+    assert later == [] and other_client == []
     report = client.get(f"/v1/models/{PRIMARY}/performance").json()
     shadows = {s["model"]: s for s in report["shadows"]}
     assert set(shadows) == {SHADOW, BROKEN}
