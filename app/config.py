@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     preprocess_workers: int = Field(1, ge=1, le=64)
     prefetch: int = Field(2, ge=1, le=64, description="studies prepared ahead of inference")
     work_dir: Path | None = None  # default: var_dir/work (study ZIPs and saliency files in flight)
+    handoff_dir: str = Field(
+        "/dev/shm",
+        description="worker: memory file system through which preprocessing hands prepared studies to "
+        "the model ('' = through the pipe)",
+    )
     default_explain: ExplainMethod = "gradcam"
     worker_metrics_port: int | None = Field(
         None, ge=0, le=65535, description="worker: serve Prometheus /metrics on this port (bound to host)"

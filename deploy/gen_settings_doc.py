@@ -94,6 +94,10 @@ USES: dict[str, tuple[str, str]] = {
     "preprocess_workers": ("worker", "CPU processes preparing studies (each ~1–2 GiB for a 512² series)"),
     "prefetch": ("worker", "a worker holds up to prefetch + max_batch jobs"),
     "work_dir": ("worker", ""),
+    "handoff_dir": (
+        "worker",
+        "a tmpfs (Kubernetes: an emptyDir with medium Memory); a full one falls back to the pipe",
+    ),
     "default_explain": ("api", ""),
     "worker_metrics_port": ("worker", "the worker image sets 9100"),
     "webhook_timeout_s": ("worker", ""),

@@ -20,10 +20,11 @@ from app.logs import logger
 from app.queue import JobMessage
 from app.repository import claim_attempt
 from app.worker.context import InFlight, JobRefusedError, WorkerContext
+from app.worker.handoff import sweep, unpack, usable_dir
 from app.worker.importing import import_study
 from app.worker.models import ModelCache
 from app.worker.persisting import Outcomes
-from app.worker.pipeline import Prepared, init_pool_process, mp_context, pool_ready, prepare_study
+from app.worker.pipeline import Prepared, init_pool_process, mp_context, pool_ready, prepare_for_worker
 from app.worker.retry import storage_retry
 from ml.preprocess import PreprocessConfig
 
@@ -44,6 +45,8 @@ class Intake:
         self.progress: Any = self.mp.Queue()
         self.pool: ProcessPoolExecutor | None = None
         self.pool_generation = 0
+        #: where pool processes hand prepared studies' large arrays back (None: through the pipe)
+        self.handoff_dir = usable_dir(self.s.handoff_dir)
 
     # ------------------------------------------------------------------ the preprocessing pool
     def new_pool(self, warm: PreprocessConfig | None = None) -> list[Future[int]]:
@@ -56,6 +59,8 @@ class Intake:
         old = self.pool
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)
+        # at start, what workers that are gone left behind; after a pool died, what it was writing
+        sweep(self.handoff_dir, own=old is not None)
         self.pool_generation += 1
         torch_threads = max(1, (os.cpu_count() or 1) // max(1, self.s.preprocess_workers))
         self.pool = ProcessPoolExecutor(
@@ -115,7 +120,7 @@ class Intake:
         assert self.pool is not None
         item.pool_generation = self.pool_generation
         fut = self.pool.submit(
-            prepare_study,
+            prepare_for_worker,
             item.job_id,
             item.attempt,
             str(zip_path),
@@ -123,11 +128,14 @@ class Intake:
             predictor.preprocess_config,
             job.explain != "none",
             self.ctx.settings.dicom_outputs and job.kind == "predict",
+            self.handoff_dir,
+            os.getpid(),
         )
         fut.add_done_callback(lambda f: self._prepared(item, f))
 
-    def _prepared(self, item: InFlight, fut: Future[Prepared]) -> None:
+    def _prepared(self, item: InFlight, fut: Future[Any]) -> None:
         try:
-            self.ready.put((item, fut.result()))
+            prepared: Prepared = unpack(fut.result())
+            self.ready.put((item, prepared))
         except BaseException as e:
             self.ready.put((item, e))

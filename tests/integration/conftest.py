@@ -59,9 +59,11 @@ def _fresh_settings(stack: EmbeddedStack, tmp: Path, **overrides: Any) -> Settin
     """Settings on a new database and bucket of the shared stack (tests stay independent)."""
     name = "t" + uuid.uuid4().hex[:12]
     db_url = stack.create_database(name)
+    (tmp / "handoff").mkdir(parents=True, exist_ok=True)
     base = Settings(
         s3_bucket=name,
         work_dir=tmp / "work",
+        handoff_dir=str(tmp / "handoff"),  # the tests' own: what a worker leaves there is checked
         var_dir=tmp / "var",
         weights_cache_dir=tmp / "weights",
         heartbeat_s=0.5,

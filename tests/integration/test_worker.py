@@ -115,6 +115,8 @@ def test_end_to_end_with_saliency_and_webhook(
         assert status["attempt"] == 1 and status["progress"] == 1.0 and status["eta_s"] == 0.0
         for stage in ("fetching", "reading", "qc", "preprocessing", "inference", "explaining", "saving"):
             assert stage in status["stage_timings"], stage
+        # the prepared study came back through shared memory files, each unlinked once mapped
+        assert list(Path(settings.handoff_dir).iterdir()) == []
 
         result = client.get(f"/v1/jobs/{job}/result").json()
         assert 0.0 <= result["probability"] <= 1.0
