@@ -33,7 +33,6 @@ import functools
 import hashlib
 import hmac
 import json
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -50,8 +49,9 @@ from app.callbacks import (
     system_resolver,
 )
 from app.config import Settings
-from app.db import Database
+from app.db import Conn, Database
 from app.logs import logger
+from app.outbox import OutboxSender, Retries, backoff_s, poll
 from app.repository import Delivery, outbox_done, outbox_retry, outbox_take_due
 from app.repository.events import webhook_secrets
 
@@ -125,12 +125,6 @@ def verify(
     return any(hmac.compare_digest(expected, got) for got in parts.get(scheme, []))
 
 
-def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number ``attempts`` (1 = first retry): base·2^(n−1), capped, ±20 % jitter."""
-    r = rng or random
-    return float(min(max_s, base_s * 2 ** max(0, attempts - 1)) * r.uniform(0.8, 1.2))
-
-
 class PinnedTransport(httpx.BaseTransport):
     """Checks each request's host with :func:`check_callback_url` and connects to the checked address.
 
@@ -174,7 +168,7 @@ class PinnedTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(OutboxSender[Delivery]):
     """Delivers due outbox rows from a background thread through a pool of delivery threads.
 
     :meth:`deliver_due` takes as many due rows as there are free slots and starts them;
@@ -188,7 +182,12 @@ class WebhookDispatcher:
         client: httpx.Client | None = None,
         resolver: Resolver = system_resolver,
     ) -> None:
-        self.db = db
+        super().__init__(
+            db,
+            Retries(
+                settings.webhook_max_attempts, settings.webhook_backoff_s, settings.webhook_backoff_max_s
+            ),
+        )
         self.s = settings
         timeout = httpx.Timeout(settings.webhook_timeout_s, connect=settings.webhook_connect_timeout_s)
         self.http = client or httpx.Client(
@@ -226,15 +225,11 @@ class WebhookDispatcher:
             return self._changed.wait_for(lambda: not self._busy, timeout=timeout)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                n = self.deliver_due()
-            except Exception:
-                logger.exception("webhook dispatcher error")
-                n = 0
-            if n == 0:
-                with self._changed:  # a finished delivery frees a slot: look again at once
-                    self._changed.wait(0.5)
+        poll(self._stop, self.deliver_due, self._idle, "webhook dispatcher error")
+
+    def _idle(self) -> None:
+        with self._changed:  # a finished delivery frees a slot: look again at once
+            self._changed.wait(0.5)
 
     def deliver_due(self) -> int:
         """Start every due row that fits the free slots; returns how many were started."""
@@ -305,26 +300,16 @@ class WebhookDispatcher:
         }
         return self.http.post(row.url, content=body, headers=headers).status_code
 
-    def _record(self, row: Delivery, status: int | None, error: str | None, final: bool) -> None:
-        attempts = row.attempts + 1
-        with self.db.conn() as conn:
-            if error is None:
-                outbox_done(conn, row.id, status)
-                with self._changed:
-                    self.delivered += 1
-                logger.info("webhook {} ({}) delivered", row.id, row.event)
-                return
-            give_up = final or attempts >= self.s.webhook_max_attempts
-            delay = (
-                None
-                if give_up
-                else backoff_s(attempts, self.s.webhook_backoff_s, self.s.webhook_backoff_max_s)
-            )
-            outbox_retry(conn, row.id, status, error, delay)
-        logger.warning(
-            "webhook {} ({}) failed ({}); {}",
-            row.id,
-            row.event,
-            error,
-            "giving up" if delay is None else f"retry in {delay:.0f} s",
-        )
+    def _succeeded(self, conn: Conn, row: Delivery, status: int | None) -> None:
+        outbox_done(conn, row.id, status)
+        with self._changed:
+            self.delivered += 1
+        logger.info("webhook {} ({}) delivered", row.id, row.event)
+
+    def _retry(
+        self, conn: Conn, row: Delivery, status: int | None, error: str, delay_s: float | None
+    ) -> None:
+        outbox_retry(conn, row.id, status, error, delay_s)
+
+    def _failed(self, row: Delivery, error: str, outcome: str) -> None:
+        logger.warning("webhook {} ({}) failed ({}); {}", row.id, row.event, error, outcome)

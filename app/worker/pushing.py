@@ -15,35 +15,34 @@ import threading
 import httpx
 
 from app.config import Settings
-from app.db import Database
+from app.db import Conn, Database
 from app.dicomweb import stow, stow_failures
 from app.logs import logger
+from app.outbox import OutboxSender, Retries, poll
 from app.repository.dicom import Push, push_done, push_retry, push_take_due
 from app.storage import Storage
-from app.webhooks import backoff_s
 
 __all__ = ["DicomPusher"]
 
 _LEASE_S = 120.0
 
 
-class DicomPusher:
+class DicomPusher(OutboxSender[Push]):
     """Delivers due pushes; :meth:`loop` is the worker's thread, :meth:`push_due` one round."""
 
     def __init__(self, db: Database, storage: Storage, settings: Settings) -> None:
-        self.db, self.storage, self.s = db, storage, settings
+        super().__init__(
+            db,
+            Retries(
+                settings.dicomweb_max_attempts, settings.dicomweb_backoff_s, settings.dicomweb_backoff_max_s
+            ),
+        )
+        self.storage, self.s = storage, settings
         self.pushed = 0
 
     def loop(self, stop: threading.Event) -> None:
         with httpx.Client(timeout=self.s.dicomweb_timeout_s, follow_redirects=False) as http:
-            while not stop.is_set():
-                try:
-                    n = self.push_due(http)
-                except Exception:
-                    logger.exception("DICOMweb push error; going on")
-                    n = 0
-                if n == 0:
-                    stop.wait(0.5)
+            poll(stop, lambda: self.push_due(http), lambda: stop.wait(0.5), "DICOMweb push error; going on")
 
     def push_due(self, http: httpx.Client, limit: int = 10) -> int:
         """Send every due push (up to ``limit``); how many were attempted."""
@@ -69,26 +68,18 @@ class DicomPusher:
                 )
         except httpx.HTTPError as e:
             error = type(e).__name__
-        attempts = row.attempts + 1
-        with self.db.conn() as conn:
-            if error is None:
-                push_done(conn, row.id, status or 200)
-                self.pushed += 1
-                logger.info("DICOM results of job {} pushed ({} objects)", row.job_id, len(row.keys))
-                return
-            delay = (
-                None
-                if attempts >= self.s.dicomweb_max_attempts
-                else backoff_s(attempts, self.s.dicomweb_backoff_s, self.s.dicomweb_backoff_max_s)
-            )
-            push_retry(conn, row.id, status, error, delay)
-        logger.warning(
-            "DICOMweb push {} of job {} failed ({}); {}",
-            row.id,
-            row.job_id,
-            error,
-            "giving up" if delay is None else f"retry in {delay:.0f} s",
-        )
+        self._record(row, status, error)
+
+    def _succeeded(self, conn: Conn, row: Push, status: int | None) -> None:
+        push_done(conn, row.id, status or 200)
+        self.pushed += 1
+        logger.info("DICOM results of job {} pushed ({} objects)", row.job_id, len(row.keys))
+
+    def _retry(self, conn: Conn, row: Push, status: int | None, error: str, delay_s: float | None) -> None:
+        push_retry(conn, row.id, status, error, delay_s)
+
+    def _failed(self, row: Push, error: str, outcome: str) -> None:
+        logger.warning("DICOMweb push {} of job {} failed ({}); {}", row.id, row.job_id, error, outcome)
 
 
 def _json(resp: httpx.Response) -> object:
