@@ -51,7 +51,7 @@ def poll(stop: threading.Event, one_round: Callable[[], int], idle: Callable[[],
         try:
             n = one_round()
         except Exception:
-            logger.exception(error)
+            logger.opt(depth=1).exception(error)  # logged as the caller's (its module's name)
             n = 0
         if n == 0:
             idle()
