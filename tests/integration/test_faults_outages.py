@@ -10,6 +10,7 @@ and are never restarted: each test ends by proving they recovered by themselves.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid
@@ -273,7 +274,9 @@ def test_postgres_outage_answers_503_and_recovers(
             lambda: client.post("/v1/studies", content=study_zip, headers={"content-type": "application/zip"})
         )
     )
-    with api.client(f"s4ct_{uuid.uuid4().hex}") as stranger:  # key not cached: looked up in PostgreSQL
+    # a well-formed key that is not cached: it must be looked up in PostgreSQL (a malformed one is
+    # refused with 401 without a query)
+    with api.client("s4ct_" + secrets.token_urlsafe(32)) as stranger:
         _unavailable(*_timed(lambda: stranger.get(f"/v1/jobs/{done}")))
     with api.client() as anon:
         ready, elapsed = _timed(lambda: anon.get("/readyz"))
