@@ -32,6 +32,7 @@ from app.api.routes import (
     dicom,
     dicomweb,
     docs,
+    explanations,
     feedback,
     health,
     jobs,
@@ -241,7 +242,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return _error(request, err)
 
     # viewer: /viewer/{job_id}, not in the schema
-    for module in (studies, jobs, dicom, dicomweb, models, health, viewer, webhook):
+    for module in (studies, jobs, explanations, dicom, dicomweb, models, health, viewer, webhook):
         app.include_router(module.router)
     app.include_router(viewer.token_router)
     for module in (feedback, performance):  # feedback and live performance

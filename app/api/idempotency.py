@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Header
 
 from app.db import Conn, Database
 from app.errors import ServiceError
@@ -22,9 +24,15 @@ from app.repository import (
     idempotency_store,
 )
 
-__all__ = ["MAX_KEY_LEN", "body_hash", "run_idempotent"]
+__all__ = ["MAX_KEY_LEN", "IdemKey", "body_hash", "run_idempotent"]
 
 MAX_KEY_LEN = 255
+
+#: the ``Idempotency-Key`` header parameter of a POST route
+IdemKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="retries with the same key and body replay the answer"),
+]
 
 
 def body_hash(payload: Any) -> str:

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from app.devstack import EmbeddedStack
-from app.storage import MIN_PART_SIZE, MultipartUpload, ObjectNotFoundError, Storage, StorageError
+from app.storage import ObjectNotFoundError, Storage, StorageError
+from app.storage_multipart import MIN_PART_SIZE, MultipartUpload
 
 MiB = 1024 * 1024
 BUCKET = "s4ct-test"

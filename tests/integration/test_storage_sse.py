@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import storage_of  # type: ignore[import-not-found]
 
-from app.storage import MIN_PART_SIZE
+from app.storage_multipart import MIN_PART_SIZE
 
 
 def _capture(storage: Any) -> list[tuple[str, str | None]]:

@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.checks import checked_callback_url
 from app.api.deps import Client, ServicesDep
-from app.api.idempotency import body_hash, run_idempotent
+from app.api.idempotency import IdemKey, body_hash, run_idempotent
 from app.api.responses import error_responses
-from app.api.routes.jobs import _create_job, _enqueue, checked_options, job_fields
-from app.api.routes.studies import IdemKey, store_study
+from app.api.routes.jobs import _create_job, checked_options, enqueue_job, job_fields
+from app.api.routes.studies import store_study
 from app.db import Conn
 from app.dicomweb import InstancePacker, parse_related, stow_answer
 from app.errors import ServiceError
@@ -176,6 +176,6 @@ def import_study(
         services.db, client, idempotency_key, "POST /v1/studies/import", body_hash(payload), create
     )
     if not replayed:
-        _enqueue(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
+        enqueue_job(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
         logger.info("job {} queued: a study to import by WADO-RS", body["job_id"])
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})

@@ -9,9 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import Client, ServicesDep
-from app.api.idempotency import body_hash, run_idempotent
+from app.api.idempotency import IdemKey, body_hash, run_idempotent
 from app.api.responses import error_responses
-from app.api.routes.jobs import IdemKey
 from app.db import Conn
 from app.errors import ServiceError
 from app.logs import logger

@@ -1,21 +1,20 @@
-"""Jobs: create (predict, explain), list, status with queue position and ETA, cancel, result, explanation."""
+"""Jobs: create (predict), list, status with queue position and ETA, cancel, delete, result."""
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
 from app.api.audit import AuditDep
-from app.api.checks import check_explain_cost, checked_callback_url, existing_explanation
+from app.api.checks import check_explain_cost, checked_callback_url
 from app.api.deps import Client, Services, ServicesDep
-from app.api.idempotency import body_hash, run_idempotent
+from app.api.idempotency import IdemKey, body_hash, run_idempotent
 from app.api.paging import ClientRefQ, CreatedAfter, CreatedBefore, Cursor, Limit, utc
 from app.api.responses import error_responses
 from app.db import Conn
@@ -27,7 +26,6 @@ from app.repository import (
     JobFilter,
     RecentStats,
     cancel,
-    get_explanations,
     get_job,
     get_result,
     get_study,
@@ -41,8 +39,6 @@ from app.repository.feedback import current_feedback
 from app.repository.retention import remove_job
 from app.retention import sweep_after_s, sweep_now
 from app.schemas import (
-    ExplainRequest,
-    Explanation,
     JobAccepted,
     JobCreate,
     JobResult,
@@ -58,17 +54,12 @@ from app.schemas_worklist import JobPage
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-IdemKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", description="retries with the same key and body replay the answer"),
-]
-
 _STATS_TTL_S = 5.0
 _stats_cache: dict[int, tuple[float, RecentStats]] = {}
 _stats_lock = threading.Lock()
 
 
-def _enqueue(services: Services, job_id: uuid.UUID, urgent: bool) -> None:
+def enqueue_job(services: Services, job_id: uuid.UUID, urgent: bool) -> None:
     """XADD after the row committed; if Redis is down the reconciler enqueues it later."""
     try:
         services.queue.enqueue([job_id], urgent=urgent)
@@ -158,7 +149,7 @@ def _create_job(
 
     status, body, replayed = run_idempotent(services.db, client, idem_key, route, body_hash(payload), create)
     if not replayed:
-        _enqueue(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
+        enqueue_job(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
         logger.info("job {} queued for study {}", body["job_id"], study_id)
     return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
 
@@ -227,7 +218,7 @@ def predict_study(
     return _create_job(services, client, study_id, req or PredictRequest(), idempotency_key, "POST /v1/jobs")
 
 
-def _job_or_404(conn: Conn, job_id: uuid.UUID, client: str) -> Job:
+def job_or_404(conn: Conn, job_id: uuid.UUID, client: str) -> Job:
     job = get_job(conn, job_id, client)
     if job is None:
         raise ServiceError("job_not_found")
@@ -316,7 +307,7 @@ def read_job(job_id: uuid.UUID, services: ServicesDep, client: Client) -> Respon
 
 
 #: what a route that needs a succeeded job may answer
-_NEEDS_SUCCEEDED = ("unauthorized", "job_not_found", "job_not_finished", "job_failed", "job_cancelled")
+NEEDS_SUCCEEDED = ("unauthorized", "job_not_found", "job_not_finished", "job_failed", "job_cancelled")
 
 
 def with_feedback(job: Job, stats: RecentStats, answers: dict[uuid.UUID, JobFeedback]) -> dict[str, Any]:
@@ -325,7 +316,7 @@ def with_feedback(job: Job, stats: RecentStats, answers: dict[uuid.UUID, JobFeed
     return job.status_view(stats) | {"feedback": None if found is None else found.model_dump(mode="json")}
 
 
-def _require_succeeded(job: Job) -> None:
+def require_succeeded(job: Job) -> None:
     if job.state == "cancelled":
         raise ServiceError("job_cancelled")
     if job.state == "failed":
@@ -359,10 +350,10 @@ def cancel_job_route(job_id: uuid.UUID, services: ServicesDep, client: Client) -
 
 def succeeded_prediction(conn: Conn, job_id: uuid.UUID, client: str) -> Job:
     """The client's predict job ``job_id``, succeeded (else the error answer that says why not)."""
-    job = _job_or_404(conn, job_id, client)
+    job = job_or_404(conn, job_id, client)
     if job.kind != "predict":
         raise ServiceError("job_not_found", "explain jobs have no result; see the parent's explanation")
-    _require_succeeded(job)
+    require_succeeded(job)
     return job
 
 
@@ -393,7 +384,7 @@ def delete_job_route(job_id: uuid.UUID, services: ServicesDep, audit: AuditDep) 
     "/jobs/{job_id}/result",
     response_model=JobResult,
     summary="Probability, label, operating points, QC, series and model of a finished job",
-    responses=error_responses(*_NEEDS_SUCCEEDED),
+    responses=error_responses(*NEEDS_SUCCEEDED),
 )
 def read_result(job_id: uuid.UUID, services: ServicesDep, audit: AuditDep) -> Any:
     with services.db.conn() as conn:
@@ -403,109 +394,3 @@ def read_result(job_id: uuid.UUID, services: ServicesDep, audit: AuditDep) -> An
             raise ServiceError("job_not_finished")
         audit.record(conn, "read", "result", job_id)
     return result.model_copy(update={"client_ref": job.client_ref, "metadata": job.metadata})
-
-
-@router.post(
-    "/jobs/{job_id}/explain",
-    status_code=202,
-    response_model=JobAccepted,
-    summary="Explain an already predicted job with another method (queues an explain job)",
-    description="200 with the existing job when the same method and parameters were already "
-    "explained or are being explained (no new job).",
-    responses={
-        200: {"model": JobAccepted, "description": "the job that explained (or is explaining) the same"},
-        **error_responses(
-            *_NEEDS_SUCCEEDED,
-            "quota_exceeded",
-            "study_not_found",
-            "callback_url_invalid",
-            "explain_too_costly",
-            "idempotency_conflict",
-        ),
-    },
-)
-def explain_job(
-    job_id: uuid.UUID,
-    req: ExplainRequest,
-    services: ServicesDep,
-    client: Client,
-    idempotency_key: IdemKey = None,
-) -> Any:
-    try:
-        params = check_explain_params(req.method, req.params)
-    except ValueError as e:
-        raise ServiceError("validation_error", str(e)) from None
-    callback_url = checked_callback_url(services, req.callback_url)
-
-    def create(conn: Conn) -> tuple[int, dict[str, Any]]:
-        parent = _job_or_404(conn, job_id, client)
-        if parent.kind != "predict":
-            raise ServiceError("job_not_found", "explain a predict job")
-        _require_succeeded(parent)
-        check_explain_cost(services, parent.model, req.method, params)
-        same = existing_explanation(conn, services, parent, req.method, params)
-        if same is not None:  # already explained, or being explained: that job
-            return 200, same.accepted_view()
-        study = get_study(conn, client, parent.study_id) if parent.study_id else None
-        if study is None:
-            raise ServiceError("study_not_found", "the study of this job was deleted")
-        check_queued_jobs(conn, client, services.settings)  # 429 quota_exceeded when full
-        job = insert_job(
-            conn,
-            client=client,
-            study=study,
-            model=parent.model,
-            series_uid=(parent.series_uid or _selected_series(conn, job_id)),
-            explain=req.method,
-            explain_params=params,
-            callback_url=callback_url,
-            max_attempts=services.settings.max_attempts,
-            kind="explain",
-            parent_job_id=job_id,
-            priority=req.priority,
-            client_ref=parent.client_ref,
-            metadata=parent.metadata,
-        )
-        return 202, job.accepted_view()
-
-    payload = req.model_dump(mode="json") | {"job_id": str(job_id)}
-    status, body, replayed = run_idempotent(
-        services.db, client, idempotency_key, f"POST /v1/jobs/{job_id}/explain", body_hash(payload), create
-    )
-    if not replayed and status == 202:
-        _enqueue(services, uuid.UUID(body["job_id"]), req.priority == "urgent")
-    return JSONResponse(body, status_code=status, headers={"Location": body["status_url"]})
-
-
-def _selected_series(conn: Conn, job_id: uuid.UUID) -> str | None:
-    result = get_result(conn, job_id)
-    return None if result is None else result.series.selected_uid
-
-
-@router.get(
-    "/jobs/{job_id}/explanation",
-    response_model=Explanation,
-    summary="Saliency of a predicted job: stats, geometry and presigned URLs (NIfTI, PNG, JSON)",
-    responses=error_responses(*_NEEDS_SUCCEEDED, "explanation_not_found"),
-)
-def read_explanation(
-    job_id: uuid.UUID,
-    services: ServicesDep,
-    audit: AuditDep,
-    method: Annotated[str | None, Query(description="default: the most recent explanation")] = None,
-) -> Any:
-    with services.db.conn() as conn:
-        job = _job_or_404(conn, job_id, audit.client)
-        if job.kind == "explain" and job.parent_job_id is not None:
-            job_id, method = job.parent_job_id, method or job.explain
-            if job.state != "succeeded":
-                _require_succeeded(job)
-        else:
-            _require_succeeded(job)
-        found = [e for e in get_explanations(conn, job_id) if method is None or e.method == method]
-        if not found:
-            raise ServiceError("explanation_not_found")
-        audit.record(conn, "read", "explanation", job_id)
-    ttl = services.settings.presign_ttl_s
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
-    return found[0].view(lambda key: services.storage.presign_get(key, ttl), expires)

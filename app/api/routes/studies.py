@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.audit import AuditDep
 from app.api.deps import Client, Services, ServicesDep
-from app.api.idempotency import run_idempotent
+from app.api.idempotency import IdemKey, run_idempotent
 from app.api.paging import ClientRefQ, CreatedAfter, CreatedBefore, Cursor, Limit, utc
 from app.api.responses import error_responses
 from app.db import Conn
@@ -38,11 +38,6 @@ from app.series_scan import scan_series
 from app.uploads import receive_zip
 
 router = APIRouter(prefix="/v1", tags=["studies"])
-
-IdemKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", description="retries with the same key and body replay the answer"),
-]
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
