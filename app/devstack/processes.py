@@ -21,6 +21,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from app.pids import alive
+
 __all__ = [
     "LOCALHOST",
     "DirLock",
@@ -157,21 +159,6 @@ def log_tail(path: Path, limit: int = 3000) -> str:
 
 
 # --------------------------------------------------------------------------- leftovers (/proc)
-
-
-def alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie (a container's pid 1 may never reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def command_name(pid: int) -> str:

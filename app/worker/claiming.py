@@ -121,6 +121,8 @@ class Intake:
         item.pool_generation = self.pool_generation
         fut = self.pool.submit(
             prepare_for_worker,
+            self.handoff_dir,
+            os.getpid(),
             item.job_id,
             item.attempt,
             str(zip_path),
@@ -128,8 +130,6 @@ class Intake:
             predictor.preprocess_config,
             job.explain != "none",
             self.ctx.settings.dicom_outputs and job.kind == "predict",
-            self.handoff_dir,
-            os.getpid(),
         )
         fut.add_done_callback(lambda f: self._prepared(item, f))
 

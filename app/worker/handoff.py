@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.logs import logger
+from app.pids import alive
 
 __all__ = ["MIN_BYTES", "Packed", "SharedArray", "pack", "put", "sweep", "take", "unpack", "usable_dir"]
 
@@ -167,7 +168,7 @@ def sweep(directory: str | Path | None, *, own: bool = False) -> int:
         if not pid_text.isdigit():
             continue
         pid = int(pid_text)
-        if (pid == me and not own) or (pid != me and _alive(pid)):
+        if (pid == me and not own) or (pid != me and alive(pid)):
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
@@ -175,13 +176,3 @@ def sweep(directory: str | Path | None, *, own: bool = False) -> int:
     if removed:
         logger.info("removed {} leftover shared array file(s)", removed)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: not ours to judge
-    return True

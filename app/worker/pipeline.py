@@ -168,26 +168,16 @@ def prepare_study(
     )
 
 
-def prepare_for_worker(
-    job_id: uuid.UUID,
-    attempt: int,
-    zip_path: str,
-    series_uid: str | None,
-    config: PreprocessConfig,
-    keep_volume: bool,
-    keep_source: bool,
-    handoff_dir: str | None,
-    owner: int,
-) -> Any:
-    """:func:`prepare_study` in a pool process, its large arrays handed back through shared memory.
+def prepare_for_worker(handoff_dir: str | None, owner: int, *study: Any) -> Any:
+    """:func:`prepare_study` (its arguments: ``study``) in a pool process, its large arrays handed
+    back through shared memory.
 
     Returns the :class:`Prepared`, or a :class:`~app.worker.handoff.Packed` whose arrays wait in
     ``handoff_dir`` for worker ``owner`` (:func:`app.worker.handoff.unpack` in the worker).
     """
     from app.worker.handoff import pack
 
-    prepared = prepare_study(job_id, attempt, zip_path, series_uid, config, keep_volume, keep_source)
-    return pack(prepared, handoff_dir, owner)
+    return pack(prepare_study(*study), handoff_dir, owner)
 
 
 def _operating_points(entry: ModelEntry) -> dict[str, OperatingPointOut]:
