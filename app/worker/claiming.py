@@ -135,7 +135,7 @@ class Intake:
 
     def _prepared(self, item: InFlight, fut: Future[Any]) -> None:
         try:
-            prepared: Prepared = unpack(fut.result())
+            prepared = unpack(fut.result())
             self.ready.put((item, prepared))
         except BaseException as e:
             self.ready.put((item, e))

@@ -22,18 +22,22 @@ Safety:
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from app.logs import logger
 from app.pids import alive
+
+if TYPE_CHECKING:
+    from app.worker.pipeline import Prepared
 
 __all__ = ["MIN_BYTES", "Packed", "SharedArray", "pack", "put", "sweep", "take", "unpack", "usable_dir"]
 
@@ -45,12 +49,15 @@ _EMPTY = np.empty(0, dtype=np.float32)
 
 @dataclass(frozen=True)
 class SharedArray:
-    """Where an array was written: a file of ``nbytes`` holding it in C order."""
+    """Where an array was written: a file holding it in C order."""
 
     path: str
     dtype: str
     shape: tuple[int, ...]
-    nbytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.dtype(self.dtype).itemsize * math.prod(self.shape))
 
 
 def usable_dir(setting: str) -> str | None:
@@ -89,7 +96,7 @@ def put(arr: npt.NDArray[Any], directory: str | None, owner: int) -> npt.NDArray
         return arr
     finally:
         os.close(fd)
-    return SharedArray(path, arr.dtype.str, tuple(arr.shape), arr.nbytes)
+    return SharedArray(path, arr.dtype.str, tuple(arr.shape))
 
 
 def take(ref: npt.NDArray[Any] | SharedArray) -> npt.NDArray[Any]:
@@ -115,12 +122,12 @@ def take(ref: npt.NDArray[Any] | SharedArray) -> npt.NDArray[Any]:
 class Packed:
     """A prepared study whose large arrays wait in shared memory (see :func:`unpack`)."""
 
-    prepared: Any  # app.worker.pipeline.Prepared with empty placeholders for the arrays below
+    prepared: Prepared  # with empty placeholders for the arrays below
     tensor: npt.NDArray[Any] | SharedArray
     volume: npt.NDArray[Any] | SharedArray | None
 
 
-def pack(prepared: Any, directory: str | None, owner: int) -> Any:
+def pack(prepared: Prepared, directory: str | None, owner: int) -> Prepared | Packed:
     """In the preprocessing process: move ``prepared``'s tensor and volume into shared memory."""
     if directory is None:
         return prepared
@@ -134,7 +141,7 @@ def pack(prepared: Any, directory: str | None, owner: int) -> Any:
     return Packed(prepared, tensor, volume)
 
 
-def unpack(result: Any) -> Any:
+def unpack(result: Prepared | Packed) -> Prepared:
     """In the worker: the prepared study with its arrays back (mapped from shared memory)."""
     if not isinstance(result, Packed):
         return result
@@ -142,7 +149,7 @@ def unpack(result: Any) -> Any:
     try:
         prepared.tensor = take(result.tensor)
     finally:
-        if result.volume is not None:
+        if result.volume is not None and prepared.volume is not None:
             prepared.volume.stored = take(result.volume)
     return prepared
 

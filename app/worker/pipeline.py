@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.schemas import JobResult, ModelRef, OODOut, OperatingPointOut, SeriesOut, SeriesRank
+from app.worker.handoff import Packed, pack
 from ml.dicom_out import SourceReference
 from ml.geometry import CTVolume
 from ml.inference import Prediction
@@ -168,15 +169,13 @@ def prepare_study(
     )
 
 
-def prepare_for_worker(handoff_dir: str | None, owner: int, *study: Any) -> Any:
+def prepare_for_worker(handoff_dir: str | None, owner: int, *study: Any) -> Prepared | Packed:
     """:func:`prepare_study` (its arguments: ``study``) in a pool process, its large arrays handed
     back through shared memory.
 
     Returns the :class:`Prepared`, or a :class:`~app.worker.handoff.Packed` whose arrays wait in
     ``handoff_dir`` for worker ``owner`` (:func:`app.worker.handoff.unpack` in the worker).
     """
-    from app.worker.handoff import pack
-
     return pack(prepare_study(*study), handoff_dir, owner)
 
 

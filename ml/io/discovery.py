@@ -158,12 +158,9 @@ def discover_series(files: Sequence[Path], store: MemberStore | None = None) -> 
             ds = read_header(p)
         else:
             data = store.get(p)
-            ds = read_flat_header(data)  # the plain case, fast; anything else through pydicom
-            if ds is not None:
-                native = native_pixel_span(ds, data, ds.pixel_offset)
-            else:
-                ds, stop = read_header_at(data)
-                native = None if ds is None else native_pixel_span(ds, data, stop)
+            flat = read_flat_header(data)  # the plain case, fast; anything else through pydicom
+            ds, stop = (flat, flat.pixel_offset) if flat is not None else read_header_at(data)
+            native = None if ds is None else native_pixel_span(ds, data, stop)
         if ds is None:
             skipped["not_dicom"] += 1
             continue

@@ -72,7 +72,9 @@ _FALLBACK_KEYWORDS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroup
 _TAG_OF = {kw: int(tag_for_keyword(kw) or 0) for kw in (*KEYWORDS, *PHI_KEYWORDS, *_FALLBACK_KEYWORDS)}
 #: tag → (keyword, dictionary VR) of the values kept
 _WANTED: dict[int, tuple[str, str]] = {_TAG_OF[kw]: (kw, dictionary_VR(_TAG_OF[kw])) for kw in KEYWORDS}
-_PHI: dict[int, tuple[str, str]] = {_TAG_OF[kw]: (kw, dictionary_VR(_TAG_OF[kw])) for kw in PHI_KEYWORDS}
+_WANTED_KEYWORDS = frozenset(KEYWORDS)
+#: identifier elements, kept undecoded
+_PHI = frozenset(_TAG_OF[kw] for kw in PHI_KEYWORDS)
 _FALLBACK = frozenset(_TAG_OF[kw] for kw in _FALLBACK_KEYWORDS)
 _CHARSET_TAG = _TAG_OF["SpecificCharacterSet"]
 
@@ -177,9 +179,6 @@ class FlatHeader:
             for tag, vr, value in self._phi
         }
         return Dataset(elements)
-
-
-_WANTED_KEYWORDS = frozenset(KEYWORDS)
 
 
 def _text(raw: bytes, vr: str) -> Any:
