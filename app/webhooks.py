@@ -51,7 +51,7 @@ from app.callbacks import (
 from app.config import Settings
 from app.db import Conn, Database
 from app.logs import logger
-from app.outbox import OutboxSender, Retries, backoff_s, poll
+from app.outbox import OutboxSender, Retries, poll
 from app.repository import Delivery, outbox_done, outbox_retry, outbox_take_due
 from app.repository.events import webhook_secrets
 
@@ -59,7 +59,6 @@ __all__ = [
     "SIGNATURE_HEADER",
     "PinnedTransport",
     "WebhookDispatcher",
-    "backoff_s",
     "sign",
     "verify",
 ]

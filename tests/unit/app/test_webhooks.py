@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from app.webhooks import backoff_s, sign, verify
+from app.outbox import backoff_s
+from app.webhooks import sign, verify
 
 
 def test_webhook_signature_roundtrip_and_tamper() -> None:
